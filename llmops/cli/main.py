@@ -1,0 +1,36 @@
+"""Entry point: `llmops <group> <command>`. Groups are registered here and nowhere else."""
+
+from __future__ import annotations
+
+import typer
+
+from llmops.cli import data, model, models, pipeline, run
+
+app = typer.Typer(
+    name="llmops",
+    help="Take an open LLM from a versioned dataset to a registered, evaluated model: validate, train, "
+    "evaluate, register, deploy.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data.app, name="data", help="Build, add, validate and version datasets (DVC + Great Expectations).")
+app.add_typer(model.app, name="model", help="Provision base models (pull, check).")
+app.add_typer(models.app, name="models", help="The MLflow model registry: list, show, promote, rollback, history.")
+app.add_typer(run.app, name="run", help="Run pipelines (locally through kfp.local, or on a KFP cluster).")
+app.add_typer(pipeline.app, name="pipeline", help="Compile pipelines to KFP IR YAML.")
+
+
+@app.command("settings")
+def show_settings(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Show the resolved settings (profile, state dir, tracking URI...)."""
+    import json
+
+    from llmops.settings import get_settings
+
+    s = get_settings()
+    payload = s.model_dump(mode="json") | {"base_model_dir": str(s.base_model_dir)}
+    typer.echo(json.dumps(payload, indent=2))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Models: provisioning the base model offline, the tiny test model, loading and scoring helpers."""

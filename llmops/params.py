@@ -1,0 +1,151 @@
+"""Typed view of params.yaml, the one place every run default lives.
+
+Overrides use dotted keys (`train.max_steps=10`); values are parsed as YAML so numbers, booleans and
+lists keep their types. Unknown keys are an error, so a typo never silently runs with a default.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from llmops.errors import LlmopsError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BuildParams(_Section):
+    seed: int
+    max_per_module: int
+    shifted_records: int
+
+
+class SplitParams(_Section):
+    seed: int
+    validation: float
+    test: float
+
+
+class LimitParams(_Section):
+    min_rows: int
+    min_tokens: int
+    max_tokens: int
+
+
+class DataParams(_Section):
+    build: BuildParams
+    split: SplitParams
+    limits: LimitParams
+
+
+class WheelParams(_Section):
+    name: str
+    version: str
+    sha256: str
+    gguf: str | None = None
+    gguf_sha256: str | None = None
+
+
+class ModelParams(_Section):
+    base: str
+    wheel: WheelParams
+    sanity_max_perplexity: float
+
+
+class EmbedderParams(_Section):
+    wheel: WheelParams
+
+
+class LoraParams(_Section):
+    r: int
+    alpha: int
+    dropout: float
+    target_modules: list[str]
+
+
+class TrainParams(_Section):
+    num_workers: int
+    strategy: Literal["fsdp", "ddp"]
+    seq_len: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    max_steps: int
+    bf16: bool
+    seed: int
+    checkpoint_every: int
+    max_failures: int
+    max_train_examples: int
+
+
+class GateParams(_Section):
+    min_ppl_improvement: float
+    max_regression: float
+    max_general_ppl_increase: float
+
+
+class EvalParams(_Section):
+    max_examples: int
+    gen_examples: int
+    max_new_tokens: int
+    gate: GateParams
+
+
+class RegistryParams(_Section):
+    first_champion: bool
+
+
+class Params(_Section):
+    data: DataParams
+    model: ModelParams
+    embedder: EmbedderParams
+    lora: LoraParams
+    train: TrainParams
+    eval: EvalParams
+    registry: RegistryParams
+
+    def digest(self) -> str:
+        """Stable hash of every value, recorded as lineage so a model names the exact params it used."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of `raw` with each `dotted.key=value` applied; unknown keys raise LlmopsError."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LlmopsError(f"bad override {item!r}", "write it as section.key=value, e.g. train.max_steps=10")
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise LlmopsError(f"unknown parameter {key!r}", "see params.yaml for the valid keys")
+            node = node[part]
+        if parts[-1] not in node:
+            raise LlmopsError(f"unknown parameter {key!r}", "see params.yaml for the valid keys")
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def load_params(path: Path, overrides: Iterable[str] = ()) -> Params:
+    """Read params.yaml, apply overrides and validate every value's type."""
+    if not path.is_file():
+        raise LlmopsError(f"params file not found: {path}", "run from the project root or set LLMOPS_PROJECT_DIR")
+    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        return Params.model_validate(apply_overrides(raw, overrides))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise LlmopsError(f"invalid parameter {loc}: {first['msg']}", f"fix it in {path} or in --set") from None

@@ -1,0 +1,43 @@
+"""Shared fixtures: every test gets its own state dir so no test touches the user's .llmops/."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from llmops.settings import Settings, get_settings
+
+REPO = Path(__file__).resolve().parents[1]
+# Read-only: the real base model pulled by `make setup` (tokenizer for tiny models, main-job tests).
+REAL_BASE_MODEL_DIR = REPO / ".llmops" / "models" / "smollm2-135m-instruct"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """Settings whose state dir is a fresh temporary directory (MLflow, audit db, DVC remote...)."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("LLMOPS_STATE_DIR", str(state))
+    monkeypatch.setenv("LLMOPS_PROJECT_DIR", str(REPO))
+    get_settings.cache_clear()
+    s = get_settings()
+    s.ensure_state_dir()
+    yield s
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def base_tokenizer_dir() -> Path:
+    """The base model's directory (for its tokenizer); `make test` runs `make setup`, which pulls it."""
+    if not (REAL_BASE_MODEL_DIR / "tokenizer.json").is_file():
+        pytest.fail("base model not pulled: run `make setup` (or `llmops model pull`) first")
+    return REAL_BASE_MODEL_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, base_tokenizer_dir: Path) -> Path:
+    """A tiny random Llama (SmolLM2's architecture, base tokenizer) saved as safetensors; seconds to build."""
+    from llmops.modeling.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", tokenizer_dir=base_tokenizer_dir)
