@@ -40,6 +40,15 @@ def read_provenance(model_dir: Path) -> BaseModelInfo | None:
     return BaseModelInfo(**json.loads(path.read_text()))
 
 
+def base_model_sha256(model_dir: Path) -> str:
+    """Lineage hash of a base checkpoint: recorded at pull time, else hashed now (custom/tiny bases)."""
+    info = read_provenance(model_dir)
+    if info is not None:
+        return info.sha256
+    weights = sorted(model_dir.glob("*.safetensors"))
+    return sha256_file(weights[0]) if weights else "unknown"
+
+
 def base_model_path(settings: Settings, params: Params) -> Path:
     """Directory of the base checkpoint a run uses; fails with the fix if it was never pulled."""
     if params.model.base != BUILTIN_BASE:

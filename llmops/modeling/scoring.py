@@ -15,7 +15,8 @@ def perplexity(model, tokenizer, texts: Sequence[str], max_length: int = 512, ba
     total_nll, total_tokens = 0.0, 0
     device = next(model.parameters()).device
     for start in range(0, len(texts), batch_size):
-        batch = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts[start:start + batch_size]]
+        chunk = texts[start : start + batch_size]
+        batch = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in chunk]
         width = max(len(ids) for ids in batch)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         input_ids = torch.full((len(batch), width), pad, dtype=torch.long)

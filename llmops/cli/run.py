@@ -1,0 +1,89 @@
+"""`llmops run ...`: run pipelines end to end and print what they did."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from llmops.cli._common import JSON_OPTION, console, emit, handle_errors
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("finetune")
+@handle_errors
+def finetune(
+    profile: str = typer.Option(None, "--profile", help="local (kfp.local, default) or cluster (KFP API server)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a params.yaml value: section.key=value."),
+    data_dir: str = typer.Option("data/splits", "--data-dir", help="Folder with the DVC-tracked splits."),
+    summary_out: Path = typer.Option(None, "--summary-out", help="Also write the summary JSON to this file."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Validate -> train (Ray, LoRA) -> evaluate -> gate -> register, as a Kubeflow pipeline."""
+    import os
+
+    from llmops.settings import get_settings
+
+    if profile:
+        os.environ["LLMOPS_PROFILE"] = profile
+        get_settings.cache_clear()
+    settings = get_settings()
+    settings.params(overrides)  # fail fast on a bad --set before anything starts
+    if settings.profile == "cluster":
+        from pipelines.runner import submit_finetune_cluster
+
+        outcome = submit_finetune_cluster(settings, overrides, data_dir)
+        emit(outcome.submitted, as_json,
+             lambda d: console.print(f"[green]submitted[/] run {d['run_id']} to {d['host']}"))
+        return
+
+    from pipelines.runner import run_finetune_local
+    from pipelines.summary import latest_parent_run, summarize
+
+    since_ms = int(time.time() * 1000)
+    console.rule("[bold]llmops finetune[/] (kfp.local)")
+    outcome = run_finetune_local(settings, overrides, data_dir)
+    run_id = latest_parent_run(settings, since_ms)
+    summary: dict[str, Any] = summarize(settings, run_id) if run_id else {"steps": {}}
+    summary |= {"succeeded": outcome.succeeded, "wall_seconds": round(outcome.seconds, 1), "error": outcome.error}
+    if summary_out:
+        summary_out.write_text(json.dumps(summary, indent=2, default=str))
+    emit(summary, as_json, _print_summary)
+    if not outcome.succeeded:
+        raise typer.Exit(1)
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    console.rule("[bold]summary")
+    state = "[green]succeeded[/]" if s.get("succeeded") else "[red]failed[/]"
+    console.print(f"pipeline {state} in {s.get('wall_seconds')} s   MLflow run {s.get('mlflow_run_id')}   "
+                  f"KFP run {s.get('kfp_run_name')}")
+    if s.get("error"):
+        console.print(f"[red]{s['error']}[/]")
+    console.print("steps: " + "  ".join(f"{k}={v}" for k, v in s.get("steps", {}).items()))
+    if s.get("data_versions"):
+        console.print("data (DVC md5): " + "  ".join(f"{k}={v[:10]}" for k, v in s["data_versions"].items()))
+    if "train" in s:
+        t = s["train"]
+        console.print("train: " + "  ".join(f"{k}={v:.4g}" for k, v in t.items()))
+    if s.get("eval"):
+        table = Table(title="evaluation (same test data for every model)")
+        models = list(s["eval"])
+        metrics = sorted({m for v in s["eval"].values() for m in v})
+        table.add_column("metric")
+        for name in models:
+            table.add_column(name, justify="right")
+        for metric in metrics:
+            table.add_row(metric, *[f"{s['eval'][n].get(metric, float('nan')):.4g}" for n in models])
+        console.print(table)
+    if s.get("gate"):
+        console.print("gate: " + "  ".join(f"{k}={v}" for k, v in s["gate"].items()))
+    if s.get("registered"):
+        console.print("registered: " + "  ".join(f"{k}={v}" for k, v in s["registered"].items()))
+    elif s.get("steps", {}).get("evaluate") == "FINISHED":
+        console.print("[yellow]nothing registered[/] (the gate did not pass; reasons above)")

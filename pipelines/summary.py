@@ -1,0 +1,63 @@
+"""What a pipeline run did, read back from MLflow (the system of record on both profiles): step states,
+data versions, training throughput, base vs candidate vs champion metrics, the gate verdict, the version."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmops.settings import Settings
+from llmops.tracking import ensure_experiment
+
+STEPS = ("validate_data", "train", "evaluate", "register")
+HEADLINE_METRICS = ("perplexity", "general_perplexity", "exact_match", "rouge_l", "embedding_similarity",
+                    "latency_p50_ms")
+
+
+def latest_parent_run(settings: Settings, since_ms: int) -> str | None:
+    """The newest pipeline (parent) run started at or after `since_ms`."""
+    from mlflow.tracking import MlflowClient
+
+    exp_id = ensure_experiment(settings)
+    runs = MlflowClient(settings.tracking_uri).search_runs(
+        [exp_id], filter_string=f"attributes.start_time >= {since_ms}", order_by=["attributes.start_time DESC"],
+        max_results=50,
+    )
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return parents[0].info.run_id if parents else None
+
+
+def summarize(settings: Settings, parent_run_id: str) -> dict[str, Any]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(settings.tracking_uri)
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    by_step = {c.data.tags.get("llmops.step", c.info.run_name): c for c in children}
+    tags = parent.data.tags
+    out: dict[str, Any] = {
+        "mlflow_run_id": parent_run_id,
+        "kfp_run_name": tags.get("llmops.kfp_run_name"),
+        "state": tags.get("llmops.final_state", parent.info.status),
+        "git_commit": tags.get("llmops.git_commit"),
+        "params_hash": tags.get("llmops.params_hash"),
+        "data_versions": {k.removeprefix("llmops.dvc."): v for k, v in tags.items() if k.startswith("llmops.dvc.")},
+        "steps": {s: (by_step[s].info.status if s in by_step else "not run") for s in STEPS},
+    }
+    if "train" in by_step:
+        m = by_step["train"].data.metrics
+        out["train"] = {k: m[k] for k in ("train_loss", "val_loss_before", "val_loss", "steps", "tokens",
+                                          "tokens_per_s", "seconds", "peak_rss_mb", "resumed") if k in m}
+    if "evaluate" in by_step:
+        ev = by_step["evaluate"]
+        models: dict[str, dict[str, float]] = {}
+        for key, value in ev.data.metrics.items():
+            name, _, metric = key.partition(".")
+            if metric:
+                models.setdefault(name, {})[metric] = value
+        out["eval"] = models
+        out["gate"] = {k.removeprefix("gate."): v for k, v in ev.data.tags.items() if k.startswith("gate.")}
+    if "register" in by_step:
+        rt = by_step["register"].data.tags
+        out["registered"] = {k.removeprefix("registered."): v for k, v in rt.items() if k.startswith("registered.")}
+    return out
