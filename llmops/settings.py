@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     profile: Literal["local", "cluster"] = "local"
     project_dir: Path = Field(default_factory=_default_project_dir)
     state_dir: Path | None = None  # default: <project_dir>/.llmops
+    # Provisioned models and downloaded wheels are caches, not run state: they stay put when a test or a
+    # second environment points state_dir elsewhere. Default: <project_dir>/.llmops/{models,cache}.
+    models_dir: Path | None = None
+    cache_dir: Path | None = None
 
     # Tracking and registry (MLflow). Local: sqlite in the state dir.
     tracking_uri: str | None = None
@@ -66,6 +70,8 @@ class Settings(BaseSettings):
         if self.state_dir is None:
             self.state_dir = self.project_dir / ".llmops"
         self.state_dir = self.state_dir.resolve()
+        self.models_dir = (self.models_dir or self.project_dir / ".llmops" / "models").resolve()
+        self.cache_dir = (self.cache_dir or self.project_dir / ".llmops" / "cache").resolve()
         if self.tracking_uri is None:
             self.tracking_uri = f"sqlite:///{self.state_dir / 'mlflow.db'}"
         if self.artifact_root is None:
@@ -77,10 +83,6 @@ class Settings(BaseSettings):
         return self
 
     # Paths derived from the state dir: one place each.
-    @property
-    def models_dir(self) -> Path:
-        return self.state_dir / "models"
-
     @property
     def base_model_dir(self) -> Path:
         """Safetensors checkpoint of the built-in base model, written by `llmops model pull`."""

