@@ -5,6 +5,8 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STATE := .llmops
+# dvc.yaml stages call `python -m llmops...` / `llmops`: they must resolve to this environment.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_SITE_CACHE_DIR := $(CURDIR)/$(STATE)/dvc-site-cache
 export DVC_NO_ANALYTICS := 1
 export RAY_USAGE_STATS_ENABLED := 0
