@@ -53,8 +53,7 @@ def validate_data(settings: Settings, params: Params, *, data_dir: str, out_path
                 report_path.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(result.report_html, report_path)
         if not result.success:
-            failed = "; ".join(str(f.get("expectation", f)) if isinstance(f, dict) else str(f)
-                               for f in result.failures[:5])
+            failed = "; ".join(f"{f.dataset}: {f.message}" for f in result.failures[:5])
             raise DataError(f"data validation failed ({len(result.failures)} expectation(s)): {failed}",
                             f"see the Data Docs report: {result.report_html}")
     for name, src in paths.items():
