@@ -85,23 +85,30 @@ class TrainParams(_Section):
     checkpoint_every: int
     max_failures: int
     max_train_examples: int
+    max_val_examples: int
+    max_grad_norm: float
+    cpus_per_worker: int
 
 
 class GateParams(_Section):
     min_ppl_improvement: float
     max_regression: float
     max_general_ppl_increase: float
+    task_metric: Literal["rouge_l", "exact_match", "embed_similarity"] = "rouge_l"
 
 
 class EvalParams(_Section):
     max_examples: int
     gen_examples: int
     max_new_tokens: int
+    batch_size: int = 8
+    report_examples: int = 5
     gate: GateParams
 
 
 class RegistryParams(_Section):
     first_champion: bool
+    verify_new_tokens: int = 8
 
 
 class Params(_Section):

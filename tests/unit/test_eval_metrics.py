@@ -62,7 +62,8 @@ def test_percentiles_and_latency_summary() -> None:
 class _FakeUnitEmbedder:
     """Deterministic 2-d unit vectors: lets the pairing/averaging logic be checked by hand."""
 
-    vectors = {"a": (1.0, 0.0), "b": (0.0, 1.0), "c": (math.sqrt(0.5), math.sqrt(0.5))}
+    def __init__(self) -> None:
+        self.vectors = {"a": (1.0, 0.0), "b": (0.0, 1.0), "c": (math.sqrt(0.5), math.sqrt(0.5))}
 
     def encode(self, texts):
         import numpy as np

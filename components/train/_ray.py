@@ -1,0 +1,69 @@
+"""Starting (or joining) Ray for a training run, with the settings measured to work on a laptop.
+
+Local: a private Ray instance with no dashboard, no usage stats, a small object store and its scratch
+files in the state dir. Ray's unix socket paths must stay under ~107 bytes, so when the state dir's path is
+long (pytest temp dirs) the scratch dir moves to a short one under the system temp dir. Cluster
+(`settings.ray_address`): join that cluster. A session this process already started is reused as is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from llmops.settings import Settings
+
+OBJECT_STORE_BYTES = 256 * 2**20
+_MAX_TEMP_DIR_CHARS = 40  # Ray appends session_<date>_<pid>/sockets/plasma_store (~65 chars)
+_NOISE = "Failed to query Ray Train Controller actor state|has constructor arguments in the object store"
+
+
+def quiet_ray_env() -> None:
+    """Environment Ray reads at import/init: no usage reporting, no token auth on a private local cluster."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Ray Train's print patch tees every worker print into its logger too: each line would show twice.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    # Without the dashboard (not installed) the state API is down and Ray Train's placement-group cleaner
+    # warns about it every second; the cleaner only matters when the controller itself dies.
+    os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", _NOISE)
+
+
+def ray_temp_dir(settings: Settings) -> Path:
+    """Ray's scratch dir: `settings.ray_dir`, or a short per-state-dir path when that one is too long."""
+    preferred = settings.ray_dir
+    if len(str(preferred)) <= _MAX_TEMP_DIR_CHARS:
+        return preferred
+    digest = hashlib.sha1(str(preferred).encode()).hexdigest()[:8]
+    return Path(tempfile.gettempdir()) / f"llmops-ray-{digest}"
+
+
+@contextlib.contextmanager
+def ray_session(settings: Settings) -> Iterator[None]:
+    """Ray initialised for the block; shut down afterwards only if this block started it."""
+    quiet_ray_env()
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, include_dashboard=False, log_to_driver=True)
+    else:
+        temp = ray_temp_dir(settings)
+        temp.mkdir(parents=True, exist_ok=True)
+        ray.init(
+            include_dashboard=False,
+            _temp_dir=str(temp),
+            object_store_memory=OBJECT_STORE_BYTES,
+            log_to_driver=True,
+            configure_logging=False,
+        )
+    try:
+        yield
+    finally:
+        ray.shutdown()

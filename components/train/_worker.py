@@ -1,0 +1,243 @@
+"""The loop every Ray Train worker runs: LoRA training on its shard of packed blocks, with checkpoints.
+
+Math that does not depend on the number of workers: each optimizer step takes the same `global_batch`
+blocks from the seeded block stream whatever the world size; rank r takes its contiguous slice. Each rank
+divides its summed token loss by the step's GLOBAL target count (known on every rank, since every rank
+holds the block list) times world size, and FSDP/DDP average the gradients over ranks — so the gradient is
+exactly that of the token-mean loss over the global batch, the same on 1 worker as on N.
+
+Fault injection (chaos drills and the resume test): with config `fault_kill_at_step = N` (from env
+LLMOPS_FAULT_KILL_AT_STEP on the driver), the last rank calls `os._exit(1)` just before optimizer step N,
+on the first attempt only — a marker file in the run's storage directory records that it fired. Ray Train
+then restarts the worker group (FailureConfig.max_failures) and every rank resumes from the last
+checkpoint with `ray.train.get_checkpoint()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+FAULT_MARKER = "fault-injected"
+
+
+def lr_factor(step: int, warmup_steps: int, max_steps: int) -> float:
+    """Linear warmup over `warmup_steps` (step 0 already trains), then cosine decay to 0 at `max_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """Dropout RNG seed for one rank at one step: a resumed run draws the same masks as an uninterrupted one."""
+    return (seed * 1_000_003 + rank * 7_919 + step) % (2**63 - 1)
+
+
+def autocast(device_type: str, enabled: bool):
+    import torch
+
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+
+
+def _peak_memory(device) -> list[float]:
+    """[peak resident set size of this process, peak GPU memory allocated] in MiB (GPU 0 on CPU)."""
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+    return [rss, gpu]
+
+
+def _maybe_inject_fault(config: dict[str, Any], step_number: int, rank: int, world: int) -> None:
+    kill_at = config.get("fault_kill_at_step")
+    if not kill_at or step_number != kill_at or rank != world - 1:
+        return
+    marker = Path(config["run_dir"]) / FAULT_MARKER
+    if marker.exists():
+        return
+    import ray.train
+
+    # Die only once every checkpoint reported so far is committed by the controller (it collects reports
+    # every couple of seconds), so the drill always has a checkpoint to resume from; a real crash in that
+    # window falls back one checkpoint further.
+    ray.train.get_all_reported_checkpoints(timeout_s=60)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"rank {rank} killed before step {step_number}\n")
+    print(f"[llmops.train] fault injection: rank {rank} exits before step {step_number}", flush=True)
+    os._exit(1)
+
+
+def evaluate_loss(model, blocks, batch_size: int, pad_id: int, device, bf16: bool, rank: int, world: int):
+    """Token-mean loss over `blocks`, split across ranks; every rank runs the same number of forwards."""
+    import torch
+    import torch.distributed as dist
+
+    from components.train.data import collate, loss_sum
+
+    per_rank = math.ceil(len(blocks) / world)
+    mine = blocks[rank * per_rank : (rank + 1) * per_rank]
+    n_batches = math.ceil(per_rank / batch_size)
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    model.eval()
+    with torch.no_grad():
+        for b in range(n_batches):
+            chunk = mine[b * batch_size : (b + 1) * batch_size]
+            if not chunk:  # this rank ran out: a dummy forward keeps FSDP's collectives in step
+                chunk = blocks[:1]
+                weight = 0.0
+            else:
+                weight = 1.0
+            batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+            with autocast(device.type, bf16):
+                loss, n = loss_sum(model, batch)
+            total += torch.tensor([loss.item() * weight, n * weight], dtype=torch.float64, device=device)
+    model.train()
+    if world > 1:
+        dist.all_reduce(total)
+    return (total[0] / total[1]).item() if total[1] > 0 else float("nan")
+
+
+def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Ray Train entry point (one call per worker). Rank 0 returns the history and final metrics."""
+    import ray.train
+    import torch
+    import torch.distributed as dist
+    from ray.train import Checkpoint
+
+    from components.train import _checkpoint as ck
+    from components.train import _model
+    from components.train.data import BlockStream, collate, loss_sum
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+    device = torch.device(f"cuda:{ctx.get_local_rank()}") if config["use_gpu"] else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    tp = config["train"]
+    blocks, val_blocks, pad_id = config["blocks"], config["val_blocks"], config["pad_id"]
+    per_rank = tp["batch_size"]
+    global_batch = per_rank * world
+    if global_batch != config["global_batch"]:
+        raise RuntimeError(f"world size {world} does not give the planned global batch {config['global_batch']}")
+    max_steps = tp["max_steps"]
+    bf16 = bool(tp["bf16"]) and (device.type == "cpu" or torch.cuda.is_bf16_supported())
+
+    model = _model.wrap(
+        _model.build_lora_model(Path(config["base_model_dir"]), config["lora"], tp["seed"], device),
+        tp["strategy"], device, world,
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tp["lr"], weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, tp["warmup_steps"], max_steps)
+    )
+    stream = BlockStream(len(blocks), tp["seed"])
+
+    state: dict[str, Any] = {"step": 0, "history": [], "tokens": 0, "train_seconds": 0.0, "resumed": 0,
+                             "resumed_from": [], "val_loss_before": None}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as ckpt_dir:
+            model_state, optim_state, saved = ck.load_trainer_state(Path(ckpt_dir))
+        _model.load_trainable_state(model, model_state)
+        _model.load_optimizer_state(model, optimizer, optim_state)
+        scheduler.load_state_dict(saved.pop("scheduler"))
+        state.update(saved)
+        state["resumed"] += 1
+        state["resumed_from"].append(state["step"])
+        if rank == 0:
+            print(f"[llmops.train] resumed from checkpoint at step {state['step']}", flush=True)
+
+    if state["val_loss_before"] is None:
+        state["val_loss_before"] = evaluate_loss(model, val_blocks, per_rank, pad_id, device, bf16, rank, world)
+        if rank == 0:
+            print(f"[llmops.train] step 0/{max_steps} val_loss {state['val_loss_before']:.4f}", flush=True)
+
+    def save_checkpoint(metrics: dict[str, Any], final: bool) -> None:
+        model_state = _model.trainable_state(model)  # collectives: every rank
+        optim_state = _model.optimizer_state(model, optimizer)
+        sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+        with tempfile.TemporaryDirectory(prefix="llmops-ckpt-") as tmp:
+            ckpt = None
+            if rank == 0:
+                ck.save_trainer_state(Path(tmp), model_state, optim_state,
+                                      {**state, "scheduler": {**sched, "lr_lambdas": [None]}})
+                _model.save_peft_adapter(model, model_state, Path(tmp) / ck.ADAPTER_DIR)
+                ckpt = Checkpoint.from_directory(tmp)
+            name = f"checkpoint-{state['step']:06d}" + ("-final" if final else "")
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
+
+    model.train()
+    while state["step"] < max_steps:
+        step = state["step"]
+        _maybe_inject_fault(config, step + 1, rank, world)
+        torch.manual_seed(step_seed(tp["seed"], rank, step))
+        start = time.perf_counter()
+        step_ids = stream.step_indices(step, global_batch)
+        global_targets = sum(blocks[i].n_targets for i in step_ids)
+        global_tokens = sum(len(blocks[i]) for i in step_ids)
+        batch = {k: v.to(device) for k, v in
+                 collate([blocks[i] for i in step_ids[rank * per_rank : (rank + 1) * per_rank]], pad_id).items()}
+        with autocast(device.type, bf16):
+            loss, _ = loss_sum(model, batch)
+        (loss * (world / global_targets)).backward()
+        if tp["max_grad_norm"] > 0:
+            torch.nn.utils.clip_grad_norm_(params, tp["max_grad_norm"])
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_total = loss.detach().to(torch.float64).reshape(1)
+        if world > 1:
+            dist.all_reduce(loss_total)
+        train_loss = loss_total.item() / global_targets
+        seconds = time.perf_counter() - start
+        state["step"] = step + 1
+        state["tokens"] += global_tokens
+        state["train_seconds"] += seconds
+        row = {"step": step + 1, "train_loss": train_loss, "lr": lr, "tokens_per_s": global_tokens / seconds,
+               "epoch": stream.epoch_of(step + 1, global_batch)}
+        state["history"].append(row)
+        if rank == 0:
+            print(f"[llmops.train] step {step + 1}/{max_steps} loss {train_loss:.4f} lr {lr:.2e} "
+                  f"tok/s {row['tokens_per_s']:.0f} epoch {row['epoch']:.2f}", flush=True)
+        final = state["step"] == max_steps
+        if final or state["step"] % tp["checkpoint_every"] == 0:
+            metrics = {"step": state["step"], "train_loss": train_loss}
+            if final:
+                state["val_loss"] = evaluate_loss(model, val_blocks, per_rank, pad_id, device, bf16, rank, world)
+                metrics["val_loss"] = state["val_loss"]
+                if rank == 0:
+                    print(f"[llmops.train] step {max_steps}/{max_steps} val_loss {state['val_loss']:.4f}",
+                          flush=True)
+            save_checkpoint(metrics, final)
+
+    peak = torch.tensor(_peak_memory(device), dtype=torch.float64, device=device)
+    if world > 1:
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    if rank != 0:
+        return None
+    return {
+        "history": state["history"],
+        "val_loss_before": state["val_loss_before"],
+        "val_loss": state.get("val_loss"),
+        "steps": state["step"],
+        "tokens": state["tokens"],
+        "train_seconds": state["train_seconds"],
+        "resumed": state["resumed"],
+        "resumed_from": state["resumed_from"],
+        "peak_rss_mb": peak[0].item(),
+        "peak_gpu_mb": peak[1].item() if device.type == "cuda" else None,
+        "world_size": world,
+        "bf16": bf16,
+    }

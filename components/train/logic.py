@@ -1,0 +1,319 @@
+"""The train step: LoRA fine-tuning of the base model on Ray Train (FSDP2 or DDP), as a plain function.
+
+`train_adapter` tokenises and packs the data on the driver, runs a `TorchTrainer` whose workers train
+LoRA adapters on their shard of each global batch (see `_worker.py` for the math that keeps 1 and N
+workers identical), checkpoints every `train.checkpoint_every` steps so a dead worker costs at most that
+many steps, copies the final PEFT adapter into `out_dir`, and logs params, per-step curves, the loss plot
+and the final metrics to an MLflow child run. Ray is the product path: a laptop runs the same code on
+1-2 CPU workers that a cluster runs on GPU workers.
+
+Fault drill: `LLMOPS_FAULT_KILL_AT_STEP=N` makes the last worker exit just before step N on the first
+attempt (once per run); the run must still finish all steps, resumed from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from components.train.data import encode_records, pack_examples, read_records
+from llmops.errors import DataError, LlmopsError, ModelError
+from llmops.params import Params
+from llmops.settings import Settings
+
+FAULT_ENV = "LLMOPS_FAULT_KILL_AT_STEP"
+CURVES = {"train_loss": "train_loss", "lr": "lr", "tokens_per_s": "step_tokens_per_s"}  # history -> MLflow key
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "README.md")
+
+
+@dataclass
+class TrainResult:
+    """Where the adapter is and what the run measured (`metrics` values are all numbers or strings)."""
+
+    adapter_dir: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+    run_id: str | None = None  # the MLflow child run
+    checkpoint_dir: str | None = None  # Ray Train's final checkpoint (adapter + optimizer state)
+
+
+@dataclass
+class PreparedData:
+    blocks: list
+    val_blocks: list
+    pad_id: int
+    stats: dict[str, float]
+
+
+def _check_params(params: Params) -> None:
+    tp = params.train
+    for name in ("num_workers", "batch_size", "max_steps", "checkpoint_every", "seq_len"):
+        if getattr(tp, name) < 1:
+            raise LlmopsError(f"train.{name} must be >= 1 (got {getattr(tp, name)})",
+                              f"set train.{name} in params.yaml or with --set")
+    if tp.warmup_steps < 0 or tp.max_failures < 0:
+        raise LlmopsError("train.warmup_steps and train.max_failures must be >= 0", "fix them in params.yaml")
+
+
+def _fault_step() -> int | None:
+    raw = os.environ.get(FAULT_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise LlmopsError(f"{FAULT_ENV}={raw!r} is not a step number", "unset it or set a positive integer") from None
+    return value if value > 0 else None
+
+
+def prepare_data(params: Params, tokenizer, train_path: Path, validation_path: Path) -> PreparedData:
+    """Records -> encoded examples -> packed blocks for training and validation (driver side)."""
+    tp = params.train
+    train_records = read_records(train_path)
+    val_records = read_records(validation_path)
+    if tp.max_train_examples > 0:
+        train_records = train_records[: tp.max_train_examples]
+    if tp.max_val_examples > 0:
+        val_records = val_records[: tp.max_val_examples]
+    examples, enc = encode_records(tokenizer, train_records, tp.seq_len)
+    val_examples, val_enc = encode_records(tokenizer, val_records, tp.seq_len)
+    if not examples:
+        raise DataError(f"no usable training example in {train_path} (all prompts exceed seq_len {tp.seq_len})",
+                        "raise train.seq_len or shorten the prompts")
+    if not val_examples:
+        raise DataError(f"no usable validation example in {validation_path}", "check the validation split")
+    blocks = pack_examples(examples, tp.seq_len)
+    val_blocks = pack_examples(val_examples, tp.seq_len)
+    real = sum(len(b) for b in blocks)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stats = {
+        "examples": enc.examples,
+        "examples_truncated": enc.truncated,
+        "examples_dropped": enc.dropped,
+        "val_examples": val_enc.examples,
+        "blocks": len(blocks),
+        "val_blocks": len(val_blocks),
+        "pack_fill": real / (len(blocks) * tp.seq_len),
+        "tokens_per_example": real / len(examples),
+    }
+    return PreparedData(blocks, val_blocks, int(pad_id), stats)
+
+
+def _cpus_per_worker(params: Params, use_gpu: bool) -> int:
+    import ray
+
+    tp = params.train
+    total_cpus = int(ray.cluster_resources().get("CPU", 1))
+    cpus = tp.cpus_per_worker or max(1, total_cpus // tp.num_workers)
+    if cpus * tp.num_workers > total_cpus:
+        raise LlmopsError(
+            f"{tp.num_workers} workers x {cpus} CPUs need more than the {total_cpus} CPUs Ray has",
+            "lower train.num_workers or train.cpus_per_worker",
+        )
+    if use_gpu and tp.num_workers > int(ray.cluster_resources().get("GPU", 0)):
+        raise LlmopsError(f"{tp.num_workers} GPU workers but Ray sees fewer GPUs", "lower train.num_workers")
+    return cpus
+
+
+def _run_trainer(settings: Settings, params: Params, config: dict[str, Any], run_name: str, storage: Path):
+    """Fit the TorchTrainer; returns Ray's Result. Worker failures beyond max_failures become ModelError."""
+    import torch
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from components.train._worker import train_loop
+
+    tp = params.train
+    use_gpu = config["use_gpu"]
+    resources: dict[str, float] = {"CPU": config["cpus_per_worker"]}
+    if use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=tp.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=tp.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    del torch
+    try:
+        return trainer.fit()
+    except Exception as exc:  # Ray wraps worker errors in TrainingFailedError/WorkerGroupError
+        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"training failed after {tp.max_failures} allowed restart(s): {cause[:300]}",
+            f"see the worker log above; checkpoints and logs are under {storage / run_name}",
+        ) from exc
+
+
+def _copy_adapter(result, out_dir: Path) -> None:
+    from components.train._checkpoint import ADAPTER_DIR
+
+    if result.checkpoint is None:
+        raise ModelError("training finished without a checkpoint", "check the worker log")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with result.checkpoint.as_directory() as ckpt:
+        src = Path(ckpt) / ADAPTER_DIR
+        for name in ADAPTER_FILES:
+            if (src / name).is_file():
+                shutil.copy2(src / name, out_dir / name)
+    if not (out_dir / "adapter_model.safetensors").is_file():
+        raise ModelError(f"final checkpoint {result.checkpoint.path} holds no adapter", "check the worker log")
+
+
+def plot_loss_curve(history: list[dict[str, float]], metrics: dict[str, Any], path: Path) -> Path:
+    """Training loss and learning rate per step, with the validation loss before and after, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [row["step"] for row in history]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot(steps, [row["train_loss"] for row in history], label="train loss (token mean)", color="tab:blue")
+    ax.scatter([0, metrics["steps"]], [metrics["val_loss_before"], metrics["val_loss"]],
+               color="tab:red", zorder=3, label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    lr_ax = ax.twinx()
+    lr_ax.plot(steps, [row["lr"] for row in history], color="tab:gray", linestyle=":", label="learning rate")
+    lr_ax.set_ylabel("learning rate")
+    handles = ax.get_legend_handles_labels()
+    lr_handles = lr_ax.get_legend_handles_labels()
+    ax.legend(handles[0] + lr_handles[0], handles[1] + lr_handles[1], loc="upper right", fontsize=8)
+    ax.set_title(f"LoRA training: {metrics['num_workers']} worker(s), {metrics['strategy']}, "
+                 f"{metrics['tokens_per_s']:.0f} tok/s")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _log_to_mlflow(params: Params, metrics: dict[str, Any], history: list[dict[str, float]]) -> None:
+    """Params, per-step curves (one batch call), final metrics and the loss plot into the active run."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    flat = {f"lora.{k}": (",".join(v) if isinstance(v, list) else v) for k, v in params.lora.model_dump().items()}
+    flat.update({f"train.{k}": v for k, v in params.train.model_dump().items()})
+    mlflow.log_params(flat)
+    run_id = mlflow.active_run().info.run_id
+    now = int(time.time() * 1000)
+    # Curves: train_loss and lr per step, and step_tokens_per_s (one step's throughput; the summary
+    # `tokens_per_s` is the whole run's). The summary skips train_loss: the curve's last point is it.
+    curve = [Metric(CURVES[key], float(row[key]), now, int(row["step"]))
+             for row in history for key in CURVES]
+    client = mlflow.MlflowClient()
+    for start in range(0, len(curve), 900):  # MLflow caps a batch at 1000 metrics
+        client.log_batch(run_id, metrics=curve[start : start + 900])
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()
+                        if isinstance(v, int | float) and not isinstance(v, bool) and k != "train_loss"},
+                       step=int(metrics["steps"]))
+    mlflow.set_tags({"llmops.train.strategy": metrics["strategy"], "llmops.train.resumed": str(metrics["resumed"])})
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_artifact(str(plot_loss_curve(history, metrics, Path(tmp) / "loss_curve.png")), "train")
+        (Path(tmp) / "train_history.json").write_text(json.dumps(history))
+        mlflow.log_artifact(str(Path(tmp) / "train_history.json"), "train")
+
+
+def train_adapter(
+    settings: Settings,
+    params: Params,
+    *,
+    train_path: Path,
+    validation_path: Path,
+    base_model_dir: Path,
+    out_dir: Path,
+    parent_run_id: str | None = None,
+) -> TrainResult:
+    """Fine-tune LoRA adapters on Ray Train and write the PEFT adapter to `out_dir` (see module doc)."""
+    started = time.perf_counter()
+    _check_params(params)
+    base_model_dir, out_dir = Path(base_model_dir), Path(out_dir)
+    if not (base_model_dir / "config.json").is_file():
+        raise ModelError(f"no model checkpoint at {base_model_dir}", "run `llmops model pull` or pass the model dir")
+    fault_step = _fault_step()
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from components.train._ray import quiet_ray_env, ray_session
+    from llmops.tracking import step_run
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    data = prepare_data(params, tokenizer, Path(train_path), Path(validation_path))
+    use_gpu = torch.cuda.is_available()
+    quiet_ray_env()
+    storage = settings.state_dir / "ray-results"
+    storage.mkdir(parents=True, exist_ok=True)
+    run_name = f"train-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+    with step_run(settings, parent_run_id, "train") as run_id, ray_session(settings):
+        config = {
+            "base_model_dir": str(base_model_dir),
+            "lora": params.lora.model_dump(),
+            "train": params.train.model_dump(),
+            "blocks": data.blocks,
+            "val_blocks": data.val_blocks,
+            "pad_id": data.pad_id,
+            "global_batch": params.train.batch_size * params.train.num_workers,
+            "use_gpu": use_gpu,
+            "cpus_per_worker": _cpus_per_worker(params, use_gpu),
+            "run_dir": str(storage / run_name),
+            "fault_kill_at_step": fault_step,
+        }
+        print(f"[llmops.train] {data.stats['examples']} examples -> {data.stats['blocks']} blocks of <= "
+              f"{params.train.seq_len} tokens ({data.stats['pack_fill']:.0%} full); {params.train.num_workers} "
+              f"{params.train.strategy} worker(s) x {config['cpus_per_worker']} CPU(s), "
+              f"{params.train.max_steps} steps, run {run_name}", flush=True)
+        result = _run_trainer(settings, params, config, run_name, storage)
+        out = result.return_value
+        if not out:
+            raise ModelError("training returned no result from rank 0", f"see {storage / run_name}")
+        _copy_adapter(result, out_dir)
+        seconds = time.perf_counter() - started
+        metrics: dict[str, Any] = {
+            "train_loss": out["history"][-1]["train_loss"],
+            "val_loss": out["val_loss"],
+            "val_loss_before": out["val_loss_before"],
+            "steps": out["steps"],
+            "tokens": out["tokens"],
+            "tokens_per_s": out["tokens"] / out["train_seconds"],
+            "train_seconds": out["train_seconds"],
+            "seconds": seconds,
+            "overhead_seconds": seconds - out["train_seconds"],
+            "peak_rss_mb": out["peak_rss_mb"],
+            "resumed": out["resumed"],
+            "num_workers": out["world_size"],
+            "strategy": params.train.strategy,
+            "bf16": int(out["bf16"]),
+            "epochs": out["history"][-1]["epoch"],
+            **data.stats,
+        }
+        if out.get("peak_gpu_mb") is not None:
+            metrics["peak_gpu_mb"] = out["peak_gpu_mb"]
+        _log_to_mlflow(params, metrics, out["history"])
+    print(f"[llmops.train] done: val_loss {metrics['val_loss_before']:.4f} -> {metrics['val_loss']:.4f}, "
+          f"{metrics['tokens_per_s']:.0f} tok/s, {seconds:.0f} s, adapter in {out_dir}", flush=True)
+    return TrainResult(
+        adapter_dir=out_dir,
+        metrics=metrics,
+        history=out["history"],
+        run_id=run_id,
+        checkpoint_dir=result.checkpoint.path if result.checkpoint else None,
+    )
