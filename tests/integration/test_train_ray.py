@@ -22,7 +22,7 @@ from llmops.settings import Settings, get_settings
 
 pytestmark = pytest.mark.slow
 
-WORDS = "red green blue cyan magenta yellow black white orange purple brown pink".split()
+WORDS = ["red", "green", "blue", "cyan", "magenta", "yellow", "black", "white", "orange", "purple", "brown", "pink"]
 STEPS = 6
 KILL_AT = 4
 
