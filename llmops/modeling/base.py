@@ -55,8 +55,11 @@ def base_model_path(settings: Settings, params: Params) -> Path:
         candidate = Path(params.model.base)
         if candidate.is_dir():
             return candidate
+        if settings.profile == "cluster":
+            return candidate  # a Hugging Face id: transformers resolves it from the hub the cluster reaches
         raise ModelError(f"base model {params.model.base!r} is not a local directory",
-                         "pull it into a directory first (the embedded profile has no model hub)")
+                         "pull it into a directory first (the local profile has no model hub), "
+                         "or run with --profile cluster")
     if read_provenance(settings.base_model_dir) is None:
         raise ModelError(f"base model not found at {settings.base_model_dir}", "run `llmops model pull`")
     return settings.base_model_dir
