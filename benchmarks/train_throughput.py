@@ -5,8 +5,8 @@ the same model, LoRA config, optimizer (AdamW, weight decay 0), learning-rate sc
 clipping, precision and chat formatting/prompt masking (`encode_example`). Both sides run the same
 number of optimizer steps over the same training examples (one epoch of ours: the first E examples,
 E chosen so our packed blocks fill `--steps` global batches; the baseline's batch is ceil(E/steps)
-examples, as gradient accumulation over micro-batches of at most 8), in the same process, one after
-the other, on the same machine.
+examples, as gradient accumulation over micro-batches of at most 8, rounded to whole micro-batches), in
+the same process, one after the other, on the same machine.
 
 Reported:
 - useful tokens/s of each (non-padding tokens processed per second of optimizer-step time) and their
@@ -142,20 +142,22 @@ def run_baseline(params, base_dir: Path, tokenizer, records: list[dict], steps: 
     from llmops.modeling.prompts import encode_example
 
     tp, lora = params.train, params.lora
-    rows, real_tokens = [], 0
+    rows = []
     for record in records:
         ids, labels = encode_example(tokenizer, record)
         ids, labels = ids[:BASELINE_MAX_LENGTH], labels[:BASELINE_MAX_LENGTH]
-        real_tokens += len(ids)
         pad = BASELINE_MAX_LENGTH - len(ids)
         rows.append({
             "input_ids": torch.tensor(ids + [tokenizer.pad_token_id] * pad),
             "attention_mask": torch.tensor([1] * len(ids) + [0] * pad),
             "labels": torch.tensor(labels + [-100] * pad),
         })
-    batch = math.ceil(len(rows) / steps)
-    micro = min(BASELINE_MICRO_BATCH, batch)
-    accum = math.ceil(batch / micro)
+    # Micro-batches of at most 8 accumulated to about E/steps examples per optimizer step, so the baseline
+    # makes `steps` steps over about one pass of the same E examples (the exact tokens are counted below).
+    per_step = len(rows) / steps
+    micro = min(BASELINE_MICRO_BATCH, math.ceil(per_step))
+    accum = max(1, round(per_step / micro))
+    batch = micro * accum
     torch.manual_seed(tp.seed)
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
@@ -181,17 +183,18 @@ def run_baseline(params, base_dir: Path, tokenizer, records: list[dict], steps: 
         output_dir=str(out_dir / "hf-trainer"), per_device_train_batch_size=micro,
         gradient_accumulation_steps=accum, max_steps=steps, bf16=tp.bf16, use_cpu=True,
         max_grad_norm=tp.max_grad_norm, seed=tp.seed, logging_steps=1, save_strategy="no", report_to="none",
-        disable_tqdm=True, dataloader_num_workers=0,
+        disable_tqdm=True, dataloader_num_workers=0, include_num_input_tokens_seen="non_padding",
     )
     trainer = Trainer(model=model, args=args, train_dataset=rows, optimizers=(optimizer, scheduler),
                       callbacks=[timer])
     out = trainer.train()
     model.save_pretrained(str(out_dir / "hf-adapter"))
     examples_seen = steps * batch
-    tokens = real_tokens * examples_seen / len(rows)  # useful tokens processed (epochs beyond 1 pro rata)
+    tokens = trainer.state.num_input_tokens_seen  # non-padding tokens actually processed
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {
-        "examples_per_step": batch, "micro_batch": micro, "grad_accum": accum, "steps": steps,
+        "examples_per_step": batch, "examples_seen": examples_seen, "micro_batch": micro, "grad_accum": accum,
+        "steps": steps,
         "tokens": tokens, "padded_tokens": examples_seen * BASELINE_MAX_LENGTH,
         "step_seconds": timer.seconds, "train_runtime": out.metrics["train_runtime"],
         "tokens_per_s": tokens / timer.seconds, "train_loss": losses[-1] if losses else float("nan"),

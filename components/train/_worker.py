@@ -191,8 +191,10 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         with autocast(device.type, bf16):
             loss, _ = loss_sum(model, batch)
         (loss * (world / global_targets)).backward()
-        if tp["max_grad_norm"] > 0:
-            torch.nn.utils.clip_grad_norm_(params, tp["max_grad_norm"])
+        # Global norm over all shards (DTensor-aware under FSDP2); inf = measure without clipping.
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, tp["max_grad_norm"] or float("inf"))
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
@@ -205,7 +207,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         state["step"] = step + 1
         state["tokens"] += global_tokens
         state["train_seconds"] += seconds
-        row = {"step": step + 1, "train_loss": train_loss, "lr": lr, "tokens_per_s": global_tokens / seconds,
+        row = {"step": step + 1, "train_loss": train_loss, "lr": lr, "grad_norm": grad_norm.item(),
+               "tokens_per_s": global_tokens / seconds,
                "epoch": stream.epoch_of(step + 1, global_batch)}
         state["history"].append(row)
         if rank == 0:

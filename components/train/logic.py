@@ -30,7 +30,8 @@ from llmops.params import Params
 from llmops.settings import Settings
 
 FAULT_ENV = "LLMOPS_FAULT_KILL_AT_STEP"
-CURVES = {"train_loss": "train_loss", "lr": "lr", "tokens_per_s": "step_tokens_per_s"}  # history -> MLflow key
+# history key -> MLflow metric key (per step)
+CURVES = {"train_loss": "train_loss", "lr": "lr", "grad_norm": "grad_norm", "tokens_per_s": "step_tokens_per_s"}
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "README.md")
 
 
@@ -212,8 +213,9 @@ def _log_to_mlflow(params: Params, metrics: dict[str, Any], history: list[dict[s
     mlflow.log_params(flat)
     run_id = mlflow.active_run().info.run_id
     now = int(time.time() * 1000)
-    # Curves: train_loss and lr per step, and step_tokens_per_s (one step's throughput; the summary
-    # `tokens_per_s` is the whole run's). The summary skips train_loss: the curve's last point is it.
+    # Curves per step: train_loss, lr, grad_norm (before clipping) and step_tokens_per_s (that step's
+    # throughput; the summary `tokens_per_s` is the whole run's). The summary skips train_loss: the
+    # curve's last point is it.
     curve = [Metric(CURVES[key], float(row[key]), now, int(row["step"]))
              for row in history for key in CURVES]
     client = mlflow.MlflowClient()

@@ -3,8 +3,8 @@
 Run A: 2 workers, FSDP2, batch 1 per worker, and rank 1 killed before step 4 (LLMOPS_FAULT_KILL_AT_STEP),
 so it must resume from the step-2 checkpoint. Run B: 1 worker, DDP, batch 2 — the same global batch,
 seed and data, uninterrupted. Dropout is off and fp32 is used so the two must agree to float tolerance:
-that checks at once the sharding/gradient-averaging math, the FSDP2 adapter gather, and that resuming
-replays exactly what an uninterrupted run does.
+that checks at once the sharding/gradient-averaging math, gradient clipping on sharded gradients, the
+FSDP2 adapter gather, and that resuming replays exactly what an uninterrupted run does.
 """
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ def _params(settings: Settings, extra: list[str]):
     return settings.params([
         f"train.max_steps={STEPS}", "train.seq_len=128", "train.checkpoint_every=2", "train.warmup_steps=1",
         "train.lr=3e-3", "train.bf16=false", "train.max_failures=2", "lora.dropout=0.0", "lora.r=4",
+        # Clip hard so every step clips: the global grad norm over FSDP2 shards must match DDP's.
+        "train.max_grad_norm=0.05",
         *extra,
     ])
 
@@ -140,9 +142,10 @@ def test_two_worker_fsdp_adapter_equals_single_worker_adapter(fsdp_run, single_r
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
     assert any(not torch.all(t == 0) for k, t in a.items() if "lora_B" in k)  # LoRA B starts at 0: it moved
-    losses_a = [row["train_loss"] for row in fsdp.history]
-    losses_b = [row["train_loss"] for row in single_run.history]
-    assert losses_a == pytest.approx(losses_b, rel=1e-5)
+    for key in ("train_loss", "grad_norm"):
+        assert [row[key] for row in fsdp.history] == pytest.approx([row[key] for row in single_run.history],
+                                                                   rel=1e-5), key
+    assert all(row["grad_norm"] > 0.05 for row in fsdp.history)  # every step was clipped
 
 
 def test_mlflow_child_run_has_curves_params_and_plot(env, fsdp_run):
@@ -153,7 +156,7 @@ def test_mlflow_child_run_has_curves_params_and_plot(env, fsdp_run):
     run = client.get_run(result.run_id)
     assert run.data.tags["mlflow.parentRunId"] == parent
     assert run.data.params["train.strategy"] == "fsdp" and run.data.params["lora.r"] == "4"
-    for key in ("train_loss", "lr", "step_tokens_per_s"):
+    for key in ("train_loss", "lr", "grad_norm", "step_tokens_per_s"):
         assert [p.step for p in client.get_metric_history(result.run_id, key)] == list(range(1, STEPS + 1))
     for key in ("val_loss", "val_loss_before", "peak_rss_mb", "tokens_per_s", "resumed"):
         assert key in run.data.metrics
