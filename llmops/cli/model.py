@@ -19,9 +19,8 @@ def pull(
     from dataclasses import asdict
 
     from llmops.modeling.base import pull_base_model
-    from llmops.settings import get_settings
-
     from llmops.modeling.embedder import ensure_embedder
+    from llmops.settings import get_settings
 
     settings = get_settings()
     params = settings.params()

@@ -18,9 +18,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _commands(group: click.Command, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     out = [prefix]
-    if isinstance(group, click.Group):
-        for name, cmd in group.commands.items():
-            out += _commands(cmd, (*prefix, name))
+    if hasattr(group, "list_commands"):  # typer may vendor its own click: duck-type the group
+        ctx = click.Context(group)
+        for name in group.list_commands(ctx):
+            out += _commands(group.get_command(ctx, name), (*prefix, name))
     return out
 
 
