@@ -84,7 +84,7 @@ def matmul_flops(dtype_name: str, size: int = 2048, seconds: float = 3.0) -> flo
     return 2 * size**3 * reps / (time.perf_counter() - start)
 
 
-def choose_examples(tokenizer, records: list[dict], seq_len: int, global_batch: int, steps: int) -> int:
+def choose_examples(tokenizer, records: list[dict], seq_len: int, global_batch: int, steps: int, seed: int) -> int:
     """Largest E such that our packing of the first E records gives at most steps * global_batch blocks."""
     from components.train.data import encode_records, pack_examples
 
@@ -93,7 +93,7 @@ def choose_examples(tokenizer, records: list[dict], seq_len: int, global_batch: 
     lo, hi = 1, len(examples)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if len(pack_examples(examples[:mid], seq_len)) <= target:
+        if len(pack_examples(examples[:mid], seq_len, seed)) <= target:
             lo = mid
         else:
             hi = mid - 1
@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     records = read_records(args.train)
     global_batch = params.train.batch_size * params.train.num_workers
-    n_examples = choose_examples(tokenizer, records, params.train.seq_len, global_batch, args.steps)
+    n_examples = choose_examples(tokenizer, records, params.train.seq_len, global_batch, args.steps,
+                                 params.train.seed)
     params = settings.params([*overrides, f"train.max_train_examples={n_examples}"])
     val_records = read_records(args.validation)[: params.train.max_val_examples or None]
     precision = "bf16" if params.train.bf16 else "fp32"

