@@ -22,7 +22,7 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("embed_similarity", "embedding cosine", "higher"),
     ("latency_p50_ms", "latency p50 (ms)", "lower"),
     ("latency_p95_ms", "latency p95 (ms)", "lower"),
-    ("tokens_per_s", "tokens/s", "higher"),
+    ("tokens_per_s", "answer tokens/s (to EOS, batched)", "higher"),
 )
 
 _COLORS = {"base": "#8c8c8c", "candidate": "#1f77b4", "champion": "#ff7f0e"}
