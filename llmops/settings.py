@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     # Orchestration and compute.
     kfp_host: str | None = None
     ray_address: str | None = None  # None: start Ray locally
+    # Where Ray Train writes checkpoints and results. Every worker must reach it, so a multi-node cluster
+    # needs shared storage: a URI pyarrow understands (s3://bucket/prefix, gs://...) or a shared mount.
+    # Local default: <state_dir>/ray-results.
+    ray_storage: str | None = None
     image: str = "ghcr.io/llmops/llmops:0.1.0"
     trtllm_image: str = "ghcr.io/llmops/llmops-trtllm:0.1.0"
 
@@ -80,7 +84,14 @@ class Settings(BaseSettings):
             self.audit_db_uri = f"sqlite:///{self.state_dir / 'audit.db'}"
         if self.dvc_remote_url is None:
             self.dvc_remote_url = str(self.state_dir / "dvc-remote")
+        if self.ray_storage is None:
+            self.ray_storage = str(self.state_dir / "ray-results")
         return self
+
+    @property
+    def ray_storage_is_remote(self) -> bool:
+        """True for a URI (s3://, gs://...): nothing to create locally, and no local marker files beside it."""
+        return "://" in (self.ray_storage or "")
 
     # Paths derived from the state dir: one place each.
     @property

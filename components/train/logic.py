@@ -124,7 +124,7 @@ def _cpus_per_worker(params: Params, use_gpu: bool) -> int:
     return cpus
 
 
-def _run_trainer(params: Params, config: dict[str, Any], run_name: str, storage: Path):
+def _run_trainer(params: Params, config: dict[str, Any], run_name: str, storage: str):
     """Fit the TorchTrainer; returns Ray's Result. Worker failures beyond max_failures become ModelError."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -144,7 +144,7 @@ def _run_trainer(params: Params, config: dict[str, Any], run_name: str, storage:
                                      resources_per_worker=resources),
         run_config=RunConfig(
             name=run_name,
-            storage_path=str(storage),
+            storage_path=storage,
             failure_config=FailureConfig(max_failures=tp.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
@@ -155,7 +155,7 @@ def _run_trainer(params: Params, config: dict[str, Any], run_name: str, storage:
         cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
             f"training failed after {tp.max_failures} allowed restart(s): {cause[:300]}",
-            f"see the worker log above; checkpoints and logs are under {storage / run_name}",
+            f"see the worker log above; checkpoints and logs are under {storage.rstrip('/')}/{run_name}",
         ) from exc
 
 
@@ -258,9 +258,15 @@ def train_adapter(
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     data = prepare_data(params, tokenizer, Path(train_path), Path(validation_path))
     quiet_ray_env()
-    storage = settings.state_dir / "ray-results"
-    storage.mkdir(parents=True, exist_ok=True)
+    storage = settings.ray_storage
     run_name = f"train-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+    if settings.ray_storage_is_remote:
+        # The fault drill's once-only marker needs a filesystem the workers share: on remote storage it
+        # lives in the local state dir, which is only shared when the workers run on this machine.
+        run_dir = settings.state_dir / "ray-faults" / run_name
+    else:
+        Path(storage).mkdir(parents=True, exist_ok=True)
+        run_dir = Path(storage) / run_name
 
     with step_run(settings, parent_run_id, "train") as run_id, ray_session(settings):
         import ray
@@ -277,7 +283,7 @@ def train_adapter(
             "global_batch": params.train.batch_size * params.train.num_workers,
             "use_gpu": use_gpu,
             "cpus_per_worker": _cpus_per_worker(params, use_gpu),
-            "run_dir": str(storage / run_name),
+            "run_dir": str(run_dir),
             "fault_kill_at_step": fault_step,
         }
         print(f"[llmops.train] {data.stats['examples']} examples -> {data.stats['blocks']} blocks of <= "
@@ -287,7 +293,7 @@ def train_adapter(
         result = _run_trainer(params, config, run_name, storage)
         out = result.return_value
         if not out:
-            raise ModelError("training returned no result from rank 0", f"see {storage / run_name}")
+            raise ModelError("training returned no result from rank 0", f"see {storage.rstrip('/')}/{run_name}")
         _copy_adapter(result, out_dir)
         seconds = time.perf_counter() - started
         metrics: dict[str, Any] = {

@@ -50,6 +50,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     root = tmp_path_factory.mktemp("train")
     mp = pytest.MonkeyPatch()
     mp.setenv("LLMOPS_STATE_DIR", str(root / "state"))
+    # Checkpoints outside the state dir, as a cluster's shared storage would be: the setting is honoured.
+    mp.setenv("LLMOPS_RAY_STORAGE", str(root / "shared-storage"))
     mp.setenv("LLMOPS_PROJECT_DIR", str(Path(__file__).resolve().parents[2]))
     get_settings.cache_clear()
     settings = get_settings()
@@ -127,7 +129,11 @@ def test_killed_worker_resumes_from_checkpoint_and_finishes_every_step(env, fsdp
     result, _ = fsdp_run
     assert result.metrics["resumed"] >= 1
     assert [row["step"] for row in result.history] == list(range(1, STEPS + 1))
-    markers = list((env["settings"].state_dir / "ray-results").glob("train-*/fault-injected"))
+    settings = env["settings"]
+    storage = Path(settings.ray_storage)
+    assert storage.parent == settings.state_dir.parent and not (settings.state_dir / "ray-results").exists()
+    assert list(storage.glob("train-*/checkpoint-*")), "Ray Train checkpoints belong in LLMOPS_RAY_STORAGE"
+    markers = list(storage.glob("train-*/fault-injected"))
     assert len(markers) == 1 and f"before step {KILL_AT}" in markers[0].read_text()
 
 

@@ -17,11 +17,18 @@ def test_local_profile_keeps_all_state_under_one_dir(tmp_path: Path) -> None:
     s = Settings(project_dir=REPO, state_dir=tmp_path / "st")
     assert s.profile == "local"
     assert s.tracking_uri == f"sqlite:///{tmp_path / 'st' / 'mlflow.db'}"
-    for path in (s.artifact_root, s.dvc_remote_url, s.ray_dir, s.reports_dir):
+    for path in (s.artifact_root, s.dvc_remote_url, s.ray_dir, s.reports_dir, s.ray_storage):
         assert str(path).startswith(str(tmp_path / "st"))
     # models are a cache shared by every state dir of the project
     assert s.base_model_dir == REPO / ".llmops" / "models" / "smollm2-135m-instruct"
     assert s.audit_db_uri.endswith("audit.db")
+    assert not s.ray_storage_is_remote
+
+
+def test_ray_storage_may_be_shared_object_storage(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LLMOPS_RAY_STORAGE", "s3://bucket/ray-results")
+    s = Settings(project_dir=REPO, state_dir=tmp_path)
+    assert s.ray_storage == "s3://bucket/ray-results" and s.ray_storage_is_remote
 
 
 def test_env_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
