@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: help setup venv model data run test test-fast lint compile ui bench clean
+.PHONY: help setup venv model data run test test-fast test-gpu lint compile ui bench clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ test: setup ## the whole test suite
 
 test-fast: setup ## unit tests only (no multi-process / whole-pipeline tests)
 	@$(BIN)/pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
+
+test-gpu: setup ## the GPU tests (CUDA training and generation); they skip without a GPU
+	@$(BIN)/pytest -q -m gpu -rs $(PYTEST_ARGS)
 
 lint: venv ## ruff + the compiled pipeline YAML is up to date
 	@$(BIN)/ruff check .
