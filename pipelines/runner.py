@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,8 @@ def _pin_env(settings: Settings) -> None:
     os.environ["LLMOPS_PROFILE"] = settings.profile
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Weight-loading progress bars from every step flood a piped log; each step prints its own progress.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def run_finetune_local(settings: Settings, overrides: list[str], data_dir: str = "data/splits") -> RunOutcome:
@@ -54,6 +57,8 @@ def run_finetune_local(settings: Settings, overrides: list[str], data_dir: str =
 
     _pin_env(settings)
     settings.ensure_state_dir()
+    # Locally the components run in this interpreter on purpose (the project image is what a cluster uses).
+    warnings.filterwarnings("ignore", message=r".*custom or non-Python base image", category=RuntimeWarning)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(settings.state_dir / "kfp"),
                raise_on_error=True)
     t0 = time.time()
