@@ -9,8 +9,6 @@ from llmops.settings import Settings
 from llmops.tracking import ensure_experiment
 
 STEPS = ("validate_data", "train", "evaluate", "register")
-HEADLINE_METRICS = ("perplexity", "general_perplexity", "exact_match", "rouge_l", "embedding_similarity",
-                    "latency_p50_ms")
 
 
 def latest_parent_run(settings: Settings, since_ms: int) -> str | None:
@@ -24,6 +22,25 @@ def latest_parent_run(settings: Settings, since_ms: int) -> str | None:
     )
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     return parents[0].info.run_id if parents else None
+
+
+def mark_interrupted(settings: Settings, since_ms: int) -> list[str]:
+    """Close every run this invocation left RUNNING (the parent and any step) as KILLED; returns their ids.
+
+    An interrupted `kfp.local` run never reaches the exit handler, so without this the MLflow UI would show
+    the pipeline as running forever.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(settings.tracking_uri)
+    runs = client.search_runs(
+        [ensure_experiment(settings)],
+        filter_string=f"attributes.start_time >= {since_ms} and attributes.status = 'RUNNING'", max_results=100,
+    )
+    for run in runs:
+        client.set_tag(run.info.run_id, "llmops.final_state", "INTERRUPTED")
+        client.set_terminated(run.info.run_id, status="KILLED")
+    return [r.info.run_id for r in runs]
 
 
 def summarize(settings: Settings, parent_run_id: str) -> dict[str, Any]:

@@ -43,11 +43,17 @@ def finetune(
         return
 
     from pipelines.runner import run_finetune_local
-    from pipelines.summary import latest_parent_run, summarize
+    from pipelines.summary import latest_parent_run, mark_interrupted, summarize
 
     since_ms = int(time.time() * 1000)
     console.rule("[bold]llmops finetune[/] (kfp.local)")
-    outcome = run_finetune_local(settings, overrides, data_dir)
+    try:
+        outcome = run_finetune_local(settings, overrides, data_dir)
+    except KeyboardInterrupt:
+        killed = mark_interrupted(settings, since_ms)
+        console.print(f"[red]interrupted[/]: {len(killed)} MLflow run(s) marked KILLED; nothing was registered "
+                      "unless the register step had finished. Run it again to start over.")
+        raise typer.Exit(130) from None
     run_id = latest_parent_run(settings, since_ms)
     summary: dict[str, Any] = summarize(settings, run_id) if run_id else {"steps": {}}
     summary |= {"succeeded": outcome.succeeded, "wall_seconds": round(outcome.seconds, 1), "error": outcome.error}
