@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from llmops.settings import Settings
 
 EXPERIMENT = "llmops-finetune"
+FINAL_STATE_TAG = "llmops.final_state"
 
 
 def configure(settings: Settings) -> None:
@@ -40,6 +41,18 @@ def start_pipeline_run(settings: Settings, run_name: str, tags: dict[str, str] |
     exp_id = ensure_experiment(settings)
     run = MlflowClient(settings.tracking_uri).create_run(exp_id, run_name=run_name, tags=tags or {})
     return run.info.run_id
+
+
+def close_run(settings: Settings, run_id: str, *, state: str, status: str, error: str | None = None) -> None:
+    """End a run with MLflow `status` (FINISHED/FAILED/KILLED), recording the pipeline's own `state` beside it
+    (SUCCEEDED, FAILED, INTERRUPTED...), which MLflow's status vocabulary cannot express."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(settings.tracking_uri)
+    client.set_tag(run_id, FINAL_STATE_TAG, state)
+    if error:
+        client.set_tag(run_id, "llmops.error", error[:4000])
+    client.set_terminated(run_id, status=status)
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmops.settings import Settings
-from llmops.tracking import ensure_experiment
+from llmops.tracking import FINAL_STATE_TAG, close_run, ensure_experiment
 
 STEPS = ("validate_data", "train", "evaluate", "register")
 
@@ -32,14 +32,12 @@ def mark_interrupted(settings: Settings, since_ms: int) -> list[str]:
     """
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(settings.tracking_uri)
-    runs = client.search_runs(
+    runs = MlflowClient(settings.tracking_uri).search_runs(
         [ensure_experiment(settings)],
         filter_string=f"attributes.start_time >= {since_ms} and attributes.status = 'RUNNING'", max_results=100,
     )
     for run in runs:
-        client.set_tag(run.info.run_id, "llmops.final_state", "INTERRUPTED")
-        client.set_terminated(run.info.run_id, status="KILLED")
+        close_run(settings, run.info.run_id, state="INTERRUPTED", status="KILLED")
     return [r.info.run_id for r in runs]
 
 
@@ -55,7 +53,7 @@ def summarize(settings: Settings, parent_run_id: str) -> dict[str, Any]:
     out: dict[str, Any] = {
         "mlflow_run_id": parent_run_id,
         "kfp_run_name": tags.get("llmops.kfp_run_name"),
-        "state": tags.get("llmops.final_state", parent.info.status),
+        "state": tags.get(FINAL_STATE_TAG, parent.info.status),
         "git_commit": tags.get("llmops.git_commit"),
         "params_hash": tags.get("llmops.params_hash"),
         "data_versions": {k.removeprefix("llmops.dvc."): v for k, v in tags.items() if k.startswith("llmops.dvc.")},

@@ -9,7 +9,7 @@ from __future__ import annotations
 from llmops.lineage import dvc_hashes, git_commit
 from llmops.params import Params
 from llmops.settings import Settings
-from llmops.tracking import ensure_experiment, start_pipeline_run
+from llmops.tracking import close_run, ensure_experiment, start_pipeline_run
 
 KFP_RUN_TAG = "llmops.kfp_run_id"
 
@@ -49,16 +49,10 @@ def find_run(settings: Settings, kfp_run_id: str) -> str | None:
 
 def finish_run(settings: Settings, *, kfp_run_id: str, state: str, error: str | None = None) -> str | None:
     """Close the parent run with the pipeline's final state (SUCCEEDED -> FINISHED, else FAILED)."""
-    from mlflow.tracking import MlflowClient
-
     run_id = find_run(settings, kfp_run_id)
     if run_id is None:
         return None
-    client = MlflowClient(settings.tracking_uri)
-    client.set_tag(run_id, "llmops.final_state", state)
-    if error:
-        client.set_tag(run_id, "llmops.error", error[:4000])
-    client.set_terminated(run_id, status="FINISHED" if state == "SUCCEEDED" else "FAILED")
+    close_run(settings, run_id, state=state, status="FINISHED" if state == "SUCCEEDED" else "FAILED", error=error)
     return run_id
 
 
