@@ -6,33 +6,18 @@ with `make test-gpu`. They use the tiny model, so they take seconds once Ray is 
 
 from __future__ import annotations
 
-import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
 
 from llmops.settings import Settings
+from tests.synthetic import word_reversal_jsonl
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-
-WORDS = ["red", "green", "blue", "cyan", "magenta", "yellow", "black", "white"]
-
-
-def _write_records(path: Path, n: int, seed: int) -> Path:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        words = [rng.choice(WORDS) for _ in range(rng.randint(2, 6))]
-        rows.append({"id": f"{seed}-{i}", "instruction": "Reverse the order of these words.",
-                     "input": " ".join(words), "output": " ".join(reversed(words)), "source": "synthetic"})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
 
 def test_ray_train_on_cuda_fsdp_bf16_saves_an_adapter_that_lowers_val_loss(
     settings: Settings, tiny_model_dir: Path, tmp_path: Path
@@ -47,8 +32,8 @@ def test_ray_train_on_cuda_fsdp_bf16_saves_an_adapter_that_lowers_val_loss(
     ])
     result = train_adapter(
         settings, params,
-        train_path=_write_records(tmp_path / "train.jsonl", 160, 1),
-        validation_path=_write_records(tmp_path / "validation.jsonl", 24, 2),
+        train_path=word_reversal_jsonl(tmp_path / "train.jsonl", 160, 1),
+        validation_path=word_reversal_jsonl(tmp_path / "validation.jsonl", 24, 2),
         base_model_dir=tiny_model_dir, out_dir=tmp_path / "adapter",
     )
     m = result.metrics

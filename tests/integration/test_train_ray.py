@@ -9,8 +9,6 @@ FSDP2 adapter gather, and that resuming replays exactly what an uninterrupted ru
 
 from __future__ import annotations
 
-import json
-import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,27 +17,12 @@ import torch
 
 from components.train.logic import TrainResult, train_adapter
 from llmops.settings import Settings, get_settings
+from tests.synthetic import word_reversal_jsonl
 
 pytestmark = pytest.mark.slow
 
-WORDS = ["red", "green", "blue", "cyan", "magenta", "yellow", "black", "white", "orange", "purple", "brown", "pink"]
 STEPS = 6
 KILL_AT = 4
-
-
-def _records(n: int, seed: int) -> list[dict[str, str]]:
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        words = [rng.choice(WORDS) for _ in range(rng.randint(2, 7))]
-        out.append({"id": f"{seed}-{i}", "instruction": "Reverse the order of these words.",
-                    "input": " ".join(words), "output": " ".join(reversed(words)), "source": "synthetic"})
-    return out
-
-
-def _write(path: Path, records: list[dict[str, str]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +40,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     settings = get_settings()
     settings.ensure_state_dir()
     data = {
-        "train": _write(root / "train.jsonl", _records(160, 1)),
-        "validation": _write(root / "validation.jsonl", _records(24, 2)),
+        "train": word_reversal_jsonl(root / "train.jsonl", 160, 1),
+        "validation": word_reversal_jsonl(root / "validation.jsonl", 24, 2),
     }
     with ray_session(settings):
         yield {"settings": settings, "root": root, **data}
