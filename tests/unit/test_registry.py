@@ -8,21 +8,11 @@ from pathlib import Path
 import pytest
 
 from llmops.errors import RegistryError
-from llmops.registry import Registry, SqlAuditStore, parse_ref
+from llmops.registry import SqlAuditStore, parse_ref
 from llmops.settings import Settings
+from tests.registry_setup import registry_with_versions
 
 NAME = "reg-test"
-
-
-def _registry_with_versions(settings: Settings, n: int, name: str = NAME) -> Registry:
-    """A registered model with `n` real versions (source: a directory in the state dir)."""
-    reg = Registry(settings)
-    src = settings.state_dir / "src"
-    src.mkdir(exist_ok=True)
-    reg.client.create_registered_model(name)
-    for _ in range(n):
-        reg.client.create_model_version(name, source=str(src))
-    return reg
 
 
 def test_parse_ref() -> None:
@@ -35,7 +25,7 @@ def test_parse_ref() -> None:
 
 
 def test_promote_rollback_history(settings: Settings) -> None:
-    reg = _registry_with_versions(settings, 3)
+    reg = registry_with_versions(settings, 3, NAME)
     assert reg.alias_version(NAME, "champion") is None
 
     e1 = reg.promote(NAME, 1, reason="first", actor="alice@lab")
@@ -86,7 +76,7 @@ def test_promote_rollback_history(settings: Settings) -> None:
 
 
 def test_rollback_without_earlier_version_fails_cleanly(settings: Settings) -> None:
-    reg = _registry_with_versions(settings, 2)
+    reg = registry_with_versions(settings, 2, NAME)
     with pytest.raises(RegistryError, match="no recorded change"):
         reg.rollback(NAME, reason="nothing to undo")
     reg.promote(NAME, 1, reason="first")
@@ -98,7 +88,7 @@ def test_rollback_without_earlier_version_fails_cleanly(settings: Settings) -> N
 
 
 def test_alias_moved_outside_llmops_blocks_rollback(settings: Settings) -> None:
-    reg = _registry_with_versions(settings, 3)
+    reg = registry_with_versions(settings, 3, NAME)
     reg.promote(NAME, 1, reason="a")
     reg.promote(NAME, 2, reason="b")
     reg.client.set_registered_model_alias(NAME, "champion", "3")  # e.g. from the MLflow UI
@@ -109,7 +99,7 @@ def test_alias_moved_outside_llmops_blocks_rollback(settings: Settings) -> None:
 
 
 def test_remove_alias_is_audited_and_rollback_restores(settings: Settings) -> None:
-    reg = _registry_with_versions(settings, 2)
+    reg = registry_with_versions(settings, 2, NAME)
     reg.promote(NAME, 2, alias="canary", reason="start canary")
     removed = reg.remove_alias(NAME, "canary", reason="canary failed")
     assert (removed["action"], removed["from_version"], removed["to_version"]) == ("remove", "2", None)
@@ -120,7 +110,7 @@ def test_remove_alias_is_audited_and_rollback_restores(settings: Settings) -> No
 
 
 def test_unknown_things_raise_registry_error(settings: Settings, tmp_path: Path) -> None:
-    reg = _registry_with_versions(settings, 1)
+    reg = registry_with_versions(settings, 1, NAME)
     cases = [
         lambda: reg.show("nope"),
         lambda: reg.show("nope/1"),

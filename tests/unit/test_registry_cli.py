@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llmops.registry import Registry
 from llmops.settings import Settings
+from tests.registry_setup import registry_with_versions
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "cli-test"
@@ -26,12 +26,7 @@ def _json(*args: str):
 
 
 def test_models_cli_json_and_errors(settings: Settings) -> None:
-    reg = Registry(settings)
-    src = settings.state_dir / "src"
-    src.mkdir()
-    reg.client.create_registered_model(NAME)
-    for _ in range(2):
-        reg.client.create_model_version(NAME, source=str(src))
+    reg = registry_with_versions(settings, 2, NAME)
 
     reg.promote(NAME, 1, reason="first")
     event = _json("promote", NAME, "2", "--alias", "champion", "--reason", "better")

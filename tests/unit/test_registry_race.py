@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from llmops.registry import Registry
 from llmops.settings import Settings
+from tests.registry_setup import registry_with_versions
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "race-test"
@@ -38,12 +38,7 @@ print(json.dumps({"who": who, "changed": changed, "start": start, "end": time.ti
 
 
 def test_racing_promotions_keep_alias_and_chain_consistent(settings: Settings, tmp_path: Path) -> None:
-    reg = Registry(settings)
-    src = settings.state_dir / "src"
-    src.mkdir()
-    reg.client.create_registered_model(NAME)
-    for _ in range(4):
-        reg.client.create_model_version(NAME, source=str(src))
+    reg = registry_with_versions(settings, 4, NAME)
     reg.audit.history(NAME)  # create the audit table before the race
 
     script = tmp_path / "worker.py"
