@@ -26,7 +26,7 @@ $(BIN)/.installed: pyproject.toml requirements/constraints.txt
 	@echo "==> python environment ($(VENV)): torch CPU first, then pinned dependencies"
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/pip install -q torch==2.13.0 2>&1 | grep -v '^WARNING: Location' || true
-	@$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev,cluster]' 2>&1 | grep -v '^WARNING: Location' || true
 	@$(BIN)/python -c "import torch, kfp, mlflow, ray, transformers, peft, great_expectations, dvc" \
 		|| { echo "error: the environment did not install; see pip's messages above" >&2; exit 1; }
 	@touch $@
