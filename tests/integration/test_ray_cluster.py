@@ -1,0 +1,145 @@
+"""The train step on a separate, already running Ray cluster (the cluster profile's `LLMOPS_RAY_ADDRESS`).
+
+A Ray head node is started here with `ray start --head` as its own process tree (its own ports, its own
+temp dir, so another Ray on this machine is neither joined nor touched), the tiny model is trained
+through its address with the same `train_adapter` a laptop run uses, and the head is stopped by the
+PIDs of its own processes (never a machine-wide `ray stop`). Checkpoints must land in the configured
+shared storage (`LLMOPS_RAY_STORAGE`), and the workers must have run in that cluster's raylet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from components.train.logic import train_adapter
+from llmops.settings import get_settings
+from tests.synthetic import word_reversal_jsonl
+
+pytestmark = pytest.mark.slow
+
+STEPS = 4
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _pids_under(temp_dir: Path) -> list[int]:
+    """PIDs of the processes of the head node started with `temp_dir` (Ray puts it in every command line)."""
+    import psutil
+
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if str(temp_dir) in cmdline and proc.info["pid"] != os.getpid():
+            pids.append(proc.info["pid"])
+    return pids
+
+
+def _stop_head(temp_dir: Path) -> None:
+    """SIGTERM this head's processes, then SIGKILL what is left after a grace period (as `ray stop` does)."""
+    import psutil
+
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        pids = _pids_under(temp_dir)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        gone_by = time.monotonic() + wait
+        while time.monotonic() < gone_by and any(psutil.pid_exists(p) for p in pids):
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[dict]:
+    """A 2-CPU Ray head on loopback with every port chosen free; stopped (by its own PIDs) afterwards."""
+    ray_bin = Path(sys.executable).parent / "ray"
+    # Ray's socket paths must stay short: a temp dir directly under the system temp dir.
+    temp_dir = Path(tempfile.mkdtemp(prefix="llmops-rh-"))
+    gcs, node_mgr, obj_mgr, dash, agent_http, agent_grpc, runtime_env, metrics = _free_ports(8)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
+           "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard=false", "--dashboard-port", str(dash),
+           "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
+           "--runtime-env-agent-port", str(runtime_env), "--metrics-export-port", str(metrics),
+           "--node-manager-port", str(node_mgr), "--object-manager-port", str(obj_mgr),
+           "--object-store-memory", str(256 * 2**20), "--temp-dir", str(temp_dir), "--disable-usage-stats"]
+    started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    try:
+        if started.returncode != 0:
+            pytest.fail(f"`ray start --head` failed:\n{started.stdout[-2000:]}\n{started.stderr[-2000:]}")
+        yield {"address": f"127.0.0.1:{gcs}", "temp_dir": temp_dir}
+    finally:
+        _stop_head(temp_dir)
+        leftover = _pids_under(temp_dir)
+        import shutil
+
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        assert not leftover, f"Ray head processes still running: {leftover}"
+
+
+@pytest.fixture(scope="module")
+def cluster_run(ray_head: dict, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("ray-cluster")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LLMOPS_STATE_DIR", str(root / "state"))
+    mp.setenv("LLMOPS_RAY_ADDRESS", ray_head["address"])
+    mp.setenv("LLMOPS_RAY_STORAGE", str(root / "shared-storage"))
+    mp.setenv("LLMOPS_PROJECT_DIR", str(Path(__file__).resolve().parents[2]))
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+        settings.ensure_state_dir()
+        params = settings.params([
+            f"train.max_steps={STEPS}", "train.seq_len=128", "train.checkpoint_every=2", "train.warmup_steps=1",
+            "train.lr=3e-3", "train.bf16=false", "lora.dropout=0.0", "lora.r=4",
+            "train.num_workers=2", "train.strategy=fsdp", "train.batch_size=1",
+        ])
+        result = train_adapter(settings, params,
+                               train_path=word_reversal_jsonl(root / "train.jsonl", 96, 1),
+                               validation_path=word_reversal_jsonl(root / "validation.jsonl", 16, 2),
+                               base_model_dir=tiny_model_dir, out_dir=root / "adapter")
+        yield {"settings": settings, "result": result}
+    finally:
+        mp.undo()
+        get_settings.cache_clear()
+
+
+def test_training_runs_on_the_separate_head_and_checkpoints_to_shared_storage(ray_head, cluster_run):
+    import ray
+
+    result, settings = cluster_run["result"], cluster_run["settings"]
+    m = result.metrics
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+    assert m["steps"] == STEPS and m["num_workers"] == 2 and m["strategy"] == "fsdp"
+    assert m["val_loss"] < m["val_loss_before"]
+    # This process joined the cluster and left it: no Ray of its own is left running.
+    assert not ray.is_initialized()
+    # Checkpoints in the configured shared storage, none in the state dir's default location.
+    storage = Path(settings.ray_storage)
+    assert list(storage.glob("train-*/checkpoint-*")), "Ray Train checkpoints belong in LLMOPS_RAY_STORAGE"
+    assert result.checkpoint_dir and Path(result.checkpoint_dir).is_relative_to(storage)
+    assert not (settings.state_dir / "ray-results").exists() and not settings.ray_dir.exists()
+    # The workers ran in that head's raylet: their logs are in its session dir, and no other Ray was started.
+    logs = ray_head["temp_dir"] / "session_latest" / "logs"
+    worker_logs = "".join(p.read_text(errors="replace") for p in logs.glob("worker-*.out"))
+    assert "train_loop" in worker_logs or "RayTrainWorker" in worker_logs, sorted(p.name for p in logs.iterdir())
