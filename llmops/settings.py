@@ -62,8 +62,12 @@ class Settings(BaseSettings):
     # needs shared storage: a URI pyarrow understands (s3://bucket/prefix, gs://...) or a shared mount.
     # Local default: <state_dir>/ray-results.
     ray_storage: str | None = None
-    image: str = "ghcr.io/llmops/llmops:0.1.0"
-    trtllm_image: str = "ghcr.io/llmops/llmops-trtllm:0.1.0"
+    # Component images (infra/docker/, built by `make images`): <registry>/<name>:<tag> unless set in full.
+    image_registry: str = "ghcr.io/llmops"
+    image_tag: str = "0.1.0"
+    image: str | None = None  # CPU steps, serving, monitoring: <registry>/llmops:<tag>
+    train_image: str | None = None  # CUDA training: <registry>/llmops-cuda:<tag>
+    trtllm_image: str | None = None  # TensorRT-LLM engine builds: <registry>/llmops-trtllm:<tag>
 
     # Serving.
     api_token: str | None = None
@@ -86,6 +90,10 @@ class Settings(BaseSettings):
             self.dvc_remote_url = str(self.state_dir / "dvc-remote")
         if self.ray_storage is None:
             self.ray_storage = str(self.state_dir / "ray-results")
+        registry = self.image_registry.rstrip("/")
+        self.image = self.image or f"{registry}/llmops:{self.image_tag}"
+        self.train_image = self.train_image or f"{registry}/llmops-cuda:{self.image_tag}"
+        self.trtllm_image = self.trtllm_image or f"{registry}/llmops-trtllm:{self.image_tag}"
         return self
 
     @property
