@@ -41,3 +41,13 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, base_tokenizer_dir:
     from llmops.modeling.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", tokenizer_dir=base_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tracking_stack_pg(tmp_path_factory: pytest.TempPathFactory):
+    """The cluster profile's tracking stack (PostgreSQL + S3 + mlflow server), once per session; see
+    tests/postgres_stack.py. Skips with the fix when PostgreSQL is not installed."""
+    from tests.postgres_stack import tracking_stack
+
+    with tracking_stack(tmp_path_factory.mktemp("pg-stack")) as stack:
+        yield stack

@@ -10,7 +10,7 @@ import pytest
 from llmops.errors import RegistryError
 from llmops.registry import SqlAuditStore, parse_ref
 from llmops.settings import Settings
-from tests.registry_setup import registry_with_versions
+from tests.registry_setup import backend_settings, registry_with_versions  # noqa: F401 - backend_settings: fixture
 
 NAME = "reg-test"
 

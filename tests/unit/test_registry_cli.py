@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from llmops.settings import Settings
-from tests.registry_setup import registry_with_versions
+from tests.registry_setup import backend_settings, registry_with_versions  # noqa: F401 - backend_settings: fixture
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "cli-test"

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from llmops.settings import Settings
-from tests.registry_setup import registry_with_versions
+from tests.registry_setup import backend_settings, registry_with_versions  # noqa: F401 - backend_settings: fixture
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "race-test"
