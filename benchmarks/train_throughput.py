@@ -1,25 +1,25 @@
-"""Training throughput: our `train_adapter` (Ray Train, packing, bf16) vs a plain Hugging Face Trainer.
+"""Training step time: ours (Ray Train, packing, answer-only logits, LoRA) vs the baselines a user would pick.
 
-Baseline, as people commonly write it: `Trainer` + PEFT LoRA, every example padded to max_length=256,
-the same model, LoRA config, optimizer (AdamW, weight decay 0), learning-rate schedule, gradient
-clipping, precision and chat formatting/prompt masking (`encode_example`). Both sides run the same
-number of optimizer steps over the same training examples (one epoch of ours: the first E examples,
-E chosen so our packed blocks fill `--steps` global batches; the baseline's batch is ceil(E/steps)
-examples, as gradient accumulation over micro-batches of at most 8, rounded to whole micro-batches), in
-the same process, one after the other, on the same machine.
+Sides, in one run, one after the other, on the same machine (see `benchmarks/README.md`):
+- `ours`: `components.train.logic.train_adapter`, exactly as `make run` runs it (params.yaml: Ray Train workers,
+  FSDP2, whole examples packed into `train.seq_len` blocks, logits only at answer positions, bf16 autocast);
+- `pad`: HF `Trainer`, dynamic padding (`DataCollatorForSeq2Seq`, pad to longest) + group-by-length sampling;
+- `flatten`: HF `Trainer` + `DataCollatorWithFlattening` (padding-free, position-id boundaries);
+- `trl`: TRL `SFTTrainer(packing=True)` (BFD packing, padding-free).
+(see `benchmarks/hf_baselines.py` for how each baseline is built).
 
-Reported:
-- useful tokens/s of each (non-padding tokens processed per second of optimizer-step time) and their
-  ratio, ours / baseline; also our end-to-end tokens/s including Ray start-up and checkpoints;
-- the final eval loss of both adapters, measured here the same way (fp32, token-mean loss on the answer
-  tokens of the first `train.max_val_examples` validation records);
-- achieved FLOP/s with the standard estimate FLOPs = 6 * N * tokens (N = ALL model parameters, since
-  forward and backward run through the frozen base; for LoRA the true cost is nearer 4 * N * tokens
-  because frozen weights need no weight gradients, so this over-counts by about 1.5x), as a fraction of
-  this machine's dense matmul FLOP/s measured here with torch.matmul in the training precision.
+Same for every side: the first E tokenised training examples (chat template, loss on the answer only), the
+LoRA config and init seed, AdamW, `lr_factor` schedule over `--steps + 1` optimizer steps, gradient clipping,
+bf16 autocast. The first step of every side is warm-up and excluded; step time is the mean over the other
+`--steps`. Tokens per optimizer step are matched as closely as each side allows and printed.
 
-Not part of the test suite. Example:
-    .venv/bin/python benchmarks/train_throughput.py --model base --steps 10 --json
+FLOPs are counted per step from the layout each side really ran (`benchmarks/flops.py`: frozen base forward +
+activation-gradient backward, LoRA terms, only the logits computed, the attention pairs the kernel scores) and
+shown as a fraction of this machine's bf16 `torch.matmul` peak measured in the same run. The eval loss of every
+adapter is measured the same way (fp32, token-mean on the answers of the first `train.max_val_examples`
+validation records). `--profile` adds a torch.profiler table of our step (one process, same functions).
+
+    .venv/bin/python -m benchmarks.train_throughput [--steps N] [--sides ours,pad,flatten,trl] [--json]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -38,16 +39,23 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-BASELINE_MAX_LENGTH = 256
-BASELINE_MICRO_BATCH = 8
+from benchmarks.flops import FORMULA, MicroBatch, ModelShape, micro_batch, segment_lengths, step_flops  # noqa: E402
+
+SIDES = ("ours", "pad", "flatten", "trl")
+LABELS = {
+    "ours": "ours (Ray Train, packed, answer-only logits)",
+    "pad": "HF Trainer, pad to longest + group_by_length",
+    "flatten": "HF Trainer + DataCollatorWithFlattening",
+    "trl": "TRL SFTTrainer, packing=True (BFD, padding-free)",
+}
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 class CpuPressure:
-    """Share of wall time some task on this machine waited for a CPU (Linux PSI), over a phase.
-
-    The machine is shared: a competing job slows whichever side runs under it, so each phase's figure is
-    reported beside its throughput to tell a real ratio from a noisy one (0 = no one waited).
-    """
+    """Share of wall time some task waited for a CPU (Linux PSI) over a phase: 0 = no contention."""
 
     def __init__(self) -> None:
         self._start = (self._stall_us(), time.perf_counter())
@@ -55,10 +63,9 @@ class CpuPressure:
     @staticmethod
     def _stall_us() -> float | None:
         try:
-            line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-        except (OSError, IndexError):
+            return float(Path("/proc/pressure/cpu").read_text().splitlines()[0].rsplit("total=", 1)[1])
+        except (OSError, IndexError, ValueError):
             return None
-        return float(line.rsplit("total=", 1)[1])
 
     def share(self) -> float | None:
         stall0, t0 = self._start
@@ -68,52 +75,66 @@ class CpuPressure:
         return (stall1 - stall0) / 1e6 / (time.perf_counter() - t0)
 
 
-def matmul_flops(dtype_name: str, size: int = 2048, seconds: float = 3.0) -> float:
-    """Dense matmul FLOP/s of this machine with all torch threads, in the given precision."""
+def matmul_peak(size: int = 2048, reps: int = 8) -> float:
+    """Best bf16 FLOP/s of a size^3 torch.matmul over `reps` runs, all torch threads (this process's default)."""
     import torch
 
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
+    a = torch.randn(size, size, dtype=torch.bfloat16)
+    b = torch.randn(size, size, dtype=torch.bfloat16)
     for _ in range(2):
         torch.matmul(a, b)
-    reps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    best = math.inf
+    for _ in range(reps):
+        start = time.perf_counter()
         torch.matmul(a, b)
-        reps += 1
-    return 2 * size**3 * reps / (time.perf_counter() - start)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
 
 
-def choose_examples(tokenizer, records: list[dict], seq_len: int, global_batch: int, steps: int, seed: int) -> int:
-    """Largest E such that our packing of the first E records gives at most steps * global_batch blocks."""
-    from components.train.data import encode_records, pack_examples
+def choose_examples(examples: list, seq_len: int, n_blocks: int, seed: int) -> int:
+    """Largest E such that our packing of the first E examples gives at most `n_blocks` blocks."""
+    from components.train.data import pack_examples
 
-    target = steps * global_batch
-    examples, _ = encode_records(tokenizer, records, seq_len)
     lo, hi = 1, len(examples)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if len(pack_examples(examples[:mid], seq_len, seed)) <= target:
+        if len(pack_examples(examples[:mid], seq_len, seed)) <= n_blocks:
             lo = mid
         else:
             hi = mid - 1
     return lo
 
 
-def eval_loss(base_dir: Path, adapter_dir: Path | None, tokenizer, records: list[dict], seq_len: int) -> float:
-    """Token-mean loss on the answers of `records` (base + adapter, or the base alone), fp32, one way for all."""
+def our_layouts(params, tokenizer, train_path: Path, val_path: Path, steps: int) -> list[list[MicroBatch]]:
+    """The micro-batches each rank of ours ran at every step, rebuilt with the workers' own data functions."""
+    from components.train.data import BlockStream
+    from components.train.logic import prepare_data
+
+    tp = params.train
+    data = prepare_data(params, tokenizer, train_path, val_path)
+    stream = BlockStream(len(data.blocks), tp.seed)
+    out = []
+    for step in range(steps):
+        per_rank = []
+        for rank in range(tp.num_workers):
+            blocks = [data.blocks[i] for i in stream.rank_indices(step, tp.batch_size * tp.num_workers, rank,
+                                                                  tp.num_workers)]
+            width = max(len(b) for b in blocks)
+            rows = [segment_lengths(b.position_ids.tolist()) for b in blocks]
+            per_rank.append(micro_batch(rows, width, sum(b.n_targets for b in blocks)))
+        out.append(per_rank)
+    return out
+
+
+def eval_loss(model, tokenizer, records: list[dict], seq_len: int) -> float:
+    """Token-mean loss on the answers of `records`, fp32, no autocast, one way for every side."""
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     from components.train.data import collate, encode_records, loss_sum, pack_examples
 
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    if adapter_dir is not None:
-        model = PeftModel.from_pretrained(model, adapter_dir)
-    model.eval()
     examples, _ = encode_records(tokenizer, records, seq_len)
     blocks = pack_examples(examples, seq_len)
+    model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(blocks), 4):
@@ -122,103 +143,119 @@ def eval_loss(base_dir: Path, adapter_dir: Path | None, tokenizer, records: list
     return total / count
 
 
-def run_ours(params, base_dir: Path, train_path: Path, val_path: Path, out_dir: Path) -> dict[str, Any]:
+def run_ours(params, base_dir: Path, train_path: Path, val_path: Path, out_dir: Path, tokenizer) -> dict[str, Any]:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
     from components.train.logic import train_adapter
     from llmops.settings import get_settings
 
-    settings = get_settings()
-    result = train_adapter(settings, params, train_path=train_path, validation_path=val_path,
+    started = time.perf_counter()
+    result = train_adapter(get_settings(), params, train_path=train_path, validation_path=val_path,
                            base_model_dir=base_dir, out_dir=out_dir)
-    return result.metrics
-
-
-def run_baseline(params, base_dir: Path, tokenizer, records: list[dict], steps: int, out_dir: Path) -> dict:
-    """HF Trainer + PEFT, padding every example to 256 tokens; same optimizer, schedule and precision."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
-
-    from components.train._worker import lr_factor
-    from llmops.modeling.prompts import encode_example
-
-    tp, lora = params.train, params.lora
-    rows = []
-    for record in records:
-        ids, labels = encode_example(tokenizer, record)
-        ids, labels = ids[:BASELINE_MAX_LENGTH], labels[:BASELINE_MAX_LENGTH]
-        pad = BASELINE_MAX_LENGTH - len(ids)
-        rows.append({
-            "input_ids": torch.tensor(ids + [tokenizer.pad_token_id] * pad),
-            "attention_mask": torch.tensor([1] * len(ids) + [0] * pad),
-            "labels": torch.tensor(labels + [-100] * pad),
-        })
-    # Micro-batches of at most 8 accumulated to about E/steps examples per optimizer step, so the baseline
-    # makes `steps` steps over about one pass of the same E examples (the exact tokens are counted below).
-    per_step = len(rows) / steps
-    micro = min(BASELINE_MICRO_BATCH, math.ceil(per_step))
-    accum = max(1, round(per_step / micro))
-    batch = micro * accum
-    torch.manual_seed(tp.seed)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
-        LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                   target_modules=list(lora.target_modules), task_type="CAUSAL_LM"),
-    )
-    model.config.use_cache = False
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tp.lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tp.warmup_steps, steps))
-
-    class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.seconds, self._start = 0.0, 0.0
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self._start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.seconds += time.perf_counter() - self._start
-
-    timer = StepTimer()
-    args = TrainingArguments(
-        output_dir=str(out_dir / "hf-trainer"), per_device_train_batch_size=micro,
-        gradient_accumulation_steps=accum, max_steps=steps, bf16=tp.bf16, use_cpu=True,
-        max_grad_norm=tp.max_grad_norm, seed=tp.seed, logging_steps=1, save_strategy="no", report_to="none",
-        disable_tqdm=True, dataloader_num_workers=0, include_num_input_tokens_seen="non_padding",
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=rows, optimizers=(optimizer, scheduler),
-                      callbacks=[timer])
-    out = trainer.train()
-    model.save_pretrained(str(out_dir / "hf-adapter"))
-    examples_seen = steps * batch
-    tokens = trainer.state.num_input_tokens_seen  # non-padding tokens actually processed
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    wall = time.perf_counter() - started
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     return {
-        "examples_per_step": batch, "examples_seen": examples_seen, "micro_batch": micro, "grad_accum": accum,
-        "steps": steps,
-        "tokens": tokens, "padded_tokens": examples_seen * BASELINE_MAX_LENGTH,
-        "step_seconds": timer.seconds, "train_runtime": out.metrics["train_runtime"],
-        "tokens_per_s": tokens / timer.seconds, "train_loss": losses[-1] if losses else float("nan"),
-        "adapter_dir": out_dir / "hf-adapter",
+        "step_seconds": [row["seconds"] for row in result.history],
+        "batches": our_layouts(params, tokenizer, train_path, val_path, params.train.max_steps),
+        "train_loss": result.metrics["train_loss"],
+        "model": PeftModel.from_pretrained(base, out_dir),
+        "workers": f"{result.metrics['num_workers']} {result.metrics['strategy']} worker(s)",
+        "pack_fill": result.metrics["pack_fill"],
+        "wall_seconds": wall,
     }
+
+
+def summarise(side: str, raw: dict[str, Any], shape: ModelShape, peak: float) -> dict[str, Any]:
+    """Mean step time, tokens/s and FLOP fraction over the measured steps (the first step excluded)."""
+    seconds = raw["step_seconds"][1:]
+    batches = raw["batches"][1:]
+    if not seconds or len(seconds) != len(batches):
+        raise RuntimeError(f"{side}: {len(raw['step_seconds'])} step times for {len(raw['batches'])} steps")
+    flops = [step_flops(shape, b) for b in batches]
+    tokens = [sum(mb.real_tokens for mb in b) for b in batches]
+    padded = [sum(mb.padded_tokens for mb in b) for b in batches]
+    total_s = sum(seconds)
+    flops_per_s = sum(f["total"] for f in flops) / total_s
+    terms = {k: statistics.mean(f[k] for f in flops) for k in ("base", "lora", "lm_head", "attention", "total")}
+    return {
+        "label": LABELS[side],
+        "measured_steps": len(seconds),
+        "step_seconds_mean": total_s / len(seconds),
+        "step_seconds": seconds,
+        "warmup_seconds": raw["step_seconds"][0],
+        "tokens_per_step": statistics.mean(tokens),
+        "padded_tokens_per_step": statistics.mean(padded),
+        "tokens_per_s": sum(tokens) / total_s,
+        "flops_per_step": terms,
+        "flops_per_s": flops_per_s,
+        "peak_fraction": flops_per_s / peak,
+        "train_loss": raw["train_loss"],
+        "wall_seconds": raw["wall_seconds"],
+        **{k: raw[k] for k in ("micro_batch", "grad_accum", "workers", "pack_fill", "cross_attention_max_diff",
+                               "loadavg_before", "loadavg_after", "cpu_pressure") if k in raw},
+    }
+
+
+def profile_ours(params, base_dir: Path, tokenizer, train_path: Path, val_path: Path, top: int = 15) -> str:
+    """torch.profiler over 2 steps of our step (one process, all threads, after one warm-up step)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from components.train._model import build_lora_model
+    from components.train._worker import autocast
+    from components.train.data import BlockStream, collate, loss_sum
+    from components.train.logic import prepare_data
+
+    tp = params.train
+    data = prepare_data(params, tokenizer, train_path, val_path)
+    model = build_lora_model(base_dir, params.lora.model_dump(), tp.seed, torch.device("cpu"))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tp.lr, weight_decay=0.0)
+    stream = BlockStream(len(data.blocks), tp.seed)
+    model.train()
+
+    def one(step: int) -> None:
+        batch = collate([data.blocks[i] for i in stream.step_indices(step, tp.batch_size)], data.pad_id)
+        with autocast("cpu", bool(tp.bf16)):
+            loss, n = loss_sum(model, batch)
+        (loss / n).backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    one(0)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        one(1)
+        one(2)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["tiny", "base"], default="tiny")
-    parser.add_argument("--steps", type=int, default=10, help="optimizer steps for both (default 10)")
-    parser.add_argument("--workers", type=int, default=None, help="Ray workers for ours (default: params.yaml)")
+    parser.add_argument("--steps", type=int, default=10, help="measured optimizer steps per side (+1 warm-up)")
+    parser.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated, from {','.join(SIDES)}")
+    parser.add_argument("--model", choices=["tiny", "base"], default="base",
+                        help="base: the real SmolLM2-135M (default); tiny: a random tiny model, smoke runs only")
     parser.add_argument("--train", type=Path, default=REPO / "data/splits/train.jsonl")
     parser.add_argument("--validation", type=Path, default=REPO / "data/splits/validation.jsonl")
+    parser.add_argument("--profile", action="store_true", help="also profile 2 steps of ours (top ops by self CPU)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    unknown = [s for s in sides if s not in SIDES]
+    if unknown or not sides or args.steps < 1:
+        parser.error(f"--sides takes {','.join(SIDES)} (got {unknown or 'none'}); --steps must be >= 1")
 
     work = Path(tempfile.mkdtemp(prefix="llmops-bench-"))
     os.environ["LLMOPS_STATE_DIR"] = str(work / "state")  # MLflow/Ray state of the benchmark: not the user's
+    log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
-    from components.train.data import read_records
+    from benchmarks import hf_baselines
+    from components.train.data import encode_records, read_records
     from llmops.modeling.tiny import build_tiny_model
     from llmops.settings import get_settings
 
@@ -226,80 +263,100 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings.ensure_state_dir()
     base_dir = settings.project_dir / ".llmops/models/smollm2-135m-instruct"
     if not (base_dir / "config.json").is_file():
-        raise SystemExit(f"base model not found at {base_dir}: run `llmops model pull`")
+        raise SystemExit(f"base model not found at {base_dir}: run `llmops model pull` (or `make model`)")
     if args.model == "tiny":
         base_dir = build_tiny_model(work / "tiny", tokenizer_dir=base_dir)
-    overrides = [f"train.max_steps={args.steps}"]
-    if args.workers:
-        overrides.append(f"train.num_workers={args.workers}")
-    params = settings.params(overrides)
+    total_steps = args.steps + 1
+    params = settings.params([f"train.max_steps={total_steps}"])
+    tp = params.train
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    records = read_records(args.train)
-    global_batch = params.train.batch_size * params.train.num_workers
-    n_examples = choose_examples(tokenizer, records, params.train.seq_len, global_batch, args.steps,
-                                 params.train.seed)
-    params = settings.params([*overrides, f"train.max_train_examples={n_examples}"])
-    val_records = read_records(args.validation)[: params.train.max_val_examples or None]
-    precision = "bf16" if params.train.bf16 else "fp32"
-    n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(base_dir).parameters())
+    examples_all, _ = encode_records(tokenizer, read_records(args.train), tp.seq_len)
+    global_batch = tp.batch_size * tp.num_workers
+    n_examples = choose_examples(examples_all, tp.seq_len, total_steps * global_batch, tp.seed)
+    # The first E records (ours reads records; no record of the split is dropped at seq_len 512).
+    params = settings.params([f"train.max_steps={total_steps}", f"train.max_train_examples={n_examples}"])
+    examples = examples_all[:n_examples]
+    val_records = read_records(args.validation)[: tp.max_val_examples or None]
+    shape = ModelShape.from_config(AutoConfig.from_pretrained(base_dir), params.lora.r, params.lora.target_modules)
+    # Baselines without packing: `global_batch` micro-batches per step (ours: that many blocks), each of about
+    # E / (steps * global_batch) examples, so a step sees about the same examples and tokens as ours.
+    accum = global_batch
+    micro = max(1, round(n_examples / (total_steps * accum)))
 
-    peak = matmul_flops(precision)
-    pressure = CpuPressure()
-    ours = run_ours(params, base_dir, args.train, args.validation, work / "ours")
-    ours["cpu_pressure"] = pressure.share()
-    pressure = CpuPressure()
-    base = run_baseline(params, base_dir, tokenizer, records[:n_examples], args.steps, work)
-    base["cpu_pressure"] = pressure.share()
-    ours_eval = eval_loss(base_dir, work / "ours", tokenizer, val_records, params.train.seq_len)
-    base_eval = eval_loss(base_dir, base["adapter_dir"], tokenizer, val_records, params.train.seq_len)
-    before = eval_loss(base_dir, None, tokenizer, val_records, params.train.seq_len)
+    peak = matmul_peak()
+    log(f"model {args.model}, bf16 matmul peak {peak / 1e9:.0f} GFLOP/s ({torch.get_num_threads()} threads); "
+        f"{n_examples} examples, {total_steps} steps (1 warm-up); sides {','.join(sides)}")
+    raw: dict[str, dict[str, Any]] = {}
+    for side in sides:
+        before, pressure = loadavg(), CpuPressure()
+        log(f"[{side}] start, loadavg {before}")
+        if side == "ours":
+            out = run_ours(params, base_dir, args.train, args.validation, work / "ours", tokenizer)
+        else:
+            kwargs = {"micro": 1, "accum": global_batch} if side == "trl" else {"micro": micro, "accum": accum}
+            side_examples = examples_all[: n_examples if side == "trl" else micro * accum * total_steps]
+            out = hf_baselines.run_side(side, base_dir=base_dir, tokenizer=tokenizer,
+                                        lora=params.lora.model_dump(), tp=tp, examples=side_examples,
+                                        steps=total_steps, out_dir=work, **kwargs)
+        out.update(loadavg_before=before, loadavg_after=loadavg(), cpu_pressure=pressure.share())
+        if side in ("flatten", "trl"):
+            out["cross_attention_max_diff"] = hf_baselines.cross_attention_probe(side, base_dir, tokenizer, examples)
+        out["eval_loss"] = eval_loss(out.pop("model"), tokenizer, val_records, tp.seq_len)
+        raw[side] = out
+        log(f"[{side}] done in {out['wall_seconds']:.0f} s, eval loss {out['eval_loss']:.4f}, loadavg {loadavg()}")
 
-    def flops(tokens: float, seconds: float) -> float:
-        return 6 * n_params * tokens / seconds
-
-    result = {
-        "model": args.model, "params_total": n_params, "precision": precision, "threads": torch.get_num_threads(),
-        "steps": args.steps, "examples": n_examples, "val_examples": len(val_records),
-        "matmul_flops_per_s": peak,
-        "ours": {
-            "num_workers": ours["num_workers"], "strategy": ours["strategy"], "seq_len": params.train.seq_len,
-            "tokens": ours["tokens"], "train_seconds": ours["train_seconds"], "tokens_per_s": ours["tokens_per_s"],
-            "end_to_end_seconds": ours["seconds"], "end_to_end_tokens_per_s": ours["tokens"] / ours["seconds"],
-            "pack_fill": ours["pack_fill"], "train_loss": ours["train_loss"], "eval_loss": ours_eval,
-            "cpu_pressure": ours["cpu_pressure"],
-            "flops_per_s": flops(ours["tokens"], ours["train_seconds"]),
-            "flops_fraction": flops(ours["tokens"], ours["train_seconds"]) / peak,
-        },
-        "baseline": {
-            "name": f"HF Trainer + PEFT, padding to max_length={BASELINE_MAX_LENGTH}",
-            **{k: v for k, v in base.items() if k != "adapter_dir"}, "eval_loss": base_eval,
-            "flops_per_s_useful": flops(base["tokens"], base["step_seconds"]),
-            "flops_per_s_hardware": flops(base["padded_tokens"], base["step_seconds"]),
-            "flops_fraction_useful": flops(base["tokens"], base["step_seconds"]) / peak,
-        },
-        "eval_loss_before": before,
-        "ratio_tokens_per_s": ours["tokens_per_s"] / base["tokens_per_s"],
-        "ratio_end_to_end": (ours["tokens"] / ours["seconds"]) / base["tokens_per_s"],
-        "eval_loss_delta": ours_eval - base_eval,
-        "flops_formula": "6 * N_total_params * useful_tokens / optimizer-step seconds",
+    results = {side: {**summarise(side, out, shape, peak), "eval_loss": out["eval_loss"]} for side, out in raw.items()}
+    ratios = {}
+    if "ours" in results:
+        o = results["ours"]
+        for side, r in results.items():
+            if side != "ours":
+                ratios[side] = {"step_time": r["step_seconds_mean"] / o["step_seconds_mean"],
+                                "tokens_per_s": o["tokens_per_s"] / r["tokens_per_s"],
+                                "eval_loss_delta": o["eval_loss"] - r["eval_loss"]}
+    report: dict[str, Any] = {
+        "model": args.model, "precision": "bf16" if tp.bf16 else "fp32", "threads": torch.get_num_threads(),
+        "measured_steps": args.steps, "warmup_steps_excluded": 1, "examples": n_examples,
+        "val_examples": len(val_records), "matmul_peak_flops_per_s": peak, "flops_formula": FORMULA,
+        "model_shape": {"n_linear": shape.n_linear, "n_lora": shape.n_lora, "per_token": shape.per_token,
+                        "per_logit": shape.per_logit, "per_pair": shape.per_pair},
+        "sides": results, "ratios_ours_over": ratios,
     }
+    if args.profile:
+        report["profile_ours"] = profile_ours(params, base_dir, tokenizer, args.train, args.validation)
     if args.json:
-        print(json.dumps(result, indent=2, default=str))
+        print(json.dumps(report, indent=2, default=str))
     else:
-        o, b = result["ours"], result["baseline"]
-        print(f"model {args.model} ({n_params / 1e6:.0f}M params), {precision}, {args.steps} steps, "
-              f"{n_examples} examples; matmul peak {peak / 1e9:.0f} GFLOP/s")
-        print(f"ours     : {o['tokens_per_s']:8.0f} tok/s ({o['num_workers']} {o['strategy']} worker(s), packed "
-              f"{o['pack_fill']:.0%}), {o['flops_fraction']:.1%} of peak, eval loss {o['eval_loss']:.4f}; "
-              f"end to end {o['end_to_end_tokens_per_s']:.0f} tok/s")
-        print(f"baseline : {b['tokens_per_s']:8.0f} tok/s ({b['name']}), {b['flops_fraction_useful']:.1%} of "
-              f"peak useful, eval loss {b['eval_loss']:.4f}")
-        print(f"CPU pressure from other jobs (share of time a task waited): ours {o['cpu_pressure']}, "
-              f"baseline {b['cpu_pressure']}")
-        print(f"ratio ours/baseline tokens/s: {result['ratio_tokens_per_s']:.2f}x "
-              f"(end to end {result['ratio_end_to_end']:.2f}x); eval loss before {before:.4f}, "
-              f"ours - baseline {result['eval_loss_delta']:+.4f}")
-    return result
+        print(render(report))
+    return report
+
+
+def render(report: dict[str, Any]) -> str:
+    peak = report["matmul_peak_flops_per_s"]
+    lines = [f"{report['model']} model, {report['precision']}, {report['threads']} threads, {report['examples']} "
+             f"examples, {report['measured_steps']} measured steps (+1 warm-up each); bf16 matmul peak "
+             f"{peak / 1e9:.0f} GFLOP/s", f"FLOPs: {report['flops_formula']}", ""]
+    head = (f"{'side':8} {'step s':>7} {'tok/step':>8} {'pad/step':>8} {'tok/s':>7} {'GFLOP/step':>10} "
+            f"{'GFLOP/s':>8} {'of peak':>7} {'eval loss':>9} {'ours x':>7}  loadavg before -> after")
+    lines += [head, "-" * len(head)]
+    for side, r in report["sides"].items():
+        ratio = report["ratios_ours_over"].get(side, {}).get("step_time")
+        lines.append(
+            f"{side:8} {r['step_seconds_mean']:7.2f} {r['tokens_per_step']:8.0f} {r['padded_tokens_per_step']:8.0f} "
+            f"{r['tokens_per_s']:7.0f} {r['flops_per_step']['total'] / 1e9:10.1f} {r['flops_per_s'] / 1e9:8.1f} "
+            f"{r['peak_fraction']:7.1%} {r['eval_loss']:9.4f} {(f'{ratio:.2f}x' if ratio else '-'):>7}  "
+            f"{r['loadavg_before']} -> {r['loadavg_after']}")
+    lines.append("")
+    for side, r in report["sides"].items():
+        extra = f", cross-attention probe max |dlogit| {r['cross_attention_max_diff']:.2e}" \
+            if "cross_attention_max_diff" in r else ""
+        lines.append(f"{side:8} {r['label']}; CPU pressure {r['cpu_pressure']}{extra}")
+    for side, q in report["ratios_ours_over"].items():
+        lines.append(f"ours vs {side}: step time {q['step_time']:.2f}x, tokens/s {q['tokens_per_s']:.2f}x, "
+                     f"eval loss ours - {side} {q['eval_loss_delta']:+.4f}")
+    if "profile_ours" in report:
+        lines += ["", "profile of ours (2 steps, one process):", report["profile_ours"]]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

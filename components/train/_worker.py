@@ -208,7 +208,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         state["tokens"] += global_tokens
         state["train_seconds"] += seconds
         row = {"step": step + 1, "train_loss": train_loss, "lr": lr, "grad_norm": grad_norm.item(),
-               "tokens_per_s": global_tokens / seconds,
+               "tokens_per_s": global_tokens / seconds, "seconds": seconds, "tokens": global_tokens,
                "epoch": stream.epoch_of(step + 1, global_batch)}
         state["history"].append(row)
         if rank == 0:
