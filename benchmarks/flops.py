@@ -15,8 +15,10 @@ per (real query token, key) pair the attention kernel scores, per layer: 12 * n_
 explicit mask (packed rows, padded rows): every real query is charged the full row width. Only a row that is
 one unpadded sequence runs the causal fast path (is_causal, no mask), charged l * (l + 1) / 2 pairs.
 
-Not credited: work on padding positions (it is waste), norms, softmax, activations, the optimizer. Slightly
-over-credited: layer 0's q/k/v need no input gradient (under 0.3% of the total).
+Layer 0's q/k/v read the embeddings, which need no gradient, so their input gradients are not computed and
+not counted (base: 2 * (q + k + v weights), LoRA: 2 * r * d_in per adapted one of them, per token).
+Not credited: work on padding positions (it is waste), norms, softmax, activations, RoPE, the optimizer.
+tests/unit/test_bench_flops.py checks the count against torch's FlopCounterMode on a tiny model.
 """
 
 from __future__ import annotations
@@ -68,8 +70,16 @@ class ModelShape:
         return self.layers * sum(self.lora_r * sum(io[t]) for t in self.lora_targets)
 
     @property
+    def first_layer_skipped(self) -> int:
+        """Input-gradient FLOPs per token that layer 0's q/k/v never compute (their input needs no grad)."""
+        io = self.linear_io()
+        qkv = ("q_proj", "k_proj", "v_proj")
+        return sum(2 * io[t][0] * io[t][1] for t in qkv) + sum(
+            2 * self.lora_r * io[t][0] for t in self.lora_targets if t in qkv)
+
+    @property
     def per_token(self) -> int:
-        return 4 * self.n_linear + 6 * self.n_lora
+        return 4 * self.n_linear + 6 * self.n_lora - self.first_layer_skipped
 
     @property
     def per_logit(self) -> int:
@@ -129,8 +139,7 @@ def step_flops(shape: ModelShape, batches: Iterable[MicroBatch]) -> dict[str, in
     logits = sum(b.logits for b in batches)
     pairs = sum(b.attention_pairs for b in batches)
     out = {
-        "base": 4 * shape.n_linear * tokens,
-        "lora": 6 * shape.n_lora * tokens,
+        "base_and_lora": shape.per_token * tokens,
         "lm_head": shape.per_logit * logits,
         "attention": shape.per_pair * pairs,
     }
@@ -138,5 +147,5 @@ def step_flops(shape: ModelShape, batches: Iterable[MicroBatch]) -> dict[str, in
     return out
 
 
-FORMULA = ("FLOPs/step = sum over real tokens of (4*N_lin + 6*N_lora) + logit rows computed * 4*d*V "
-           "+ attention (query, key) pairs scored * 12*L*n_heads*head_dim")
+FORMULA = ("FLOPs/step = real tokens * (4*N_lin + 6*N_lora - layer-0 q/k/v input grads) + logit rows computed "
+           "* 4*d*V + attention (query, key) pairs scored * 12*L*n_heads*head_dim")

@@ -178,7 +178,7 @@ def summarise(side: str, raw: dict[str, Any], shape: ModelShape, peak: float) ->
     padded = [sum(mb.padded_tokens for mb in b) for b in batches]
     total_s = sum(seconds)
     flops_per_s = sum(f["total"] for f in flops) / total_s
-    terms = {k: statistics.mean(f[k] for f in flops) for k in ("base", "lora", "lm_head", "attention", "total")}
+    terms = {k: statistics.mean(f[k] for f in flops) for k in ("base_and_lora", "lm_head", "attention", "total")}
     return {
         "label": LABELS[side],
         "measured_steps": len(seconds),
