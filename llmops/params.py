@@ -111,6 +111,48 @@ class RegistryParams(_Section):
     verify_new_tokens: int = 8
 
 
+class Toleration(_Section):
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] | None = None
+    value: str | None = None
+    effect: Literal["NoExecute", "NoSchedule", "PreferNoSchedule"] | None = None
+
+
+class StepResources(_Section):
+    """One step's pod settings on a cluster; unset fields fall back to `cluster.steps.default`."""
+
+    cpu: str | None = None
+    memory: str | None = None
+    cpu_limit: str | None = None
+    memory_limit: str | None = None
+    accelerator: str | None = None  # e.g. nvidia.com/gpu
+    gpus: int | None = None
+    node_selector: dict[str, str] | None = None
+    tolerations: list[Toleration] | None = None
+    retries: int | None = None
+    caching: bool | None = None
+
+
+class SecretEnv(_Section):
+    name: str  # Kubernetes Secret
+    env: dict[str, str]  # env var -> key in the secret
+    optional: bool = False
+
+
+class ConfigMapEnv(_Section):
+    name: str  # Kubernetes ConfigMap
+    keys: list[str]  # each key becomes the env var of the same name
+
+
+class ClusterParams(_Section):
+    """What only the cluster profile's compiled pipeline carries (kfp.local ignores it)."""
+
+    retry_backoff: str
+    config_map: ConfigMapEnv
+    secrets: list[SecretEnv]
+    steps: dict[str, StepResources]
+
+
 class Params(_Section):
     data: DataParams
     model: ModelParams
@@ -119,10 +161,12 @@ class Params(_Section):
     train: TrainParams
     eval: EvalParams
     registry: RegistryParams
+    cluster: ClusterParams
 
     def digest(self) -> str:
-        """Stable hash of every value, recorded as lineage so a model names the exact params it used."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """Stable hash of every value, recorded as lineage so a model names the exact params it used.
+        `cluster` is left out: it says where the steps run (pods, GPUs, secrets), not what they compute."""
+        blob = json.dumps(self.model_dump(mode="json", exclude={"cluster"}), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

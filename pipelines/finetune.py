@@ -12,6 +12,7 @@ from components.register.component import register
 from components.start_run.component import finish_run, start_run
 from components.train.component import train
 from components.validate_data.component import validate_data
+from pipelines._resources import apply_cluster_settings
 
 PIPELINE_NAME = "llmops-finetune"
 
@@ -26,10 +27,10 @@ def finetune(overrides: list = [], data_dir: str = "data/splits"):  # noqa: B006
         data = validate_data(parent_run_id=parent, overrides=overrides, data_dir=data_dir)
         trained = train(parent_run_id=parent, overrides=overrides, train_data=data.outputs["train_data"],
                         validation_data=data.outputs["validation_data"])
-        trained.set_cpu_request("2").set_memory_request("8G")
         evaluated = evaluate(parent_run_id=parent, overrides=overrides, test_data=data.outputs["test_data"],
                              adapter=trained.outputs["adapter"])
         # kfp.local resolves conditions on a component's single return value, not on NamedTuple fields.
         with dsl.If(evaluated.outputs["Output"] == "pass", name="gate-passed"):
             register(parent_run_id=parent, overrides=overrides, kfp_run_id=run_id,
                      adapter=trained.outputs["adapter"], eval_metrics=evaluated.outputs["metrics"])
+    apply_cluster_settings()  # pods, GPUs, secrets, retries, caching from params.yaml: cluster profile only

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmops.errors import LlmopsError
+from llmops.params import ClusterParams
 from llmops.settings import Settings
 
 COMPILED_DIR = Path(__file__).resolve().parent / "compiled"
@@ -26,15 +27,23 @@ class RunOutcome:
     submitted: dict[str, str] = field(default_factory=dict)
 
 
-def compile_finetune(out: Path | None = None) -> Path:
-    """Write the finetune DAG as KFP IR YAML (what a cluster runs); returns the path."""
+def compiled_path(profile: str = "local") -> Path:
+    """The checked-in compiled YAML of a profile: finetune.yaml (local) or finetune.cluster.yaml."""
+    return COMPILED_DIR / ("finetune.yaml" if profile == "local" else f"finetune.{profile}.yaml")
+
+
+def compile_finetune(out: Path | None = None, cluster: ClusterParams | None = None) -> Path:
+    """Write the finetune DAG as KFP IR YAML; returns the path. With `cluster` (params.yaml's `cluster:`
+    section) every task carries its pod resources, GPUs, scheduling, secrets, retries and caching."""
     from kfp import compiler
 
+    from pipelines._resources import for_cluster
     from pipelines.finetune import PIPELINE_NAME, finetune
 
-    out = out or COMPILED_DIR / "finetune.yaml"
+    out = out or compiled_path("cluster" if cluster else "local")
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(finetune, package_path=str(out), pipeline_name=PIPELINE_NAME)
+    pipeline = for_cluster(finetune, cluster) if cluster else finetune
+    compiler.Compiler().compile(pipeline, package_path=str(out), pipeline_name=PIPELINE_NAME)
     return out
 
 
@@ -70,20 +79,35 @@ def run_finetune_local(settings: Settings, overrides: list[str], data_dir: str =
 
 
 def submit_finetune_cluster(settings: Settings, overrides: list[str], data_dir: str = "data/splits") -> RunOutcome:
-    """Submit the DAG to the KFP API server in `settings.kfp_host`; returns at once with the run id."""
+    """Compile the DAG with the cluster settings (params.yaml + `overrides`, so `--set cluster...` applies
+    too) and submit it to the KFP API server in `settings.kfp_host`; returns at once with the run's URL."""
     if not settings.kfp_host:
-        raise LlmopsError("the cluster profile needs a KFP host", "set LLMOPS_KFP_HOST=https://<kfp-api>")
+        raise LlmopsError("the cluster profile needs a KFP host",
+                          "pass --host https://<kfp-api> or set LLMOPS_KFP_HOST")
+    import tempfile
+
     import kfp
 
-    from pipelines.finetune import PIPELINE_NAME, finetune
+    from pipelines.finetune import PIPELINE_NAME
 
     t0 = time.time()
-    client = kfp.Client(host=settings.kfp_host)
-    run = client.create_run_from_pipeline_func(
-        finetune, arguments={"overrides": list(overrides), "data_dir": data_dir},
-        experiment_name=PIPELINE_NAME, enable_caching=False,
-    )
-    return RunOutcome(True, time.time() - t0, submitted={"run_id": run.run_id, "host": settings.kfp_host})
+    params = settings.params(overrides)
+    host = settings.kfp_host.rstrip("/")
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_finetune(Path(tmp) / "finetune.cluster.yaml", cluster=params.cluster)
+        try:
+            client = kfp.Client(host=host)
+            # enable_caching=None: each task keeps the caching choice compiled into it (cluster.steps).
+            run = client.create_run_from_pipeline_package(
+                str(package), arguments={"overrides": list(overrides), "data_dir": data_dir},
+                experiment_name=PIPELINE_NAME, enable_caching=None,
+            )
+        except Exception as exc:  # kfp_server_api.ApiException, urllib3/requests connection errors
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LlmopsError(f"could not submit to the KFP API at {host}: {first[:300]}",
+                              "check --host / LLMOPS_KFP_HOST and that the KFP API server is reachable") from exc
+    return RunOutcome(True, time.time() - t0, submitted={
+        "run_id": run.run_id, "host": host, "url": f"{host}/#/runs/details/{run.run_id}"})
 
 
 def _strip_ansi(text: str) -> str:

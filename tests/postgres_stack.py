@@ -161,7 +161,9 @@ def tracking_stack(root: Path) -> Iterator[TrackingStack]:
             server = subprocess.Popen(
                 [str(mlflow_bin), "server", "--backend-store-uri", backend, "--artifacts-destination", destination,
                  "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"],
-                env={**env, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}, stdout=mlflow_log.open("w"),
+                # No background job runner (GenAI jobs): it starts a dozen huey workers the registry never uses.
+                env={**env, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                stdout=mlflow_log.open("w"),
                 stderr=subprocess.STDOUT, cwd=root,
             )
             try:

@@ -19,6 +19,8 @@ app = typer.Typer(no_args_is_help=True)
 @handle_errors
 def finetune(
     profile: str = typer.Option(None, "--profile", help="local (kfp.local, default) or cluster (KFP API server)."),
+    host: str = typer.Option(None, "--host", help="KFP API server URL for --profile cluster (overrides "
+                             "LLMOPS_KFP_HOST)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a params.yaml value: section.key=value."),
     data_dir: str = typer.Option("data/splits", "--data-dir", help="Folder with the DVC-tracked splits."),
     summary_out: Path = typer.Option(None, "--summary-out", help="Also write the summary JSON to this file."),
@@ -32,6 +34,9 @@ def finetune(
     if profile:
         os.environ["LLMOPS_PROFILE"] = profile
         get_settings.cache_clear()
+    if host:
+        os.environ["LLMOPS_KFP_HOST"] = host
+        get_settings.cache_clear()
     settings = get_settings()
     settings.params(overrides)  # fail fast on a bad --set before anything starts
     if settings.profile == "cluster":
@@ -39,7 +44,7 @@ def finetune(
 
         outcome = submit_finetune_cluster(settings, overrides, data_dir)
         emit(outcome.submitted, as_json,
-             lambda d: console.print(f"[green]submitted[/] run {d['run_id']} to {d['host']}"))
+             lambda d: console.print(f"[green]submitted[/] run {d['run_id']} to {d['host']}\n{d['url']}"))
         return
 
     from pipelines.runner import run_finetune_local
