@@ -59,9 +59,11 @@ test-gpu: setup ## the GPU tests (CUDA training and generation); they skip witho
 lint: venv ## ruff + the compiled pipeline YAML is up to date
 	@$(BIN)/ruff check .
 	@$(BIN)/llmops pipeline compile --check
+	@$(BIN)/llmops pipeline compile --profile cluster --check
 
 compile: venv ## compile the pipelines to KFP IR YAML (pipelines/compiled/)
 	@$(BIN)/llmops pipeline compile
+	@$(BIN)/llmops pipeline compile --profile cluster
 
 ui: venv ## MLflow UI on http://$(HOST):$(PORT) over the local registry
 	@mkdir -p $(STATE)

@@ -6,7 +6,9 @@ same component code that runs in the project image on Kubernetes runs here with 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -95,13 +97,15 @@ def submit_finetune_cluster(settings: Settings, overrides: list[str], data_dir: 
     host = settings.kfp_host.rstrip("/")
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_finetune(Path(tmp) / "finetune.cluster.yaml", cluster=params.cluster)
+        # kfp.Client prints "Experiment/Run details" links on stdout: keep stdout for --json.
         try:
-            client = kfp.Client(host=host)
-            # enable_caching=None: each task keeps the caching choice compiled into it (cluster.steps).
-            run = client.create_run_from_pipeline_package(
-                str(package), arguments={"overrides": list(overrides), "data_dir": data_dir},
-                experiment_name=PIPELINE_NAME, enable_caching=None,
-            )
+            with contextlib.redirect_stdout(sys.stderr):
+                client = kfp.Client(host=host)
+                # enable_caching=None: each task keeps the caching choice compiled into it (cluster.steps).
+                run = client.create_run_from_pipeline_package(
+                    str(package), arguments={"overrides": list(overrides), "data_dir": data_dir},
+                    experiment_name=PIPELINE_NAME, enable_caching=None,
+                )
         except Exception as exc:  # kfp_server_api.ApiException, urllib3/requests connection errors
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise LlmopsError(f"could not submit to the KFP API at {host}: {first[:300]}",
