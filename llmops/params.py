@@ -153,6 +153,55 @@ class ClusterParams(_Section):
     steps: dict[str, StepResources]
 
 
+class ServeParams(_Section):
+    """`llmops serve` limits and defaults; the server enforces every one of them per request."""
+
+    host: str
+    port: int
+    engine: str
+    max_len: int
+    max_prompt_tokens: int
+    max_tokens: int
+    default_max_tokens: int
+    max_body_bytes: int
+    max_concurrent: int
+    queue_size: int
+    request_timeout_s: float
+    threads: int
+
+
+class EquivalenceParams(_Section):
+    prompts: int  # the first N of engine.prompts (0 = all)
+    new_tokens: int
+    min_identical_rate: float
+
+
+class EngineBenchParams(_Section):
+    new_tokens: int
+    batch_sizes: list[int]
+
+
+class TrtllmParams(_Section):
+    dtype: Literal["bfloat16", "float16", "float32"]
+    max_batch_size: int
+    max_input_len: int
+    max_seq_len: int
+    min_compute_capability: float
+    image_tag: str
+
+
+class EngineParams(_Section):
+    """compile_engine / `llmops engine build`: which engines, how they are checked and timed."""
+
+    cpu_runtime: Literal["onnxruntime", "openvino"]
+    kinds: list[Literal["cpu", "tensorrt-llm"]]
+    log_artifacts: bool
+    equivalence: EquivalenceParams
+    benchmark: EngineBenchParams
+    trtllm: TrtllmParams
+    prompts: list[str]
+
+
 class Params(_Section):
     data: DataParams
     model: ModelParams
@@ -162,6 +211,8 @@ class Params(_Section):
     eval: EvalParams
     registry: RegistryParams
     cluster: ClusterParams
+    serve: ServeParams
+    engine: EngineParams
 
     def digest(self) -> str:
         """Stable hash of every value, recorded as lineage so a model names the exact params it used.
