@@ -116,6 +116,11 @@ class Settings(BaseSettings):
         return self.state_dir / "ray"
 
     @property
+    def engines_dir(self) -> Path:
+        """Built inference engines, one directory per cache key (serving/engine_store.py)."""
+        return self.state_dir / "engines"
+
+    @property
     def reports_dir(self) -> Path:
         return self.state_dir / "reports"
 

@@ -1,0 +1,244 @@
+"""Build, cache, check and time inference engines for a merged checkpoint.
+
+An engine is named by what it was built from: (weights digest, runtime + version, hardware, build-config
+hash) hashed into a cache key; it lives in `settings.engines_dir / <runtime>-<key>` with a `manifest.json`
+written last, so a directory without a manifest is an interrupted build and never loads. Building the same
+thing twice is a cache hit (recorded as such). Equivalence is checked against eager transformers (fp32, KV
+cache, greedy) on the fixed prompts from params.yaml; the short benchmark times the engine at the
+configured batch sizes through the same prefill/decode interface the scheduler uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from llmops.errors import LlmopsError
+from llmops.params import EngineParams
+from llmops.settings import Settings
+
+MANIFEST = "manifest.json"
+GRAPH_VERSION = "llmops-decoder-graph/1"  # bump when serving/engines/decoder_graph.py changes the graph
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def _runtimes() -> dict[str, tuple[type, Callable[[], str]]]:
+    from serving.engines import ort, ov
+
+    return {ort.RUNTIME: (ort.OnnxRuntimeEngine, ort.runtime_version),
+            ov.RUNTIME: (ov.OpenVinoEngine, ov.runtime_version)}
+
+
+CPU_RUNTIMES = ("onnxruntime", "openvino")
+
+
+def runtime_version(runtime: str) -> str:
+    runtimes = _runtimes()
+    if runtime not in runtimes:
+        raise LlmopsError(f"unknown CPU runtime {runtime!r}", f"use one of {sorted(runtimes)}")
+    return runtimes[runtime][1]()
+
+
+def short_hash(payload: Any, n: int = 16) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def cpu_hardware(cpuinfo: str | None = None) -> str:
+    """`cpu-<arch>-<ISA flags that change kernels>`, e.g. cpu-x86_64-avx2+avx512f+avx512_bf16."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    present = [f for f in ISA_FLAGS if f in flags]
+    return f"cpu-{platform.machine() or 'unknown'}-" + ("+".join(present) or "baseline")
+
+
+def cpu_build_config(runtime: str) -> dict[str, Any]:
+    """What decides the bytes of a CPU engine (besides weights, runtime version and hardware)."""
+    from serving.engines.decoder_graph import OPSET
+
+    return {"runtime": runtime, "graph": GRAPH_VERSION, "opset": OPSET, "dtype": "float32"}
+
+
+def cache_key(weights: str, runtime: str, runtime_version: str, hardware: str, config_hash: str) -> str:
+    return short_hash({"weights": weights, "runtime": runtime, "runtime_version": runtime_version,
+                       "hardware": hardware, "build_config": config_hash}, 20)
+
+
+def read_manifest(engine_dir: Path) -> dict[str, Any] | None:
+    path = Path(engine_dir) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def list_engines(settings: Settings, weights: str | None = None) -> list[dict[str, Any]]:
+    """Every complete engine in the store (optionally only those built from `weights`), newest first."""
+    root = settings.engines_dir
+    found = [m | {"engine_dir": str(d)} for d in sorted(root.glob("*")) if d.is_dir() and (m := read_manifest(d))]
+    if weights:
+        found = [m for m in found if m.get("weights_digest") == weights]
+    return sorted(found, key=lambda m: m.get("created", ""), reverse=True)
+
+
+def build_cpu_engine(settings: Settings, model_dir: Path, runtime: str,
+                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Build (or find in the cache) the CPU engine for `model_dir` on `runtime`; returns its manifest plus
+    `cache_hit` and `engine_dir`."""
+    from llmops.modeling.hashing import weights_digest
+    from serving.engines.decoder_graph import check_supported, export_onnx
+
+    runtimes = _runtimes()
+    version = runtime_version(runtime)
+    say = progress or (lambda _msg: None)
+    model_dir = Path(model_dir)
+    check_supported(model_dir)
+    weights = weights_digest(model_dir)
+    hardware = cpu_hardware()
+    config = cpu_build_config(runtime)
+    config_hash = short_hash(config)
+    key = cache_key(weights, runtime, version, hardware, config_hash)
+    engine_dir = settings.engines_dir / f"{runtime}-{key}"
+    if (manifest := read_manifest(engine_dir)) is not None and manifest.get("cache_key") == key:
+        say(f"cache hit: {engine_dir}")
+        return manifest | {"cache_hit": True, "engine_dir": str(engine_dir)}
+
+    say(f"building {runtime} engine (key {key})")
+    t0 = time.perf_counter()
+    staging = settings.engines_dir / f".{runtime}-{key}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        graph = export_onnx(model_dir, staging)
+        manifest = {
+            "name": f"{runtime}-{key}", "kind": "cpu", "runtime": runtime, "runtime_version": version,
+            "hardware": hardware, "build_config": config, "build_config_hash": config_hash,
+            "weights_digest": weights, "cache_key": key, "graph": graph, "graph_file": "decoder.onnx",
+            "model_dir": str(model_dir), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        # Load once in the runtime so a graph it cannot compile fails the build, not the first request.
+        engine = runtimes[runtime][0](staging, model_dir, manifest=manifest, max_slots=1)
+        engine.prefill(0, [1, 2])
+        del engine
+        manifest["build_seconds"] = round(time.perf_counter() - t0, 2)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        shutil.rmtree(engine_dir, ignore_errors=True)
+        staging.rename(engine_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    say(f"built in {manifest['build_seconds']} s: {engine_dir}")
+    return manifest | {"cache_hit": False, "engine_dir": str(engine_dir)}
+
+
+def load_engine(manifest: dict[str, Any], model_dir: Path | None = None, *, max_slots: int = 8,
+                max_len: int = 2048, threads: int | None = None):
+    """The engine object for a stored manifest (the tokenizer comes from `model_dir`)."""
+    runtimes = _runtimes()
+    runtime = manifest["runtime"]
+    if runtime not in runtimes:
+        raise LlmopsError(f"engine runtime {runtime!r} cannot run in this environment",
+                          f"use one of {sorted(runtimes)} or --engine eager")
+    installed = runtimes[runtime][1]()
+    if installed != manifest.get("runtime_version"):
+        raise LlmopsError(f"engine was built with {runtime} {manifest.get('runtime_version')}, "
+                          f"installed is {installed}", "rebuild it: llmops engine build MODEL")
+    return runtimes[runtime][0](Path(manifest["engine_dir"]), Path(model_dir or manifest["model_dir"]),
+                                manifest=manifest, max_slots=max_slots, max_len=max_len, threads=threads)
+
+
+# -- equivalence and benchmark -------------------------------------------------------------------------
+
+def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Chat-formatted prompt token ids (what the server sends to an engine)."""
+    out = []
+    for p in prompts:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                            tokenize=True, return_dict=True)["input_ids"]
+        out.append(list(ids))
+    return out
+
+
+def eager_greedy(model, prompt_ids: list[list[int]], new_tokens: int) -> tuple[list[list[int]], float]:
+    """The reference: transformers fp32 with KV cache, greedy, one prompt at a time (no padding), exactly
+    `new_tokens` tokens; returns (tokens per prompt, seconds)."""
+    import torch
+
+    out, t0 = [], time.perf_counter()
+    with torch.no_grad():
+        for ids in prompt_ids:
+            g = model.generate(torch.tensor([ids]), attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
+                               max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                               num_beams=1, pad_token_id=model.config.eos_token_id)
+            out.append(g[0, len(ids):].tolist())
+    return out, time.perf_counter() - t0
+
+
+def engine_greedy(engine, prompt_ids: list[list[int]], new_tokens: int) -> dict[str, Any]:
+    """Greedy decode of all prompts as one batch through prefill/decode (slot i = prompt i), as the
+    scheduler would run them; returns tokens, seconds, TTFT (all prompts prefilled) and tokens/s."""
+    slots = list(range(len(prompt_ids)))
+    t0 = time.perf_counter()
+    last = [int(engine.prefill(s, ids).argmax()) for s, ids in zip(slots, prompt_ids, strict=True)]
+    ttft = time.perf_counter() - t0
+    tokens = [[t] for t in last]
+    for _ in range(new_tokens - 1):
+        last = engine.decode(slots, last).argmax(-1).tolist()
+        for row, t in zip(tokens, last, strict=True):
+            row.append(int(t))
+    seconds = time.perf_counter() - t0
+    for s in slots:
+        engine.release(s)
+    return {"tokens": tokens, "seconds": seconds, "ttft_s": ttft,
+            "tokens_per_s": len(slots) * new_tokens / seconds}
+
+
+def agreement(reference: list[list[int]], got: list[list[int]]) -> dict[str, Any]:
+    """Share of prompts whose tokens are identical, and the mean share of identical leading tokens."""
+    same = [a == b for a, b in zip(reference, got, strict=True)]
+
+    def prefix(a: list[int], b: list[int]) -> int:
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        return n
+
+    lead = [prefix(a, b) / max(len(a), 1) for a, b in zip(reference, got, strict=True)]
+    return {"prompts": len(same), "identical": sum(same), "identical_rate": sum(same) / max(len(same), 1),
+            "mean_leading_agreement": sum(lead) / max(len(lead), 1)}
+
+
+def check_equivalence(engine, model, tokenizer, cfg: EngineParams) -> dict[str, Any]:
+    """Greedy tokens of the engine (batched) vs eager (one at a time) on the fixed prompts; `passed` when the
+    identical rate reaches `cfg.equivalence.min_identical_rate`. Also returns eager's batch-1 tokens/s."""
+    eq = cfg.equivalence
+    prompts = encode_prompts(tokenizer, cfg.prompts[: eq.prompts] if eq.prompts else cfg.prompts)
+    reference, eager_s = eager_greedy(model, prompts, eq.new_tokens)
+    got = engine_greedy(engine, prompts, eq.new_tokens)
+    result = agreement(reference, got["tokens"])
+    return result | {"new_tokens": eq.new_tokens, "min_identical_rate": eq.min_identical_rate,
+                     "passed": result["identical_rate"] >= eq.min_identical_rate,
+                     "eager_batch1_tokens_per_s": len(prompts) * eq.new_tokens / eager_s}
+
+
+def short_benchmark(engine, tokenizer, cfg: EngineParams) -> dict[str, float]:
+    """Engine tokens/s and TTFT at each configured batch size (prompts cycled to fill the batch)."""
+    bench = cfg.benchmark
+    base = encode_prompts(tokenizer, cfg.prompts)
+    out: dict[str, float] = {}
+    engine_greedy(engine, base[:1], 2)  # warm-up: first-run allocations are not the engine's speed
+    for bs in bench.batch_sizes:
+        prompts = [base[i % len(base)] for i in range(bs)]
+        r = engine_greedy(engine, prompts, bench.new_tokens)
+        out[f"batch{bs}_tokens_per_s"] = round(r["tokens_per_s"], 2)
+        out[f"batch{bs}_ttft_s"] = round(r["ttft_s"], 4)
+    return out
