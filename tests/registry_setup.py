@@ -57,10 +57,10 @@ def backend_settings(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch
     finally:
         get_settings.cache_clear()
         if stack is not None:
-            _empty(stack)
+            empty_registry(stack)
 
 
-def _empty(stack: TrackingStack) -> None:
+def empty_registry(stack: TrackingStack) -> None:
     """Delete every registered model and audit event, so the next test starts from an empty registry."""
     import sqlalchemy as sa
     from mlflow import MlflowClient
