@@ -1,5 +1,5 @@
-"""The fine-tuning DAG: validate -> train -> evaluate -> (gate) -> register, inside an exit handler that
-closes the run's MLflow record with the final state whatever happens.
+"""The fine-tuning DAG: validate -> train -> evaluate -> (gate) -> register -> compile_engine, inside an exit
+handler that closes the run's MLflow record with the final state whatever happens.
 
 Parameters are strings/lists only, so the same compiled YAML runs on a KFP cluster and through
 `kfp.local` on a laptop; every default lives in params.yaml and arrives here as `overrides`.
@@ -7,6 +7,7 @@ Parameters are strings/lists only, so the same compiled YAML runs on a KFP clust
 
 from kfp import dsl
 
+from components.compile_engine.component import compile_engine
 from components.evaluate.component import evaluate
 from components.register.component import register
 from components.start_run.component import finish_run, start_run
@@ -31,6 +32,7 @@ def finetune(overrides: list = [], data_dir: str = "data/splits"):  # noqa: B006
                              adapter=trained.outputs["adapter"])
         # kfp.local resolves conditions on a component's single return value, not on NamedTuple fields.
         with dsl.If(evaluated.outputs["Output"] == "pass", name="gate-passed"):
-            register(parent_run_id=parent, overrides=overrides, kfp_run_id=run_id,
-                     adapter=trained.outputs["adapter"], eval_metrics=evaluated.outputs["metrics"])
+            registered = register(parent_run_id=parent, overrides=overrides, kfp_run_id=run_id,
+                                  adapter=trained.outputs["adapter"], eval_metrics=evaluated.outputs["metrics"])
+            compile_engine(parent_run_id=parent, overrides=overrides, model_version=registered.output)
     apply_cluster_settings()  # pods, GPUs, secrets, retries, caching from params.yaml: cluster profile only

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +169,10 @@ def export_onnx(model_dir: Path, out_dir: Path) -> dict[str, Any]:
     )
     t0 = time.perf_counter()
     path = out_dir / GRAPH_FILE
-    with torch.no_grad():
+    # The TorchScript exporter: it traces this plain-tensor module exactly (torch.export adds nothing here);
+    # its deprecation warning is not actionable for users.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             module, example, str(path), dynamo=False, opset_version=OPSET,
             input_names=["input_ids", "position_ids", "attention_mask", "past"],

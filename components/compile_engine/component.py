@@ -1,0 +1,34 @@
+"""KFP wrapper of engine compilation: runs after register on the new version; returns the engines it built."""
+
+from kfp import dsl
+
+from components._image import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE)
+def compile_engine(parent_run_id: str, overrides: list, model_version: str) -> str:
+    """Build the engines in params.yaml `engine.kinds` for `model_version`, attach them to it; returns
+    "kind=name,..." (a skipped kind reads "kind=skipped")."""
+    from components.compile_engine.logic import compile_engines
+    from llmops.settings import get_settings
+    from llmops.steplog import step_report
+
+    with step_report("compile_engine", parent_run_id) as step:
+        settings = get_settings()
+        params = settings.params(overrides)
+        result = compile_engines(settings, params, name=settings.registered_model, version=model_version,
+                                 parent_run_id=parent_run_id)
+        figures = {}
+        for kind, r in result["engines"].items():
+            if r.get("skipped"):
+                figures[kind] = "skipped"
+                continue
+            bench = r.get("benchmark") or {}
+            figures[kind] = r["runtime"] + (" (cache hit)" if r.get("cache_hit") else "")
+            if r.get("equivalence"):
+                figures[f"{kind} equivalence"] = f"{r['equivalence']['identical_rate']:.0%}"
+            for key in ("batch1_tokens_per_s", "batch8_tokens_per_s"):
+                if key in bench:
+                    figures[f"{kind} {key.replace('_tokens_per_s', '')} tok/s"] = bench[key]
+        step.figures(**figures)
+    return ",".join(f"{k}={'skipped' if r.get('skipped') else r['name']}" for k, r in result["engines"].items())

@@ -1,0 +1,182 @@
+"""compile_engine step: build the inference engine(s) for a registered model version and attach them.
+
+For each kind in `engine.kinds` (params.yaml):
+- `cpu`: the measured CPU engine (`engine.cpu_runtime`) is built or found in the engine cache, checked
+  against eager transformers (greedy tokens on the fixed prompts, gated by `engine.equivalence`), timed
+  (tokens/s and TTFT at `engine.benchmark.batch_sizes`), and attached to the version: engine files as
+  MLflow artifacts of this step's run, figures as version tags `engine.cpu.*`. An engine that fails
+  equivalence is removed from the cache (so no server can pick it) and fails the step.
+- `tensorrt-llm`: its preflight runs; where it passes (the TRT-LLM image on a GPU node) the build runs in a
+  subprocess of that image's Python, otherwise the version gets `engine.tensorrt-llm = skipped: <reason>`
+  and nothing is written.
+This module never imports KFP: the KFP wrapper imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from llmops.errors import ModelError
+from llmops.params import Params
+from llmops.settings import Settings
+
+CHECKS_FILE = "checks.json"  # equivalence + benchmark of a built engine, reused on a cache hit
+
+
+def version_model_dir(settings: Settings, name: str, version: str) -> Path:
+    """Local merged checkpoint (weights + config + tokenizer) of a registered version, downloaded once."""
+    import mlflow
+
+    from llmops.tracking import configure
+
+    configure(settings)
+    dst = settings.cache_dir / "versions" / name / str(version)
+    if not (dst / ".complete").is_file():
+        shutil.rmtree(dst, ignore_errors=True)
+        dst.mkdir(parents=True)
+        mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(dst))
+        (dst / ".complete").write_text("")
+    configs = sorted(p.parent for p in dst.rglob("config.json") if any(p.parent.glob("*.safetensors")))
+    if not configs:
+        raise ModelError(f"version {name}/{version} holds no safetensors checkpoint", "register it again")
+    model_dir = configs[0]
+    if not (model_dir / "tokenizer.json").is_file():
+        tok = next((p.parent for p in dst.rglob("tokenizer.json")), None)
+        if tok is None:
+            raise ModelError(f"version {name}/{version} holds no tokenizer", "register it again")
+        for f in tok.iterdir():
+            if f.is_file() and not (model_dir / f.name).exists():
+                shutil.copy2(f, model_dir / f.name)
+    return model_dir
+
+
+def _cpu_engine(settings: Settings, params: Params, model_dir: Path) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from serving import engine_store
+
+    cfg = params.engine
+    manifest = engine_store.build_cpu_engine(settings, model_dir, cfg.cpu_runtime,
+                                             progress=lambda m: print(f"[compile_engine] {m}", flush=True))
+    checks_path = Path(manifest["engine_dir"]) / CHECKS_FILE
+    wanted = {"equivalence": cfg.equivalence.model_dump(), "benchmark": cfg.benchmark.model_dump(),
+              "prompts": cfg.prompts}
+    if manifest["cache_hit"] and checks_path.is_file():
+        checks = json.loads(checks_path.read_text())
+        if checks.get("config") == wanted:
+            return manifest | {"equivalence": checks["equivalence"], "benchmark": checks["benchmark"],
+                               "checks_reused": True}
+    slots = max([*cfg.benchmark.batch_sizes, cfg.equivalence.prompts or len(cfg.prompts), 1])
+    engine = engine_store.load_engine(manifest, model_dir, max_slots=slots)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    equivalence = engine_store.check_equivalence(engine, model, engine.tokenizer, cfg)
+    del model
+    if not equivalence["passed"]:
+        shutil.rmtree(manifest["engine_dir"], ignore_errors=True)
+        raise ModelError(f"{manifest['runtime']} engine failed equivalence: {equivalence['identical']}/"
+                         f"{equivalence['prompts']} prompts identical over {equivalence['new_tokens']} tokens "
+                         f"(need {equivalence['min_identical_rate']:.0%}); the engine was removed",
+                         "serve with --engine eager, or report the runtime/model pair as a bug")
+    benchmark = engine_store.short_benchmark(engine, engine.tokenizer, cfg)
+    benchmark["eager_batch1_tokens_per_s"] = round(equivalence["eager_batch1_tokens_per_s"], 2)
+    checks_path.write_text(json.dumps({"config": wanted, "equivalence": equivalence, "benchmark": benchmark},
+                                      indent=2))
+    return manifest | {"equivalence": equivalence, "benchmark": benchmark, "checks_reused": False}
+
+
+def _trtllm_engine(settings: Settings, params: Params, model_dir: Path) -> dict[str, Any]:
+    from llmops.modeling.hashing import weights_digest
+    from serving.engines import tensorrt_llm as trt
+
+    cfg = params.engine.trtllm
+    pf = trt.preflight(cfg.min_compute_capability)
+    if not pf.ok:
+        return {"kind": trt.KIND, "skipped": True, "reason": "; ".join(pf.reasons), "record": pf.skip_record()}
+    config = trt.TrtllmBuildConfig.from_params(cfg)
+    digest = weights_digest(model_dir)
+    key = trt.cache_key(digest, pf.trtllm_version or "?", pf.capability or (0, 0), config)
+    out = settings.engines_dir / f"{trt.KIND}-{key}"
+    if (out / trt.MANIFEST).is_file():
+        return json.loads((out / trt.MANIFEST).read_text()) | {"cache_hit": True, "engine_dir": str(out)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "serving.engines.tensorrt_llm", "build", "--model-dir", str(model_dir),
+           "--out", str(out), "--weights-digest", digest, "--config", json.dumps(config.to_dict()),
+           "--min-compute-capability", str(cfg.min_compute_capability)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=settings.project_dir)
+    if done.returncode != 0:
+        raise ModelError(f"TensorRT-LLM build failed: {done.stderr.strip().splitlines()[-1:]}",
+                         f"rerun `{' '.join(cmd)}` in the TRT-LLM image to see the whole log")
+    return json.loads(done.stdout) | {"cache_hit": False, "engine_dir": str(out)}
+
+
+def version_tags(results: dict[str, dict[str, Any]], artifact_uris: dict[str, str]) -> dict[str, str]:
+    """The tags a model version carries for its engines (what `llmops engine list` and the server read)."""
+    tags: dict[str, str] = {}
+    for kind, r in results.items():
+        p = f"engine.{kind}"
+        if r.get("skipped"):
+            tags[p] = f"skipped: {r['reason']}"
+            continue
+        tags[p] = r["name"]
+        for key in ("runtime", "runtime_version", "hardware", "build_config_hash", "cache_key", "build_seconds"):
+            if r.get(key) is not None:
+                tags[f"{p}.{key}"] = str(r[key])
+        tags[f"{p}.cache_hit"] = str(bool(r.get("cache_hit"))).lower()
+        eq = r.get("equivalence") or {}
+        if eq:
+            tags[f"{p}.equivalence.identical_rate"] = f"{eq['identical_rate']:.4g}"
+            tags[f"{p}.equivalence.identical"] = f"{eq['identical']}/{eq['prompts']}"
+            tags[f"{p}.equivalence.new_tokens"] = str(eq["new_tokens"])
+        for key, value in (r.get("benchmark") or {}).items():
+            tags[f"{p}.bench.{key}"] = f"{value:.4g}"
+        if kind in artifact_uris:
+            tags[f"{p}.artifact_uri"] = artifact_uris[kind]
+    return tags
+
+
+def compile_engines(settings: Settings, params: Params, *, name: str, version: str,
+                    parent_run_id: str | None = None, model_dir: Path | None = None) -> dict[str, Any]:
+    """Build every configured engine kind for `name/version`; returns {kind: result} plus `run_id`, `tags`."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from llmops.tracking import step_run
+
+    t0 = time.perf_counter()
+    model_dir = Path(model_dir) if model_dir else version_model_dir(settings, name, version)
+    results: dict[str, dict[str, Any]] = {}
+    artifact_uris: dict[str, str] = {}
+    with step_run(settings, parent_run_id, "compile_engine") as run_id:
+        mlflow.set_tags({"model.name": name, "model.version": str(version)})
+        for kind in params.engine.kinds:
+            if kind == "cpu":
+                r = results[kind] = _cpu_engine(settings, params, model_dir)
+            else:
+                r = results[kind] = _trtllm_engine(settings, params, model_dir)
+            if r.get("skipped"):
+                print(f"[compile_engine] {r['record']}", flush=True)
+                continue
+            if params.engine.log_artifacts:
+                path = f"engines/{r['name']}"
+                mlflow.log_artifacts(r["engine_dir"], artifact_path=path)
+                artifact_uris[kind] = f"runs:/{run_id}/{path}"
+        tags = version_tags(results, artifact_uris)
+        mlflow.set_tags(tags)
+        metrics = {f"{kind}.{k}": float(v) for kind, r in results.items()
+                   for k, v in (r.get("benchmark") or {}).items()}
+        metrics |= {f"{kind}.build_seconds": float(r["build_seconds"]) for kind, r in results.items()
+                    if r.get("build_seconds") is not None}
+        if metrics:
+            mlflow.log_metrics(metrics)
+    client = MlflowClient(settings.tracking_uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, value)
+    return {"name": name, "version": str(version), "run_id": run_id, "engines": results, "tags": tags,
+            "model_dir": str(model_dir), "seconds": round(time.perf_counter() - t0, 2)}

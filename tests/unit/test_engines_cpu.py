@@ -1,0 +1,89 @@
+"""CPU engines on the tiny model: the exported graph run by ONNX Runtime and OpenVINO gives eager's greedy
+tokens (full precision), per-slot KV survives changes of the running batch, and the store caches builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmops.settings import Settings
+from serving import engine_store
+
+RUNTIMES = ["onnxruntime", "openvino"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Settings:
+    return Settings(state_dir=tmp_path_factory.mktemp("engine-store"))
+
+
+@pytest.fixture(scope="module")
+def eager(tiny_model_dir: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+
+
+def test_cpu_hardware_names_the_isa_flags_that_change_kernels() -> None:
+    info = "processor: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n"
+    hw = engine_store.cpu_hardware(info)
+    assert hw.endswith("-avx2+avx512f+avx512_bf16+amx_tile")
+    assert engine_store.cpu_hardware("flags: fpu sse2\n").endswith("-baseline")
+
+
+def test_cache_key_changes_with_every_part() -> None:
+    base = ("w1", "onnxruntime", "1.32.0", "cpu-x86_64-avx2", "cfg1")
+    key = engine_store.cache_key(*base)
+    assert key == engine_store.cache_key(*base)
+    for i, other in enumerate(("w2", "openvino", "1.33.0", "cpu-x86_64-avx512f", "cfg2")):
+        changed = list(base)
+        changed[i] = other
+        assert engine_store.cache_key(*changed) != key
+    assert engine_store.short_hash(engine_store.cpu_build_config("onnxruntime")) != \
+        engine_store.short_hash(engine_store.cpu_build_config("openvino"))
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_engine_matches_eager_and_rebuild_is_a_cache_hit(runtime: str, store: Settings, tiny_model_dir: Path,
+                                                         eager) -> None:
+    first = engine_store.build_cpu_engine(store, tiny_model_dir, runtime)
+    assert first["cache_hit"] is False and first["runtime"] == runtime
+    second = engine_store.build_cpu_engine(store, tiny_model_dir, runtime)
+    assert second["cache_hit"] is True and second["engine_dir"] == first["engine_dir"]
+    assert [m["name"] for m in engine_store.list_engines(store, first["weights_digest"])].count(first["name"]) == 1
+
+    engine = engine_store.load_engine(second, tiny_model_dir, max_slots=4)
+    prompts = engine_store.encode_prompts(engine.tokenizer, ["What is a list?", "Reverse a string in Python.",
+                                                             "Explain json.", "What does os.path.join do?"])
+    reference, _ = engine_store.eager_greedy(eager, prompts, 12)
+    got = engine_store.engine_greedy(engine, prompts, 12)["tokens"]
+    assert engine_store.agreement(reference, got)["identical_rate"] == 1.0
+    assert engine.info()["runtime"] == runtime and engine.info()["cache_key"] == first["cache_key"]
+
+
+def test_slots_survive_changes_of_the_running_batch(store: Settings, tiny_model_dir: Path, eager) -> None:
+    """A request joins mid-way and another leaves: every sequence still gets eager's tokens."""
+    manifest = engine_store.build_cpu_engine(store, tiny_model_dir, "onnxruntime")
+    engine = engine_store.load_engine(manifest, tiny_model_dir, max_slots=3)
+    prompts = engine_store.encode_prompts(engine.tokenizer, ["Short?", "A much longer question about Python lists "
+                                                             "and tuples and when to use which.", "Explain json."])
+    reference, _ = engine_store.eager_greedy(eager, prompts, 10)
+    out: dict[int, list[int]] = {}
+    out[0] = [int(engine.prefill(0, prompts[0]).argmax())]
+    out[1] = [int(engine.prefill(1, prompts[1]).argmax())]
+    for step in range(9):
+        if step == 3:  # slot 2 joins the running batch
+            out[2] = [int(engine.prefill(2, prompts[2]).argmax())]
+        running = [s for s in (1, 0, 2) if s in out and len(out[s]) < 10]
+        logits = engine.decode(running, [out[s][-1] for s in running])
+        for row, s in enumerate(running):
+            out[s].append(int(logits[row].argmax()))
+        if len(out[0]) == 10:
+            engine.release(0)
+    while len(out[2]) < 10:
+        out[2].append(int(engine.decode([2], [out[2][-1]])[0].argmax()))
+    assert [out[0], out[1], out[2]] == reference
+    with pytest.raises(Exception, match="no prefilled sequence"):
+        engine.decode([0], [1])
