@@ -1,5 +1,7 @@
 """The train step on a separate, already running Ray cluster (the cluster profile's `LLMOPS_RAY_ADDRESS`).
 
+Joined with Ray Client (`ray://`, needs `ray[client]`), as a pipeline pod outside the Ray cluster does.
+
 A Ray head node is started here with `ray start --head` as its own process tree (its own ports, its own
 temp dir, so another Ray on this machine is neither joined nor touched), the tiny model is trained
 through its address with the same `train_adapter` a laptop run uses, and the head is stopped by the
@@ -74,7 +76,7 @@ def ray_head() -> Iterator[dict]:
     ray_bin = Path(sys.executable).parent / "ray"
     # Ray's socket paths must stay short: a temp dir directly under the system temp dir.
     temp_dir = Path(tempfile.mkdtemp(prefix="llmops-rh-"))
-    gcs, node_mgr, obj_mgr, dash, agent_http, agent_grpc, runtime_env, metrics = _free_ports(8)
+    gcs, node_mgr, obj_mgr, dash, agent_http, agent_grpc, runtime_env, metrics, client = _free_ports(9)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     cmd = [str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
@@ -82,12 +84,13 @@ def ray_head() -> Iterator[dict]:
            "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
            "--runtime-env-agent-port", str(runtime_env), "--metrics-export-port", str(metrics),
            "--node-manager-port", str(node_mgr), "--object-manager-port", str(obj_mgr),
+           "--ray-client-server-port", str(client),
            "--object-store-memory", str(256 * 2**20), "--temp-dir", str(temp_dir), "--disable-usage-stats"]
     started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     try:
         if started.returncode != 0:
             pytest.fail(f"`ray start --head` failed:\n{started.stdout[-2000:]}\n{started.stderr[-2000:]}")
-        yield {"address": f"127.0.0.1:{gcs}", "temp_dir": temp_dir}
+        yield {"gcs": f"127.0.0.1:{gcs}", "client": f"ray://127.0.0.1:{client}", "temp_dir": temp_dir}
     finally:
         _stop_head(temp_dir)
         leftover = _pids_under(temp_dir)
@@ -99,10 +102,13 @@ def ray_head() -> Iterator[dict]:
 
 @pytest.fixture(scope="module")
 def cluster_run(ray_head: dict, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One training run through the head's Ray Client address, `ray://host:port`: how a KFP pod outside the
+    Ray cluster joins it. (A driver on a Ray node, e.g. a RayJob's, would use host:6379; the same
+    `ray.init(address=...)` call — it passed here too, run once by hand, and is left out to keep this short.)"""
     root = tmp_path_factory.mktemp("ray-cluster")
     mp = pytest.MonkeyPatch()
     mp.setenv("LLMOPS_STATE_DIR", str(root / "state"))
-    mp.setenv("LLMOPS_RAY_ADDRESS", ray_head["address"])
+    mp.setenv("LLMOPS_RAY_ADDRESS", ray_head["client"])
     mp.setenv("LLMOPS_RAY_STORAGE", str(root / "shared-storage"))
     mp.setenv("LLMOPS_PROJECT_DIR", str(Path(__file__).resolve().parents[2]))
     get_settings.cache_clear()
