@@ -66,4 +66,12 @@ def step_run(settings: Settings, parent_run_id: str | None, step: str) -> Iterat
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     with mlflow.start_run(experiment_id=exp_id, run_name=step, tags=tags) as run:
-        yield run.info.run_id
+        try:
+            yield run.info.run_id
+        except Exception as exc:
+            # The step's own one-line cause on its run (MLflow records only FAILED).
+            from llmops.steplog import one_line
+
+            with contextlib.suppress(Exception):
+                mlflow.set_tag("llmops.error", one_line(exc))
+            raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmops.settings import Settings
+from llmops.steplog import STEP_ERROR_TAG
 from llmops.tracking import FINAL_STATE_TAG, close_run, ensure_experiment
 
 STEPS = ("validate_data", "train", "evaluate", "register")
@@ -59,6 +60,13 @@ def summarize(settings: Settings, parent_run_id: str) -> dict[str, Any]:
         "data_versions": {k.removeprefix("llmops.dvc."): v for k, v in tags.items() if k.startswith("llmops.dvc.")},
         "steps": {s: (by_step[s].info.status if s in by_step else "not run") for s in STEPS},
     }
+    # Each failed step's own one-line cause: recorded by the step (llmops.steplog) on the pipeline run, or on
+    # the step's run by llmops.tracking.step_run.
+    errors = {k.removeprefix(STEP_ERROR_TAG): v for k, v in tags.items() if k.startswith(STEP_ERROR_TAG)}
+    errors |= {s: c.data.tags["llmops.error"] for s, c in by_step.items()
+               if "llmops.error" in c.data.tags and s not in errors}
+    if errors:
+        out["step_errors"] = errors
     if "train" in by_step:
         m = by_step["train"].data.metrics
         out["train"] = {k: m[k] for k in ("train_loss", "val_loss_before", "val_loss", "steps", "tokens",

@@ -10,10 +10,14 @@ def start_run(kfp_run_id: str, kfp_run_name: str, overrides: list) -> str:
     """Open the pipeline's MLflow run; returns its id for every later step."""
     from components.start_run.logic import start_run as _start
     from llmops.settings import get_settings
+    from llmops.steplog import step_report
 
-    settings = get_settings()
-    return _start(settings, settings.params(overrides), kfp_run_id=kfp_run_id, kfp_run_name=kfp_run_name,
-                  overrides=list(overrides))
+    with step_report("start_run") as step:
+        settings = get_settings()
+        run_id = _start(settings, settings.params(overrides), kfp_run_id=kfp_run_id, kfp_run_name=kfp_run_name,
+                        overrides=list(overrides))
+        step.figures(mlflow_run=run_id)
+    return run_id
 
 
 @dsl.component(base_image=BASE_IMAGE)

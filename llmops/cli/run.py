@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ def finetune(
     overrides: list[str] = typer.Option([], "--set", help="Override a params.yaml value: section.key=value."),
     data_dir: str = typer.Option("data/splits", "--data-dir", help="Folder with the DVC-tracked splits."),
     summary_out: Path = typer.Option(None, "--summary-out", help="Also write the summary JSON to this file."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Stream every step's full output (always kept "
+                                 "in the run's log file under <state>/logs/)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Validate -> train (Ray, LoRA) -> evaluate -> gate -> register, as a Kubeflow pipeline."""
@@ -37,8 +40,11 @@ def finetune(
     if host:
         os.environ["LLMOPS_KFP_HOST"] = host
         get_settings.cache_clear()
+    from pipelines.preflight import preflight_finetune
+
     settings = get_settings()
-    settings.params(overrides)  # fail fast on a bad --set before anything starts
+    # Everything checkable before the DAG starts fails here, in seconds, with cause and fix (exit 2).
+    preflight_finetune(settings, overrides, data_dir)
     if settings.profile == "cluster":
         from pipelines.runner import submit_finetune_cluster
 
@@ -47,13 +53,19 @@ def finetune(
              lambda d: console.print(f"[green]submitted[/] run {d['run_id']} to {d['host']}\n{d['url']}"))
         return
 
+    from pipelines.console import RunConsole
     from pipelines.runner import run_finetune_local
     from pipelines.summary import latest_parent_run, mark_interrupted, summarize
 
     since_ms = int(time.time() * 1000)
-    console.rule("[bold]llmops finetune[/] (kfp.local)")
+    label = time.strftime("finetune-%Y%m%d-%H%M%S")
+    run_console = RunConsole(settings.state_dir / "logs", label, verbose=verbose, quiet=as_json)
+    if not as_json:
+        console.print(f"[bold]llmops finetune[/] (kfp.local)   full log: {_rel(run_console.log_path)}",
+                      soft_wrap=True)
     try:
-        outcome = run_finetune_local(settings, overrides, data_dir)
+        with run_console:
+            outcome = run_finetune_local(settings, overrides, data_dir)
     except KeyboardInterrupt:
         killed = mark_interrupted(settings, since_ms)
         console.print(f"[red]interrupted[/]: {len(killed)} MLflow run(s) marked KILLED; nothing was registered "
@@ -61,7 +73,13 @@ def finetune(
         raise typer.Exit(130) from None
     run_id = latest_parent_run(settings, since_ms)
     summary: dict[str, Any] = summarize(settings, run_id) if run_id else {"steps": {}}
-    summary |= {"succeeded": outcome.succeeded, "wall_seconds": round(outcome.seconds, 1), "error": outcome.error}
+    summary |= {"succeeded": outcome.succeeded, "wall_seconds": round(outcome.seconds, 1), "error": outcome.error,
+                "log": str(run_console.log_path)}
+    failed = run_console.failure
+    if failed is not None:  # the step's own cause, as it printed it; MLflow's tag when the marker was lost
+        step = failed.name.replace("-", "_")
+        cause = failed.cause or summary.get("step_errors", {}).get(step)
+        summary["failed_step"] = {"step": step, "cause": cause, "log": str(failed.log or run_console.log_path)}
     if summary_out:
         summary_out.write_text(json.dumps(summary, indent=2, default=str))
     emit(summary, as_json, _print_summary)
@@ -70,18 +88,22 @@ def finetune(
 
 
 def _print_summary(s: dict[str, Any]) -> None:
+    say = functools.partial(console.print, soft_wrap=True)  # one line per fact, also in a narrow CI log
     console.rule("[bold]summary")
     state = "[green]succeeded[/]" if s.get("succeeded") else "[red]failed[/]"
-    console.print(f"pipeline {state} in {s.get('wall_seconds')} s   MLflow run {s.get('mlflow_run_id')}   "
-                  f"KFP run {s.get('kfp_run_name')}")
-    if s.get("error"):
-        console.print(f"[red]{s['error']}[/]")
-    console.print("steps: " + "  ".join(f"{k}={v}" for k, v in s.get("steps", {}).items()))
+    say(f"pipeline {state} in {s.get('wall_seconds')} s   MLflow run {s.get('mlflow_run_id')}   "
+        f"KFP run {s.get('kfp_run_name')}")
+    if s.get("failed_step"):
+        f = s["failed_step"]
+        say(f"[red]step {f['step']} failed:[/] {f.get('cause') or 'no cause recorded (see its log)'}")
+        say(f"  full log of the step: {_rel(Path(f['log']))}")
+    elif s.get("error"):
+        say(f"[red]{s['error']}[/]")
+    say("steps: " + "  ".join(f"{k}={v}" for k, v in s.get("steps", {}).items()))
     if s.get("data_versions"):
-        console.print("data (DVC md5): " + "  ".join(f"{k}={v[:10]}" for k, v in s["data_versions"].items()))
-    if "train" in s:
-        t = s["train"]
-        console.print("train: " + "  ".join(f"{k}={v:.4g}" for k, v in t.items()))
+        say("data (DVC md5): " + "  ".join(f"{k}={v[:10]}" for k, v in s["data_versions"].items()))
+    if s.get("train"):
+        say("train: " + "  ".join(f"{k}={v:.4g}" for k, v in s["train"].items()))
     if s.get("eval"):
         table = Table(title="evaluation (same test data for every model)")
         models = list(s["eval"])
@@ -93,8 +115,22 @@ def _print_summary(s: dict[str, Any]) -> None:
             table.add_row(metric, *[f"{s['eval'][n].get(metric, float('nan')):.4g}" for n in models])
         console.print(table)
     if s.get("gate"):
-        console.print("gate: " + "  ".join(f"{k}={v}" for k, v in s["gate"].items()))
+        gate = dict(s["gate"])
+        checks = [ln.strip() for ln in str(gate.pop("summary", "")).splitlines() if ln.strip()]
+        say("gate: " + "  ".join(f"{k}={v}" for k, v in gate.items() if v not in ("", None)))
+        for check in checks:
+            say(f"  {check}")
     if s.get("registered"):
-        console.print("registered: " + "  ".join(f"{k}={v}" for k, v in s["registered"].items()))
+        say("registered: " + "  ".join(f"{k}={v}" for k, v in s["registered"].items()))
     elif s.get("steps", {}).get("evaluate") == "FINISHED":
-        console.print("[yellow]nothing registered[/] (the gate did not pass; reasons above)")
+        say("[yellow]nothing registered[/] (the gate did not pass; reasons above)")
+    if s.get("log"):
+        say(f"full log: {_rel(Path(s['log']))}")
+
+
+def _rel(path: Path) -> str:
+    """A path as short as it can be said from here (logs live in the state dir)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
