@@ -24,7 +24,7 @@ from llmops.settings import Settings
 from pipelines._resources import step_settings
 from pipelines.runner import compile_finetune, compiled_path
 
-STEPS = ("start_run", "validate_data", "train", "evaluate", "register", "finish_run")
+STEPS = ("start_run", "validate_data", "train", "evaluate", "register", "compile_engine", "finish_run")
 GIB = 2**30 / 1e9  # KFP writes memory in GB (10^9 bytes)
 
 
