@@ -2,8 +2,10 @@
 
 Every registered model version carries these as tags so anyone can answer "what produced this
 champion?" without asking: the git commit (`-dirty` when the working tree had changes, so an
-unreproducible build is visible), the DVC md5 of every data output in dvc.lock, the params digest,
-the pipeline run ids and the base model's sha256.
+unreproducible build is visible), the md5 of every data file the train and evaluate steps really read
+(`data.<split>.md5`) with the DVC-tracked version it matches or `untracked` (`data.<split>.dvc`), the
+params digest, the pipeline run ids and the base model's weights digest (hashed when it was trained on
+and again at registration: they must agree). Nothing is looked up from what a file *should* hold.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from llmops.errors import DataError
+from llmops.errors import DataError, ModelError
 from llmops.params import Params
 from llmops.settings import Settings
 
@@ -70,6 +72,23 @@ def file_md5(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def data_lineage(project_dir: Path, files: dict[str, Path]) -> dict[str, str]:
+    """Tags for the files a step read ({split: path}): `data.<split>.md5` of the bytes read and
+    `data.<split>.dvc`, the DVC-tracked version(s) with exactly those bytes as `PATH@MD5` (from dvc.lock and
+    `.dvc` files, comma-separated when several match) or `untracked` when none does (a `--data-dir`
+    elsewhere, locally edited splits)."""
+    from llmops.data.dvc import data_hashes
+
+    tracked = data_hashes(Path(project_dir))
+    tags: dict[str, str] = {}
+    for split, path in sorted(files.items()):
+        md5 = file_md5(Path(path))
+        matches = sorted(p for p, m in tracked.items() if m == md5)
+        tags[f"data.{split}.md5"] = md5
+        tags[f"data.{split}.dvc"] = ",".join(f"{p}@{md5}" for p in matches) or "untracked"
+    return tags
+
+
 def collect_lineage(
     settings: Settings,
     params: Params,
@@ -78,12 +97,22 @@ def collect_lineage(
     mlflow_run_id: str | None,
     base_model_id: str,
     base_model_sha256: str,
+    step_lineage: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """Tag dict for a model version: `git.commit`, `dvc.<path>` per DVC output, `params.hash`,
-    `pipeline.kfp_run_id`, `pipeline.mlflow_run_id`, `base_model.id`, `base_model.sha256`.
-    Run ids that are not known (a run outside KFP) are left out rather than faked."""
+    """Tag dict for a model version: `git.commit`, `params.hash`, `pipeline.kfp_run_id`,
+    `pipeline.mlflow_run_id`, `base_model.id`, `base_model.sha256`, plus what the steps recorded about the
+    inputs they really read (`step_lineage`: `data.*` from train and evaluate, `base_model.*` from train).
+    Run ids that are not known (a run outside KFP) are left out rather than faked; a base model whose
+    weights changed since training is an error, not a tag."""
+    step_lineage = {k: str(v) for k, v in (step_lineage or {}).items()
+                    if k.startswith(("data.", "base_model."))}
+    trained_on = step_lineage.get("base_model.sha256")
+    if trained_on is not None and trained_on != base_model_sha256:
+        raise ModelError(f"the base model's weights changed between training ({trained_on[:12]}) and "
+                         f"registration ({base_model_sha256[:12]})",
+                         "do not replace the base checkpoint while a pipeline runs; run the pipeline again")
     tags = {"git.commit": git_commit(settings.project_dir)}
-    tags.update({f"dvc.{path}": md5 for path, md5 in dvc_hashes(settings.project_dir).items()})
+    tags.update(step_lineage)
     tags["params.hash"] = params.digest()
     if kfp_run_id:
         tags["pipeline.kfp_run_id"] = kfp_run_id

@@ -42,6 +42,7 @@ class EvalResult:
     generations_jsonl: Path | None = None
     run_id: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
+    lineage: dict[str, str] = field(default_factory=dict)  # data.test.* of the exact file read
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +56,7 @@ class EvalResult:
             "generations_jsonl": str(self.generations_jsonl) if self.generations_jsonl else None,
             "run_id": self.run_id,
             "data": self.data,
+            "lineage": self.lineage,
         }
 
 
@@ -158,6 +160,7 @@ def _log_to_active_run(params: Params, result: EvalResult, files: list[Path]) ->
         "gate.summary": verdict.summary()[:5000],
         "gate.failed_checks": ",".join(c["name"] for c in verdict.checks if not c["passed"]),
         "eval.models": ",".join(result.models),
+        **result.lineage,
     })
     for path in files:
         mlflow.log_artifact(str(path), artifact_path="evaluate")
@@ -200,6 +203,9 @@ def evaluate_candidate(
         raise LlmopsError(f"eval.batch_size ({ev.batch_size}) and eval.max_new_tokens ({ev.max_new_tokens}) "
                           "must be at least 1", "fix them in params.yaml or --set")
     records = load_test_records(Path(test_path))
+    from llmops.lineage import data_lineage
+
+    lineage = data_lineage(settings.project_dir, {"test": Path(test_path)})
     ppl_records, gen_records = _take(records, ev.max_examples), _take(records, ev.gen_examples)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -253,7 +259,7 @@ def evaluate_candidate(
         data["seconds"] = round(time.perf_counter() - started, 2)
         result = EvalResult(models=models, verdict=verdict, table_md=table_md, chart_png=chart_png,
                             report_html=report_html, results_json=out_dir / "eval.json",
-                            generations_jsonl=gen_path, run_id=run_id, data=data)
+                            generations_jsonl=gen_path, run_id=run_id, data=data, lineage=lineage)
         result.results_json.write_text(json.dumps(result.to_dict(), indent=2, default=str), encoding="utf-8")
         _log_to_active_run(params, result, [table_path, chart_png, report_html, gen_path, result.results_json])
     _say(f"done in {time.perf_counter() - started:.1f} s; MLflow run {run_id}; report {report_html}")

@@ -44,6 +44,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     run_id: str | None = None  # the MLflow child run
     checkpoint_dir: str | None = None  # Ray Train's final checkpoint (adapter + optimizer state)
+    lineage: dict[str, str] = field(default_factory=dict)  # data.* and base_model.* of what was really read
 
 
 @dataclass
@@ -248,6 +249,13 @@ def train_adapter(
     if not (base_model_dir / "config.json").is_file():
         raise ModelError(f"no model checkpoint at {base_model_dir}", "run `llmops model pull` or pass the model dir")
     fault_step = _fault_step()
+    from llmops.lineage import data_lineage
+    from llmops.modeling.base import verify_base_model
+
+    # What this run really trains on: the base weights hashed now (and checked against the pull), the
+    # md5 of the exact split files read.
+    lineage = {**verify_base_model(base_model_dir),
+               **data_lineage(settings.project_dir, {"train": Path(train_path), "validation": Path(validation_path)})}
 
     import torch
     from transformers import AutoTokenizer
@@ -317,6 +325,9 @@ def train_adapter(
         if out.get("peak_gpu_mb") is not None:
             metrics["peak_gpu_mb"] = out["peak_gpu_mb"]
         _log_to_mlflow(params, metrics, out["history"])
+        import mlflow
+
+        mlflow.set_tags(lineage)
     print(f"[llmops.train] done: val_loss {metrics['val_loss_before']:.4f} -> {metrics['val_loss']:.4f}, "
           f"{metrics['tokens_per_s']:.0f} tok/s, {seconds:.0f} s, adapter in {out_dir}", flush=True)
     return TrainResult(
@@ -325,4 +336,5 @@ def train_adapter(
         history=out["history"],
         run_id=run_id,
         checkpoint_dir=result.checkpoint.path if result.checkpoint else None,
+        lineage=lineage,
     )

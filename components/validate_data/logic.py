@@ -9,7 +9,7 @@ from pathlib import Path
 
 from llmops.data.validate import ValidationResult, validate_splits
 from llmops.errors import DataError
-from llmops.lineage import dvc_hashes
+from llmops.lineage import data_lineage
 from llmops.params import Params
 from llmops.settings import Settings
 from llmops.tracking import step_run
@@ -43,9 +43,9 @@ def validate_data(settings: Settings, params: Params, *, data_dir: str, out_path
     paths = split_paths(settings, data_dir)
     with step_run(settings, parent_run_id, "validate_data"):
         result = validate_splits(paths, settings, params, report_dir=settings.reports_dir / "validation")
-        hashes = {k: v for k, v in dvc_hashes(settings.project_dir).items() if k.startswith(str(Path(data_dir)))}
+        hashes = data_lineage(settings.project_dir, paths)  # the files validated, not what dvc.lock expects
         mlflow.log_metrics({f"rows.{name}": float(n) for name, n in result.rows.items()})
-        mlflow.set_tags({"validation.success": str(result.success)} | {f"dvc.{k}": v for k, v in hashes.items()})
+        mlflow.set_tags({"validation.success": str(result.success)} | hashes)
         mlflow.log_dict(result.to_dict(), "validation.json")
         if result.report_html is not None:
             mlflow.log_artifact(str(result.report_html), "data_docs")

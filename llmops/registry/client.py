@@ -15,7 +15,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from llmops.errors import RegistryError
+from llmops.errors import NotFound, RegistryError
 from llmops.registry.audit import Action, AuditStore, SqlAuditStore, default_actor
 from llmops.settings import Settings
 
@@ -80,7 +80,7 @@ class Registry:
             return self.client.get_registered_model(name)
         except MlflowException as exc:
             if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                raise RegistryError(f"no registered model named {name!r}",
+                raise NotFound(f"no registered model named {name!r}",
                                     "see `llmops models list` for the registered names") from None
             raise RegistryError(f"registry error for {name!r}: {exc.message}",
                                 f"check the tracking URI {self.settings.tracking_uri}") from None
@@ -99,7 +99,7 @@ class Registry:
             if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 raise RegistryError(f"registry error for {name}/{version}: {exc.message}",
                                     f"check the tracking URI {self.settings.tracking_uri}") from None
-            raise RegistryError(f"model {name!r} has no version {version}",
+            raise NotFound(f"model {name!r} has no version {version}",
                                 f"`llmops models show {name}` lists its versions") from None
 
     def _versions(self, name: str) -> list[Any]:
@@ -122,7 +122,7 @@ class Registry:
         if alias is not None:
             found = self.alias_version(name, alias)
             if found is None:
-                raise RegistryError(f"model {name!r} has no alias {alias!r}",
+                raise NotFound(f"model {name!r} has no alias {alias!r}",
                                     f"set it with `llmops models promote {name} VERSION --alias {alias} "
                                     "--reason ...`")
             return name, found
@@ -132,7 +132,7 @@ class Registry:
         versions = self._versions(name)
         if not versions:
             self._model(name)
-            raise RegistryError(f"model {name!r} has no versions", "register one with `llmops run finetune`")
+            raise NotFound(f"model {name!r} has no versions", "register one with `llmops run finetune`")
         return name, normalize_version(versions[0].version)
 
     def alias_version(self, name: str, alias: str) -> str | None:
@@ -305,7 +305,7 @@ class Registry:
         with self.audit.transaction(name) as tx:
             current = self._aliases(name).get(alias)
             if current is None:
-                raise RegistryError(f"model {name!r} has no alias {alias!r}", f"`llmops models show {name}`")
+                raise NotFound(f"model {name!r} has no alias {alias!r}", f"`llmops models show {name}`")
             self.client.delete_registered_model_alias(name, alias)
             event = tx.record(alias, "remove", current, None, actor, reason)
         return {**event.to_dict(), "changed": True}
@@ -341,14 +341,30 @@ class Registry:
 
 def champion_adapter(settings: Settings, dst: Path, alias: str = "champion") -> Path | None:
     """The current champion's adapter downloaded to `dst`, or None when the name has no champion yet
-    (the first run of a pipeline compares the candidate with the base model only)."""
+    (the first run of a pipeline compares the candidate with the base model only).
+
+    Fails closed: only "no such registered model" and "no such alias" mean no champion. Any other registry
+    error (bad tracking URI, server down, lost artifact) raises, because treating it as "no champion"
+    would drop the gate's champion checks and let a regressing candidate through."""
+    _require_existing_sqlite_store(settings.tracking_uri)
     registry = Registry(settings)
     try:
         if registry.alias_version(settings.registered_model, alias) is None:
             return None
-    except RegistryError:
+    except NotFound:
         return None  # the registered model does not exist yet
     return registry.download_adapter(f"{settings.registered_model}@{alias}", dst)
+
+
+def _require_existing_sqlite_store(uri: str) -> None:
+    """MLflow creates a missing sqlite file (and its directories) as an empty store, which reads as "no model,
+    no champion": a mistyped path must fail instead. The pipeline's first step has created the real one."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///").split("?")[0])
+        if not path.is_file():
+            raise RegistryError(f"the tracking store {path} does not exist",
+                                f"check the tracking URI {uri} (LLMOPS_TRACKING_URI); the pipeline's start step "
+                                "creates it")
 
 
 def _require_reason(reason: str | None) -> str:

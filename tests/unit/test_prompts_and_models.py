@@ -30,6 +30,10 @@ def test_pulled_base_model_is_real_and_recorded(base_tokenizer_dir: Path) -> Non
     # a random model of this size scores ~55,000 on plain English; the real SmolLM2 ~10-30
     assert info["perplexity_general"] < 60
     assert len(info["sha256"]) == 64
+    from llmops.modeling.base import base_model_sha256, verify_base_model
+
+    # every weight file hashed now matches what the pull recorded (the train step checks the same)
+    assert verify_base_model(REAL_BASE_MODEL_DIR)["base_model.sha256"] == base_model_sha256(REAL_BASE_MODEL_DIR)
     assert (REAL_BASE_MODEL_DIR / "model.safetensors").stat().st_size > 400e6
     assert not list(REAL_BASE_MODEL_DIR.glob("*.bin")), "safetensors only"
 
