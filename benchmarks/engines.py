@@ -1,0 +1,127 @@
+"""CPU engines vs eager on the real SmolLM2: tokens/s at batch 1 and 8, TTFT, equivalence; ratios in one run.
+
+Baselines, both measured here in the same run:
+- `eager-generate`: transformers fp32 `generate` with its KV cache, greedy, the batch left-padded;
+- `eager-engine`: the server's eager engine (serving/engines/eager.py) driven through the same
+  prefill/decode loop as the CPU engines (what `llmops serve --engine eager` runs).
+Ratios are against the faster of the two at each batch size. Each configuration runs `--repeats` times,
+interleaved, and the best run counts (the machine is shared; the best run is the least disturbed).
+
+    .venv/bin/python -m benchmarks.engines [--runtimes onnxruntime,openvino] [--new-tokens 64] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from llmops.settings import get_settings
+from serving import engine_store
+
+
+def _eager_generate(model, tokenizer, prompts: list[list[int]], new_tokens: int) -> dict[str, float]:
+    import torch
+
+    tokenizer.padding_side = "left"
+    enc = tokenizer.pad({"input_ids": prompts}, return_tensors="pt")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    kw = dict(do_sample=False, num_beams=1, pad_token_id=pad)
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        model.generate(**enc, max_new_tokens=1, **kw)
+        ttft = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kw)
+        seconds = time.perf_counter() - t0
+    return {"tokens_per_s": len(prompts) * new_tokens / seconds, "ttft_s": ttft}
+
+
+def _row(name: str, version: str, results: dict[int, dict[str, float]]) -> dict[str, Any]:
+    return {"engine": name, "version": version,
+            **{f"batch{bs}_{k}": round(v, 4) for bs, r in results.items() for k, v in r.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", type=Path, default=None, help="merged checkpoint dir (default: the base model)")
+    ap.add_argument("--runtimes", default=",".join(engine_store.CPU_RUNTIMES))
+    ap.add_argument("--batch-sizes", default="1,8")
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    from serving.engines.eager import EagerEngine
+
+    settings = get_settings()
+    params = settings.params()
+    model_dir = args.model or settings.base_model_dir
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    runtimes = [r for r in args.runtimes.split(",") if r]
+    slots = max(batch_sizes)
+
+    builds = {rt: engine_store.build_cpu_engine(settings, model_dir, rt, progress=print) for rt in runtimes}
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    engines: dict[str, Any] = {rt: engine_store.load_engine(builds[rt], model_dir, max_slots=slots) for rt in runtimes}
+    eager_engine = EagerEngine(model_dir, max_slots=slots)
+    tokenizer = eager_engine.tokenizer
+    base = engine_store.encode_prompts(tokenizer, params.engine.prompts)
+
+    equivalence = {rt: engine_store.check_equivalence(e, model, tokenizer, params.engine) for rt, e in engines.items()}
+
+    best: dict[str, dict[int, dict[str, float]]] = {}
+    runners: dict[str, Any] = {
+        "eager-generate": lambda p: _eager_generate(model, tokenizer, p, args.new_tokens),
+        "eager-engine": lambda p: engine_store.engine_greedy(eager_engine, p, args.new_tokens),
+        **{rt: (lambda p, e=e: engine_store.engine_greedy(e, p, args.new_tokens)) for rt, e in engines.items()},
+    }
+    for name, run in runners.items():  # warm-up
+        run(base[:1])
+    for _ in range(args.repeats):
+        for bs in batch_sizes:
+            prompts = [base[i % len(base)] for i in range(bs)]
+            for name, run in runners.items():
+                r = run(prompts)
+                cur = {"tokens_per_s": r["tokens_per_s"], "ttft_s": r["ttft_s"]}
+                prev = best.setdefault(name, {}).get(bs)
+                if prev is None or cur["tokens_per_s"] > prev["tokens_per_s"]:
+                    best[name][bs] = cur
+                print(f"  {name:15s} batch {bs}: {cur['tokens_per_s']:7.1f} tok/s  TTFT {cur['ttft_s']:.3f} s",
+                      flush=True)
+
+    versions = {"eager-generate": f"transformers {transformers.__version__}, torch {torch.__version__}",
+                "eager-engine": f"transformers {transformers.__version__}, torch {torch.__version__}",
+                **{rt: f"{rt} {builds[rt]['runtime_version']}" for rt in runtimes}}
+    rows = [_row(name, versions[name], res) for name, res in best.items()]
+    ratios = {}
+    for rt in runtimes:
+        for bs in batch_sizes:
+            strongest = max(best["eager-generate"][bs]["tokens_per_s"], best["eager-engine"][bs]["tokens_per_s"])
+            ratios[f"{rt}/eager batch{bs} tokens/s"] = round(best[rt][bs]["tokens_per_s"] / strongest, 2)
+            fastest_ttft = min(best["eager-generate"][bs]["ttft_s"], best["eager-engine"][bs]["ttft_s"])
+            ratios[f"{rt}/eager batch{bs} TTFT"] = round(best[rt][bs]["ttft_s"] / fastest_ttft, 2)
+    report = {"model": str(model_dir), "new_tokens": args.new_tokens, "hardware": engine_store.cpu_hardware(),
+              "rows": rows, "ratios": ratios,
+              "build_seconds": {rt: builds[rt].get("build_seconds") for rt in runtimes},
+              "equivalence": {rt: {k: eq[k] for k in ("identical", "prompts", "identical_rate", "new_tokens")}
+                              for rt, eq in equivalence.items()}}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for row in rows:
+            print(row)
+        for k, v in ratios.items():
+            print(f"{k}: {v}x")
+        print("equivalence:", report["equivalence"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
