@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: help setup venv model data run test test-fast test-gpu lint compile ui bench clean
+.PHONY: help setup venv model data run test test-fast test-gpu lint compile ui bench clean sysdeps images
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,7 +41,14 @@ data: venv model ## reproduce the DVC data stages (build -> validate -> split) a
 	@$(BIN)/dvc repro
 	@$(BIN)/dvc push -q
 
-setup: venv model data ## everything a run or the tests need (idempotent; seconds when done)
+sysdeps: ## Debian packages the tests need (infra/apt-packages.txt; idempotent, needs root)
+	@infra/sysdeps.sh
+
+IMAGES ?= cpu cuda trtllm
+images: venv ## build + tag the component images (docker, else buildah); IMAGES="cpu" for one kind
+	@PYTHON=$(CURDIR)/$(BIN)/python infra/docker/build.sh $(IMAGES)
+
+setup: sysdeps venv model data ## everything a run or the tests need (idempotent; seconds when done)
 	@echo "==> setup complete"
 
 run: setup ## run the fine-tuning pipeline end to end on the embedded default
