@@ -116,6 +116,12 @@ def _trtllm_engine(settings: Settings, params: Params, model_dir: Path) -> dict[
     return json.loads(done.stdout) | {"cache_hit": False, "engine_dir": str(out)}
 
 
+def build_engines(settings: Settings, params: Params, model_dir: Path) -> dict[str, dict[str, Any]]:
+    """{kind: result} for every kind in `engine.kinds`: a checked CPU engine, a TRT-LLM engine or its skip."""
+    builders = {"cpu": _cpu_engine, "tensorrt-llm": _trtllm_engine}
+    return {kind: builders[kind](settings, params, model_dir) for kind in params.engine.kinds}
+
+
 def version_tags(results: dict[str, dict[str, Any]], artifact_uris: dict[str, str]) -> dict[str, str]:
     """The tags a model version carries for its engines (what `llmops engine list` and the server read)."""
     tags: dict[str, str] = {}
@@ -151,15 +157,11 @@ def compile_engines(settings: Settings, params: Params, *, name: str, version: s
 
     t0 = time.perf_counter()
     model_dir = Path(model_dir) if model_dir else version_model_dir(settings, name, version)
-    results: dict[str, dict[str, Any]] = {}
     artifact_uris: dict[str, str] = {}
     with step_run(settings, parent_run_id, "compile_engine") as run_id:
         mlflow.set_tags({"model.name": name, "model.version": str(version)})
-        for kind in params.engine.kinds:
-            if kind == "cpu":
-                r = results[kind] = _cpu_engine(settings, params, model_dir)
-            else:
-                r = results[kind] = _trtllm_engine(settings, params, model_dir)
+        results = build_engines(settings, params, model_dir)
+        for kind, r in results.items():
             if r.get("skipped"):
                 print(f"[compile_engine] {r['record']}", flush=True)
                 continue
