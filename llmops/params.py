@@ -187,7 +187,6 @@ class TrtllmParams(_Section):
     max_input_len: int
     max_seq_len: int
     min_compute_capability: float
-    image_tag: str
 
 
 class EngineParams(_Section):
