@@ -138,3 +138,14 @@ def test_grafana_dashboard_is_packaged(rendered):
     dashboard = json.loads(cm["data"]["llmops-serving.json"])
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     assert exprs and all(e.strip() for e in exprs)
+
+
+def test_compiled_pipeline_settings_match_the_manifests(rendered):
+    """params.yaml's cluster section names the ConfigMap keys and Secrets the steps read: they must exist
+    (ConfigMap) and be documented (Secrets, created by hand from the guide)."""
+    _, docs = rendered
+    cluster = Settings().params().model_dump()["cluster"]
+    cm = _find(docs, "ConfigMap", cluster["config_map"]["name"])
+    assert set(cluster["config_map"]["keys"]) <= set(cm["data"])
+    guide = (REPO / "infra" / "README.md").read_text()
+    assert not [s["name"] for s in cluster["secrets"] if f"secret generic {s['name']}" not in guide]
