@@ -149,3 +149,19 @@ def test_compiled_pipeline_settings_match_the_manifests(rendered):
     assert set(cluster["config_map"]["keys"]) <= set(cm["data"])
     guide = (REPO / "infra" / "README.md").read_text()
     assert not [s["name"] for s in cluster["secrets"] if f"secret generic {s['name']}" not in guide]
+
+
+def test_dashboard_and_alerts_query_metrics_the_server_exports(rendered):
+    """Every llmops_* series the dashboard and the PrometheusRule query is one serving/metrics.py exports."""
+    from serving.metrics import Metrics
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    exported = {f.name + sfx for f in Metrics().registry.collect() for sfx in suffixes.get(f.type, ("",))}
+    _, docs = rendered
+    rule = _find(docs, "PrometheusRule", "llmops-serving")
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("llmops-grafana"))
+    exprs += [t["expr"] for p in json.loads(cm["data"]["llmops-serving.json"])["panels"] for t in p["targets"]]
+    queried = {m for e in exprs for m in re.findall(r"\b(llmops_[a-z_]+)", e)}
+    assert queried
+    assert queried <= exported, f"not exported by serving/metrics.py: {sorted(queried - exported)}"
