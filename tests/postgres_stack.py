@@ -138,39 +138,48 @@ def create_database(port: int, user: str, name: str) -> str:
 
 
 @contextlib.contextmanager
+def s3_server(log: Path) -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1 with bucket `BUCKET`; yields its endpoint URL (credentials: S3_ENV)."""
+    port = _free_port()
+    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            env={**os.environ, **S3_ENV}, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        _wait_http(endpoint, moto, "moto S3 server", log)
+        s3_client(endpoint).create_bucket(Bucket=BUCKET)
+        yield endpoint
+    finally:
+        _stop(moto)
+
+
+def s3_client(endpoint: str):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name=S3_ENV["AWS_DEFAULT_REGION"],
+                        aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"])
+
+
+@contextlib.contextmanager
 def tracking_stack(root: Path) -> Iterator[TrackingStack]:
     """PostgreSQL + moto S3 + mlflow server, as the cluster profile runs them (see the module doc)."""
-    with postgres_server() as (port, user):
+    with postgres_server() as (port, user), s3_server(root / "moto.log") as s3_endpoint:
         backend = create_database(port, user, "mlflow")
         audit = create_database(port, user, "llmops_audit")
-        env = {**os.environ, **S3_ENV}
-        s3_port, mlflow_port = _free_port(), _free_port()
-        s3_log, mlflow_log = root / "moto.log", root / "mlflow-server.log"
-        moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
-                                env=env, stdout=s3_log.open("w"), stderr=subprocess.STDOUT)
+        mlflow_port, mlflow_log = _free_port(), root / "mlflow-server.log"
+        destination = f"s3://{BUCKET}/mlflow"
+        mlflow_bin = Path(sys.executable).parent / "mlflow"
+        server = subprocess.Popen(
+            [str(mlflow_bin), "server", "--backend-store-uri", backend, "--artifacts-destination", destination,
+             "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"],
+            # No background job runner (GenAI jobs): it starts a dozen huey workers the registry never uses.
+            env={**os.environ, **S3_ENV, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
+                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            stdout=mlflow_log.open("w"), stderr=subprocess.STDOUT, cwd=root,
+        )
         try:
-            s3_endpoint = f"http://127.0.0.1:{s3_port}"
-            _wait_http(s3_endpoint, moto, "moto S3 server", s3_log)
-            import boto3
-
-            boto3.client("s3", endpoint_url=s3_endpoint, **{k.lower(): v for k, v in S3_ENV.items()
-                                                           if k != "AWS_DEFAULT_REGION"},
-                         region_name=S3_ENV["AWS_DEFAULT_REGION"]).create_bucket(Bucket=BUCKET)
-            destination = f"s3://{BUCKET}/mlflow"
-            mlflow_bin = Path(sys.executable).parent / "mlflow"
-            server = subprocess.Popen(
-                [str(mlflow_bin), "server", "--backend-store-uri", backend, "--artifacts-destination", destination,
-                 "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"],
-                # No background job runner (GenAI jobs): it starts a dozen huey workers the registry never uses.
-                env={**env, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-                stdout=mlflow_log.open("w"),
-                stderr=subprocess.STDOUT, cwd=root,
-            )
-            try:
-                uri = f"http://127.0.0.1:{mlflow_port}"
-                _wait_http(f"{uri}/health", server, "mlflow server", mlflow_log, timeout=180)
-                yield TrackingStack(uri, audit, backend, s3_endpoint, destination)
-            finally:
-                _stop(server)
+            uri = f"http://127.0.0.1:{mlflow_port}"
+            _wait_http(f"{uri}/health", server, "mlflow server", mlflow_log, timeout=180)
+            yield TrackingStack(uri, audit, backend, s3_endpoint, destination)
         finally:
-            _stop(moto)
+            _stop(server)

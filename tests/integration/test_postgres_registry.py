@@ -16,7 +16,7 @@ import pytest
 
 from llmops.registry import SqlAuditStore
 from llmops.settings import Settings, get_settings
-from tests.postgres_stack import BUCKET, S3_ENV, TrackingStack
+from tests.postgres_stack import BUCKET, TrackingStack, s3_client
 from tests.registry_setup import empty_registry, registry_with_versions
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,6 @@ def pg_settings(tracking_stack_pg: TrackingStack, tmp_path: Path, monkeypatch: p
 
 def test_versions_rows_and_artifacts_land_in_postgres_and_s3(pg_settings: Settings,
                                                              tracking_stack_pg: TrackingStack) -> None:
-    import boto3
     import sqlalchemy as sa
 
     reg = registry_with_versions(pg_settings, 2, "pg-land")
@@ -60,10 +59,8 @@ def test_versions_rows_and_artifacts_land_in_postgres_and_s3(pg_settings: Settin
     finally:
         engine.dispose()
     # The version's artifact went through the tracking server's proxy into the S3 bucket.
-    s3 = boto3.client("s3", endpoint_url=tracking_stack_pg.s3_endpoint, region_name=S3_ENV["AWS_DEFAULT_REGION"],
-                      aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"])
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+    listing = s3_client(tracking_stack_pg.s3_endpoint).list_objects_v2(Bucket=BUCKET)
+    keys = [o["Key"] for o in listing.get("Contents", [])]
     assert any(k.startswith("mlflow/") and k.endswith("/model/MLmodel") for k in keys), keys
 
 
