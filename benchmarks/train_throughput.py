@@ -239,6 +239,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="base: the real SmolLM2-135M (default); tiny: a random tiny model, smoke runs only")
     parser.add_argument("--train", type=Path, default=REPO / "data/splits/train.jsonl")
     parser.add_argument("--validation", type=Path, default=REPO / "data/splits/validation.jsonl")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="params.yaml override for every side, e.g. train.strategy=ddp (repeatable)")
     parser.add_argument("--profile", action="store_true", help="also profile 2 steps of ours (top ops by self CPU)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
@@ -247,6 +249,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if unknown or not sides or args.steps < 1:
         parser.error(f"--sides takes {','.join(SIDES)} (got {unknown or 'none'}); --steps must be >= 1")
 
+    json_fd = None
+    if args.json:  # Ray workers and the Trainers print to fd 1: keep it for the JSON alone
+        sys.stdout.flush()
+        json_fd = os.dup(1)
+        os.dup2(2, 1)
     work = Path(tempfile.mkdtemp(prefix="llmops-bench-"))
     os.environ["LLMOPS_STATE_DIR"] = str(work / "state")  # MLflow/Ray state of the benchmark: not the user's
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
@@ -267,14 +274,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.model == "tiny":
         base_dir = build_tiny_model(work / "tiny", tokenizer_dir=base_dir)
     total_steps = args.steps + 1
-    params = settings.params([f"train.max_steps={total_steps}"])
+    params = settings.params([*args.set, f"train.max_steps={total_steps}"])
     tp = params.train
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     examples_all, _ = encode_records(tokenizer, read_records(args.train), tp.seq_len)
     global_batch = tp.batch_size * tp.num_workers
     n_examples = choose_examples(examples_all, tp.seq_len, total_steps * global_batch, tp.seed)
     # The first E records (ours reads records; no record of the split is dropped at seq_len 512).
-    params = settings.params([f"train.max_steps={total_steps}", f"train.max_train_examples={n_examples}"])
+    params = settings.params([*args.set, f"train.max_steps={total_steps}", f"train.max_train_examples={n_examples}"])
     examples = examples_all[:n_examples]
     val_records = read_records(args.validation)[: tp.max_val_examples or None]
     shape = ModelShape.from_config(AutoConfig.from_pretrained(base_dir), params.lora.r, params.lora.target_modules)
@@ -304,6 +311,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out["eval_loss"] = eval_loss(out.pop("model"), tokenizer, val_records, tp.seq_len)
         raw[side] = out
         log(f"[{side}] done in {out['wall_seconds']:.0f} s, eval loss {out['eval_loss']:.4f}, loadavg {loadavg()}")
+        partial = {s: {**summarise(s, o, shape, peak), "eval_loss": o["eval_loss"]} for s, o in raw.items()}
+        (work / "partial.json").write_text(json.dumps({"matmul_peak_flops_per_s": peak, "sides": partial},
+                                                      indent=2, default=str))
+        log(f"[{side}] results so far: {work / 'partial.json'}")
 
     results = {side: {**summarise(side, out, shape, peak), "eval_loss": out["eval_loss"]} for side, out in raw.items()}
     ratios = {}
@@ -315,7 +326,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                 "tokens_per_s": o["tokens_per_s"] / r["tokens_per_s"],
                                 "eval_loss_delta": o["eval_loss"] - r["eval_loss"]}
     report: dict[str, Any] = {
-        "model": args.model, "precision": "bf16" if tp.bf16 else "fp32", "threads": torch.get_num_threads(),
+        "model": args.model, "overrides": args.set, "precision": "bf16" if tp.bf16 else "fp32",
+        "threads": torch.get_num_threads(),
         "measured_steps": args.steps, "warmup_steps_excluded": 1, "examples": n_examples,
         "val_examples": len(val_records), "matmul_peak_flops_per_s": peak, "flops_formula": FORMULA,
         "model_shape": {"n_linear": shape.n_linear, "n_lora": shape.n_lora, "per_token": shape.per_token,
@@ -324,8 +336,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if args.profile:
         report["profile_ours"] = profile_ours(params, base_dir, tokenizer, args.train, args.validation)
-    if args.json:
-        print(json.dumps(report, indent=2, default=str))
+    if json_fd is not None:
+        sys.stdout.flush()
+        os.dup2(json_fd, 1)
+        print(json.dumps(report, indent=2, default=str), flush=True)
     else:
         print(render(report))
     return report
@@ -335,7 +349,8 @@ def render(report: dict[str, Any]) -> str:
     peak = report["matmul_peak_flops_per_s"]
     lines = [f"{report['model']} model, {report['precision']}, {report['threads']} threads, {report['examples']} "
              f"examples, {report['measured_steps']} measured steps (+1 warm-up each); bf16 matmul peak "
-             f"{peak / 1e9:.0f} GFLOP/s", f"FLOPs: {report['flops_formula']}", ""]
+             f"{peak / 1e9:.0f} GFLOP/s; overrides {report['overrides'] or 'none (params.yaml)'}",
+             f"FLOPs: {report['flops_formula']}", ""]
     head = (f"{'side':8} {'step s':>7} {'tok/step':>8} {'pad/step':>8} {'tok/s':>7} {'GFLOP/step':>10} "
             f"{'GFLOP/s':>8} {'of peak':>7} {'eval loss':>9} {'ours x':>7}  loadavg before -> after")
     lines += [head, "-" * len(head)]
