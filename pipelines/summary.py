@@ -9,7 +9,7 @@ from llmops.settings import Settings
 from llmops.steplog import STEP_ERROR_TAG
 from llmops.tracking import FINAL_STATE_TAG, close_run, ensure_experiment
 
-STEPS = ("validate_data", "train", "evaluate", "register")
+STEPS = ("validate_data", "train", "evaluate", "register", "compile_engine")
 
 
 def latest_parent_run(settings: Settings, since_ms: int) -> str | None:

@@ -24,6 +24,8 @@ def tiny_overrides(tiny_model_dir: Path) -> list[str]:
         "train.checkpoint_every=4", "train.max_train_examples=256", "train.num_workers=2",
         "eval.max_examples=24", "eval.gen_examples=4", "eval.max_new_tokens=8",
         "eval.gate.max_general_ppl_increase=10.0",
+        "engine.equivalence.prompts=3", "engine.equivalence.new_tokens=12", "engine.benchmark.new_tokens=6",
+        "engine.benchmark.batch_sizes=[1,3]",
     ]
 
 
@@ -44,7 +46,8 @@ def test_pipeline_registers_passing_candidate_then_gate_blocks_a_bad_one(setting
     ok, first = _run(settings, tiny_overrides(tiny_model_dir))
     assert ok, first
     assert first["state"] == "SUCCEEDED"
-    assert first["steps"] == dict.fromkeys(("validate_data", "train", "evaluate", "register"), "FINISHED")
+    assert first["steps"] == dict.fromkeys(("validate_data", "train", "evaluate", "register", "compile_engine"),
+                                           "FINISHED")
     assert first["train"]["val_loss"] < first["train"]["val_loss_before"]
     assert first["eval"]["candidate"]["perplexity"] < first["eval"]["base"]["perplexity"]
     assert set(first["data_versions"]) >= {"data/splits/train.jsonl", "data/splits/test.jsonl"}
@@ -66,11 +69,16 @@ def test_pipeline_registers_passing_candidate_then_gate_blocks_a_bad_one(setting
         path = f"data/splits/{split}.jsonl"
         assert tags[f"dvc.{path}"] == dvc_hashes(REPO)[path] == file_md5(REPO / path)
     assert float(tags["metric.candidate.perplexity"]) == pytest.approx(first["eval"]["candidate"]["perplexity"])
+    # compile_engine attached a CPU engine that gives eager's greedy tokens; TensorRT-LLM: a recorded skip here.
+    assert tags["engine.cpu"].startswith(tags["engine.cpu.runtime"] + "-")
+    assert tags["engine.cpu.equivalence.identical"] == "3/3"
+    assert float(tags["engine.cpu.bench.batch1_tokens_per_s"]) > 0
+    assert tags["engine.tensorrt-llm"].startswith("skipped: ") or tags["engine.tensorrt-llm"].startswith("tensorrt")
 
     # Same candidate recipe, impossible gate: evaluated against the champion, nothing registered.
     ok, second = _run(settings, [*tiny_overrides(tiny_model_dir), "eval.gate.min_ppl_improvement=0.9999"])
     assert ok, second  # a failed gate is a normal outcome, not a pipeline failure
-    assert second["steps"]["register"] == "not run"
+    assert second["steps"]["register"] == "not run" and second["steps"]["compile_engine"] == "not run"
     assert "champion" in second["eval"]
     assert second["gate"].get("passed") in ("False", "false")
     assert len(registry.list_models()) == 1

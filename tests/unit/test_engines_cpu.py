@@ -87,3 +87,19 @@ def test_slots_survive_changes_of_the_running_batch(store: Settings, tiny_model_
     assert [out[0], out[1], out[2]] == reference
     with pytest.raises(Exception, match="no prefilled sequence"):
         engine.decode([0], [1])
+
+
+def test_registry_offers_a_built_engine_for_its_weights_only(settings: Settings, tiny_model_dir: Path) -> None:
+    """`--engine auto` picks the CPU engine once one is built for these weights; the probe says why not before."""
+    from serving.engines import available_engines, load_engine
+
+    def choices() -> dict[str, str | None]:
+        return {c.name: c.reason for c in available_engines(tiny_model_dir)}
+
+    assert "no onnxruntime engine built" in (choices()["onnxruntime"] or "")
+    engine_store.build_cpu_engine(settings, tiny_model_dir, "onnxruntime")
+    now = choices()
+    assert now["onnxruntime"] is None and now["eager"] is None and "no openvino engine" in now["openvino"]
+    engine = load_engine("auto", tiny_model_dir, settings.params().serve)
+    assert engine.name == "onnxruntime" and engine.max_slots == settings.params().serve.max_concurrent
+    engine.warmup()
