@@ -74,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = eager_engine.tokenizer
     base = engine_store.encode_prompts(tokenizer, params.engine.prompts)
 
-    equivalence = {rt: engine_store.check_equivalence(e, model, tokenizer, params.engine) for rt, e in engines.items()}
+    print("equivalence: eager reference...", flush=True)
+    reference = engine_store.eager_reference(model, tokenizer, params.engine)
+    equivalence = {rt: engine_store.check_equivalence(e, model, tokenizer, params.engine, reference)
+                   for rt, e in engines.items()}
+    print("equivalence:", {rt: f"{eq['identical']}/{eq['prompts']}" for rt, eq in equivalence.items()}, flush=True)
 
     best: dict[str, dict[int, dict[str, float]]] = {}
     runners: dict[str, Any] = {
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "eager-engine": lambda p: engine_store.engine_greedy(eager_engine, p, args.new_tokens),
         **{rt: (lambda p, e=e: engine_store.engine_greedy(e, p, args.new_tokens)) for rt, e in engines.items()},
     }
-    for name, run in runners.items():  # warm-up
+    for run in runners.values():  # warm-up
         run(base[:1])
     for _ in range(args.repeats):
         for bs in batch_sizes:

@@ -217,17 +217,26 @@ def agreement(reference: list[list[int]], got: list[list[int]]) -> dict[str, Any
             "mean_leading_agreement": sum(lead) / max(len(lead), 1)}
 
 
-def check_equivalence(engine, model, tokenizer, cfg: EngineParams) -> dict[str, Any]:
+def eager_reference(model, tokenizer, cfg: EngineParams) -> tuple[list[list[int]], float]:
+    """Eager's greedy tokens on the equivalence prompts and its batch-1 tokens/s (computed once, reusable)."""
+    eq = cfg.equivalence
+    prompts = encode_prompts(tokenizer, cfg.prompts[: eq.prompts] if eq.prompts else cfg.prompts)
+    reference, seconds = eager_greedy(model, prompts, eq.new_tokens)
+    return reference, len(prompts) * eq.new_tokens / seconds
+
+
+def check_equivalence(engine, model, tokenizer, cfg: EngineParams,
+                      reference: tuple[list[list[int]], float] | None = None) -> dict[str, Any]:
     """Greedy tokens of the engine (batched) vs eager (one at a time) on the fixed prompts; `passed` when the
     identical rate reaches `cfg.equivalence.min_identical_rate`. Also returns eager's batch-1 tokens/s."""
     eq = cfg.equivalence
     prompts = encode_prompts(tokenizer, cfg.prompts[: eq.prompts] if eq.prompts else cfg.prompts)
-    reference, eager_s = eager_greedy(model, prompts, eq.new_tokens)
+    tokens, eager_tps = reference or eager_reference(model, tokenizer, cfg)
     got = engine_greedy(engine, prompts, eq.new_tokens)
-    result = agreement(reference, got["tokens"])
+    result = agreement(tokens, got["tokens"])
     return result | {"new_tokens": eq.new_tokens, "min_identical_rate": eq.min_identical_rate,
                      "passed": result["identical_rate"] >= eq.min_identical_rate,
-                     "eager_batch1_tokens_per_s": len(prompts) * eq.new_tokens / eager_s}
+                     "eager_batch1_tokens_per_s": eager_tps}
 
 
 def short_benchmark(engine, tokenizer, cfg: EngineParams) -> dict[str, float]:
