@@ -12,6 +12,7 @@ shared storage (`LLMOPS_RAY_STORAGE`), and the workers must have run in that clu
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -26,6 +27,7 @@ import pytest
 
 from components.train.logic import train_adapter
 from llmops.settings import get_settings
+from tests.postgres_stack import BUCKET, S3_ENV, s3_client, s3_server
 from tests.synthetic import word_reversal_jsonl
 
 pytestmark = pytest.mark.slow
@@ -71,13 +73,23 @@ def _stop_head(temp_dir: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def ray_head() -> Iterator[dict]:
-    """A 2-CPU Ray head on loopback with every port chosen free; stopped (by its own PIDs) afterwards."""
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An S3 endpoint (moto's server) for shared storage; its endpoint URL."""
+    with s3_server(tmp_path_factory.mktemp("s3") / "moto.log") as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
+def ray_head(s3: str) -> Iterator[dict]:
+    """A 2-CPU Ray head on loopback with every port chosen free; stopped (by its own PIDs) afterwards.
+    Its processes (and so the training workers) hold object-store credentials, as a KubeRay cluster's pods do."""
     ray_bin = Path(sys.executable).parent / "ray"
     # Ray's socket paths must stay short: a temp dir directly under the system temp dir.
     temp_dir = Path(tempfile.mkdtemp(prefix="llmops-rh-"))
     gcs, node_mgr, obj_mgr, dash, agent_http, agent_grpc, runtime_env, metrics, client = _free_ports(9)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    # The Ray Client proxy gives each client's server process 30 s to start: too little on a busy 2-core CI box.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+           "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "180", **S3_ENV, "AWS_ENDPOINT_URL_S3": s3}
     env.pop("RAY_ADDRESS", None)
     cmd = [str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
            "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard=false", "--dashboard-port", str(dash),
@@ -149,3 +161,37 @@ def test_training_runs_on_the_separate_head_and_checkpoints_to_shared_storage(ra
     logs = ray_head["temp_dir"] / "session_latest" / "logs"
     worker_logs = "".join(p.read_text(errors="replace") for p in logs.glob("worker-*.out"))
     assert "train_loop" in worker_logs or "RayTrainWorker" in worker_logs, sorted(p.name for p in logs.iterdir())
+
+
+def test_rayjob_entrypoint_joins_the_cluster_and_uses_s3(ray_head, s3: str, tiny_model_dir: Path,
+                                                         tmp_path_factory: pytest.TempPathFactory):
+    """`python -m components.train.ray_job` as a KubeRay RayJob runs it: RAY_ADDRESS set by Ray Jobs, no
+    LLMOPS_RAY_ADDRESS; data in, adapter out and Ray Train checkpoints all on S3 (no disk shared with anything)."""
+    root = tmp_path_factory.mktemp("ray-job")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMOPS_", "RAY_ADDRESS"))}
+    env |= {"RAY_ADDRESS": ray_head["gcs"], "LLMOPS_STATE_DIR": str(root / "state"),
+            "LLMOPS_PROJECT_DIR": str(Path(__file__).resolve().parents[2]),
+            "LLMOPS_RAY_STORAGE": f"s3://{BUCKET}/ray-results", "RAY_USAGE_STATS_ENABLED": "0",
+            **S3_ENV, "AWS_ENDPOINT_URL_S3": s3}
+    client = s3_client(s3)
+    for name, n, seed in (("train", 64, 1), ("validation", 16, 2)):
+        client.upload_file(str(word_reversal_jsonl(root / f"{name}.jsonl", n, seed)), BUCKET, f"data/{name}.jsonl")
+    cmd = [sys.executable, "-m", "components.train.ray_job", "--train", f"s3://{BUCKET}/data/train.jsonl",
+           "--validation", f"s3://{BUCKET}/data/validation.jsonl", "--out", f"s3://{BUCKET}/adapters/run1",
+           "--base-model", str(tiny_model_dir),
+           "--set", "train.max_steps=2", "--set", "train.checkpoint_every=2", "--set", "train.seq_len=128",
+           "--set", "train.num_workers=1", "--set", "train.strategy=ddp", "--set", "train.bf16=false",
+           "--set", "lora.r=4", "--set", "train.warmup_steps=1"]
+    done = subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = [ln for ln in done.stdout.splitlines() if ln.startswith("llmops.train.result ")][-1]
+    result = json.loads(line.removeprefix("llmops.train.result "))
+    assert result["metrics"]["steps"] == 2 and result["metrics"]["num_workers"] == 1
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+    assert "adapters/run1/adapter_model.safetensors" in keys, keys
+    # Ray Train wrote its checkpoint to the S3 storage path (the result names it without the scheme).
+    assert result["checkpoint"].startswith(f"{BUCKET}/ray-results/train-")
+    assert any(k.startswith("ray-results/train-") and "/checkpoint-" in k for k in keys), keys
+    # It joined the running head instead of starting its own Ray.
+    assert "Connecting to existing Ray cluster" in done.stderr + done.stdout
