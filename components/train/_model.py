@@ -84,11 +84,23 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
     """Put full trainable tensors back into a (possibly sharded) model; every LoRA tensor must be there."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    result = set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+    from llmops.errors import ModelError
+
+    fix = "resume only from a checkpoint of the same base model and lora params, or start a fresh run"
+    # torch reports no missing keys with full_state_dict + strict=False (2.13) and fills `state` in place:
+    # check the LoRA names before loading anything
+    expected = {n for n, p in unwrap(model).named_parameters() if p.requires_grad and "lora_" in n}
+    if absent := sorted(expected - state.keys()):
+        raise ModelError(f"checkpoint does not match the model: missing {absent[:3]} ({len(absent)} tensors)", fix)
+    try:
+        result = set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+    except (RuntimeError, ValueError) as exc:  # torch raises either for a shape mismatch, by version
+        raise ModelError(f"checkpoint does not match the model: {str(exc).strip().splitlines()[0][:300]}",
+                         fix) from exc
     missing = [k for k in result.missing_keys if "lora_" in k]
     if missing or result.unexpected_keys:
-        raise RuntimeError(f"checkpoint does not match the model: missing {missing[:3]}, "
-                           f"unexpected {list(result.unexpected_keys)[:3]}")
+        raise ModelError(f"checkpoint does not match the model: missing {missing[:3]}, "
+                         f"unexpected {list(result.unexpected_keys)[:3]}", fix)
 
 
 def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -254,8 +254,7 @@ def train_adapter(
 
     # What this run really trains on: the base weights hashed now (and checked against the pull), the
     # md5 of the exact split files read.
-    lineage = {**verify_base_model(base_model_dir),
-               **data_lineage(settings.project_dir, {"train": Path(train_path), "validation": Path(validation_path)})}
+    lineage = verify_base_model(base_model_dir)
 
     import torch
     from transformers import AutoTokenizer
@@ -265,6 +264,7 @@ def train_adapter(
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     data = prepare_data(params, tokenizer, Path(train_path), Path(validation_path))
+    lineage |= data_lineage(settings.project_dir, {"train": Path(train_path), "validation": Path(validation_path)})
     quiet_ray_env()
     storage = settings.ray_storage
     run_name = f"train-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"

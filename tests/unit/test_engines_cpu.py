@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from llmops.errors import LlmopsError
 from llmops.settings import Settings
 from serving import engine_store
 
@@ -85,7 +86,7 @@ def test_slots_survive_changes_of_the_running_batch(store: Settings, tiny_model_
     while len(out[2]) < 10:
         out[2].append(int(engine.decode([2], [out[2][-1]])[0].argmax()))
     assert [out[0], out[1], out[2]] == reference
-    with pytest.raises(Exception, match="no prefilled sequence"):
+    with pytest.raises(LlmopsError, match="no prefilled sequence"):
         engine.decode([0], [1])
 
 

@@ -13,6 +13,7 @@ from components.evaluate import metrics as m
 from components.evaluate.gate import decide
 from components.evaluate.logic import evaluate_candidate, load_test_records
 from llmops.errors import DataError, ModelError
+from llmops.lineage import data_lineage
 from llmops.modeling.generation import generate, load_model
 from llmops.modeling.prompts import encode_example, format_prompt
 from llmops.settings import Settings
@@ -180,9 +181,16 @@ def test_evaluate_candidate_end_to_end(settings: Settings, tmp_path: Path, tiny_
         for key in ("perplexity", "general_perplexity", "exact_match", "rouge_l", "embed_similarity",
                     "latency_p50_ms", "latency_p95_ms", "tokens_per_s"):
             assert math.isfinite(values[key]), key
-        assert 0.0 <= values["rouge_l"] <= 1.0 and values["exact_match"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    # exact match and ROUGE-L are those of the generations written out (4 of them, per model)
+    rows = [json.loads(line) for line in result.generations_jsonl.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [r["id"] for r in RECORDS[:4]]
+    for name, values in result.models.items():
+        assert values["exact_match"] == pytest.approx(m.mean([m.exact_match(r[name], r["reference"]) for r in rows]))
+        assert values["rouge_l"] == pytest.approx(m.mean([m.rouge_l_f1(r[name], r["reference"]) for r in rows]))
     # the numbers are those of the first eval.max_examples records, for every model alike
     base, tokenizer = load_model(tiny_model_dir)
+    assert result.lineage == data_lineage(settings.project_dir, {"test": test_path})
+    assert result.lineage["data.test.dvc"] == "untracked"  # a file DVC never tracked says so
     assert result.models["base"]["perplexity"] == pytest.approx(
         m.answer_perplexity(base, tokenizer, RECORDS[:8])[0], rel=1e-5)
     assert result.data["ppl_examples"] == 8 and result.data["gen_examples"] == 4
@@ -210,6 +218,7 @@ def test_evaluate_candidate_end_to_end(settings: Settings, tmp_path: Path, tiny_
     run = MlflowClient(settings.tracking_uri).get_run(result.run_id)
     assert run.data.tags["mlflow.parentRunId"] == parent
     assert run.data.tags["gate.passed"] == str(result.verdict.passed).lower()
+    assert run.data.tags["data.test.md5"] == result.lineage["data.test.md5"]
     assert "improvement_over_base" in run.data.tags["gate.summary"]
     assert run.data.metrics["base.perplexity"] == pytest.approx(result.models["base"]["perplexity"])
     assert run.data.metrics["candidate.rouge_l"] == pytest.approx(result.models["candidate"]["rouge_l"])

@@ -103,8 +103,11 @@ def test_checkpoint_restores_adapter_and_optimizer_exactly(process_group, tiny_m
 def test_loading_a_checkpoint_of_another_adapter_shape_fails(process_group, tiny_model_dir: Path):
     model, _ = _setup(tiny_model_dir)
     state = {k: torch.zeros(v.shape[0] + 1, *v.shape[1:]) for k, v in _model.trainable_state(model).items()}
-    with pytest.raises(Exception):  # noqa: B017 - torch raises RuntimeError or ValueError by version
+    with pytest.raises(ModelError, match="checkpoint does not match the model"):
         _model.load_trainable_state(model, state)
+    partial = dict(list(_model.trainable_state(model).items())[1:])  # one LoRA tensor missing
+    with pytest.raises(ModelError, match="missing"):
+        _model.load_trainable_state(model, partial)
 
 
 def test_fault_env_is_parsed_strictly(monkeypatch: pytest.MonkeyPatch):
