@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from llmops.cli import data, model, models, pipeline, run
+from llmops.cli import data, engine, model, models, pipeline, run, serve
 
 app = typer.Typer(
     name="llmops",
@@ -18,6 +18,8 @@ app.add_typer(model.app, name="model", help="Provision base models (pull, check)
 app.add_typer(models.app, name="models", help="The MLflow model registry: list, show, promote, rollback, history.")
 app.add_typer(run.app, name="run", help="Run pipelines (locally through kfp.local, or on a KFP cluster).")
 app.add_typer(pipeline.app, name="pipeline", help="Compile pipelines to KFP IR YAML.")
+app.add_typer(engine.app, name="engine", help="Build inference engines (CPU engine, TensorRT-LLM) and list them.")
+app.command("serve")(serve.serve)
 
 
 @app.command("settings")

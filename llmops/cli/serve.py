@@ -1,0 +1,72 @@
+"""`llmops serve MODEL`: an OpenAI-compatible server over a registered version or a local checkpoint.
+
+MODEL is `NAME@ALIAS` (e.g. llmops-smollm2@champion), `NAME/VERSION`, `NAME` (latest) or a local directory.
+The version is pinned at start; limits and defaults come from params.yaml `serve:` (override with --set).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from llmops.cli._common import console, handle_errors
+from llmops.errors import LlmopsError
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def read_api_key(env_name: str, key_file: Path | None) -> str | None:
+    """The bearer token: from the key file when given (first line), else from the named environment variable."""
+    if key_file is not None:
+        try:
+            lines = key_file.read_text().strip().splitlines()
+        except OSError as exc:
+            raise LlmopsError(f"cannot read the API key file {key_file}: {exc.strerror}",
+                              "pass a readable file holding the key on its first line") from None
+        key = lines[0].strip() if lines else ""
+        if not key:
+            raise LlmopsError(f"the API key file {key_file} is empty", "write the key on its first line")
+        return key
+    return os.environ.get(env_name) or None
+
+
+@handle_errors
+def serve(
+    model: str = typer.Argument(..., help="NAME@ALIAS, NAME/VERSION, NAME or a local checkpoint directory."),
+    engine: str = typer.Option(None, "--engine", "-e", help="auto | eager | a built engine (default: params.yaml)."),
+    host: str = typer.Option(None, "--host", help="Bind address (default: params.yaml serve.host, 127.0.0.1)."),
+    port: int = typer.Option(None, "--port", "-p", help="Port (default: params.yaml serve.port)."),
+    api_key_env: str = typer.Option("LLMOPS_API_KEY", "--api-key-env",
+                                    help="Environment variable holding the bearer token; unset = no auth."),
+    api_key_file: Path = typer.Option(None, "--api-key-file", envvar="LLMOPS_API_KEY_FILE",
+                                      help="File whose first line is the bearer token (wins over --api-key-env)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override params, e.g. --set serve.max_concurrent=16."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+) -> None:
+    """Serve MODEL over the OpenAI API (chat, completions, responses, models) with continuous batching."""
+    import uvicorn
+
+    from llmops.settings import get_settings
+    from serving.engines import load_engine
+    from serving.model_source import resolve_model
+    from serving.server import create_app
+
+    settings = get_settings()
+    params = settings.params(overrides).serve
+    host = host or params.host
+    port = port or params.port
+    key = read_api_key(api_key_env, api_key_file)
+    resolved = resolve_model(settings, model)
+    console.print(f"loading {resolved.label} from {resolved.model_dir} ...")
+    eng = load_engine(engine or params.engine, resolved.model_dir, params)
+    info = eng.info()
+    app = create_app(eng, resolved, params, api_key=key)
+    auth = "bearer token required on /v1" if key else "no auth"
+    if host not in LOOPBACK and not key:
+        console.print(f"[bold yellow]warning:[/] binding {host} without an API key: anyone who can reach this "
+                      f"port can use the model (set {api_key_env})")
+    console.print(f"serving {resolved.label} with engine {info.get('kind')} on http://{host}:{port}/v1 ({auth}); "
+                  f"/ready turns 200 after warmup")
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

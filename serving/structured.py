@@ -1,0 +1,92 @@
+"""Constrained decoding for structured outputs through llguidance (JSON schema -> token mask per step).
+
+Picked by measurement on our tokenizer (SmolLM2, 49,152 tokens): llguidance 1.9.1 computes a mask in about
+0.12 ms per token (max 1.7 ms) for a nested object schema and installs as one 3 MB wheel; xgrammar 0.2.8
+pulls triton (286 MB) and apache-tvm-ffi into a CPU environment. The constraint masks logits before
+sampling and advances with each chosen token, so even a tiny random model returns schema-valid JSON.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import torch
+
+from llmops.errors import LlmopsError
+
+_TOKENIZERS: dict[int, Any] = {}
+_LOCK = threading.Lock()
+
+
+def ll_tokenizer(tokenizer: Any) -> Any:
+    """llguidance's view of a transformers tokenizer (built once per tokenizer: about a second)."""
+    import llguidance.hf
+
+    key = id(tokenizer)
+    with _LOCK:
+        if key not in _TOKENIZERS:
+            _TOKENIZERS[key] = llguidance.hf.from_tokenizer(tokenizer)
+        return _TOKENIZERS[key]
+
+
+def check_schema(schema: Any) -> None:
+    """A request's schema must compile; a bad one is the client's error (400), never a 500 mid-generation."""
+    import llguidance
+
+    if not isinstance(schema, dict):
+        raise LlmopsError("json_schema.schema must be an object", "pass a JSON Schema object")
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
+        error = llguidance.LLMatcher.validate_grammar(grammar)  # "" when the grammar compiles
+    except (ValueError, TypeError) as exc:
+        error = str(exc) or type(exc).__name__
+    if error:
+        raise LlmopsError(f"unsupported JSON schema: {str(error).splitlines()[0]}", "simplify the schema")
+
+
+class Constraint:
+    """A grammar the next tokens must follow; `mask` before sampling, `advance` after."""
+
+    def __init__(self, tokenizer: Any, grammar: str, vocab: int) -> None:
+        import llguidance
+        import llguidance.torch as lt
+
+        self._lt = lt
+        self.matcher = llguidance.LLMatcher(ll_tokenizer(tokenizer), grammar)
+        if self.matcher.is_error():
+            raise LlmopsError(f"bad grammar: {self.matcher.get_error()}", "check the response_format schema")
+        self._bitmask = lt.allocate_token_bitmask(1, ll_tokenizer(tokenizer).vocab_size)
+        self.vocab = vocab
+
+    @classmethod
+    def json_schema(cls, tokenizer: Any, schema: dict[str, Any], vocab: int) -> Constraint:
+        import llguidance
+
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
+        return cls(tokenizer, grammar, vocab)
+
+    @classmethod
+    def json_object(cls, tokenizer: Any, vocab: int) -> Constraint:
+        return cls.json_schema(tokenizer, {"type": "object"}, vocab)
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """Set every token the grammar forbids to -inf (in place on a [vocab] tensor)."""
+        self._lt.fill_next_token_bitmask(self.matcher, self._bitmask, 0)
+        width = min(logits.shape[-1], self._bitmask.shape[-1] * 32)
+        view = logits[:width].unsqueeze(0)
+        self._lt.apply_token_bitmask_inplace(view, self._bitmask)
+        if logits.shape[-1] > width:  # padded vocab rows the tokenizer never produces
+            logits[width:] = float("-inf")
+        return logits
+
+    def advance(self, token: int) -> None:
+        if not self.matcher.consume_token(token):
+            raise LlmopsError(f"constrained decoding rejected token {token}: {self.matcher.get_error()}",
+                              "this is a bug in the constraint path")
+
+    @property
+    def done(self) -> bool:
+        """The grammar is complete and allows nothing more (the answer ends here)."""
+        return self.matcher.is_stopped()
+
