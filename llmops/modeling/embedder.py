@@ -127,10 +127,13 @@ class Embedder:
 
 def _configured_max_length(model_dir: Path) -> int:
     path = model_dir / "sentence_bert_config.json"
-    try:
-        return int(json.loads(path.read_text())["max_seq_length"])
-    except (OSError, KeyError, ValueError, json.JSONDecodeError):
+    if not path.is_file():
         return DEFAULT_MAX_SEQ_LENGTH
+    try:  # a config that is there but unreadable would silently change every similarity score: fail
+        return int(json.loads(path.read_text())["max_seq_length"])
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{path} has no readable max_seq_length ({type(exc).__name__}: {exc})",
+                         "re-extract the embedder with `llmops model pull --force` or fix the file") from None
 
 
 @functools.lru_cache(maxsize=2)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from llmops.errors import ModelError
-from llmops.modeling.embedder import Embedder, ensure_embedder, load_embedder
+from llmops.modeling.embedder import DEFAULT_MAX_SEQ_LENGTH, Embedder, ensure_embedder, load_embedder
 from llmops.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,3 +74,16 @@ def test_load_embedder_is_cached_per_directory(embedder_settings: Settings, embe
 def test_missing_model_is_a_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="no embedding model"):
         Embedder(tmp_path)
+
+
+def test_unreadable_max_seq_length_is_an_error_not_a_default(embedder_settings: Settings, tmp_path: Path) -> None:
+    """A config that is there but broken must not silently change every similarity score."""
+    import shutil
+
+    copy = tmp_path / "embedder"
+    shutil.copytree(embedder_settings.embedder_dir, copy)
+    (copy / "sentence_bert_config.json").write_text('{"max_seq_length": null}')
+    with pytest.raises(ModelError, match="max_seq_length"):
+        Embedder(copy)
+    (copy / "sentence_bert_config.json").unlink()  # absent: the documented default
+    assert Embedder(copy).max_seq_length == DEFAULT_MAX_SEQ_LENGTH

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from components.evaluate.gate import decide
 from llmops.params import GateParams
+from tests.conftest import REPO
 
 GATE = GateParams(min_ppl_improvement=0.05, max_regression=0.02, max_general_ppl_increase=0.25,
                   task_metric="rouge_l")
@@ -44,6 +47,23 @@ def test_forgetting_fails_even_when_the_task_improves() -> None:
     assert not verdict.passed
     assert _failed(verdict) == {"no_forgetting"}
     assert "25.5" in verdict.reasons[0]
+
+
+def test_forgetting_guard_at_its_params_yaml_value(base_tokenizer_dir: Path) -> None:
+    """The guard as configured (params.yaml, not a test constant) on the real base model's general-text
+    perplexity, measured by the same function at pull time (provenance.json): 25% above it passes, more fails."""
+    from llmops.modeling.base import read_provenance
+    from llmops.params import load_params
+
+    gate = load_params(REPO / "params.yaml").eval.gate
+    assert gate.max_general_ppl_increase == 0.25  # the shipped default; change this test with it on purpose
+    base_general = read_provenance(base_tokenizer_dir).perplexity_general
+    base = {"perplexity": 4.0, "general_perplexity": base_general}
+    at_limit = {"perplexity": 3.0, "general_perplexity": base_general * 1.25}
+    assert decide(base, at_limit, None, gate).passed
+    over = decide(base, {**at_limit, "general_perplexity": base_general * 1.26}, None, gate)
+    assert _failed(over) == {"no_forgetting"}
+    assert f"{base_general * 1.25:.4g}" in over.reasons[0]
 
 
 def test_champion_perplexity_regression_fails() -> None:
