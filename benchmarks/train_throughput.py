@@ -357,9 +357,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def render(report: dict[str, Any]) -> str:
     peak = report["matmul_peak_flops_per_s"]
+    peaks = ", ".join(f"{p / 1e9:.0f}" for p in report.get("matmul_peaks_measured", [peak]))
     lines = [f"{report['model']} model, {report['precision']}, {report['threads']} threads, {report['examples']} "
              f"examples, {report['measured_steps']} measured steps (+1 warm-up each); bf16 matmul peak "
-             f"{peak / 1e9:.0f} GFLOP/s (best of {', '.join(f'{p / 1e9:.0f}' for p in report['matmul_peaks_measured'])}"
+             f"{peak / 1e9:.0f} GFLOP/s (best of {peaks}"
              f" measured at start and before each side); overrides {report['overrides'] or 'none (params.yaml)'}",
              f"FLOPs: {report['flops_formula']}", ""]
     head = (f"{'side':8} {'step s':>7} {'tok/step':>8} {'pad/step':>8} {'tok/s':>7} {'GFLOP/step':>10} "
