@@ -67,20 +67,23 @@ class RunConsole:
         self._out = os.fdopen(os.dup(self._saved_fds[2]), "w", buffering=1, encoding="utf-8", errors="replace")
         self._raw_out = os.fdopen(os.dup(self._saved_fds[1]), "w", buffering=1, encoding="utf-8",
                                   errors="replace")
-        is_tty = self._out.isatty()
+        live = not (self.verbose or self.quiet) and (
+            self._live_wanted if self._live_wanted is not None else self._out.isatty())
         from rich.console import Console
 
-        self.console = Console(file=self._out, force_terminal=is_tty, highlight=False, soft_wrap=True)
+        self.console = Console(file=self._out, force_terminal=live or self._out.isatty(), highlight=False,
+                               soft_wrap=True)
         self._saved_streams = (sys.stdout, sys.stderr)
         os.dup2(self._log.fileno(), 1)
         os.dup2(self._log.fileno(), 2)
         sys.stdout = sys.stderr = _Router(self)  # type: ignore[assignment]
         self._live = None
-        if not (self.verbose or self.quiet) and (self._live_wanted if self._live_wanted is not None else is_tty):
+        if live:
             from rich.live import Live
 
+            # redirect_*: Live would otherwise put its own proxy over the router and show the steps' output.
             self._live = Live(console=self.console, refresh_per_second=4, transient=True,
-                              get_renderable=self._live_text)
+                              get_renderable=self._live_text, redirect_stdout=False, redirect_stderr=False)
             self._live.start()
         return self
 

@@ -39,9 +39,13 @@ def preflight_finetune(settings: Settings, overrides: list[str], data_dir: str) 
     """Every check that needs no step to have run; raises PreflightError (cause + fix) at the first failure."""
     bound_mlflow_http()
     params = settings.params(overrides)  # raises with the bad key/value
+    if settings.profile == "cluster":
+        # The steps run in pods: the data dir is a path in their image, the base model and the tracking/audit
+        # URIs are what the pods resolve and reach, not this machine (often outside the cluster network).
+        # Submitting checks the KFP API itself.
+        return params
     check_base_model(settings, params)
-    if settings.profile == "local":  # on a cluster the data dir is a path inside the step's container
-        check_data_dir(settings, data_dir)
+    check_data_dir(settings, data_dir)
     check_tracking(settings)
     check_audit_store(settings)
     return params

@@ -119,3 +119,21 @@ def test_verbose_streams_everything(tmp_path: Path, capfd: pytest.CaptureFixture
         print(KFP_LINES, end="")
     out = capfd.readouterr().out
     assert "Got executor_input" in out and "step 1/4 loss" in out
+
+
+def test_live_line_shows_progress_not_the_steps_output(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    import re
+    import time
+
+    from pipelines.console import RunConsole
+
+    with RunConsole(tmp_path, "run", live=True) as rc:
+        print(KFP_LINES.split("23:16:31.463")[0], end="")  # train running, at step 4/4
+        time.sleep(0.7)  # a few refreshes of the live line
+        assert rc.current is not None and rc.current.progress.startswith("step 4/4  loss 10.5000")
+        print("23:16:31.463 - INFO - Task 'train' finished with status SUCCESS")
+    err = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", capfd.readouterr().err)
+    assert "step 4/4  loss 10.5000" in err  # the live line
+    assert "ok   train" in err
+    assert "Got executor_input" not in err and "Streamed logs" not in err
+    assert "Got executor_input" in (tmp_path / "run.log").read_text()
