@@ -16,8 +16,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PYTEST_ARGS ?=
 HOST ?= 127.0.0.1
 PORT ?= 5000
+SERVE_MODEL ?= llmops-smollm2@champion
 
-.PHONY: help setup venv model data run test test-fast test-gpu lint compile ui bench clean sysdeps images
+.PHONY: help setup venv model data run test test-fast test-gpu lint compile ui serve bench clean sysdeps images
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -76,6 +77,9 @@ ui: venv ## MLflow UI on http://$(HOST):$(PORT) over the local registry
 	@mkdir -p $(STATE)
 	@$(BIN)/mlflow server --host $(HOST) --port $(PORT) \
 		--backend-store-uri sqlite:///$(CURDIR)/$(STATE)/mlflow.db --default-artifact-root $(CURDIR)/$(STATE)/mlartifacts
+
+serve: venv ## OpenAI-compatible server for the champion on 127.0.0.1:8000 (SERVE_MODEL=..., LLMOPS_API_KEY for auth)
+	@$(BIN)/llmops serve $(SERVE_MODEL)
 
 bench: setup ## performance benchmarks (not part of the tests)
 	@$(BIN)/python -m benchmarks.train_throughput

@@ -42,6 +42,8 @@ def serve(
                                     help="Environment variable holding the bearer token; unset = no auth."),
     api_key_file: Path = typer.Option(None, "--api-key-file", envvar="LLMOPS_API_KEY_FILE",
                                       help="File whose first line is the bearer token (wins over --api-key-env)."),
+    max_slots: int = typer.Option(None, "--max-slots", min=1,
+                                  help="Sequences decoded together (default: params.yaml serve.max_concurrent)."),
     overrides: list[str] = typer.Option([], "--set", help="Override params, e.g. --set serve.max_concurrent=16."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
@@ -54,6 +56,8 @@ def serve(
     from serving.server import create_app
 
     settings = get_settings()
+    if max_slots is not None:
+        overrides = [*overrides, f"serve.max_concurrent={max_slots}"]
     params = settings.params(overrides).serve
     host = host or params.host
     port = port or params.port

@@ -1,0 +1,54 @@
+"""Endpoint auth on a real server: with a key (here from a key file) every /v1 route needs the bearer token
+(401 otherwise), /health, /ready and /metrics stay open. Without a key (test_server_openai.py) no token
+is needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx2 as httpx
+import openai
+import pytest
+
+from llmops.cli.serve import read_api_key
+from tests.serve_process import running_server
+
+KEY = "sk-test-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("serve-auth")
+    key_file = tmp / "api-key"
+    key_file.write_text(KEY + "\n")
+    with running_server(str(tiny_model_dir), tmp / "server.log", env={"LLMOPS_API_KEY_FILE": str(key_file)},
+                        sets=("serve.max_concurrent=2",)) as url:
+        yield url
+
+
+def test_v1_routes_need_the_key(server: str, tiny_model_dir: Path) -> None:
+    body = {"model": tiny_model_dir.name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        r = httpx.post(f"{server}/v1/chat/completions", json=body, headers=headers, timeout=30)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert r.headers["www-authenticate"] == "Bearer" and r.headers["x-request-id"]
+    assert httpx.get(f"{server}/v1/models", timeout=30).status_code == 401
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0).models.list()
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0)
+    assert client.models.list().data[0].id == tiny_model_dir.name
+    assert client.chat.completions.create(**body).usage.completion_tokens == 2
+    for open_route in ("/health", "/ready", "/metrics"):
+        assert httpx.get(f"{server}{open_route}", timeout=30).status_code == 200
+
+
+def test_read_api_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmops.errors import LlmopsError
+
+    monkeypatch.setenv("MY_KEY", "from-env")
+    assert read_api_key("MY_KEY", None) == "from-env"
+    monkeypatch.delenv("MY_KEY")
+    assert read_api_key("MY_KEY", None) is None  # no key: auth off
+    (tmp_path / "k").write_text("\n")
+    with pytest.raises(LlmopsError, match="empty"):
+        read_api_key("MY_KEY", tmp_path / "k")
