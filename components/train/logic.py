@@ -153,7 +153,9 @@ def _run_trainer(params: Params, config: dict[str, Any], run_name: str, storage:
     try:
         return trainer.fit()
     except Exception as exc:  # Ray wraps worker errors in TrainingFailedError/WorkerGroupError
-        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        from llmops.steplog import one_line
+
+        cause = one_line(exc)  # the worker's own error (the last "...Error: msg" line of Ray's snippet)
         raise ModelError(
             f"training failed after {tp.max_failures} allowed restart(s): {cause[:300]}",
             f"see the worker log above; checkpoints and logs are under {storage.rstrip('/')}/{run_name}",
