@@ -30,16 +30,25 @@ CHECKS_FILE = "checks.json"  # equivalence + benchmark of a built engine, reused
 
 
 def version_model_dir(settings: Settings, name: str, version: str) -> Path:
-    """Local merged checkpoint (weights + config + tokenizer) of a registered version, downloaded once."""
+    """Local merged checkpoint (weights + config + tokenizer) of a registered version, downloaded once.
+
+    The download is keyed by the version's source, run and creation time, not by `name/version` alone: two
+    registries (a test's, a reset one) both have an `llmops-smollm2/1`, and an engine built from the other
+    one's weights would pass its own equivalence check against the same wrong weights."""
+    import hashlib
+
     import mlflow
+    from mlflow.tracking import MlflowClient
 
     from llmops.tracking import configure
 
     configure(settings)
-    dst = settings.cache_dir / "versions" / name / str(version)
+    mv = MlflowClient(settings.tracking_uri).get_model_version(name, str(version))
+    identity = f"{settings.tracking_uri}|{mv.source}|{mv.run_id}|{mv.creation_timestamp}"
+    dst = settings.state_dir / "versions" / name / str(version) / hashlib.sha256(identity.encode()).hexdigest()[:12]
     if not (dst / ".complete").is_file():
         shutil.rmtree(dst, ignore_errors=True)
-        dst.mkdir(parents=True)
+        dst.mkdir(parents=True)  # a partial download has no .complete marker and is fetched again
         mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(dst))
         (dst / ".complete").write_text("")
     configs = sorted(p.parent for p in dst.rglob("config.json") if any(p.parent.glob("*.safetensors")))
@@ -131,7 +140,8 @@ def version_tags(results: dict[str, dict[str, Any]], artifact_uris: dict[str, st
             tags[p] = f"skipped: {r['reason']}"
             continue
         tags[p] = r["name"]
-        for key in ("runtime", "runtime_version", "hardware", "build_config_hash", "cache_key", "build_seconds"):
+        for key in ("runtime", "runtime_version", "hardware", "build_config_hash", "cache_key", "build_seconds",
+                    "weights_digest"):
             if r.get(key) is not None:
                 tags[f"{p}.{key}"] = str(r[key])
         tags[f"{p}.cache_hit"] = str(bool(r.get("cache_hit"))).lower()

@@ -64,6 +64,10 @@ def test_compile_engine_attaches_a_checked_engine_and_records_the_trtllm_skip(se
                                                                                      f"engines/{cpu['name']}")}
     assert f"engines/{cpu['name']}/manifest.json" in artifacts and f"engines/{cpu['name']}/decoder.onnx" in artifacts
 
+    from llmops.modeling.hashing import weights_digest
+
+    assert cpu["weights_digest"] == weights_digest(tiny_model_dir)  # built from this registry's version
+
     second = compile_engines(settings, params, name=name, version=version)
     assert second["engines"]["cpu"]["cache_hit"] is True and second["engines"]["cpu"]["checks_reused"] is True
     assert MlflowClient(settings.tracking_uri).get_model_version(name, version).tags["engine.cpu.cache_hit"] == "true"
