@@ -51,13 +51,16 @@ def summarize(settings: Settings, parent_run_id: str) -> dict[str, Any]:
                                   filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
     by_step = {c.data.tags.get("llmops.step", c.info.run_name): c for c in children}
     tags = parent.data.tags
+    read = by_step["validate_data"].data.tags if "validate_data" in by_step else {}
     out: dict[str, Any] = {
         "mlflow_run_id": parent_run_id,
         "kfp_run_name": tags.get("llmops.kfp_run_name"),
         "state": tags.get(FINAL_STATE_TAG, parent.info.status),
         "git_commit": tags.get("llmops.git_commit"),
         "params_hash": tags.get("llmops.params_hash"),
-        "data_versions": {k.removeprefix("llmops.dvc."): v for k, v in tags.items() if k.startswith("llmops.dvc.")},
+        # md5 of the split files validate_data really read, and the DVC version each matches (or "untracked")
+        "data_versions": {k[5:-4]: {"md5": v, "dvc": read.get(f"{k[:-4]}.dvc", "untracked")}
+                          for k, v in read.items() if k.startswith("data.") and k.endswith(".md5")},
         "steps": {s: (by_step[s].info.status if s in by_step else "not run") for s in STEPS},
     }
     # Each failed step's own one-line cause: recorded by the step (llmops.steplog) on the pipeline run, or on

@@ -6,7 +6,7 @@ task) can close it with the pipeline's final status.
 
 from __future__ import annotations
 
-from llmops.lineage import dvc_hashes, git_commit
+from llmops.lineage import git_commit
 from llmops.params import Params
 from llmops.settings import Settings
 from llmops.tracking import close_run, ensure_experiment, start_pipeline_run
@@ -27,7 +27,6 @@ def start_run(settings: Settings, params: Params, *, kfp_run_id: str, kfp_run_na
         "llmops.params_hash": params.digest(),
         "llmops.overrides": " ".join(overrides),
     }
-    tags |= {f"llmops.dvc.{path}": md5 for path, md5 in dvc_hashes(settings.project_dir).items()}
     run_id = start_pipeline_run(settings, run_name=kfp_run_name, tags=tags)
     from mlflow.entities import Param
 

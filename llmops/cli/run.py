@@ -101,7 +101,8 @@ def _print_summary(s: dict[str, Any]) -> None:
         say(f"[red]{s['error']}[/]")
     say("steps: " + "  ".join(f"{k}={v}" for k, v in s.get("steps", {}).items()))
     if s.get("data_versions"):
-        say("data (DVC md5): " + "  ".join(f"{k}={v[:10]}" for k, v in s["data_versions"].items()))
+        say("data read (md5): " + "  ".join(f"{k}={v['md5'][:10]}" + (" (untracked)" if v["dvc"] == "untracked" else "")
+                                             for k, v in s["data_versions"].items()))
     if s.get("train"):
         say("train: " + "  ".join(f"{k}={v:.4g}" for k, v in s["train"].items()))
     if s.get("eval"):
