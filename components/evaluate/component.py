@@ -28,5 +28,6 @@ def evaluate(parent_run_id: str, overrides: list, test_data: Input[Dataset], ada
     for model_name, values in result.models.items():
         for key, value in values.items():
             metrics.log_metric(f"{model_name}.{key}", float(value))
+    metrics.metadata.update(result.lineage)  # data.test.* of the file really read: for register's lineage
     shutil.copyfile(result.report_html, report.path)
     return "pass" if result.verdict.passed else "fail"

@@ -21,7 +21,8 @@ def register(parent_run_id: str, overrides: list, kfp_run_id: str, adapter: Inpu
     params = settings.params(overrides)
     base_dir = base_model_path(settings, params)
     lineage = collect_lineage(settings, params, kfp_run_id=kfp_run_id, mlflow_run_id=parent_run_id,
-                              base_model_id=params.model.base, base_model_sha256=base_model_sha256(base_dir))
+                              base_model_id=params.model.base, base_model_sha256=base_model_sha256(base_dir),
+                              step_lineage={**adapter.metadata, **eval_metrics.metadata})
     metrics = {k: float(v) for k, v in eval_metrics.metadata.items() if isinstance(v, int | float)}
     result = register_candidate(settings, params, adapter_dir=Path(adapter.path), base_model_dir=base_dir,
                                 metrics=metrics, lineage=lineage, parent_run_id=parent_run_id)

@@ -24,6 +24,7 @@ def train(parent_run_id: str, overrides: list, train_data: Input[Dataset], valid
                            parent_run_id=parent_run_id)
     adapter.metadata["format"] = "peft-lora-safetensors"
     adapter.metadata["base_model"] = params.model.base
+    adapter.metadata.update(result.lineage)  # data.* and base_model.* of what train really read: for register
     for key, value in result.metrics.items():
         if isinstance(value, int | float):
             metrics.log_metric(key, float(value))

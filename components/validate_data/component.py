@@ -23,5 +23,5 @@ def validate_data(parent_run_id: str, overrides: list, data_dir: str, train_data
                      parent_run_id=parent_run_id)
     for name, artifact in outs.items():
         artifact.metadata["rows"] = done.result.rows.get(name, 0)
-        artifact.metadata["dvc_md5"] = done.hashes.get(f"{data_dir.rstrip('/')}/{name}.jsonl", "")
+        artifact.metadata.update({k: v for k, v in done.hashes.items() if k.startswith(f"data.{name}.")})
         metrics.log_metric(f"rows_{name}", done.result.rows.get(name, 0))
