@@ -14,9 +14,7 @@ import hashlib
 import subprocess
 from pathlib import Path
 
-import yaml
-
-from llmops.errors import DataError, ModelError
+from llmops.errors import ModelError
 from llmops.params import Params
 from llmops.settings import Settings
 
@@ -42,25 +40,6 @@ def git_commit(project_dir: Path) -> str:
     if status is None:
         return UNKNOWN
     return sha.strip() + ("-dirty" if status.strip() else "")
-
-
-def dvc_hashes(project_dir: Path) -> dict[str, str]:
-    """md5 of every stage output recorded in `dvc.lock` (path as written there -> md5); {} without one."""
-    lock = Path(project_dir) / "dvc.lock"
-    if not lock.is_file():
-        return {}
-    try:
-        doc = yaml.safe_load(lock.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise DataError(f"{lock} is not valid YAML: {str(exc).splitlines()[0]}",
-                        "regenerate it with `dvc repro`") from None
-    out: dict[str, str] = {}
-    stages = doc.get("stages") if isinstance(doc, dict) else None
-    for stage in (stages or {}).values():
-        for item in (stage or {}).get("outs") or []:
-            if isinstance(item, dict) and item.get("path") and item.get("md5"):
-                out[str(item["path"])] = str(item["md5"])
-    return dict(sorted(out.items()))
 
 
 def file_md5(path: Path, chunk: int = 1 << 20) -> str:

@@ -111,6 +111,14 @@ def _outs_of(entries: Any) -> dict[str, str]:
     return found
 
 
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise DataError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}",
+                        "regenerate it with `dvc repro` (dvc.lock) or `dvc add` (.dvc files)") from None
+
+
 def data_hashes(repo_dir: Path | None = None) -> dict[str, str]:
     """{path relative to the repo: md5} of every DVC-tracked output, read from dvc.lock and *.dvc files.
 
@@ -121,9 +129,9 @@ def data_hashes(repo_dir: Path | None = None) -> dict[str, str]:
     hashes: dict[str, str] = {}
     lock = repo / "dvc.lock"
     if lock.is_file():
-        data = yaml.safe_load(lock.read_text()) or {}
-        for stage in (data.get("stages") or {}).values():
-            hashes.update(_outs_of(stage.get("outs")))
+        data = _read_yaml(lock)
+        for stage in ((data.get("stages") if isinstance(data, dict) else None) or {}).values():
+            hashes.update(_outs_of((stage or {}).get("outs")))
     skip = {".dvc", ".git", ".llmops", ".venv", "node_modules"}
     for dirpath, dirnames, filenames in os.walk(repo):
         dirnames[:] = sorted(d for d in dirnames if d not in skip)
@@ -131,7 +139,7 @@ def data_hashes(repo_dir: Path | None = None) -> dict[str, str]:
             if not name.endswith(".dvc"):
                 continue
             dvc_file = Path(dirpath) / name
-            data = yaml.safe_load(dvc_file.read_text()) or {}
+            data = _read_yaml(dvc_file)
             base = dvc_file.parent.relative_to(repo)
             for path, md5 in _outs_of(data.get("outs")).items():
                 hashes[(base / path).as_posix()] = md5

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from llmops.data.dvc import data_hashes
 from llmops.errors import DataError, ModelError
-from llmops.lineage import collect_lineage, data_lineage, dvc_hashes, file_md5, git_commit
+from llmops.lineage import collect_lineage, data_lineage, file_md5, git_commit
 from llmops.modeling.base import PROVENANCE, BaseModelInfo, base_model_sha256, verify_base_model
 from llmops.modeling.hashing import file_hashes, weights_digest
 from llmops.settings import Settings
@@ -71,15 +72,15 @@ def _dvc(repo: Path, tmp_path: Path, *args: str) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_dvc_hashes_match_a_real_dvc_repro(repo: Path, tmp_path: Path) -> None:
-    assert dvc_hashes(repo) == {}
+def test_data_hashes_match_a_real_dvc_repro(repo: Path, tmp_path: Path) -> None:
+    assert data_hashes(repo) == {}
     (repo / "data").mkdir()
     (repo / "gen.py").write_text(GEN)
     (repo / "dvc.yaml").write_text(_dvc_yaml(sys.executable))
     _dvc(repo, tmp_path, "init", "-q")
     _dvc(repo, tmp_path, "repro", "-q")
 
-    hashes = dvc_hashes(repo)
+    hashes = data_hashes(repo)
     assert set(hashes) == {"data/a.jsonl", "data/b.jsonl"}
     for path, md5 in hashes.items():
         assert md5 == file_md5(repo / path)
@@ -87,7 +88,7 @@ def test_dvc_hashes_match_a_real_dvc_repro(repo: Path, tmp_path: Path) -> None:
 
     (repo / "dvc.lock").write_text("stages: [unclosed\n")
     with pytest.raises(DataError, match="not valid YAML"):
-        dvc_hashes(repo)
+        data_hashes(repo)
 
 
 def test_file_md5_known_value(tmp_path: Path) -> None:
