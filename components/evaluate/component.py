@@ -17,17 +17,22 @@ def evaluate(parent_run_id: str, overrides: list, test_data: Input[Dataset], ada
     from llmops.modeling.base import base_model_path
     from llmops.registry.client import champion_adapter
     from llmops.settings import get_settings
+    from llmops.steplog import step_report
 
-    settings = get_settings()
-    params = settings.params(overrides)
-    work = Path(report.path).parent / "evaluate"
-    champion_dir = champion_adapter(settings, work / "champion")
-    result = evaluate_candidate(settings, params, test_path=Path(test_data.path),
-                                base_model_dir=base_model_path(settings, params), adapter_dir=Path(adapter.path),
-                                champion_adapter_dir=champion_dir, out_dir=work, parent_run_id=parent_run_id)
-    for model_name, values in result.models.items():
-        for key, value in values.items():
-            metrics.log_metric(f"{model_name}.{key}", float(value))
-    metrics.metadata.update(result.lineage)  # data.test.* of the file really read: for register's lineage
-    shutil.copyfile(result.report_html, report.path)
+    with step_report("evaluate", parent_run_id) as step:
+        settings = get_settings()
+        params = settings.params(overrides)
+        work = Path(report.path).parent / "evaluate"
+        champion_dir = champion_adapter(settings, work / "champion")
+        result = evaluate_candidate(settings, params, test_path=Path(test_data.path),
+                                    base_model_dir=base_model_path(settings, params),
+                                    adapter_dir=Path(adapter.path), champion_adapter_dir=champion_dir,
+                                    out_dir=work, parent_run_id=parent_run_id)
+        for model_name, values in result.models.items():
+            for key, value in values.items():
+                metrics.log_metric(f"{model_name}.{key}", float(value))
+        metrics.metadata.update(result.lineage)  # data.test.* of the file really read: for register's lineage
+        shutil.copyfile(result.report_html, report.path)
+        step.figures(**{f"ppl {name}": values["perplexity"] for name, values in result.models.items()
+                        if "perplexity" in values}, gate="pass" if result.verdict.passed else "FAIL")
     return "pass" if result.verdict.passed else "fail"

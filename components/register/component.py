@@ -16,14 +16,17 @@ def register(parent_run_id: str, overrides: list, kfp_run_id: str, adapter: Inpu
     from llmops.lineage import collect_lineage
     from llmops.modeling.base import base_model_path, base_model_sha256
     from llmops.settings import get_settings
+    from llmops.steplog import step_report
 
-    settings = get_settings()
-    params = settings.params(overrides)
-    base_dir = base_model_path(settings, params)
-    lineage = collect_lineage(settings, params, kfp_run_id=kfp_run_id, mlflow_run_id=parent_run_id,
-                              base_model_id=params.model.base, base_model_sha256=base_model_sha256(base_dir),
-                              step_lineage={**adapter.metadata, **eval_metrics.metadata})
-    metrics = {k: float(v) for k, v in eval_metrics.metadata.items() if isinstance(v, int | float)}
-    result = register_candidate(settings, params, adapter_dir=Path(adapter.path), base_model_dir=base_dir,
-                                metrics=metrics, lineage=lineage, parent_run_id=parent_run_id)
+    with step_report("register", parent_run_id) as step:
+        settings = get_settings()
+        params = settings.params(overrides)
+        base_dir = base_model_path(settings, params)
+        lineage = collect_lineage(settings, params, kfp_run_id=kfp_run_id, mlflow_run_id=parent_run_id,
+                                  base_model_id=params.model.base, base_model_sha256=base_model_sha256(base_dir),
+                                  step_lineage={**adapter.metadata, **eval_metrics.metadata})
+        metrics = {k: float(v) for k, v in eval_metrics.metadata.items() if isinstance(v, int | float)}
+        result = register_candidate(settings, params, adapter_dir=Path(adapter.path), base_model_dir=base_dir,
+                                    metrics=metrics, lineage=lineage, parent_run_id=parent_run_id)
+        step.figures(model=f"{result['name']} v{result['version']}", aliases=",".join(result.get("aliases", [])))
     return str(result["version"])

@@ -15,13 +15,17 @@ def train(parent_run_id: str, overrides: list, train_data: Input[Dataset], valid
     from components.train.logic import train_adapter
     from llmops.modeling.base import base_model_path
     from llmops.settings import get_settings
+    from llmops.steplog import step_report
 
-    settings = get_settings()
-    params = settings.params(overrides)
-    result = train_adapter(settings, params, train_path=Path(train_data.path),
-                           validation_path=Path(validation_data.path),
-                           base_model_dir=base_model_path(settings, params), out_dir=Path(adapter.path),
-                           parent_run_id=parent_run_id)
+    with step_report("train", parent_run_id) as report:
+        settings = get_settings()
+        params = settings.params(overrides)
+        result = train_adapter(settings, params, train_path=Path(train_data.path),
+                               validation_path=Path(validation_data.path),
+                               base_model_dir=base_model_path(settings, params), out_dir=Path(adapter.path),
+                               parent_run_id=parent_run_id)
+        report.figures(**{k: result.metrics[k] for k in ("train_loss", "val_loss", "tokens_per_s")
+                          if k in result.metrics})
     adapter.metadata["format"] = "peft-lora-safetensors"
     adapter.metadata["base_model"] = params.model.base
     adapter.metadata.update(result.lineage)  # data.* and base_model.* of what train really read: for register

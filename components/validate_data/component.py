@@ -15,12 +15,15 @@ def validate_data(parent_run_id: str, overrides: list, data_dir: str, train_data
 
     from components.validate_data.logic import validate_data as _validate
     from llmops.settings import get_settings
+    from llmops.steplog import step_report
 
-    settings = get_settings()
     outs = {"train": train_data, "validation": validation_data, "test": test_data}
-    done = _validate(settings, settings.params(overrides), data_dir=data_dir,
-                     out_paths={k: Path(a.path) for k, a in outs.items()}, report_path=Path(data_docs.path),
-                     parent_run_id=parent_run_id)
+    with step_report("validate_data", parent_run_id) as report:
+        settings = get_settings()
+        done = _validate(settings, settings.params(overrides), data_dir=data_dir,
+                         out_paths={k: Path(a.path) for k, a in outs.items()}, report_path=Path(data_docs.path),
+                         parent_run_id=parent_run_id)
+        report.figures(rows=" / ".join(str(done.result.rows.get(k, 0)) for k in outs), expectations="passed")
     for name, artifact in outs.items():
         artifact.metadata["rows"] = done.result.rows.get(name, 0)
         artifact.metadata.update({k: v for k, v in done.hashes.items() if k.startswith(f"data.{name}.")})
