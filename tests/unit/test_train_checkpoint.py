@@ -130,4 +130,18 @@ def test_train_adapter_rejects_bad_inputs_before_starting_ray(settings, tiny_mod
         train_adapter(settings, params, base_model_dir=tiny_model_dir, **kwargs)
     with pytest.raises(LlmopsError, match=r"train\.max_steps"):
         train_adapter(settings, settings.params(["train.max_steps=0"]), base_model_dir=tiny_model_dir, **kwargs)
+    # a pulled base whose weights no longer match what the pull recorded: train refuses it, naming the fix
+    import json
+    import shutil
+
+    from llmops.modeling.base import PROVENANCE
+    from llmops.modeling.hashing import file_hashes
+
+    changed = Path(shutil.copytree(tiny_model_dir, tmp_path / "changed-base"))
+    (changed / PROVENANCE).write_text(json.dumps({
+        "model_id": "tiny", "path": str(changed), "sha256": "0" * 64, "source": "test", "perplexity_general": 1.0,
+        "seconds": 0.0, "files": {name: "0" * 64 for name in file_hashes(changed)}}))
+    with pytest.raises(ModelError, match="is not the checkpoint that was pulled") as err:
+        train_adapter(settings, params, base_model_dir=changed, **kwargs)
+    assert "llmops model pull --force" in str(err.value)
     assert not (settings.state_dir / "ray-results").exists()
