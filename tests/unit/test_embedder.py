@@ -82,8 +82,9 @@ def test_unreadable_max_seq_length_is_an_error_not_a_default(embedder_settings: 
 
     copy = tmp_path / "embedder"
     shutil.copytree(embedder_settings.embedder_dir, copy)
-    (copy / "sentence_bert_config.json").write_text('{"max_seq_length": null}')
-    with pytest.raises(ModelError, match="max_seq_length"):
-        Embedder(copy)
+    for broken in ('{"max_seq_length": null}', "{}", "not json", '{"max_seq_length": "long"}'):
+        (copy / "sentence_bert_config.json").write_text(broken)
+        with pytest.raises(ModelError, match="max_seq_length"):
+            Embedder(copy)
     (copy / "sentence_bert_config.json").unlink()  # absent: the documented default
     assert Embedder(copy).max_seq_length == DEFAULT_MAX_SEQ_LENGTH
