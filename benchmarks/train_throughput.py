@@ -199,7 +199,7 @@ def summarise(side: str, raw: dict[str, Any], shape: ModelShape, peak: float) ->
 
 
 def profile_ours(params, base_dir: Path, tokenizer, train_path: Path, val_path: Path, top: int = 15) -> str:
-    """torch.profiler over 2 steps of our step (one process, all threads, after one warm-up step)."""
+    """torch.profiler over 2 steps of one worker's share of our step (its 2 blocks, 1 thread as a Ray worker has)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -209,6 +209,7 @@ def profile_ours(params, base_dir: Path, tokenizer, train_path: Path, val_path: 
     from components.train.logic import prepare_data
 
     tp = params.train
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // tp.num_workers))
     data = prepare_data(params, tokenizer, train_path, val_path)
     model = build_lora_model(base_dir, params.lora.model_dump(), tp.seed, torch.device("cpu"))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tp.lr, weight_decay=0.0)
@@ -255,6 +256,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sys.stdout.flush()
         json_fd = os.dup(1)
         os.dup2(2, 1)
+    if "trl" in sides:
+        import importlib.util
+
+        if importlib.util.find_spec("trl") is None:
+            parser.error("the trl side needs TRL: .venv/bin/pip install -c requirements/constraints.txt -e '.[bench]' "
+                         "(or leave it out: --sides ours,pad,flatten)")
     work = Path(tempfile.mkdtemp(prefix="llmops-bench-"))
     os.environ["LLMOPS_STATE_DIR"] = str(work / "state")  # MLflow/Ray state of the benchmark: not the user's
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
@@ -382,7 +389,7 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"ours vs {side}: step time {q['step_time']:.2f}x, tokens/s {q['tokens_per_s']:.2f}x, "
                      f"eval loss ours - {side} {q['eval_loss_delta']:+.4f}")
     if "profile_ours" in report:
-        lines += ["", "profile of ours (2 steps, one process):", report["profile_ours"]]
+        lines += ["", "profile of one worker of ours (2 steps):", report["profile_ours"]]
     return "\n".join(lines)
 
 
