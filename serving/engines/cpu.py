@@ -2,7 +2,7 @@
 
 An engine is available for a checkpoint only when `llmops engine build` (or the compile_engine step) has
 built one for exactly these weights, this runtime version and this CPU; the probe says so otherwise.
-Priorities follow the measurement in benchmarks/README.md (OpenVINO fastest here, then ONNX Runtime).
+Priorities follow the measurement in benchmarks/README.md (ONNX Runtime fastest here, then OpenVINO).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from serving.engines import register_engine
 
-PRIORITY = {"openvino": 20, "onnxruntime": 15}
+PRIORITY = {"onnxruntime": 20, "openvino": 15}
 
 
 @functools.lru_cache(maxsize=8)
