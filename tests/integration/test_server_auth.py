@@ -13,6 +13,8 @@ import pytest
 from llmops.cli.serve import read_api_key
 from tests.serve_process import running_server
 
+pytestmark = pytest.mark.slow  # a real server process per module
+
 KEY = "sk-test-0123456789abcdef"
 
 

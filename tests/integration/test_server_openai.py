@@ -19,6 +19,8 @@ import pytest
 
 from tests.serve_process import running_server
 
+pytestmark = pytest.mark.slow  # a real server process per module
+
 MAX_CONCURRENT = 4
 QUEUE = 2
 SETS = (f"serve.max_concurrent={MAX_CONCURRENT}", f"serve.queue_size={QUEUE}", "serve.max_prompt_tokens=200",
