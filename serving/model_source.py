@@ -82,6 +82,9 @@ def resolve_model(settings: Settings, ref: str) -> ResolvedModel:
     if local.is_dir():
         path = check_checkpoint(local.resolve())
         return ResolvedModel(name=path.name, version=None, model_dir=path, ref=ref, source=str(path))
+    if ref.startswith(("/", "./", "../", "~")) or local.exists():
+        raise LlmopsError(f"no model directory at {ref}",
+                          "pass an existing checkpoint dir, or NAME@ALIAS / NAME/VERSION")
 
     import tempfile
 
