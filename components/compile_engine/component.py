@@ -21,7 +21,7 @@ def compile_engine(parent_run_id: str, overrides: list, model_version: str) -> s
         figures = {}
         for kind, r in result["engines"].items():
             if r.get("skipped"):
-                figures[kind] = "skipped"
+                figures[kind] = "rejected (equivalence)" if r.get("rejected") else "skipped"
                 continue
             bench = r.get("benchmark") or {}
             figures[kind] = r["runtime"] + (" (cache hit)" if r.get("cache_hit") else "")
@@ -31,4 +31,7 @@ def compile_engine(parent_run_id: str, overrides: list, model_version: str) -> s
                 if key in bench:
                     figures[f"{kind} {key.replace('_tokens_per_s', '')} tok/s"] = bench[key]
         step.figures(**figures)
-    return ",".join(f"{k}={'skipped' if r.get('skipped') else r['name']}" for k, r in result["engines"].items())
+    def label(r: dict) -> str:
+        return ("rejected" if r.get("rejected") else "skipped") if r.get("skipped") else r["name"]
+
+    return ",".join(f"{k}={label(r)}" for k, r in result["engines"].items())

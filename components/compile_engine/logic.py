@@ -88,11 +88,14 @@ def _cpu_engine(settings: Settings, params: Params, model_dir: Path) -> dict[str
     equivalence = engine_store.check_equivalence(engine, model, engine.tokenizer, cfg)
     del model
     if not equivalence["passed"]:
+        # Rejected, not attached: removed from the store so no server can pick it (they fall back to eager).
+        # The version records why; the pipeline goes on (like a TensorRT-LLM skip), the model itself is fine.
         shutil.rmtree(manifest["engine_dir"], ignore_errors=True)
-        raise ModelError(f"{manifest['runtime']} engine failed equivalence: {equivalence['identical']}/"
-                         f"{equivalence['prompts']} prompts identical over {equivalence['new_tokens']} tokens "
-                         f"(need {equivalence['min_identical_rate']:.0%}); the engine was removed",
-                         "serve with --engine eager, or report the runtime/model pair as a bug")
+        reason = (f"{manifest['runtime']} engine failed equivalence: {equivalence['identical']}/"
+                  f"{equivalence['prompts']} prompts identical over {equivalence['new_tokens']} greedy tokens "
+                  f"(need {equivalence['min_identical_rate']:.0%}); engine removed, serve with eager")
+        return {"kind": "cpu", "skipped": True, "rejected": True, "reason": reason,
+                "record": f"engine=cpu rejected: {reason}", "equivalence": equivalence}
     benchmark = engine_store.short_benchmark(engine, engine.tokenizer, cfg)
     benchmark["eager_batch1_tokens_per_s"] = round(equivalence["eager_batch1_tokens_per_s"], 2)
     checks_path.write_text(json.dumps({"config": wanted, "equivalence": equivalence, "benchmark": benchmark},
@@ -137,7 +140,9 @@ def version_tags(results: dict[str, dict[str, Any]], artifact_uris: dict[str, st
     for kind, r in results.items():
         p = f"engine.{kind}"
         if r.get("skipped"):
-            tags[p] = f"skipped: {r['reason']}"
+            tags[p] = f"{'rejected' if r.get('rejected') else 'skipped'}: {r['reason']}"
+            if r.get("equivalence"):
+                tags[f"{p}.equivalence.identical"] = f"{r['equivalence']['identical']}/{r['equivalence']['prompts']}"
             continue
         tags[p] = r["name"]
         for key in ("runtime", "runtime_version", "hardware", "build_config_hash", "cache_key", "build_seconds",

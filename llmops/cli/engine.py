@@ -35,7 +35,7 @@ def _resolve(settings, model: str) -> tuple[Path, tuple[str, str] | None]:
 def _human_build(result: dict[str, Any]) -> None:
     for kind, r in result["engines"].items():
         if r.get("skipped"):
-            console.print(f"[yellow]{kind}[/]: skipped: {r['reason']}")
+            console.print(f"[yellow]{kind}[/]: {'rejected' if r.get('rejected') else 'skipped'}: {r['reason']}")
             continue
         eq, bench = r.get("equivalence") or {}, r.get("benchmark") or {}
         hit = " (cache hit)" if r.get("cache_hit") else f" (built in {r.get('build_seconds')} s)"
@@ -55,7 +55,8 @@ def build(
     overrides: list[str] = SET_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Build (or find in the cache) the engine(s) for MODEL, check equivalence with eager, time it, attach it."""
+    """Build (or find in the cache) the engine(s) for MODEL, check equivalence with eager, time it, attach it.
+    Exits 1 when an engine fails equivalence (it is then removed, never attached)."""
     from components.compile_engine.logic import compile_engines
     from llmops.errors import LlmopsError
     from llmops.settings import get_settings
@@ -72,6 +73,8 @@ def build(
         else:
             result = _build_local(settings, params, model_dir)
     emit(result, as_json, _human_build)
+    if any(r.get("rejected") for r in result["engines"].values()):
+        raise typer.Exit(1)  # an engine failed equivalence: scripts must not take it for a success
 
 
 def _build_local(settings, params, model_dir: Path) -> dict[str, Any]:
