@@ -126,11 +126,16 @@ def our_layouts(params, tokenizer, train_path: Path, val_path: Path, steps: int)
     return out
 
 
-def eval_loss(model, tokenizer, records: list[dict], seq_len: int) -> float:
-    """Token-mean loss on the answers of `records`, fp32, no autocast, one way for every side."""
+def eval_loss(base_dir: Path, adapter_dir: Path, tokenizer, records: list[dict], seq_len: int) -> float:
+    """Token-mean loss on the answers of `records`: the saved adapter on a fresh fp32 base, no autocast, one way
+    for every side."""
     import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
 
     from components.train.data import collate, encode_records, loss_sum, pack_examples
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), adapter_dir)
 
     examples, _ = encode_records(tokenizer, records, seq_len)
     blocks = pack_examples(examples, seq_len)
@@ -144,10 +149,6 @@ def eval_loss(model, tokenizer, records: list[dict], seq_len: int) -> float:
 
 
 def run_ours(params, base_dir: Path, train_path: Path, val_path: Path, out_dir: Path, tokenizer) -> dict[str, Any]:
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
     from components.train.logic import train_adapter
     from llmops.settings import get_settings
 
@@ -155,12 +156,11 @@ def run_ours(params, base_dir: Path, train_path: Path, val_path: Path, out_dir: 
     result = train_adapter(get_settings(), params, train_path=train_path, validation_path=val_path,
                            base_model_dir=base_dir, out_dir=out_dir)
     wall = time.perf_counter() - started
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     return {
         "step_seconds": [row["seconds"] for row in result.history],
         "batches": our_layouts(params, tokenizer, train_path, val_path, params.train.max_steps),
         "train_loss": result.metrics["train_loss"],
-        "model": PeftModel.from_pretrained(base, out_dir),
+        "adapter_dir": out_dir,
         "workers": f"{result.metrics['num_workers']} {result.metrics['strategy']} worker(s)",
         "pack_fill": result.metrics["pack_fill"],
         "wall_seconds": wall,
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out.update(loadavg_before=before, loadavg_after=loadavg(), cpu_pressure=pressure.share())
         if side in ("flatten", "trl"):
             out["cross_attention_max_diff"] = hf_baselines.cross_attention_probe(side, base_dir, tokenizer, examples)
-        out["eval_loss"] = eval_loss(out.pop("model"), tokenizer, val_records, tp.seq_len)
+        out["eval_loss"] = eval_loss(base_dir, out.pop("adapter_dir"), tokenizer, val_records, tp.seq_len)
         raw[side] = out
         log(f"[{side}] done in {out['wall_seconds']:.0f} s, eval loss {out['eval_loss']:.4f}, loadavg {loadavg()}")
         partial = {s: {**summarise(s, o, shape, peak), "eval_loss": o["eval_loss"]} for s, o in raw.items()}
