@@ -5,7 +5,7 @@ left-padded cache for the whole batch plus an attention mask, and building it co
 batch; the scheduler keeps the same running set for many steps, so the padded cache of the last decode is
 kept as the "batch view" and reused while the next decode names the same slots. A sequence leaving only
 drops its row; a sequence joining scatters the view back to per-slot caches and rebuilds it once.
-Measured against transformers 5's own continuous-batching manager in benchmarks/README.md ("Serving").
+Measured against transformers 5's own continuous batching in benchmarks/README.md (serving_blocks.py).
 """
 
 from __future__ import annotations
