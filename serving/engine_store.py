@@ -169,18 +169,27 @@ def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
 
 
 def eager_greedy(model, prompt_ids: list[list[int]], new_tokens: int) -> tuple[list[list[int]], float]:
-    """The reference: transformers fp32 with KV cache, greedy, one prompt at a time (no padding), exactly
-    `new_tokens` tokens; returns (tokens per prompt, seconds)."""
+    """The reference: transformers fp32 with KV cache, greedy, one prompt at a time (no padding), up to
+    `new_tokens` tokens or the model's end-of-sequence token (never suppressed: `min_new_tokens` would mask
+    EOS in eager only and make an engine that rightly ends look wrong); returns (tokens per prompt, seconds)."""
     import torch
 
     out, t0 = [], time.perf_counter()
     with torch.no_grad():
         for ids in prompt_ids:
             g = model.generate(torch.tensor([ids]), attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
-                               max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                               num_beams=1, pad_token_id=model.config.eos_token_id)
+                               max_new_tokens=new_tokens, do_sample=False, num_beams=1,
+                               pad_token_id=model.config.eos_token_id)
             out.append(g[0, len(ids):].tolist())
     return out, time.perf_counter() - t0
+
+
+def until_eos(tokens: list[int], eos: set[int]) -> list[int]:
+    """`tokens` up to and including the first end-of-sequence token (what a server would send)."""
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[: i + 1]
+    return tokens
 
 
 def engine_greedy(engine, prompt_ids: list[list[int]], new_tokens: int) -> dict[str, Any]:
@@ -222,7 +231,7 @@ def eager_reference(model, tokenizer, cfg: EngineParams) -> tuple[list[list[int]
     eq = cfg.equivalence
     prompts = encode_prompts(tokenizer, cfg.prompts[: eq.prompts] if eq.prompts else cfg.prompts)
     reference, seconds = eager_greedy(model, prompts, eq.new_tokens)
-    return reference, len(prompts) * eq.new_tokens / seconds
+    return reference, sum(len(r) for r in reference) / seconds
 
 
 def check_equivalence(engine, model, tokenizer, cfg: EngineParams,
@@ -233,7 +242,10 @@ def check_equivalence(engine, model, tokenizer, cfg: EngineParams,
     prompts = encode_prompts(tokenizer, cfg.prompts[: eq.prompts] if eq.prompts else cfg.prompts)
     tokens, eager_tps = reference or eager_reference(model, tokenizer, cfg)
     got = engine_greedy(engine, prompts, eq.new_tokens)
-    result = agreement(tokens, got["tokens"])
+    cfg_eos = model.config.eos_token_id
+    eos = set(engine.eos_token_ids) | set(cfg_eos if isinstance(cfg_eos, list) else [cfg_eos] if cfg_eos is not None
+                                          else [])
+    result = agreement([until_eos(t, eos) for t in tokens], [until_eos(t, eos) for t in got["tokens"]])
     return result | {"new_tokens": eq.new_tokens, "min_identical_rate": eq.min_identical_rate,
                      "passed": result["identical_rate"] >= eq.min_identical_rate,
                      "eager_batch1_tokens_per_s": eager_tps}

@@ -60,7 +60,8 @@ def test_engine_matches_eager_and_rebuild_is_a_cache_hit(runtime: str, store: Se
                                                              "Explain json.", "What does os.path.join do?"])
     reference, _ = engine_store.eager_greedy(eager, prompts, 12)
     got = engine_store.engine_greedy(engine, prompts, 12)["tokens"]
-    assert engine_store.agreement(reference, got)["identical_rate"] == 1.0
+    eos = engine.eos_token_ids
+    assert engine_store.agreement(reference, [engine_store.until_eos(t, eos) for t in got])["identical_rate"] == 1.0
     assert engine.info()["runtime"] == runtime and engine.info()["cache_key"] == first["cache_key"]
 
 
@@ -85,7 +86,8 @@ def test_slots_survive_changes_of_the_running_batch(store: Settings, tiny_model_
             engine.release(0)
     while len(out[2]) < 10:
         out[2].append(int(engine.decode([2], [out[2][-1]])[0].argmax()))
-    assert [out[0], out[1], out[2]] == reference
+    eos = engine.eos_token_ids
+    assert [engine_store.until_eos(out[s], eos) for s in (0, 1, 2)] == reference
     with pytest.raises(LlmopsError, match="no prefilled sequence"):
         engine.decode([0], [1])
 
