@@ -69,8 +69,8 @@ class Settings(BaseSettings):
     train_image: str | None = None  # CUDA training: <registry>/llmops-cuda:<tag>
     trtllm_image: str | None = None  # TensorRT-LLM engine builds: <registry>/llmops-trtllm:<tag>
 
-    # Serving.
-    api_token: str | None = None
+    # Serving: the API key is read by `llmops serve` from LLMOPS_API_KEY (or --api-key-env / a key file),
+    # never stored in settings, so it cannot end up in a logged settings dump.
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
