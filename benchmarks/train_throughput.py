@@ -392,7 +392,8 @@ def render(report: dict[str, Any]) -> str:
     for side, r in report["sides"].items():
         extra = f", cross-attention probe max |dlogit| {r['cross_attention_max_diff']:.2e}" \
             if "cross_attention_max_diff" in r else ""
-        lines.append(f"{side:8} {r['label']}; CPU pressure {r['cpu_pressure']}{extra}")
+        pressure = "n/a" if r["cpu_pressure"] is None else f"{r['cpu_pressure']:.2f}"
+        lines.append(f"{side:8} {r['label']}; CPU pressure {pressure}{extra}")
     for side, q in report["ratios_ours_over"].items():
         lines.append(f"ours vs {side}: step time {q['step_time']:.2f}x, tokens/s {q['tokens_per_s']:.2f}x, "
                      f"eval loss ours - {side} {q['eval_loss_delta']:+.4f}")
