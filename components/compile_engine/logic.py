@@ -72,8 +72,9 @@ def _cpu_engine(settings: Settings, params: Params, model_dir: Path) -> dict[str
     from serving import engine_store
 
     cfg = params.engine
-    manifest = engine_store.build_cpu_engine(settings, model_dir, cfg.cpu_runtime,
-                                             progress=lambda m: print(f"[compile_engine] {m}", flush=True))
+    manifest = engine_store.build_cpu_engine(
+        settings, model_dir, cfg.cpu_runtime,
+        progress=lambda m: print(f"[compile_engine] {m}", file=sys.stderr, flush=True))  # stdout: --json
     checks_path = Path(manifest["engine_dir"]) / CHECKS_FILE
     wanted = {"equivalence": cfg.equivalence.model_dump(), "benchmark": cfg.benchmark.model_dump(),
               "prompts": cfg.prompts}
@@ -178,7 +179,7 @@ def compile_engines(settings: Settings, params: Params, *, name: str, version: s
         results = build_engines(settings, params, model_dir)
         for kind, r in results.items():
             if r.get("skipped"):
-                print(f"[compile_engine] {r['record']}", flush=True)
+                print(f"[compile_engine] {r['record']}", file=sys.stderr, flush=True)
                 continue
             if params.engine.log_artifacts:
                 path = f"engines/{r['name']}"
