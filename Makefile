@@ -18,7 +18,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 SERVE_MODEL ?= llmops-smollm2@champion
 
-.PHONY: help setup venv model data run test test-fast test-gpu lint compile ui serve bench clean sysdeps images
+.PHONY: help setup venv model data run test test-fast test-gpu lint compile ui serve bench bench-serving bench-engines clean sysdeps images
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -81,8 +81,15 @@ ui: venv ## MLflow UI on http://$(HOST):$(PORT) over the local registry
 serve: venv ## OpenAI-compatible server for the champion on 127.0.0.1:8000 (SERVE_MODEL=..., LLMOPS_API_KEY for auth)
 	@$(BIN)/llmops serve $(SERVE_MODEL)
 
-bench: setup ## performance benchmarks (not part of the tests)
+bench: setup ## training throughput vs HF Trainer/TRL baselines (installs the bench extra; not part of the tests)
+	@$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev,cluster,bench]' 2>&1 | grep -v '^WARNING: Location' || true
 	@$(BIN)/python -m benchmarks.train_throughput
+
+bench-serving: setup ## llmops serve vs transformers serve --continuous-batching (streaming chat, c=1 and 16)
+	@$(BIN)/python -m benchmarks.serving
+
+bench-engines: setup ## CPU engines vs eager (tokens/s at batch 1 and 8, TTFT)
+	@$(BIN)/python -m benchmarks.engines
 
 clean: ## remove all local state (MLflow, DVC remote, models) — keeps the virtualenv
 	rm -rf $(STATE)
