@@ -116,6 +116,7 @@ build_one() {  # kind
     [[ $PUSH == 1 ]] && docker push "$name"
   else
     "${BUILDAH[@]}" bud --layers --isolation chroot --pull=false -f "$file" -t "$name" "${args[@]}" "${PIP_ARGS[@]}" .
+    python3 "$ROOT/infra/docker/prune-stale.py" "${BUILDAH[@]}"  # vfs copies every layer whole: drop stale ones
     [[ $PUSH == 1 ]] && "${BUILDAH[@]}" push "$name" "docker://$name"
   fi
   echo "==> built $name in $(( SECONDS - start )) s"
