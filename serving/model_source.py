@@ -4,8 +4,10 @@ checkpoint directory, resolved to a local merged safetensors checkpoint plus the
 A reference is pinned to a version number once, at start, so a later alias move never changes what a running
 server answers with. The register step logs the merged model with `mlflow.transformers.log_model(...,
 save_pretrained=True)` as artifact `model`: weights under `model/`, the tokenizer under
-`components/tokenizer/`. Downloads are cached per (name, version) under the cache dir; pickled weight files
-are never used (the engines load safetensors only).
+`components/tokenizer/`. Downloads are cached under the state dir, keyed by the version's identity (tracking
+URI, source, run, creation time), not by `name/version` alone: two registries (a test's, a reset one) both have
+an `llmops-smollm2/1`, and serving or compiling the other one's weights must be impossible. Pickled weight
+files are never used (the engines load safetensors only).
 """
 
 from __future__ import annotations
@@ -76,6 +78,15 @@ def _assemble(download: Path, out: Path) -> Path:
     return out
 
 
+def version_cache_dir(settings: Settings, info: dict[str, Any]) -> Path:
+    """Where a registered version's checkpoint is assembled: `<state>/versions/NAME/VERSION/<identity hash>`."""
+    import hashlib
+
+    identity = f"{settings.tracking_uri}|{info.get('source')}|{info.get('run_id')}|{info.get('created')}"
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    return Path(settings.state_dir) / "versions" / info["name"] / str(info["version"]) / digest
+
+
 def resolve_model(settings: Settings, ref: str) -> ResolvedModel:
     """`ref` -> a local checkpoint dir and the (name, version) it is; registry errors name the fix."""
     local = Path(ref).expanduser()
@@ -95,7 +106,7 @@ def resolve_model(settings: Settings, ref: str) -> ResolvedModel:
     registry = Registry(settings)
     name, version = registry.resolve(ref)
     info = registry.show(f"{name}/{version}")
-    out = Path(settings.cache_dir) / "served" / name / version
+    out = version_cache_dir(settings, info)
     if not (out / _COMPLETE).is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="llmops-serve-", dir=out.parent) as tmp:

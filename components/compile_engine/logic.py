@@ -30,39 +30,12 @@ CHECKS_FILE = "checks.json"  # equivalence + benchmark of a built engine, reused
 
 
 def version_model_dir(settings: Settings, name: str, version: str) -> Path:
-    """Local merged checkpoint (weights + config + tokenizer) of a registered version, downloaded once.
+    """Local merged checkpoint (weights + config + tokenizer) of a registered version, downloaded once and keyed
+    by the version's identity (see `serving.model_source`), so an engine is never built from another
+    registry's `name/version`."""
+    from serving.model_source import resolve_model
 
-    The download is keyed by the version's source, run and creation time, not by `name/version` alone: two
-    registries (a test's, a reset one) both have an `llmops-smollm2/1`, and an engine built from the other
-    one's weights would pass its own equivalence check against the same wrong weights."""
-    import hashlib
-
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from llmops.tracking import configure
-
-    configure(settings)
-    mv = MlflowClient(settings.tracking_uri).get_model_version(name, str(version))
-    identity = f"{settings.tracking_uri}|{mv.source}|{mv.run_id}|{mv.creation_timestamp}"
-    dst = settings.state_dir / "versions" / name / str(version) / hashlib.sha256(identity.encode()).hexdigest()[:12]
-    if not (dst / ".complete").is_file():
-        shutil.rmtree(dst, ignore_errors=True)
-        dst.mkdir(parents=True)  # a partial download has no .complete marker and is fetched again
-        mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(dst))
-        (dst / ".complete").write_text("")
-    configs = sorted(p.parent for p in dst.rglob("config.json") if any(p.parent.glob("*.safetensors")))
-    if not configs:
-        raise ModelError(f"version {name}/{version} holds no safetensors checkpoint", "register it again")
-    model_dir = configs[0]
-    if not (model_dir / "tokenizer.json").is_file():
-        tok = next((p.parent for p in dst.rglob("tokenizer.json")), None)
-        if tok is None:
-            raise ModelError(f"version {name}/{version} holds no tokenizer", "register it again")
-        for f in tok.iterdir():
-            if f.is_file() and not (model_dir / f.name).exists():
-                shutil.copy2(f, model_dir / f.name)
-    return model_dir
+    return resolve_model(settings, f"{name}/{version}").model_dir
 
 
 def _cpu_engine(settings: Settings, params: Params, model_dir: Path) -> dict[str, Any]:
