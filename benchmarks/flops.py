@@ -13,7 +13,10 @@ ours computes logits only at answer positions, the Hugging Face sides at every p
 per (real query token, key) pair the attention kernel scores, per layer: 12 * n_heads * head_dim
 (QK^T and PV forward = 4 * n_heads * head_dim, backward twice that). SDPA on CPU skips nothing when it gets an
 explicit mask (packed rows, padded rows): every real query is charged the full row width. Only a row that is
-one unpadded sequence runs the causal fast path (is_causal, no mask), charged l * (l + 1) / 2 pairs.
+one unpadded sequence runs the causal fast path (is_causal, no mask), charged l * (l + 1) / 2 pairs. Ours runs
+its packed attention (components/train/_attention.py: each example through SDPA with is_causal, grouped with
+examples of similar length): charged l * (l + 1) / 2 pairs per example; the padding inside its groups is waste,
+not credited.
 
 Layer 0's q/k/v read the embeddings, which need no gradient, so their input gradients are not computed and
 not counted (base: 2 * (q + k + v weights), LoRA: 2 * r * d_in per adapted one of them, per token).
@@ -97,6 +100,7 @@ class MicroBatch:
     rows: tuple[tuple[int, ...], ...]
     width: int
     logits: int  # logit rows computed at real positions
+    per_example: bool = False  # the kernel runs each sequence on its own, causal (ours' packed attention)
 
     @property
     def real_tokens(self) -> int:
@@ -109,7 +113,7 @@ class MicroBatch:
     @property
     def masked(self) -> bool:
         """True when attention gets an explicit mask (any packed or padded row), so nothing is skipped."""
-        return any(len(row) > 1 or sum(row) < self.width for row in self.rows)
+        return not self.per_example and any(len(row) > 1 or sum(row) < self.width for row in self.rows)
 
     @property
     def attention_pairs(self) -> int:
@@ -124,12 +128,13 @@ def segment_lengths(position_ids: Sequence[int]) -> tuple[int, ...]:
     return tuple(b - a for a, b in itertools.pairwise(starts))
 
 
-def micro_batch(rows: Sequence[Sequence[int]], width: int | None = None, logits: int | None = None) -> MicroBatch:
+def micro_batch(rows: Sequence[Sequence[int]], width: int | None = None, logits: int | None = None,
+                per_example: bool = False) -> MicroBatch:
     """A MicroBatch; width defaults to the longest row, logits to every real position."""
     rows_t = tuple(tuple(int(n) for n in row) for row in rows)
     width = width if width is not None else max(sum(row) for row in rows_t)
     real = sum(sum(row) for row in rows_t)
-    return MicroBatch(rows_t, int(width), real if logits is None else int(logits))
+    return MicroBatch(rows_t, int(width), real if logits is None else int(logits), per_example)
 
 
 def step_flops(shape: ModelShape, batches: Iterable[MicroBatch]) -> dict[str, int]:
@@ -148,4 +153,4 @@ def step_flops(shape: ModelShape, batches: Iterable[MicroBatch]) -> dict[str, in
 
 
 FORMULA = ("FLOPs/step = real tokens * (4*N_lin + 6*N_lora - layer-0 q/k/v input grads) + logit rows computed "
-           "* 4*d*V + attention (query, key) pairs scored * 12*L*n_heads*head_dim")
+           "* 4*d*V + attention (query, key) pairs scored * 12*L*n_heads*head_dim (ours: l(l+1)/2 per example)")

@@ -121,7 +121,7 @@ def our_layouts(params, tokenizer, train_path: Path, val_path: Path, steps: int)
                                                                   tp.num_workers)]
             width = max(len(b) for b in blocks)
             rows = [segment_lengths(b.position_ids.tolist()) for b in blocks]
-            per_rank.append(micro_batch(rows, width, sum(b.n_targets for b in blocks)))
+            per_rank.append(micro_batch(rows, width, sum(b.n_targets for b in blocks), per_example=True))
         out.append(per_rank)
     return out
 
@@ -203,6 +203,7 @@ def profile_ours(params, base_dir: Path, tokenizer, train_path: Path, val_path: 
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    from components.train._attention import register as packed_attention
     from components.train._model import build_lora_model
     from components.train._worker import autocast
     from components.train.data import BlockStream, collate, loss_sum
@@ -211,7 +212,7 @@ def profile_ours(params, base_dir: Path, tokenizer, train_path: Path, val_path: 
     tp = params.train
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // tp.num_workers))
     data = prepare_data(params, tokenizer, train_path, val_path)
-    model = build_lora_model(base_dir, params.lora.model_dump(), tp.seed, torch.device("cpu"))
+    model = build_lora_model(base_dir, params.lora.model_dump(), tp.seed, torch.device("cpu"), packed_attention())
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tp.lr, weight_decay=0.0)
     stream = BlockStream(len(data.blocks), tp.seed)
     model.train()

@@ -21,12 +21,22 @@ from torch import nn
 ADAPTER_NAME = "default"
 
 
-def build_lora_model(base_model_dir: Path, lora: dict[str, Any], seed: int, device: torch.device) -> nn.Module:
-    """Base model (fp32, frozen) with LoRA adapters; the seed makes the LoRA init identical on every rank."""
+def build_lora_model(base_model_dir: Path, lora: dict[str, Any], seed: int, device: torch.device,
+                     attn_implementation: str = "sdpa") -> nn.Module:
+    """Base model (fp32, frozen) with LoRA adapters; the seed makes the LoRA init identical on every rank.
+
+    Packed training passes `attn_implementation=_attention.NAME` ("packed_sdpa"): the same attention,
+    computed only inside each example (components/train/_attention.py).
+    """
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+    from components.train import _attention
+
+    if attn_implementation == _attention.NAME:
+        _attention.register()
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32,
+                                                 attn_implementation=attn_implementation)
     model.config.use_cache = False  # a KV cache would switch off packed-sequence masking in training
     torch.manual_seed(seed)
     config = LoraConfig(

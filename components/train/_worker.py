@@ -113,8 +113,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     import torch.distributed as dist
     from ray.train import Checkpoint
 
+    from components.train import _attention, _model
     from components.train import _checkpoint as ck
-    from components.train import _model
     from components.train.data import BlockStream, collate, loss_sum
 
     ctx = ray.train.get_context()
@@ -133,7 +133,9 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     bf16 = bool(tp["bf16"]) and (device.type == "cpu" or torch.cuda.is_bf16_supported())
 
     model = _model.wrap(
-        _model.build_lora_model(Path(config["base_model_dir"]), config["lora"], tp["seed"], device),
+        # packed blocks: attention computed inside each example only (the same result as the block-diagonal mask)
+        _model.build_lora_model(Path(config["base_model_dir"]), config["lora"], tp["seed"], device,
+                                attn_implementation=_attention.NAME),
         tp["strategy"], device, world,
     )
     params = [p for p in model.parameters() if p.requires_grad]

@@ -23,6 +23,9 @@ def test_hand_count_packed_padded_and_causal_rows():
     assert (masked.attention_pairs, causal.attention_pairs) == (9 * 5, 10)
     flops = step_flops(shape, [masked, causal])
     assert flops["total"] == 13 * shape.per_token + 13 * 4 * 4 * 10 + (45 + 10) * 12 * 2 * 2
+    # ours' packed attention runs each example alone, causal: 3*4/2 + 2*3/2 + 4*5/2 pairs, padding not credited
+    packed = micro_batch([[3, 2], [4]], width=5, per_example=True)
+    assert not packed.masked and packed.attention_pairs == 6 + 3 + 10
     assert segment_lengths([0, 1, 2, 0, 1, 0]) == (3, 2, 1)
 
 

@@ -95,9 +95,23 @@ def test_collate_pads_only_to_the_longest_block_with_no_targets_on_padding():
     assert batch["position_ids"][1].tolist() == [0, 1, 0]
 
 
-def test_packed_loss_equals_each_example_run_alone(tiny):
-    """No cross-example attention: the summed loss over packed blocks equals the sum of per-example losses."""
-    model, tokenizer = tiny
+@pytest.fixture(scope="module")
+def tiny_packed(tiny_model_dir: Path, tiny):
+    """The tiny model with the packed attention training uses (components/train/_attention.py)."""
+    from transformers import AutoModelForCausalLM
+
+    from components.train import _attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=_attention.register())
+    model.eval()
+    return model, tiny[1]
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny", "tiny_packed"])
+def test_packed_loss_equals_each_example_run_alone(model_fixture, request):
+    """No cross-example attention: the summed loss over packed blocks equals the sum of per-example losses,
+    with transformers' SDPA (block-diagonal mask from position ids) and with our packed attention."""
+    model, tokenizer = request.getfixturevalue(model_fixture)
     examples, _ = encode_records(tokenizer, RECORDS, max_len=512)
     blocks = pack_examples(examples, seq_len=200)
     assert len(blocks) < len(examples)  # really packed
