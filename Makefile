@@ -12,6 +12,9 @@ export DVC_NO_ANALYTICS := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
+# Download/convert/load progress bars (huggingface_hub and transformers both honour this) go nowhere useful in a
+# piped console; each command prints its own one-line progress instead.
+export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PYTEST_ARGS ?=
 HOST ?= 127.0.0.1
