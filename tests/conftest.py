@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,19 @@ from llmops.settings import Settings, get_settings
 REPO = Path(__file__).resolve().parents[1]
 # Read-only: the real base model pulled by `make setup` (tokenizer for tiny models, main-job tests).
 REAL_BASE_MODEL_DIR = REPO / ".llmops" / "models" / "smollm2-135m-instruct"
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment() -> Iterator[None]:
+    """Put os.environ back after every test. The CLI pins its settings in the environment for the component
+    subprocesses it starts (`run finetune --profile cluster` sets LLMOPS_PROFILE, the MLflow retry bounds...);
+    called in-process by a test, that would leak into every later test and the subprocesses they start."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings.cache_clear()
 
 
 @pytest.fixture
