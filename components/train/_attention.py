@@ -9,6 +9,11 @@ with a causal mask cannot leak: a real query at position i sees keys 0..i of its
 padded query rows are dropped on the way back. So the result is the block-diagonal causal attention,
 computed on about sum(l^2)/2 pairs instead of 512^2.
 
+On CPU the kernel runs in fp32 even under bf16 autocast: torch 2.13's CPU flash-attention backward in bf16
+costs about as much for 18 sequences of 64 tokens as for 2 of 512 (24.5 vs 32.8 ms, measured), in fp32 it is
+3.6x cheaper; the output is cast back to the autocast dtype. In fp32 the result equals the masked SDPA
+(tests/unit/test_train_attention.py); under bf16 autocast it is the same attention with fp32 rounding inside.
+
 Registered with transformers' AttentionInterface and its mask interface: the mask function returns no mask
 for the packed case (no 2D attention mask, no KV cache; it would be ignored), and any other call (a padding
 mask, a cache during generation, a decode step) goes to transformers' own SDPA path with the usual mask.
