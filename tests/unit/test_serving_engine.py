@@ -115,9 +115,10 @@ def test_resolve_registered_version(settings, tiny_model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llmops.registry import Registry
+    from llmops.tracking import configure
     from serving.model_source import resolve_model
 
-    mlflow.set_tracking_uri(settings.tracking_uri)
+    configure(settings)  # tracking AND registry URI: an earlier test's registry URI must not receive this version
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     with mlflow.start_run():
