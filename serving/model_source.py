@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from llmops.errors import LlmopsError
+from llmops.modeling.hashing import PICKLE_SUFFIXES
 from llmops.settings import Settings
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 _COMPLETE = ".llmops-complete"
 TOKENIZER_PREFIXES = ("tokenizer", "special_tokens", "chat_template", "vocab", "merges")
 

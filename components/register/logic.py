@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from llmops.errors import ModelError
+from llmops.modeling.hashing import PICKLE_SUFFIXES
 from llmops.params import Params
 from llmops.settings import Settings
 
 MODEL_ARTIFACT = "model"
 ADAPTER_FILES = ("*.safetensors", "*.json", "*.jinja", "README.md")  # what a PEFT adapter dir may carry
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 # A fixed chat-formatted probe: the logged model must answer it token for token like base + adapter.
 PROBE_RECORD = {"instruction": "What does the Python function sorted() return?", "input": ""}
 

@@ -11,6 +11,8 @@ from llmops.modeling.wheels import sha256_file
 
 # Files that hold weights in a checkpoint directory. Pickled formats are listed so a checkpoint that
 # carries them gets a digest that covers them too (they are never loaded: safetensors only).
+# Pickled checkpoint formats: never loaded anywhere (register refuses to log them, the server refuses to serve them).
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.onnx", "*.onnx.data")
 
 
