@@ -33,7 +33,7 @@ PROBES: dict[str, EngineProbe] = {}
 
 # Backend modules imported on first use, so registering costs nothing at import and a backend whose
 # runtime is missing only disappears from the list (its import error becomes its "why not").
-BACKEND_MODULES: list[str] = ["serving.engines.eager", "serving.engines.cpu"]
+BACKEND_MODULES: list[str] = ["serving.engines.eager", "serving.engines.cpu", "serving.engines.static_cache"]
 _IMPORT_ERRORS: dict[str, str] = {}
 _loaded = False
 

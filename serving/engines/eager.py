@@ -36,7 +36,7 @@ class EagerEngine(Engine):
     name = "eager"
 
     def __init__(self, model_dir: Path, *, max_slots: int = 8, max_len: int = 2048, threads: int = 0,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, device: str = "cpu") -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model_dir = Path(model_dir)
@@ -47,8 +47,9 @@ class EagerEngine(Engine):
             torch.set_num_threads(threads)
         self.model_dir = model_dir
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.device = torch.device(device)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True)
-        self.model.eval()
+        self.model.to(self.device).eval()
         self.dtype = dtype
         cfg = self.model.config
         self.max_slots = max_slots
@@ -63,7 +64,8 @@ class EagerEngine(Engine):
         import transformers
 
         return {"kind": self.name, "runtime": "transformers", "runtime_version": transformers.__version__,
-                "torch_version": torch.__version__, "device": "cpu", "dtype": str(self.dtype).removeprefix("torch."),
+                "torch_version": torch.__version__, "device": str(self.device),
+                "dtype": str(self.dtype).removeprefix("torch."),
                 "threads": torch.get_num_threads(), "build_config_hash": None}
 
     # -- slot bookkeeping --------------------------------------------------------------------------
@@ -90,7 +92,7 @@ class EagerEngine(Engine):
         """Shrink the view to rows `keep` (in that order) and cut the left columns no kept row uses."""
         view = self._view
         assert view is not None
-        idx = torch.tensor(keep)
+        idx = torch.tensor(keep, device=self.device)
         lengths = [view.lengths[i] for i in keep]
         cut = view.mask.shape[1] - max(lengths)
         kv = [(k.index_select(0, idx)[:, :, cut:], v.index_select(0, idx)[:, :, cut:]) for k, v in view.kv]
@@ -111,7 +113,7 @@ class EagerEngine(Engine):
                 keys.append(k)
                 values.append(v)
             kv.append((torch.cat(keys), torch.cat(values)))
-        mask = torch.zeros(len(slots), width, dtype=torch.long)
+        mask = torch.zeros(len(slots), width, dtype=torch.long, device=self.device)
         for i, s in enumerate(slots):
             mask[i, width - self._len[s]:] = 1
         for s in slots:
@@ -143,13 +145,13 @@ class EagerEngine(Engine):
         if len(token_ids) >= self.max_len:
             raise LlmopsError(f"prompt of {len(token_ids)} tokens does not fit max_len {self.max_len}",
                               "shorten the prompt")
-        ids = torch.tensor([token_ids], dtype=torch.long)
+        ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
         out = self.model(input_ids=ids, past_key_values=DynamicCache(config=self.model.config), use_cache=True,
                          logits_to_keep=1)
         cache = out.past_key_values
         self._kv[slot] = [(layer.keys, layer.values) for layer in cache.layers]
         self._len[slot] = len(token_ids)
-        return out.logits[0, -1].float()
+        return out.logits[0, -1].float().cpu()
 
     @torch.inference_mode()
     def decode(self, slots: list[int], token_ids: list[int]) -> torch.Tensor:
@@ -164,17 +166,18 @@ class EagerEngine(Engine):
         view = self._view
         assert view is not None
         batch = len(slots)
-        mask = torch.cat([view.mask, torch.ones(batch, 1, dtype=torch.long)], dim=1)
-        positions = torch.tensor(view.lengths, dtype=torch.long).unsqueeze(1)
+        mask = torch.cat([view.mask, torch.ones(batch, 1, dtype=torch.long, device=self.device)], dim=1)
+        positions = torch.tensor(view.lengths, dtype=torch.long, device=self.device).unsqueeze(1)
         cache = DynamicCache(ddp_cache_data=view.kv)
-        out = self.model(input_ids=torch.tensor(token_ids, dtype=torch.long).unsqueeze(1), attention_mask=mask,
+        tokens = torch.tensor(token_ids, dtype=torch.long, device=self.device).unsqueeze(1)
+        out = self.model(input_ids=tokens, attention_mask=mask,
                          position_ids=positions, past_key_values=cache, use_cache=True)
         view.kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         view.mask = mask
         view.lengths = [n + 1 for n in view.lengths]
         for s, n in zip(slots, view.lengths, strict=True):
             self._len[s] = n
-        return out.logits[:, -1].float()
+        return out.logits[:, -1].float().cpu()
 
     def release(self, slot: int) -> None:
         self._kv.pop(slot, None)
