@@ -106,6 +106,24 @@ class EvalParams(_Section):
     gate: GateParams
 
 
+class DriftParams(_Section):
+    """Drift monitors (monitoring/drift): one family-wise false-alarm rate `alpha` shared by all detectors (Holm)."""
+
+    window_size: int = 200
+    min_window: int = 50
+    alpha: float = 0.05
+    permutations: int = 500
+    mmd_reference_size: int = 1000
+    mmd_max_window: int = 2000
+    psi_bins: int = 10
+    psi_min: float = 0.1
+    error_rate_baseline: float = 0.01
+    negative_feedback_baseline: float = 0.10
+    refusal_rate_floor: float = 0.01
+    embed_batch_size: int = 64
+    seed: int = 0
+
+
 class RegistryParams(_Section):
     first_champion: bool
     verify_new_tokens: int = 8
@@ -212,6 +230,7 @@ class Params(_Section):
     cluster: ClusterParams
     serve: ServeParams
     engine: EngineParams
+    drift: DriftParams = DriftParams()
 
     def digest(self) -> str:
         """Stable hash of every value, recorded as lineage so a model names the exact params it used.
