@@ -1,0 +1,1 @@
+"""Canary rollouts: a metric-gated step controller over one actuator interface (local router or KServe)."""

@@ -1,0 +1,1 @@
+"""Actuators execute a rollout's traffic decisions; the controller decides (see base.Actuator)."""
