@@ -1,0 +1,50 @@
+"""The one definition of the training DAG's wiring, shared by every pipeline that produces a model.
+
+validate -> train -> evaluate -> (gate) -> register -> compile_engine [-> canary_deploy]: `pipelines/finetune.py`
+and `pipelines/retrain.py` both call `model_stages` inside their own exit handler, so a step added here (the
+canary, a new check) reaches both DAGs and their compiled YAMLs cannot drift apart. What differs between the
+DAGs is only what comes before (retrain refreshes the data and plans the run from the champion's lineage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kfp import dsl
+
+from components.compile_engine.component import compile_engine
+from components.evaluate.component import evaluate
+from components.register.component import register
+from components.train.component import train
+from components.validate_data.component import validate_data
+
+
+@dataclass
+class StageTasks:
+    """The tasks `model_stages` created, for a caller that wires something after them."""
+
+    data: Any
+    trained: Any
+    evaluated: Any
+    registered: Any
+    compiled: Any
+
+
+def model_stages(*, parent_run_id: Any, kfp_run_id: Any, overrides: Any, data_dir: Any) -> StageTasks:
+    """Add validate -> train -> evaluate -> gate -> register -> compile_engine to the pipeline being built.
+
+    Every argument may be a pipeline parameter or an upstream task's output (retrain passes the refreshed
+    data dir and the planned overrides from its own steps).
+    """
+    data = validate_data(parent_run_id=parent_run_id, overrides=overrides, data_dir=data_dir)
+    trained = train(parent_run_id=parent_run_id, overrides=overrides, train_data=data.outputs["train_data"],
+                    validation_data=data.outputs["validation_data"])
+    evaluated = evaluate(parent_run_id=parent_run_id, overrides=overrides, test_data=data.outputs["test_data"],
+                         adapter=trained.outputs["adapter"])
+    # kfp.local resolves conditions on a component's single return value, not on NamedTuple fields.
+    with dsl.If(evaluated.outputs["Output"] == "pass", name="gate-passed"):
+        registered = register(parent_run_id=parent_run_id, overrides=overrides, kfp_run_id=kfp_run_id,
+                              adapter=trained.outputs["adapter"], eval_metrics=evaluated.outputs["metrics"])
+        compiled = compile_engine(parent_run_id=parent_run_id, overrides=overrides, model_version=registered.output)
+    return StageTasks(data=data, trained=trained, evaluated=evaluated, registered=registered, compiled=compiled)
