@@ -24,7 +24,8 @@ from llmops.params import EngineParams
 from llmops.settings import Settings
 
 MANIFEST = "manifest.json"
-GRAPH_VERSION = "llmops-decoder-graph/1"  # bump when serving/engines/decoder_graph.py changes the graph
+# bump when the graph a runtime runs changes (serving/engines/gqa_graph.py, decoder_graph.py)
+GRAPH_VERSIONS = {"onnxruntime": "llmops-gqa-graph/1", "openvino": "llmops-decoder-graph/1"}
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
@@ -33,6 +34,17 @@ def _runtimes() -> dict[str, tuple[type, Callable[[], str]]]:
 
     return {ort.RUNTIME: (ort.OnnxRuntimeEngine, ort.runtime_version),
             ov.RUNTIME: (ov.OpenVinoEngine, ov.runtime_version)}
+
+
+def _exporter(runtime: str) -> Callable[[Path, Path], dict[str, Any]]:
+    """ONNX Runtime runs the GroupQueryAttention graph (in-place KV); OpenVINO the portable traced graph."""
+    if runtime == "onnxruntime":
+        from serving.engines.gqa_graph import build_graph
+
+        return build_graph
+    from serving.engines.decoder_graph import export_onnx
+
+    return export_onnx
 
 
 CPU_RUNTIMES = ("onnxruntime", "openvino")
@@ -69,7 +81,7 @@ def cpu_build_config(runtime: str) -> dict[str, Any]:
     """What decides the bytes of a CPU engine (besides weights, runtime version and hardware)."""
     from serving.engines.decoder_graph import OPSET
 
-    return {"runtime": runtime, "graph": GRAPH_VERSION, "opset": OPSET, "dtype": "float32"}
+    return {"runtime": runtime, "graph": GRAPH_VERSIONS[runtime], "opset": OPSET, "dtype": "float32"}
 
 
 def cache_key(weights: str, runtime: str, runtime_version: str, hardware: str, config_hash: str) -> str:
@@ -96,7 +108,7 @@ def build_cpu_engine(settings: Settings, model_dir: Path, runtime: str,
     """Build (or find in the cache) the CPU engine for `model_dir` on `runtime`; returns its manifest plus
     `cache_hit` and `engine_dir`."""
     from llmops.modeling.hashing import weights_digest
-    from serving.engines.decoder_graph import check_supported, export_onnx
+    from serving.engines.decoder_graph import check_supported
 
     runtimes = _runtimes()
     version = runtime_version(runtime)
@@ -118,7 +130,7 @@ def build_cpu_engine(settings: Settings, model_dir: Path, runtime: str,
     staging = settings.engines_dir / f".{runtime}-{key}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        graph = export_onnx(model_dir, staging)
+        graph = _exporter(runtime)(model_dir, staging)
         manifest = {
             "name": f"{runtime}-{key}", "kind": "cpu", "runtime": runtime, "runtime_version": version,
             "hardware": hardware, "build_config": config, "build_config_hash": config_hash,

@@ -13,6 +13,29 @@ from typing import Any
 
 import torch
 
+from llmops.errors import LlmopsError
+
+
+def check_prefill(slot: int, token_ids: list[int], max_slots: int, max_len: int) -> None:
+    """The prefill arguments every engine rejects the same way (the scheduler never sends these)."""
+    if not 0 <= slot < max_slots:
+        raise LlmopsError(f"slot {slot} out of range 0..{max_slots - 1}", "use a slot the engine has")
+    if not token_ids:
+        raise LlmopsError("empty prompt", "send at least one token")
+    if len(token_ids) > max_len:
+        raise LlmopsError(f"prompt of {len(token_ids)} tokens exceeds max_len {max_len}", "shorten the prompt")
+
+
+def check_decode(slots: list[int], token_ids: list[int], lengths: dict[int, int], max_len: int) -> None:
+    """One token per prefilled slot, each with room for it; `lengths` = tokens cached per live slot."""
+    if len(slots) != len(token_ids) or not slots:
+        raise LlmopsError("decode needs one token per slot", "pass equal-length, non-empty lists")
+    for slot in slots:
+        if slot not in lengths:
+            raise LlmopsError(f"slot {slot} has no prefilled sequence", "prefill it before decoding")
+        if lengths[slot] + 1 > max_len:
+            raise LlmopsError(f"slot {slot} reached max_len {max_len}", "release it")
+
 
 class Engine(ABC):
     """The engine executes, the scheduler decides: one KV-cache slot per running sequence.

@@ -1,11 +1,12 @@
 """Step-level engine over the exported decoder graph: per-slot KV caches, prefill and batched decode.
 
-The runtime (ONNX Runtime, OpenVINO) only executes the graph; this class keeps the KV caches. Each slot
-owns its cache as a numpy array [L, 2, Hkv, len, D]. A batched decode needs one left-padded tensor for
-the batch, so building it costs a copy of every cache in the batch; the scheduler keeps the same running
-set for many steps, so the padded tensor of the last decode (the graph's `present` output) is kept as the
-"batch view" and reused as long as the next decode names the same slots in the same order. Only a change
-of the running set (a request joins or leaves) scatters the view back into per-slot caches and rebuilds.
+OpenVINO only executes the graph; this class keeps the KV caches (ONNX Runtime has its own
+in-place engine, ort.py). Each slot owns its cache as a numpy array [L, 2, Hkv, len, D]. A batched decode
+needs one left-padded tensor for the batch, so building it costs a copy of every cache in the batch; the
+scheduler keeps the same running set for many steps, so the padded tensor of the last decode (the graph's
+`present` output) is kept as the "batch view" and reused as long as the next decode names the same slots in
+the same order. Only a change of the running set (a request joins or leaves) scatters the view back into
+per-slot caches and rebuilds.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from llmops.errors import LlmopsError
-from serving.engines.base import Engine
+from serving.engines.base import Engine, check_decode, check_prefill
 
 
 class _BatchView:
@@ -65,10 +65,6 @@ class GraphEngine(Engine):
                 "cache_key": self.manifest.get("cache_key"), "engine_dir": str(self.engine_dir)}
 
     # -- slot bookkeeping --------------------------------------------------------------------------
-    def _check_slot(self, slot: int) -> None:
-        if not 0 <= slot < self.max_slots:
-            raise LlmopsError(f"slot {slot} out of range 0..{self.max_slots - 1}", "use a slot the engine has")
-
     def _empty(self, batch: int) -> np.ndarray:
         return np.zeros((self.layers, 2, batch, self.kv_heads, 0, self.head_dim), dtype=np.float32)
 
@@ -98,12 +94,7 @@ class GraphEngine(Engine):
         """Run the prompt through the graph, fill `slot`'s cache; fp32 logits [vocab] at the last position."""
         import torch
 
-        self._check_slot(slot)
-        if not token_ids:
-            raise LlmopsError("empty prompt", "send at least one token")
-        if len(token_ids) > self.max_len:
-            raise LlmopsError(f"prompt of {len(token_ids)} tokens exceeds max_len {self.max_len}",
-                              "shorten the prompt")
+        check_prefill(slot, token_ids, self.max_slots, self.max_len)
         if self._view is not None and slot in self._view.slots:
             self._flush_view()
         self._len.pop(slot, None)
@@ -123,14 +114,8 @@ class GraphEngine(Engine):
         """One new token per slot; fp32 logits [len(slots), vocab]. Slots may be in any order."""
         import torch
 
-        if len(slots) != len(token_ids) or not slots:
-            raise LlmopsError("decode needs one token per slot", "pass equal-length, non-empty lists")
+        check_decode(slots, token_ids, self._len, self.max_len)
         key = tuple(slots)
-        for slot in key:
-            if slot not in self._len:
-                raise LlmopsError(f"slot {slot} has no prefilled sequence", "prefill it before decoding")
-            if self._len[slot] + 1 > self.max_len:
-                raise LlmopsError(f"slot {slot} reached max_len {self.max_len}", "release it")
         if self._view is None or self._view.slots != key:
             self._flush_view()
             self._view = self._build_view(key)
