@@ -124,6 +124,82 @@ class DriftParams(_Section):
     seed: int = 0
 
 
+class CanaryStep(_Section):
+    weight: int
+    min_duration_s: float | None = None  # None: canary.step_defaults
+    min_requests: int | None = None
+
+
+class CanaryStepDefaults(_Section):
+    min_duration_s: float
+    min_requests: int
+
+
+class RateBound(_Section):
+    """Error rate: a breach when the canary's rate is over `max`, or over stable's by more than `max_delta`."""
+
+    max: float | None = None
+    max_delta: float | None = None
+
+
+class LatencyBound(_Section):
+    """A p95 as a ratio to stable's; a breach needs the ratio over `max_ratio` AND `min_delta_s` seconds slower."""
+
+    max_ratio: float | None = None
+    min_delta_s: float = 0.0
+
+
+class QualityBound(_Section):
+    """A golden-set score: a breach when stable minus canary is over `max_drop`, or canary/stable under `min_ratio`."""
+
+    max_drop: float | None = None
+    min_ratio: float | None = None
+
+
+class CanaryAnalysisParams(_Section):
+    error_rate: RateBound
+    latency_p95: LatencyBound
+    ttft_p95: LatencyBound
+    rouge_l: QualityBound
+    embed_similarity: QualityBound
+    judge: QualityBound
+
+
+class CanaryQualityParams(_Section):
+    golden_source: str  # "champion" or a JSONL path
+    golden_size: int
+    seed: int
+    max_tokens: int
+    concurrency: int
+    judge_url: str | None = None
+    judge_model: str | None = None
+    judge_api_key_env: str = "LLMOPS_JUDGE_API_KEY"
+
+
+class LoadgenParams(_Section):
+    rate: float
+    source: str  # "heldout" or a JSONL path
+    max_tokens: int
+    max_in_flight: int
+    stream: bool
+    seed: int
+
+
+class CanaryParams(_Section):
+    """A canary rollout (serving/rollout): weight steps, analysis bounds, quality probe, load generator."""
+
+    steps: list[CanaryStep]
+    step_defaults: CanaryStepDefaults
+    max_step_duration_s: float
+    interval_s: float
+    failure_limit: int
+    heartbeat_s: float
+    stale_after_s: float
+    analysis: CanaryAnalysisParams
+    quality: CanaryQualityParams
+    loadgen: LoadgenParams
+
+
 class RegistryParams(_Section):
     first_champion: bool
     verify_new_tokens: int = 8
@@ -231,6 +307,7 @@ class Params(_Section):
     serve: ServeParams
     engine: EngineParams
     drift: DriftParams = DriftParams()
+    canary: CanaryParams
 
     def digest(self) -> str:
         """Stable hash of every value, recorded as lineage so a model names the exact params it used.

@@ -90,6 +90,42 @@ def _lock_key(model: str) -> int:
     return int.from_bytes(hashlib.sha256(model.encode()).digest()[:8], "big", signed=True)
 
 
+def open_locking_engine(uri: str, busy_timeout_s: float = 60.0):
+    """(SQLAlchemy engine, dialect) for the audit database, where every transaction takes the write lock up
+    front: sqlite `BEGIN IMMEDIATE` (a read-then-write is then mutually exclusive across processes);
+    PostgreSQL as is (callers add `pg_advisory_xact_lock`). The rollout state (serving/rollout) shares it."""
+    import sqlalchemy as sa
+
+    url = sa.engine.make_url(uri)
+    dialect = url.get_backend_name()
+    if dialect not in ("sqlite", "postgresql"):
+        raise RegistryError(
+            f"audit store {url.render_as_string(hide_password=True)!r} is not supported "
+            "(no per-model lock for it)",
+            "set LLMOPS_AUDIT_DB_URI to a sqlite:/// or postgresql:// URL",
+        )
+    if dialect == "postgresql":
+        return sa.create_engine(uri, pool_pre_ping=True), dialect
+    if url.database and url.database != ":memory:":
+        from pathlib import Path
+
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    # Waiting writers block up to busy_timeout_s instead of failing with "database is locked".
+    engine = sa.create_engine(uri, connect_args={"timeout": busy_timeout_s})
+
+    # pysqlite begins transactions lazily (and only DEFERRED); take the write lock up front so
+    # the read of the current alias already happens under mutual exclusion.
+    @sa.event.listens_for(engine, "connect")
+    def _no_driver_begin(dbapi_conn, _record) -> None:
+        dbapi_conn.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin_immediate(conn) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine, dialect
+
+
 class SqlAuditStore(AuditStore):
     """`AuditStore` on any SQLAlchemy URL with a per-model lock: sqlite (local) or PostgreSQL (cluster)."""
 
@@ -98,32 +134,7 @@ class SqlAuditStore(AuditStore):
 
         self.uri = uri
         url = sa.engine.make_url(uri)
-        self.dialect = url.get_backend_name()
-        if self.dialect not in ("sqlite", "postgresql"):
-            raise RegistryError(
-                f"audit store {url.render_as_string(hide_password=True)!r} is not supported "
-                "(no per-model lock for it)",
-                "set LLMOPS_AUDIT_DB_URI to a sqlite:/// or postgresql:// URL",
-            )
-        if self.dialect == "sqlite":
-            if url.database and url.database != ":memory:":
-                from pathlib import Path
-
-                Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-            # Waiting writers block up to busy_timeout_s instead of failing with "database is locked".
-            self.engine = sa.create_engine(uri, connect_args={"timeout": busy_timeout_s})
-
-            # pysqlite begins transactions lazily (and only DEFERRED); take the write lock up front so
-            # the read of the current alias already happens under mutual exclusion.
-            @sa.event.listens_for(self.engine, "connect")
-            def _no_driver_begin(dbapi_conn, _record) -> None:
-                dbapi_conn.isolation_level = None
-
-            @sa.event.listens_for(self.engine, "begin")
-            def _begin_immediate(conn) -> None:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            self.engine = sa.create_engine(uri, pool_pre_ping=True)
+        self.engine, self.dialect = open_locking_engine(uri, busy_timeout_s)
 
         self._meta = sa.MetaData()
         self.table = sa.Table(
