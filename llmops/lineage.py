@@ -4,7 +4,8 @@ Every registered model version carries these as tags so anyone can answer "what 
 champion?" without asking: the git commit (`-dirty` when the working tree had changes, so an
 unreproducible build is visible), the md5 of every data file the train and evaluate steps really read
 (`data.<split>.md5`) with the DVC-tracked version it matches or `untracked` (`data.<split>.dvc`), the
-params digest, the pipeline run ids and the base model's weights digest (hashed when it was trained on
+datasets the splits were merged from (`data.sources`, `data.source.<entry>.*`), the params digest, the pipeline
+run ids and the base model's weights digest (hashed when it was trained on
 and again at registration: they must agree). Nothing is looked up from what a file *should* hold.
 """
 
@@ -65,6 +66,32 @@ def data_lineage(project_dir: Path, files: dict[str, Path]) -> dict[str, str]:
         matches = sorted(p for p, m in tracked.items() if m == md5)
         tags[f"data.{split}.md5"] = md5
         tags[f"data.{split}.dvc"] = ",".join(f"{p}@{md5}" for p in matches) or "untracked"
+    return tags
+
+
+def source_lineage(project_dir: Path, data_dir: Path, split_md5: dict[str, str]) -> dict[str, str]:
+    """Tags naming the datasets the splits in `data_dir` were merged from (its `sources.json`, written by
+    `llmops.data.sources`): `data.sources` (`ENTRY@MD5,...`) and per dataset `data.source.<entry>.md5`,
+    `.rows` (kept/read) and `.dvc` (tracked version(s) with those bytes, or `untracked`). The manifest is
+    believed only when the split md5s it records are those of the files read (`split_md5`); otherwise, or
+    without a manifest, `data.sources` says so and no source is named."""
+    from llmops.data.dvc import data_hashes
+    from llmops.data.sources import read_manifest
+
+    manifest = read_manifest(Path(data_dir))
+    if manifest is None:
+        return {"data.sources": f"{UNKNOWN}: no sources.json beside the splits"}
+    recorded = {name: s.get("md5") for name, s in (manifest.get("splits") or {}).items()}
+    if any(recorded.get(split) != md5 for split, md5 in split_md5.items()):
+        return {"data.sources": f"{UNKNOWN}: the splits differ from those sources.json describes"}
+    tracked = data_hashes(Path(project_dir))
+    sources = manifest.get("sources") or []
+    tags = {"data.sources": ",".join(f"{s['entry']}@{s['md5']}" for s in sources)}
+    for s in sources:
+        key = f"data.source.{s['entry']}"
+        tags[f"{key}.md5"] = s["md5"]
+        tags[f"{key}.rows"] = f"{s['kept']}/{s['rows']}"
+        tags[f"{key}.dvc"] = ",".join(f"{p}@{m}" for p, m in sorted(tracked.items()) if m == s["md5"]) or "untracked"
     return tags
 
 

@@ -29,6 +29,8 @@ def train(parent_run_id: str, overrides: list, train_data: Input[Dataset], valid
     adapter.metadata["format"] = "peft-lora-safetensors"
     adapter.metadata["base_model"] = params.model.base
     adapter.metadata.update(result.lineage)  # data.* and base_model.* of what train really read: for register
+    # the datasets validate_data verified these splits were merged from (sources.json md5s == the split md5s)
+    adapter.metadata.update({k: v for k, v in train_data.metadata.items() if k.startswith("data.source")})
     for key, value in result.metrics.items():
         if isinstance(value, int | float):
             metrics.log_metric(key, float(value))

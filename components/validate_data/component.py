@@ -28,3 +28,5 @@ def validate_data(parent_run_id: str, overrides: list, data_dir: str, train_data
         artifact.metadata["rows"] = done.result.rows.get(name, 0)
         artifact.metadata.update({k: v for k, v in done.hashes.items() if k.startswith(f"data.{name}.")})
         metrics.log_metric(f"rows_{name}", done.result.rows.get(name, 0))
+    # which datasets the splits were merged from: train carries it to the adapter, register to the version
+    train_data.metadata.update({k: v for k, v in done.hashes.items() if k.startswith("data.source")})

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from llmops.data.validate import ValidationResult, validate_splits
 from llmops.errors import DataError
-from llmops.lineage import data_lineage
+from llmops.lineage import data_lineage, source_lineage
 from llmops.params import Params
 from llmops.settings import Settings
 from llmops.tracking import step_run
@@ -44,6 +44,8 @@ def validate_data(settings: Settings, params: Params, *, data_dir: str, out_path
     with step_run(settings, parent_run_id, "validate_data"):
         result = validate_splits(paths, settings, params, report_dir=settings.reports_dir / "validation")
         hashes = data_lineage(settings.project_dir, paths)  # the files validated, not what dvc.lock expects
+        hashes |= source_lineage(settings.project_dir, paths["train"].parent,
+                                 {name: hashes[f"data.{name}.md5"] for name in paths})
         mlflow.log_metrics({f"rows.{name}": float(n) for name, n in result.rows.items()})
         mlflow.set_tags({"validation.success": str(result.success)} | hashes)
         mlflow.log_dict(result.to_dict(), "validation.json")

@@ -24,6 +24,8 @@ def finetune(
                              "LLMOPS_KFP_HOST)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a params.yaml value: section.key=value."),
     data_dir: str = typer.Option("data/splits", "--data-dir", help="Folder with the DVC-tracked splits."),
+    datasets: list[str] = typer.Option([], "--dataset", help="Train on a dataset added with `llmops data add` "
+                                       "(repeatable), merged and split like `data.sources`, instead of --data-dir."),
     summary_out: Path = typer.Option(None, "--summary-out", help="Also write the summary JSON to this file."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Stream every step's full output (always kept "
                                  "in the run's log file under <state>/logs/)."),
@@ -43,6 +45,8 @@ def finetune(
     from pipelines.preflight import preflight_finetune
 
     settings = get_settings()
+    if datasets:
+        data_dir = _dataset_dir(settings, overrides, datasets, data_dir)
     # Everything checkable before the DAG starts fails here, in seconds, with cause and fix (exit 2).
     preflight_finetune(settings, overrides, data_dir)
     if settings.profile == "cluster":
@@ -85,6 +89,22 @@ def finetune(
     emit(summary, as_json, _print_summary)
     if not outcome.succeeded:
         raise typer.Exit(1)
+
+
+def _dataset_dir(settings: Any, overrides: list[str], datasets: list[str], data_dir: str) -> str:
+    """The splits of `--dataset NAME...` (made once per dataset version, under the state dir)."""
+    from llmops.data.sources import user_dataset_splits
+    from llmops.errors import LlmopsError
+
+    if data_dir != "data/splits":
+        raise LlmopsError("--dataset and --data-dir both name the training data", "pass one of them")
+    if settings.profile == "cluster":
+        raise LlmopsError("--dataset splits the data on this machine, which a cluster's pods cannot read",
+                          "list data/user in params.yaml data.sources (it is by default), run `llmops data build "
+                          "--push` and commit, then submit without --dataset")
+    out = user_dataset_splits(settings, settings.params(overrides), list(datasets))
+    console.print(f"training on {', '.join(datasets)}: splits in {_rel(out)}", soft_wrap=True, highlight=False)
+    return str(out)
 
 
 def _print_summary(s: dict[str, Any]) -> None:

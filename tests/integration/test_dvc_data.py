@@ -46,7 +46,8 @@ def llmops(*args: str, repo: Path) -> subprocess.CompletedProcess[str]:
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Settings]]:
     root = tmp_path_factory.mktemp("dvcrepo")
     repo = root / "repo"
-    for rel in ["dvc.yaml", "params.yaml", "llmops/modeling/prompts.py", "data/expectations"]:
+    for rel in ["dvc.yaml", "params.yaml", "llmops/modeling/prompts.py", "data/expectations", "data/user/README.md",
+                "data/feedback/README.md"]:
         src, dst = REPO / rel, repo / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
