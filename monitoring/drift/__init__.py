@@ -1,0 +1,23 @@
+"""Drift monitors (contract C5): compare a window of logged traffic with the training reference.
+
+    reference = ensure_reference(settings, params)          # built once from data/splits/train.jsonl
+    report = evaluate_window(reference, window_from_logged(rows), params)
+    report.drifted, report.to_json(), report.to_html(path), report.log_to_mlflow(run_id), report.prometheus_lines()
+"""
+
+from monitoring.drift.detect import evaluate_window
+from monitoring.drift.records import WindowRecord, prompt_text, window_from_dataset, window_from_logged
+from monitoring.drift.reference import (
+    Reference,
+    build_reference,
+    default_reference_dir,
+    ensure_reference,
+    reference_from_splits,
+)
+from monitoring.drift.report import DetectorResult, DriftReport
+
+__all__ = [
+    "DetectorResult", "DriftReport", "Reference", "WindowRecord", "build_reference", "default_reference_dir",
+    "ensure_reference", "evaluate_window", "prompt_text", "reference_from_splits", "window_from_dataset",
+    "window_from_logged",
+]

@@ -1,0 +1,112 @@
+"""What one logged request contributes to a drift window, independent of how the inference log stores it.
+
+The log (contract C6) hands back its own row type; `window_from_logged` reads the fields by name so this
+package depends on no storage layer, and tests build `WindowRecord`s directly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from llmops.modeling.prompts import user_message
+
+# Openings of a refusal or a non-answer. Matched at the start of the stripped response, case-insensitively:
+# a later "I cannot" inside an explanation is not a refusal.
+_REFUSAL = re.compile(
+    r"^(i'?m sorry|i am sorry|sorry,|i apologi[sz]e|i can(?:'|no)t|i cannot|i am unable|i'?m unable|"
+    r"i am not able|i'?m not able|as an ai|i do not know|i don'?t know)",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class WindowRecord:
+    """One request of a window. `status` is the HTTP status; `feedback` a rating (negative = below zero)."""
+
+    prompt: str
+    response: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    status: int = 200
+    mean_logprob: float | None = None
+    feedback: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 400
+
+
+def prompt_text(prompt: Any) -> str:
+    """The user's text of a logged prompt: a plain string as is; chat messages (a list, or its JSON) -> the
+    last user turn, which is what the training reference holds (`user_message` of a record)."""
+    if isinstance(prompt, str):
+        stripped = prompt.lstrip()
+        if not stripped.startswith("["):
+            return prompt
+        try:
+            prompt = json.loads(stripped)
+        except json.JSONDecodeError:
+            return prompt
+    if isinstance(prompt, list):
+        for message in reversed(prompt):
+            if isinstance(message, Mapping) and message.get("role") == "user":
+                content = message.get("content")
+                if isinstance(content, list):  # OpenAI content parts
+                    return " ".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
+                return str(content or "")
+        return ""
+    return str(prompt)
+
+
+def is_refusal(response: str) -> bool:
+    """An empty answer or one that opens with a refusal."""
+    text = response.strip()
+    return not text or bool(_REFUSAL.match(text))
+
+
+def is_negative(rating: float | None) -> bool:
+    return rating is not None and rating < 0
+
+
+def _field(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def window_from_logged(rows: Iterable[Any]) -> list[WindowRecord]:
+    """WindowRecords from inference-log rows (objects or dicts with the C6 `LoggedRequest` field names).
+
+    `mean_logprob` may sit at top level or in `extra`; the feedback rating may be `rating` or `feedback`.
+    """
+    out = []
+    for row in rows:
+        extra = _field(row, "extra") or {}
+        logprob = _field(row, "mean_logprob")
+        if logprob is None and isinstance(extra, Mapping):
+            logprob = extra.get("mean_logprob")
+        rating = _field(row, "rating")
+        if rating is None:
+            rating = _field(row, "feedback")
+            if isinstance(rating, Mapping):
+                rating = rating.get("rating")
+        out.append(WindowRecord(
+            prompt=prompt_text(_field(row, "prompt", "")),
+            response=str(_field(row, "response", "") or ""),
+            prompt_tokens=int(_field(row, "prompt_tokens", 0) or 0),
+            completion_tokens=int(_field(row, "completion_tokens", 0) or 0),
+            status=int(_field(row, "status", 200) or 0),
+            mean_logprob=None if logprob is None else float(logprob),
+            feedback=None if rating is None else float(rating),
+        ))
+    return out
+
+
+def window_from_dataset(records: Iterable[Mapping[str, Any]]) -> list[WindowRecord]:
+    """WindowRecords from instruction records (prompt = the user message, response = the reference answer):
+    how calibration and the shifted slice become "traffic" without a model in the loop."""
+    return [WindowRecord(prompt=user_message(r), response=str(r["output"])) for r in records]
