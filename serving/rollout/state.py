@@ -29,7 +29,7 @@ from typing import Any
 from serving.rollout.errors import RolloutError, RolloutLocked
 
 ACTIVE = ("running", "promoting", "aborting")
-FINAL = ("promoted", "rolled_back", "aborted")
+FINAL = ("promoted", "rolled_back", "inconclusive", "aborted")
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class Rollout:
     config: dict[str, Any]
     actuator: dict[str, Any]  # how to rebuild the actuator (serving.rollout.actuators.build)
     traffic_url: str | None
-    golden: list[dict[str, str]]
+    probe: dict[str, Any]  # {"golden": [records], "prompts": [load generator prompts]}, frozen at start
     reason: str
     failures: int
     started: float
@@ -55,6 +55,10 @@ class Rollout:
     owner_token: str | None
     heartbeat: float | None
     actor: str
+
+    @property
+    def golden(self) -> list[dict[str, str]]:
+        return list(self.probe.get("golden") or [])
 
     def controller_alive(self, stale_after_s: float) -> bool:
         """True when the controller's heartbeat is fresh and (on this host) its process still exists."""
@@ -67,7 +71,7 @@ class Rollout:
         return True
 
     def to_json(self, stale_after_s: float | None = None) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("owner_token", "golden")}
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("owner_token", "probe")}
         out["golden_size"] = len(self.golden)
         if stale_after_s is not None:
             out["controller_alive"] = self.controller_alive(stale_after_s)
@@ -114,7 +118,7 @@ class RolloutStore:
             sa.Column("config", sa.Text, nullable=False),
             sa.Column("actuator", sa.Text, nullable=False),
             sa.Column("traffic_url", sa.Text, nullable=True),
-            sa.Column("golden", sa.Text, nullable=False),
+            sa.Column("probe", sa.Text, nullable=False),
             sa.Column("reason", sa.Text, nullable=False),
             sa.Column("failures", sa.Integer, nullable=False),
             sa.Column("started", sa.Float, nullable=False),
@@ -161,7 +165,7 @@ class RolloutStore:
             id=int(row.id), model=row.model, version=row.version, stable_version=row.stable_version,
             status=row.status, step_index=int(row.step_index), weight=int(row.weight),
             config=json.loads(row.config), actuator=json.loads(row.actuator), traffic_url=row.traffic_url,
-            golden=json.loads(row.golden), reason=row.reason, failures=int(row.failures), started=row.started,
+            probe=json.loads(row.probe), reason=row.reason, failures=int(row.failures), started=row.started,
             updated=row.updated, finished=row.finished, owner_pid=row.owner_pid, owner_host=row.owner_host,
             owner_token=row.owner_token, heartbeat=row.heartbeat, actor=row.actor,
         )
@@ -213,7 +217,7 @@ class RolloutStore:
     # ---- writing ---------------------------------------------------------------------------------
 
     def create(self, *, model: str, version: str, stable_version: str | None, config: dict[str, Any],
-               actuator: dict[str, Any], traffic_url: str | None, golden: list[dict[str, str]], actor: str,
+               actuator: dict[str, Any], traffic_url: str | None, probe: dict[str, Any], actor: str,
                stale_after_s: float) -> tuple[Rollout, str]:
         """Take the model's lock and record a new running rollout owned by this process; returns it and the
         owner token. RolloutLocked (naming the other rollout and whether its controller lives) when held."""
@@ -225,7 +229,7 @@ class RolloutStore:
                 result = conn.execute(self.rollouts.insert().values(
                     model=model, version=str(version), stable_version=stable_version, status="running",
                     step_index=-1, weight=0, config=json.dumps(config), actuator=json.dumps(actuator),
-                    traffic_url=traffic_url, golden=json.dumps(golden), reason="", failures=0, started=now,
+                    traffic_url=traffic_url, probe=json.dumps(probe), reason="", failures=0, started=now,
                     updated=now, finished=None, owner_pid=os.getpid(), owner_host=socket.gethostname(),
                     owner_token=token, heartbeat=now, actor=actor))
                 rollout_id = int(result.inserted_primary_key[0])
