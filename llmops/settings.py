@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     # Audit trail of alias changes (MLflow keeps none). Any SQLAlchemy URL; local: sqlite in the state dir.
     audit_db_uri: str | None = None
 
+    # Inference log (monitoring/inference_log): every answered request and its feedback. Any SQLAlchemy URL;
+    # local: sqlite (WAL) in the state dir; cluster: postgresql+psycopg2://... `enabled=false` = serve without it.
+    inference_log_uri: str | None = None
+    inference_log_enabled: bool = True
+
     # Data versioning: DVC remote (local directory by default, s3://... on a cluster).
     dvc_remote_url: str | None = None
 
@@ -68,6 +73,12 @@ class Settings(BaseSettings):
     image: str | None = None  # CPU steps, serving, monitoring: <registry>/llmops:<tag>
     train_image: str | None = None  # CUDA training: <registry>/llmops-cuda:<tag>
     trtllm_image: str | None = None  # TensorRT-LLM engine builds: <registry>/llmops-trtllm:<tag>
+
+    # Canary on a cluster (serving/rollout/actuators/kserve.py): the InferenceService the rollout patches and
+    # the Prometheus its analysis queries (PromQL over /api/v1/query).
+    kserve_namespace: str = "llmops"
+    kserve_isvc: str = "llmops-server"
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc.cluster.local:9090"
 
     # Serving: the API key is read by `llmops serve` from LLMOPS_API_KEY (or --api-key-env / a key file),
     # never stored in settings, so it cannot end up in a logged settings dump.
@@ -86,6 +97,8 @@ class Settings(BaseSettings):
             self.artifact_root = str(self.state_dir / "mlartifacts")
         if self.audit_db_uri is None:
             self.audit_db_uri = f"sqlite:///{self.state_dir / 'audit.db'}"
+        if self.inference_log_uri is None:
+            self.inference_log_uri = f"sqlite:///{self.state_dir / 'inference-log.db'}"
         if self.dvc_remote_url is None:
             self.dvc_remote_url = str(self.state_dir / "dvc-remote")
         if self.ray_storage is None:

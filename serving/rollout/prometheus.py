@@ -23,6 +23,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
+from serving.metrics import LATENCY_BUCKETS
 from serving.rollout.actuators.base import SideStats
 from serving.rollout.errors import RolloutError
 
@@ -129,6 +130,13 @@ class PrometheusClient:
         q = side_queries(labels, until - since)
         requests, errors = self.value(q["requests"], until), self.value(q["errors"], until)
         latency, ttft = self.value(q["latency_p95_s"], until), self.value(q["ttft_p95_s"], until)
-        finite = lambda v: v if v is not None and math.isfinite(v) else None  # noqa: E731 - +Inf: top bucket
         return SideStats(requests=round(requests or 0), errors=round(errors or 0),
-                         latency_p95_s=finite(latency), ttft_p95_s=finite(ttft))
+                         latency_p95_s=_cap(latency), ttft_p95_s=_cap(ttft))
+
+
+def _cap(seconds: float | None) -> float | None:
+    """+Inf (the quantile fell in the +Inf bucket: slower than the largest bound) -> that bound, so a very slow
+    side still compares as slow and the value stays JSON-safe."""
+    if seconds is not None and math.isinf(seconds):
+        return float(LATENCY_BUCKETS[-1])
+    return seconds
