@@ -124,6 +124,45 @@ class DriftParams(_Section):
     seed: int = 0
 
 
+class AlertParams(_Section):
+    """Thresholds of the Prometheus alert rules (monitoring/prometheus/rules.py renders the rules from them)."""
+
+    error_rate: float = 0.01  # 5xx (server) / upstream-failure (router) share of requests over 5 minutes
+    latency_p99_s: float = 5.0
+    ttft_p95_s: float = 2.0
+    negative_feedback_rate: float = 0.10  # share of rated requests in the monitor's window rated negative
+    min_rated: int = 20  # fewer rated requests in the window: no feedback alert (too little evidence)
+    cost_increase: float = 0.20  # cost per request this share above the baseline
+    hold_for: str = "5m"  # how long a condition must hold before the alert fires (the rules' `for:`)
+    monitor_stale_after_s: int = 7200  # no `llmops monitor run` this long: the drift gauges are stale
+
+
+class CostParams(_Section):
+    """Serving cost model: tokens and compute time at configured prices (USD)."""
+
+    compute_usd_per_hour: float = 2.0  # one request slot's compute (a replica's price / its concurrent slots)
+    prompt_usd_per_1m_tokens: float = 0.0
+    completion_usd_per_1m_tokens: float = 0.0
+    baseline_usd_per_request: float = 0.001  # the cost you measured and accept; the alert compares with it
+
+
+class TriggerParams(_Section):
+    """What a drift verdict starts (monitoring/triggers.py): one retraining run per shift, then a cooldown."""
+
+    cooldown_s: int = 21600
+    command: list[str] = ["llmops", "run", "retrain"]  # env: LLMOPS_TRIGGER_REPORT, LLMOPS_TRIGGER_RUN_ID
+
+
+class MonitoringParams(_Section):
+    """Alerts, cost model, drift-triggered retraining and the monitor's metrics endpoint."""
+
+    alerts: AlertParams = AlertParams()
+    cost: CostParams = CostParams()
+    trigger: TriggerParams = TriggerParams()
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9109  # `llmops monitor serve-metrics`
+
+
 class CanaryStep(_Section):
     weight: int
     min_duration_s: float | None = None  # None: canary.step_defaults
@@ -307,6 +346,7 @@ class Params(_Section):
     serve: ServeParams
     engine: EngineParams
     drift: DriftParams = DriftParams()
+    monitoring: MonitoringParams = MonitoringParams()
     canary: CanaryParams
 
     def digest(self) -> str:

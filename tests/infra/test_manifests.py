@@ -152,11 +152,11 @@ def test_compiled_pipeline_settings_match_the_manifests(rendered):
 
 
 def test_dashboard_and_alerts_query_metrics_the_server_exports(rendered):
-    """Every llmops_* series the dashboard and the PrometheusRule query is one serving/metrics.py exports."""
-    from serving.metrics import Metrics
+    """Every llmops_* series the dashboard and the PrometheusRule query is one that the model server, the router
+    or the drift monitor exports (names read from their registries/renderers: tests/monitoring/exported.py)."""
+    from tests.monitoring.exported import exported_names
 
-    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
-    exported = {f.name + sfx for f in Metrics().registry.collect() for sfx in suffixes.get(f.type, ("",))}
+    exported = exported_names()
     _, docs = rendered
     rule = _find(docs, "PrometheusRule", "llmops-serving")
     exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
@@ -164,4 +164,4 @@ def test_dashboard_and_alerts_query_metrics_the_server_exports(rendered):
     exprs += [t["expr"] for p in json.loads(cm["data"]["llmops-serving.json"])["panels"] for t in p["targets"]]
     queried = {m for e in exprs for m in re.findall(r"\b(llmops_[a-z_]+)", e)}
     assert queried
-    assert queried <= exported, f"not exported by serving/metrics.py: {sorted(queried - exported)}"
+    assert queried <= exported, f"not exported by the server, router or monitor: {sorted(queried - exported)}"

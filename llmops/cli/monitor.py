@@ -1,0 +1,139 @@
+"""`llmops monitor ...`: score the latest logged traffic for drift, act on it, and expose the result.
+
+    llmops monitor run [--since 1h] [--window 200] [--json]   # report + MLflow + gauges; drift -> retrain trigger
+    llmops monitor serve-metrics                              # Prometheus job llmops-monitor scrapes this
+    llmops monitor triggers                                   # what the trigger decided, and why
+    llmops monitor rules                                      # re-render the alert rules from params.yaml
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import typer
+
+from llmops.cli._common import JSON_OPTION, console, emit, handle_errors
+from llmops.errors import LlmopsError
+
+app = typer.Typer(no_args_is_help=True)
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(value: str | None, now: float | None = None) -> float | None:
+    """'90m', '2h', '1d' (ago), or a unix time; None: no lower bound."""
+    if not value:
+        return None
+    now = time.time() if now is None else now
+    if m := re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value.strip()):
+        return now - float(m[1]) * _UNITS[m[2]]
+    try:
+        return float(value)
+    except ValueError:
+        raise LlmopsError(f"bad --since {value!r}", "give a duration ago (30m, 2h, 1d) or a unix time") from None
+
+
+@app.command("run")
+@handle_errors
+def run(
+    since: str = typer.Option(None, "--since", help="Only requests from this long ago on (30m, 2h, 1d) or a unix "
+                              "time; default: no bound (the latest --window requests)."),
+    window: int = typer.Option(None, "--window", min=1, help="Requests in the window (default: params.yaml "
+                               "drift.window_size)."),
+    no_trigger: bool = typer.Option(False, "--no-trigger", help="Report only; never start a retraining run."),
+    overrides: list[str] = typer.Option([], "--set", help="Override params, e.g. --set drift.alpha=0.01."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Score the latest window of the inference log against the training reference; on drift, start one
+    retraining run per shift (cooldown and de-duplication in <state>/monitor/triggers.db)."""
+    from llmops.settings import get_settings
+    from monitoring.monitor import run_monitor
+
+    settings = get_settings()
+    params = settings.params(overrides)
+    start = parse_since(since)
+    with console.status("monitor") as status:
+        out = run_monitor(settings, params, since=start, window=window, trigger=not no_trigger,
+                          progress=lambda msg: status.update(msg))
+
+    def human(d: dict) -> None:
+        verdict = "[bold red]DRIFT[/]" if d["drifted"] else "[green]no drift[/]"
+        console.print(f"{verdict} on {d['window']['requests']} requests"
+                      + (f": {', '.join(d['fired'])}" if d["fired"] else "") + (f" ({d['note']})" if d["note"] else ""))
+        console.print(f"report {d['report_html']}\nmlflow run {d['mlflow_run_id']}")
+        if t := d["trigger"]:
+            colour = "green" if t["outcome"] == "started" else "yellow"
+            console.print(f"retrain trigger #{t['id']}: [{colour}]{t['outcome']}[/] ({t['reason']})"
+                          + (f"; log {t['log_path']}" if t.get("log_path") else ""))
+
+    emit(out, as_json, human)
+
+
+@app.command("triggers")
+@handle_errors
+def triggers_cmd(limit: int = typer.Option(20, "--limit", min=1), as_json: bool = JSON_OPTION) -> None:
+    """The retraining trigger's decisions (started / suppressed / failed), newest first."""
+    from llmops.settings import get_settings
+    from monitoring.triggers import history
+
+    rows = history(get_settings().state_dir, limit)
+
+    def human(rows: list) -> None:
+        if not rows:
+            console.print("no trigger decisions yet")
+        for r in rows:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"]))
+            console.print(f"#{r['id']} {when} {r['outcome']}: {r['reason']}")
+
+    emit(rows, as_json, human)
+
+
+@app.command("serve-metrics")
+@handle_errors
+def serve_metrics(
+    host: str = typer.Option(None, "--host", help="Bind address (default: params.yaml monitoring.metrics_host)."),
+    port: int = typer.Option(None, "--port", "-p", help="Port (default: params.yaml monitoring.metrics_port)."),
+) -> None:
+    """Serve the latest monitor run's gauges on /metrics (drift scores and verdict, feedback rate, triggers)."""
+    from llmops.settings import get_settings
+    from monitoring.exposition import make_server, textfile_path
+
+    settings = get_settings()
+    m = settings.params().monitoring
+    host, port = host or m.metrics_host, port or m.metrics_port
+    try:
+        server = make_server(textfile_path(settings.state_dir), host, port)
+    except OSError as exc:
+        raise LlmopsError(f"cannot listen on {host}:{port}: {exc.strerror}", "pick another --port") from None
+    console.print(f"serving {textfile_path(settings.state_dir)} on http://{host}:{server.server_address[1]}/metrics")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@app.command("rules")
+@handle_errors
+def rules(
+    check: bool = typer.Option(False, "--check", help="Exit 1 if the checked-in files differ from params.yaml."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Render the Prometheus alert rules (and the Kubernetes PrometheusRule) from params.yaml `monitoring:`."""
+    from llmops.settings import get_settings
+    from monitoring.prometheus.rules import PROMETHEUS_RULE_FILE, RULES_FILE, render_prometheus_rule, render_rules
+
+    settings = get_settings()
+    m = settings.params().monitoring
+    wanted = {RULES_FILE: render_rules(m), PROMETHEUS_RULE_FILE: render_prometheus_rule(m)}
+    stale = [str(p) for p, text in wanted.items()
+             if not (settings.project_dir / p).is_file() or (settings.project_dir / p).read_text() != text]
+    if check:
+        emit({"stale": stale}, as_json, lambda d: console.print(
+            "rules are current" if not d["stale"] else f"stale: {', '.join(d['stale'])} (run `llmops monitor rules`)"))
+        raise typer.Exit(1 if stale else 0)
+    for rel, text in wanted.items():
+        (settings.project_dir / rel).write_text(text)
+    emit({"written": [str(p) for p in wanted], "changed": stale}, as_json,
+         lambda d: console.print(f"wrote {', '.join(d['written'])}"))

@@ -1,0 +1,191 @@
+"""`llmops schedule ...`: retraining (and monitoring) on a schedule.
+
+Cluster profile: a KFP recurring run of the retrain pipeline (`--host` / LLMOPS_KFP_HOST).
+Local: a durable APScheduler job store in the state dir, run by `llmops schedule daemon`.
+
+    llmops schedule retrain --cron "0 3 * * 1"     # Mondays 03:00
+    llmops schedule monitor --cron "*/15 * * * *"  # `llmops monitor run` every 15 min (which may trigger retrain)
+    llmops schedule list | pause ID | resume ID | delete ID
+    llmops schedule daemon                          # runs the local schedules (keep it running: systemd, tmux)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from llmops.cli._common import JSON_OPTION, console, emit, handle_errors
+from llmops.errors import LlmopsError
+
+app = typer.Typer(no_args_is_help=True)
+
+PROFILE = typer.Option(None, "--profile", help="local (APScheduler store, default) or cluster (KFP recurring run).")
+HOST = typer.Option(None, "--host", help="KFP API server URL for the cluster profile (overrides LLMOPS_KFP_HOST).")
+
+
+def _settings(profile: str | None, host: str | None) -> Any:
+    from llmops.settings import get_settings
+
+    if profile:
+        os.environ["LLMOPS_PROFILE"] = profile
+        get_settings.cache_clear()
+    if host:
+        os.environ["LLMOPS_KFP_HOST"] = host
+        get_settings.cache_clear()
+    return get_settings()
+
+
+def _host(settings: Any) -> str:
+    if not settings.kfp_host:
+        raise LlmopsError("the cluster profile needs a KFP host",
+                          "pass --host https://<kfp-api> or set LLMOPS_KFP_HOST")
+    return settings.kfp_host.rstrip("/")
+
+
+def _llmops() -> list[str]:
+    """This interpreter's llmops, so the daemon runs the same installation that created the schedule."""
+    return [sys.executable, "-m", "llmops.cli.main"]
+
+
+def _compile_retrain_cluster(params: Any, out: Path) -> tuple[Path, str, set[str]]:
+    """The retrain pipeline compiled with the cluster settings; returns (package, pipeline name, its inputs)."""
+    try:
+        from pipelines.retrain import PIPELINE_NAME, retrain
+    except ImportError as exc:
+        raise LlmopsError(f"the retrain pipeline is not available: {exc}",
+                          "update the checkout (pipelines/retrain.py defines it)") from None
+    from kfp import compiler
+
+    from pipelines._resources import for_cluster
+
+    compiler.Compiler().compile(for_cluster(retrain, params.cluster), package_path=str(out),
+                                pipeline_name=PIPELINE_NAME)
+    inputs = set(retrain.component_spec.inputs or {})
+    return out, PIPELINE_NAME, inputs
+
+
+def _print_one(d: dict) -> None:
+    where = d.get("url") or f"next run {d.get('next_run') or '-'}"
+    state = " (paused)" if d.get("paused") else ""
+    console.print(f"[green]{d['id']}[/] {d.get('name') or ''}{state}: {where}")
+
+
+@app.command("retrain")
+@handle_errors
+def retrain(
+    cron: str = typer.Option(..., "--cron", help="5 fields (minute hour day month weekday) or 6 with seconds first."),
+    name: str = typer.Option(None, "--name", help="A name for the schedule."),
+    overrides: list[str] = typer.Option([], "--set", help="Params overrides every scheduled run gets."),
+    profile: str = PROFILE,
+    host: str = HOST,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Retrain on a schedule: a KFP recurring run (cluster) or a local durable schedule of `llmops run retrain`."""
+    from monitoring import schedules
+
+    settings = _settings(profile, host)
+    params = settings.params(overrides)
+    if settings.profile == "cluster":
+        h = _host(settings)
+        schedules.parse_cron(cron)
+        with tempfile.TemporaryDirectory() as tmp:
+            package, pipeline_name, inputs = _compile_retrain_cluster(params, Path(tmp) / "retrain.cluster.yaml")
+            arguments = {"overrides": list(overrides)} if "overrides" in inputs else {}
+            out = schedules.create_cluster(h, package, pipeline_name, cron, arguments, name)
+    else:
+        command = list(params.monitoring.trigger.command)
+        if command[:1] == ["llmops"]:
+            command = [*_llmops(), *command[1:]]
+        command += [a for o in overrides for a in ("--set", o)]
+        out = schedules.create_local(settings.state_dir, "retrain", cron, command, settings.project_dir, name)
+    emit(out, as_json, _print_one)
+
+
+@app.command("monitor")
+@handle_errors
+def monitor(
+    cron: str = typer.Option(..., "--cron", help="5 fields (minute hour day month weekday) or 6 with seconds first."),
+    name: str = typer.Option(None, "--name", help="A name for the schedule."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Run `llmops monitor run` on a local schedule (a drift verdict there starts retraining)."""
+    from llmops.settings import get_settings
+    from monitoring import schedules
+
+    settings = get_settings()
+    out = schedules.create_local(settings.state_dir, "monitor", cron, [*_llmops(), "monitor", "run"],
+                                 settings.project_dir, name)
+    emit(out, as_json, _print_one)
+
+
+@app.command("list")
+@handle_errors
+def list_cmd(profile: str = PROFILE, host: str = HOST, as_json: bool = JSON_OPTION) -> None:
+    """Schedules with their next and last run."""
+    from monitoring import schedules
+
+    settings = _settings(profile, host)
+    rows = (schedules.list_cluster(_host(settings)) if settings.profile == "cluster"
+            else schedules.list_local(settings.state_dir))
+
+    def human(rows: list) -> None:
+        if not rows:
+            console.print("no schedules")
+        for r in rows:
+            _print_one(r)
+            if last := r.get("last_run"):
+                console.print(f"    last run exit {last['exit_code']} ({last['log_path']})")
+
+    emit(rows, as_json, human)
+
+
+def _change(action: str, schedule_id: str, profile: str | None, host: str | None, as_json: bool) -> None:
+    from monitoring import schedules
+
+    settings = _settings(profile, host)
+    if settings.profile == "cluster":
+        out = schedules.set_cluster(_host(settings), schedule_id, action)
+    else:
+        fn = {"pause": schedules.pause_local, "resume": schedules.resume_local, "delete": schedules.delete_local}
+        out = fn[action](settings.state_dir, schedule_id)
+    emit(out, as_json, lambda d: console.print(f"{action}d {d['id']}"))
+
+
+@app.command("pause")
+@handle_errors
+def pause(schedule_id: str = typer.Argument(..., help="Schedule id (`llmops schedule list`)."),
+          profile: str = PROFILE, host: str = HOST, as_json: bool = JSON_OPTION) -> None:
+    """Pause a schedule (it keeps its definition; `resume` restarts it from the next matching time)."""
+    _change("pause", schedule_id, profile, host, as_json)
+
+
+@app.command("resume")
+@handle_errors
+def resume(schedule_id: str = typer.Argument(..., help="Schedule id (`llmops schedule list`)."),
+           profile: str = PROFILE, host: str = HOST, as_json: bool = JSON_OPTION) -> None:
+    """Resume a paused schedule."""
+    _change("resume", schedule_id, profile, host, as_json)
+
+
+@app.command("delete")
+@handle_errors
+def delete(schedule_id: str = typer.Argument(..., help="Schedule id (`llmops schedule list`)."),
+           profile: str = PROFILE, host: str = HOST, as_json: bool = JSON_OPTION) -> None:
+    """Delete a schedule."""
+    _change("delete", schedule_id, profile, host, as_json)
+
+
+@app.command("daemon")
+@handle_errors
+def daemon(wake_s: float = typer.Option(5.0, "--wake-s", min=0.5, help="How often to re-read the store for "
+                                        "schedules changed by other processes.")) -> None:
+    """Run the local schedules until stopped (SIGTERM / Ctrl-C)."""
+    from llmops.settings import get_settings
+    from monitoring.schedules import run_daemon
+
+    run_daemon(get_settings().state_dir, wake_s)

@@ -1,0 +1,152 @@
+"""One monitor run (`llmops monitor run`): the latest window of the inference log (C6) scored by the drift
+monitors (C5), the report written under the state dir and logged to MLflow, the gauges refreshed, and on a
+drift verdict the retraining trigger (monitoring/triggers.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from llmops.params import Params
+from llmops.settings import Settings
+from monitoring import exposition, triggers
+
+EXPERIMENT = "llmops-monitor"
+
+
+def monitor_dir(settings: Settings) -> Path:
+    return settings.state_dir / "monitor"
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def reference_identity(reference: Any) -> str:
+    """What the window drifted FROM: the reference's build (source, size, embedder, creation time)."""
+    meta = reference.meta
+    return _digest({k: meta.get(k) for k in ("prompt_source", "prompts", "embedder", "created")})
+
+
+def window_identity(rows: Sequence[Any]) -> str:
+    """The window's requests (first and last id, count): the same window scored twice has the same identity."""
+    ids = [str(_field(r, "request_id", "")) for r in rows]
+    return _digest({"first": ids[0] if ids else None, "last": ids[-1] if ids else None, "n": len(ids)})
+
+
+def _field(row: Any, name: str, default: Any = None) -> Any:
+    return row.get(name, default) if isinstance(row, dict) else getattr(row, name, default)
+
+
+def latest_window(settings: Settings, params: Params, size: int, since: float | None,
+                  until: float | None = None) -> list[Any]:
+    """The newest `size` logged requests that started in [since, until), oldest first (C6 `query`)."""
+    from monitoring.inference_log import open_log
+
+    log = open_log(settings, params, start_writer=False)
+    try:
+        return list(log.query(since, until or time.time(), size))
+    finally:
+        log.close()
+
+
+def run_monitor(
+    settings: Settings,
+    params: Params,
+    *,
+    since: float | None = None,
+    window: int | None = None,
+    trigger: bool = True,
+    rows: Sequence[Any] | None = None,
+    reference: Any = None,
+    embedder: Any = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Score the latest window and act on the verdict. `rows` (inference-log rows) replaces reading the log;
+    `reference`/`embedder` replace the saved reference and the pinned embedder (tests, the demo)."""
+    from monitoring.drift import ensure_reference, evaluate_window, window_from_logged
+    from monitoring.drift.records import is_negative
+
+    say = progress or (lambda _m: None)
+    size = window or params.drift.window_size
+    now = time.time()
+    if rows is None:
+        say(f"reading the latest {size} requests from the inference log")
+        rows = latest_window(settings, params, size, since)
+    rows = list(rows)
+    if reference is None:
+        say("loading the drift reference (built from the training split on first use)")
+        reference = ensure_reference(settings, params)
+    records = window_from_logged(rows)
+    say(f"scoring {len(records)} requests against the reference")
+    report = evaluate_window(reference, records, params, settings=settings, embedder=embedder, progress=say)
+
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"-{int(now * 1000) % 1000:03d}"
+    out_dir = monitor_dir(settings) / "reports" / stamp
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "drift-report.json"
+    json_path.write_text(report.to_json())
+    html_path = report.to_html(out_dir / "drift-report.html")
+
+    ref_id, win_id = reference_identity(reference), window_identity(rows)
+    times = [t for t in (_field(r, "time") for r in rows) if t]
+    rated = [r for r in records if r.feedback is not None]
+    window_stats = {"requests": len(records), "rated": len(rated),
+                    "negative": sum(is_negative(r.feedback) for r in rated),
+                    "since": min(times) if times else None, "until": max(times) if times else None}
+
+    run_id = _log_mlflow(settings, report, ref_id, win_id, window_stats)
+
+    decision = None
+    if report.drifted and trigger:
+        decision = triggers.decide_and_start(
+            settings.state_dir, reference_id=ref_id, window_id=win_id,
+            command=list(params.monitoring.trigger.command), cooldown_s=params.monitoring.trigger.cooldown_s,
+            report_path=json_path, mlflow_run_id=run_id, fired=report.fired, cwd=settings.project_dir, now=now)
+        say(f"trigger: {decision.outcome} ({decision.reason})")
+
+    prom = exposition.write_textfile(
+        exposition.textfile_path(settings.state_dir),
+        exposition.render(report.prometheus_lines(), window_stats, triggers.counts(settings.state_dir), now))
+    summary = {
+        "drifted": report.drifted,
+        "fired": report.fired,
+        "note": report.note,
+        "window": window_stats,
+        "reference_id": ref_id,
+        "window_id": win_id,
+        "report_json": str(json_path),
+        "report_html": str(html_path),
+        "metrics_file": str(prom),
+        "mlflow_run_id": run_id,
+        "trigger": decision.to_dict() if decision else None,
+    }
+    (monitor_dir(settings) / "latest.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _log_mlflow(settings: Settings, report: Any, ref_id: str, win_id: str, window: dict[str, Any]) -> str:
+    """One MLflow run per monitor run (experiment llmops-monitor): the report's metrics and JSON + HTML."""
+    from mlflow.tracking import MlflowClient
+
+    from llmops import tracking
+
+    tracking.configure(settings)
+    client = MlflowClient(settings.tracking_uri)
+    exp_id = tracking.ensure_experiment(settings, EXPERIMENT)
+    run = client.create_run(exp_id, run_name=f"monitor-{time.strftime('%Y%m%d-%H%M%S')}",
+                            tags={"llmops.kind": "monitor", "llmops.drift.reference_id": ref_id,
+                                  "llmops.drift.window_id": win_id})
+    try:
+        for key in ("requests", "rated", "negative"):
+            client.log_metric(run.info.run_id, f"window_{key}", float(window[key]))
+        report.log_to_mlflow(run.info.run_id, settings)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    except Exception:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    return run.info.run_id

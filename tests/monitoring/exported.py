@@ -1,0 +1,50 @@
+"""Every series name the llmops exporters publish, read from their own code (registries and renderers), so the
+rules and dashboard checks compare queries with what really gets exported — not with a hand-written list."""
+
+from __future__ import annotations
+
+import re
+
+from prometheus_client.parser import text_string_to_metric_families
+
+_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+
+
+def _from_registry(registry) -> set[str]:
+    return {f.name + sfx for f in registry.collect() for sfx in _SUFFIXES.get(f.type, ("",))}
+
+
+def _from_text(text: str) -> set[str]:
+    return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def server_names() -> set[str]:
+    from serving.metrics import Metrics
+
+    return _from_registry(Metrics().registry)
+
+
+def router_names() -> set[str]:
+    from serving.router_metrics import RouterMetrics
+
+    return _from_registry(RouterMetrics().registry)
+
+
+def monitor_names() -> set[str]:
+    """The monitor's exposition as `llmops monitor run` renders it, from a drift report built by H5's types."""
+    from monitoring.drift import DetectorResult, DriftReport
+    from monitoring.exposition import render
+
+    report = DriftReport(drifted=True, detectors=[DetectorResult("prompt_embedding_mmd", 0.1, 0.01, 0.05, True)],
+                         alpha=0.05, window={"requests": 10}, reference={}, created=0.0)
+    return _from_text(render(report.prometheus_lines(), {"requests": 10, "rated": 2, "negative": 1},
+                             {"started": 1, "suppressed": 0, "failed": 0}, 0.0))
+
+
+def exported_names() -> set[str]:
+    return server_names() | router_names() | monitor_names() | {"up"}
+
+
+def queried_names(exprs: list[str]) -> set[str]:
+    """llmops_* series named in PromQL expressions (recording rules are llmops:..., not matched)."""
+    return {m for e in exprs for m in re.findall(r"\b(llmops_[a-z0-9_]+)", e)}
