@@ -41,10 +41,19 @@ class LimitParams(_Section):
     max_tokens: int
 
 
+class SourceParams(_Section):
+    """One entry of `data.sources`: a JSONL file, or a folder whose every *.jsonl is one dataset."""
+
+    name: str
+    path: str  # relative to the project (or absolute)
+
+
 class DataParams(_Section):
     build: BuildParams
     split: SplitParams
     limits: LimitParams
+    # What a run trains on, merged and split by llmops.data.sources (later entries win a shared prompt).
+    sources: list[SourceParams] = [SourceParams(name="sample", path="data/sample/base.jsonl")]
 
 
 class WheelParams(_Section):
@@ -150,7 +159,19 @@ class TriggerParams(_Section):
     """What a drift verdict starts (monitoring/triggers.py): one retraining run per shift, then a cooldown."""
 
     cooldown_s: int = 21600
-    command: list[str] = ["llmops", "run", "retrain"]  # env: LLMOPS_TRIGGER_REPORT, LLMOPS_TRIGGER_RUN_ID
+    command: list[str] = ["llmops", "run", "retrain"]  # + --reason TEXT --drift-report PATH
+
+
+class InferenceLogParams(_Section):
+    """The inference log (monitoring/inference_log): group-commit batching, retention, feedback export."""
+
+    batch_size: int = 256  # records committed together at most
+    flush_interval_ms: float = 2.0  # the longest a record waits for others to share its commit
+    max_queue: int = 20000  # records waiting to be written; beyond it the request path waits
+    retention_days: float = 30.0  # `prune` deletes requests older than this...
+    max_rows: int = 1_000_000  # ...and the oldest beyond this many
+    prune_interval_s: float = 3600.0  # how often the writer prunes while serving
+    export_min_rows: int = 1  # `log export` validates with the records suite, min_rows = this
 
 
 class MonitoringParams(_Section):
@@ -303,6 +324,20 @@ class ServeParams(_Section):
     threads: int
 
 
+class RouterParams(_Section):
+    """`llmops router` (serving/router.py): bind address, upstream timeouts and pool, bounded buffers."""
+
+    host: str
+    port: int
+    connect_timeout_s: float
+    read_timeout_s: float
+    max_body_bytes: int
+    max_connections: int
+    read_bufsize: int
+    window_observations: int
+    shadow_max_in_flight: int
+
+
 class EquivalenceParams(_Section):
     prompts: int  # the first N of engine.prompts (0 = all)
     new_tokens: int
@@ -344,9 +379,11 @@ class Params(_Section):
     registry: RegistryParams
     cluster: ClusterParams
     serve: ServeParams
+    router: RouterParams
     engine: EngineParams
     drift: DriftParams = DriftParams()
     monitoring: MonitoringParams = MonitoringParams()
+    inference_log: InferenceLogParams = InferenceLogParams()
     canary: CanaryParams
 
     def digest(self) -> str:

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx2 as httpx
@@ -24,15 +24,19 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(model: str, log_path: Path, *, sets: tuple[str, ...] = (), env: dict[str, str] | None = None,
-                   ready_timeout: float = 180) -> Iterator[str]:
-    """Yield the base URL (`http://127.0.0.1:PORT`) of a ready server; the process is stopped afterwards."""
+                   ready_timeout: float = 180, args: tuple[str, ...] = (),
+                   on_start: Callable[[subprocess.Popen], None] | None = None) -> Iterator[str]:
+    """Yield the base URL (`http://127.0.0.1:PORT`) of a ready server; the process is stopped afterwards.
+    `args` go to `llmops serve`; `on_start` gets the process (a test that kills it)."""
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if k not in ("LLMOPS_API_KEY", "LLMOPS_API_KEY_FILE")}
     full_env.update({"LLMOPS_PROJECT_DIR": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})})
     cmd = [sys.executable, "-m", "llmops.cli.main", "serve", model, "--port", str(port), "--engine", "eager",
-           "--log-level", "warning", *[a for s in sets for a in ("--set", s)]]
+           "--log-level", "warning", *[a for s in sets for a in ("--set", s)], *args]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO)
+    if on_start is not None:
+        on_start(proc)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_timeout

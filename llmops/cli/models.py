@@ -143,3 +143,32 @@ def history(
                  e["to_version"] or "-", e["actor"], e["reason"]] for e in rows])
 
     emit(events, as_json, human)
+
+
+@app.command("lineage")
+@handle_errors
+def lineage(
+    request_id: str = typer.Argument(..., help="A logged request id (the x-request-id of a response)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """From a logged answer: the model version, its git commit, data versions and pipeline run."""
+    from llmops.settings import get_settings
+    from monitoring.inference_log import open_log
+    from monitoring.inference_log.lineage import request_lineage
+
+    settings = get_settings()
+    with open_log(settings, start_writer=False) as ilog:
+        info = request_lineage(ilog, settings, request_id)
+
+    def human(d: dict[str, Any]) -> None:
+        m, p = d["model"], d["pipeline"]
+        rows = [["model", f"{m['name']}/{m['version']}" + (f" ({', '.join(m['aliases'])})" if m["aliases"] else "")],
+                ["git commit", d["git_commit"] or "(not recorded)"],
+                *[[f"data {split}", f"md5 {t.get('md5')}  dvc {t.get('dvc')}"] for split, t in d["data"].items()],
+                ["data sources", d["data_sources"]["summary"] or "(not recorded)"],
+                ["pipeline run", p["kfp_run_id"] or p["mlflow_run_id"] or "(not recorded)"],
+                ["register run", p["register_run_id"]], ["params hash", d["params_hash"] or "(not recorded)"],
+                ["base model", f"{d['base_model']['id']} sha256 {(d['base_model']['sha256'] or '')[:12]}"]]
+        _table(f"lineage of request {d['request_id']}", ["field", "value"], rows)
+
+    emit(info, as_json, human)

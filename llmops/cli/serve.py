@@ -46,6 +46,8 @@ def serve(
                                   help="Sequences decoded together (default: params.yaml serve.max_concurrent)."),
     overrides: list[str] = typer.Option([], "--set", help="Override params, e.g. --set serve.max_concurrent=16."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+    no_log: bool = typer.Option(False, "--no-log", help="Do not record requests in the inference log (default: "
+                                "on unless LLMOPS_INFERENCE_LOG_ENABLED=false); also drops POST /v1/feedback."),
 ) -> None:
     """Serve MODEL over the OpenAI API (chat, completions, responses, models) with continuous batching."""
     import uvicorn
@@ -66,11 +68,22 @@ def serve(
     console.print(f"loading {resolved.label} from {resolved.model_dir} ...")
     eng = load_engine(engine or params.engine, resolved.model_dir, params)
     info = eng.info()
-    app = create_app(eng, resolved, params, api_key=key)
+    from monitoring.inference_log.wiring import inference_log_for
+
+    ilog = inference_log_for(settings, overrides, enabled=not no_log)
+    app = create_app(eng, resolved, params, api_key=key, hooks=[ilog.hook] if ilog else [])
+    if ilog:
+        from monitoring.inference_log import add_feedback_route
+
+        add_feedback_route(app, ilog)  # auth: the server's middleware guards every /v1 path
     auth = "bearer token required on /v1" if key else "no auth"
     if host not in LOOPBACK and not key:
         console.print(f"[bold yellow]warning:[/] binding {host} without an API key: anyone who can reach this "
                       f"port can use the model (set {api_key_env})")
     console.print(f"serving {resolved.label} with engine {info.get('kind')} on http://{host}:{port}/v1 ({auth}); "
                   f"/ready turns 200 after warmup")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    finally:
+        if ilog:
+            ilog.close()

@@ -1,0 +1,323 @@
+"""Where the inference log keeps its rows: one abstract store, one backend per database (as MLflow does it).
+
+`LogStore` says what the log needs from a database; `SqlStore` implements it once with SQLAlchemy Core, and
+the backends differ only where the databases do: `SqliteStore` (local: WAL journal, `synchronous=FULL`, a busy
+timeout so a model server and a router can share one file) and `PostgresStore` (a cluster). Both upsert on the
+request id: a model server behind a router logs the same request the router logs (the router forwards its
+`x-request-id`); the later record wins, but what only one of them knows (the server's mean log-probability,
+the router's side and session) is kept from either.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from llmops.errors import LlmopsError
+
+SCHEMA_VERSION = 1
+metadata = sa.MetaData()
+
+requests_table = sa.Table(
+    "requests", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),  # insertion order: tail, size retention
+    sa.Column("request_id", sa.String(128), nullable=False, unique=True),
+    sa.Column("time", sa.Float, nullable=False, index=True),  # unix time the request started
+    sa.Column("model", sa.String(256), nullable=False),
+    sa.Column("model_version", sa.String(64)),
+    sa.Column("route", sa.String(64), nullable=False),
+    sa.Column("prompt", sa.Text, nullable=False),  # JSON: the messages, or the prompt string
+    sa.Column("response", sa.Text, nullable=False),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False),
+    sa.Column("completion_tokens", sa.Integer, nullable=False),
+    sa.Column("latency_s", sa.Float, nullable=False),
+    sa.Column("ttft_s", sa.Float),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("finish_reason", sa.String(32)),
+    sa.Column("error", sa.Text),
+    sa.Column("session", sa.String(256)),
+    sa.Column("side", sa.String(16)),
+    sa.Column("mean_logprob", sa.Float),
+    sa.Column("extra", sa.Text, nullable=False),  # JSON object
+)
+
+feedback_table = sa.Table(
+    "feedback", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(128), nullable=False, index=True),
+    sa.Column("time", sa.Float, nullable=False),
+    sa.Column("rating", sa.Integer),  # -1 bad, 0 neutral, 1 good
+    sa.Column("correction", sa.Text),  # the answer the model should have given
+    sa.Column("comment", sa.Text),
+)
+
+_KEPT_FROM_EITHER = ("model_version", "session", "side", "mean_logprob")
+
+
+@dataclass
+class FeedbackEntry:
+    request_id: str
+    time: float
+    rating: int | None
+    correction: str | None
+    comment: str | None = None
+
+
+@dataclass
+class LoggedRequest:
+    """One logged request as the drift monitors, the export and the CLI read it; `rating`/`correction` are
+    from the latest feedback on it (None without feedback)."""
+
+    request_id: str
+    time: float
+    model: str
+    model_version: str | None
+    route: str
+    prompt: Any
+    response: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    ttft_s: float | None
+    status: int
+    finish_reason: str | None
+    error: str | None
+    session: str | None
+    side: str | None
+    mean_logprob: float | None
+    extra: dict[str, Any] = field(default_factory=dict)
+    rating: int | None = None
+    correction: str | None = None
+    feedback: list[FeedbackEntry] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _row_to_logged(row: Any) -> LoggedRequest:
+    m = dict(row._mapping)
+    m.pop("id", None)
+    m["prompt"] = json.loads(m["prompt"])
+    m["extra"] = json.loads(m["extra"] or "{}")
+    return LoggedRequest(**m)
+
+
+class LogStore(abc.ABC):
+    """What the inference log needs from a database. Writes come in batches from one writer thread."""
+
+    @abc.abstractmethod
+    def write_batch(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert (or upsert by request id) `rows` in ONE transaction: all are durable when it returns."""
+
+    @abc.abstractmethod
+    def add_feedback(self, entry: FeedbackEntry) -> bool:
+        """Record feedback on a logged request; False (nothing written) when the request id is unknown."""
+
+    @abc.abstractmethod
+    def get(self, request_id: str) -> LoggedRequest | None: ...
+
+    @abc.abstractmethod
+    def query(self, since: float | None = None, until: float | None = None, limit: int | None = None,
+              newest_first: bool = False) -> list[LoggedRequest]: ...
+
+    @abc.abstractmethod
+    def count(self) -> int: ...
+
+    @abc.abstractmethod
+    def prune(self, max_age_days: float | None, max_rows: int | None, now: float | None = None) -> dict[str, int]:
+        """Delete requests older than `max_age_days` and the oldest beyond `max_rows` (with their feedback)."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+class SqlStore(LogStore):
+    """The SQLAlchemy implementation; subclasses give the engine and the dialect's upsert."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.engine = self._create_engine(uri)
+        try:
+            metadata.create_all(self.engine)
+        except sa.exc.SQLAlchemyError as exc:
+            raise LlmopsError(f"cannot open the inference log at {safe_uri(uri)}: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0]}",
+                              "check LLMOPS_INFERENCE_LOG_URI (and that the database server is up)") from None
+
+    @abc.abstractmethod
+    def _create_engine(self, uri: str) -> sa.Engine: ...
+
+    @abc.abstractmethod
+    def _insert(self) -> Any:
+        """The dialect's INSERT that supports ON CONFLICT (sqlite/postgresql `insert`)."""
+
+    def write_batch(self, rows: Sequence[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        stmt = self._insert()(requests_table)
+        ex = stmt.excluded
+        updates = {c.name: ex[c.name] for c in requests_table.c if c.name not in ("id", "request_id")}
+        for name in _KEPT_FROM_EITHER:
+            updates[name] = sa.func.coalesce(ex[name], requests_table.c[name])
+        stmt = stmt.on_conflict_do_update(index_elements=["request_id"], set_=updates)
+        # one request id twice in one batch would be a conflict inside one statement: keep the later one
+        unique = list({r["request_id"]: r for r in rows}.values())
+        with self.engine.begin() as conn:
+            conn.execute(stmt, unique)
+
+    def add_feedback(self, entry: FeedbackEntry) -> bool:
+        with self.engine.begin() as conn:
+            found = conn.execute(sa.select(requests_table.c.id).where(
+                requests_table.c.request_id == entry.request_id)).first()
+            if found is None:
+                return False
+            conn.execute(feedback_table.insert().values(**asdict(entry)))
+        return True
+
+    def _attach_feedback(self, conn: sa.Connection, logged: list[LoggedRequest]) -> list[LoggedRequest]:
+        by_id = {r.request_id: r for r in logged}
+        ids = list(by_id)
+        for start in range(0, len(ids), 500):
+            rows = conn.execute(sa.select(feedback_table).where(feedback_table.c.request_id.in_(
+                ids[start:start + 500])).order_by(feedback_table.c.time, feedback_table.c.id)).all()
+            for row in rows:
+                m = dict(row._mapping)
+                m.pop("id")
+                by_id[m["request_id"]].feedback.append(FeedbackEntry(**m))
+        for r in logged:
+            if r.feedback:
+                latest = r.feedback[-1]
+                r.rating, r.correction = latest.rating, latest.correction
+        return logged
+
+    def get(self, request_id: str) -> LoggedRequest | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(requests_table).where(requests_table.c.request_id == request_id)).first()
+            return None if row is None else self._attach_feedback(conn, [_row_to_logged(row)])[0]
+
+    def query(self, since: float | None = None, until: float | None = None, limit: int | None = None,
+              newest_first: bool = False) -> list[LoggedRequest]:
+        t = requests_table
+        stmt = sa.select(t)
+        if since is not None:
+            stmt = stmt.where(t.c.time >= since)
+        if until is not None:
+            stmt = stmt.where(t.c.time < until)
+        # the latest `limit` in a window is what a monitor scores; returned oldest first unless asked otherwise
+        stmt = stmt.order_by(t.c.time.desc(), t.c.id.desc())
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self.engine.connect() as conn:
+            rows = [_row_to_logged(r) for r in conn.execute(stmt)]
+            if not newest_first:
+                rows.reverse()
+            return self._attach_feedback(conn, rows)
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(requests_table)).scalar_one())
+
+    def prune(self, max_age_days: float | None, max_rows: int | None, now: float | None = None) -> dict[str, int]:
+        t, f = requests_table, feedback_table
+        now = time.time() if now is None else now
+        by_age = by_size = 0
+        with self.engine.begin() as conn:
+            if max_age_days is not None:
+                by_age = conn.execute(t.delete().where(t.c.time < now - max_age_days * 86400)).rowcount
+            if max_rows is not None:
+                cutoff = conn.execute(sa.select(t.c.id).order_by(t.c.id.desc()).offset(max_rows).limit(1)).scalar()
+                if cutoff is not None:
+                    by_size = conn.execute(t.delete().where(t.c.id <= cutoff)).rowcount
+            orphans = conn.execute(f.delete().where(f.c.request_id.not_in(sa.select(t.c.request_id)))).rowcount
+        return {"deleted_by_age": by_age, "deleted_by_size": by_size, "feedback_deleted": orphans}
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class SqliteStore(SqlStore):
+    """A local file in WAL mode: readers never block the writer, and a commit is one append + fsync of the WAL
+    (`synchronous=FULL`), so a committed batch survives a killed process and a power cut alike."""
+
+    def _create_engine(self, uri: str) -> sa.Engine:
+        from pathlib import Path
+
+        path = sa.engine.make_url(uri).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(uri, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+
+    def _insert(self) -> Any:
+        from sqlalchemy.dialects.sqlite import insert
+
+        return insert
+
+
+class PostgresStore(SqlStore):
+    """A PostgreSQL database (the cluster profile): the same tables, the same upsert."""
+
+    def _create_engine(self, uri: str) -> sa.Engine:
+        return sa.create_engine(uri, pool_pre_ping=True)
+
+    def _insert(self) -> Any:
+        from sqlalchemy.dialects.postgresql import insert
+
+        return insert
+
+
+def safe_uri(uri: str) -> str:
+    try:
+        return sa.engine.make_url(uri).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<unparseable URI>"
+
+
+def open_store(uri: str) -> LogStore:
+    """The backend for `uri`: sqlite:///PATH or postgresql(+driver)://..."""
+    try:
+        backend = sa.engine.make_url(uri).get_backend_name()
+    except sa.exc.ArgumentError:
+        raise LlmopsError(f"the inference log URI {uri!r} is not a database URL",
+                          "set LLMOPS_INFERENCE_LOG_URI to sqlite:///PATH or postgresql+psycopg2://USER@HOST/DB"
+                          ) from None
+    stores: dict[str, type[SqlStore]] = {"sqlite": SqliteStore, "postgresql": PostgresStore}
+    if backend not in stores:
+        raise LlmopsError(f"the inference log has no {backend!r} backend ({safe_uri(uri)})",
+                          "use sqlite:///PATH (local) or postgresql+psycopg2://... (cluster)")
+    return stores[backend](uri)
+
+
+def rows_from(records: Iterable[Any]) -> list[dict[str, Any]]:
+    """Plain column dicts from `serving.records.RequestRecord`s (duck-typed: this module imports no server)."""
+    out = []
+    for r in records:
+        extra = dict(r.extra or {})
+        mean_logprob = extra.pop("mean_logprob", None)
+        out.append({
+            "request_id": r.request_id, "time": r.time or (time.time() - r.latency_s), "model": r.model or "",
+            "model_version": r.model_version, "route": r.route,
+            "prompt": json.dumps(r.prompt, ensure_ascii=False, default=str), "response": r.response or "",
+            "prompt_tokens": int(r.prompt_tokens), "completion_tokens": int(r.completion_tokens),
+            "latency_s": float(r.latency_s), "ttft_s": r.ttft_s, "status": int(r.status),
+            "finish_reason": r.finish_reason, "error": r.error, "session": getattr(r, "session", None),
+            "side": getattr(r, "side", None),
+            "mean_logprob": None if mean_logprob is None else float(mean_logprob),
+            "extra": json.dumps(extra, ensure_ascii=False, default=str),
+        })
+    return out

@@ -1,0 +1,115 @@
+"""The inference log behind a real `llmops serve` (tiny model): feedback 200/404/400/401, and durability — the
+server is SIGKILLed mid-load and every request that got a complete 200 must be in the log by its request id."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from tests.serve_process import running_server
+
+pytestmark = pytest.mark.slow
+SETS = ("serve.max_concurrent=4", "serve.queue_size=64", "serve.default_max_tokens=6")
+KEY = "feedback-test-key"
+
+
+def _logged_ids(db: Path) -> set[str]:
+    conn = sqlite3.connect(db)
+    try:
+        return {r[0] for r in conn.execute("SELECT request_id FROM requests")}
+    finally:
+        conn.close()
+
+
+async def _load(url: str, acked: list[str], stop: asyncio.Event, workers: int = 12) -> None:
+    """Concurrent chat requests (half streamed) until `stop`; a request is acknowledged when its complete
+    200 arrived (non-streaming: the body; streaming: `data: [DONE]`)."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+
+    async def worker(i: int, client: httpx.AsyncClient) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            rid = f"kill-{i}-{n}-{uuid.uuid4().hex[:8]}"
+            body = {"model": "model", "max_tokens": 6, "messages": [{"role": "user", "content": f"say {i} {n}"}]}
+            try:
+                if n % 2:
+                    r = await client.post(f"{url}/v1/chat/completions", json=body,
+                                          headers={**headers, "x-request-id": rid})
+                    if r.status_code == 200 and r.json()["choices"]:
+                        acked.append(rid)
+                else:
+                    async with client.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True},
+                                             headers={**headers, "x-request-id": rid}) as r:
+                        done = False
+                        async for line in r.aiter_lines():
+                            done = done or line.strip() == "data: [DONE]"
+                        if r.status_code == 200 and done:
+                            acked.append(rid)
+            except httpx.HTTPError:  # the server was killed under this request: not acknowledged
+                if stop.is_set():
+                    return
+                await asyncio.sleep(0.05)
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        await asyncio.gather(*(worker(i, client) for i in range(workers)))
+
+
+def test_feedback_route_and_no_acknowledged_request_lost_on_sigkill(tiny_model_dir: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    db = state / "inference-log.db"
+    procs: list[subprocess.Popen] = []
+    env = {"LLMOPS_STATE_DIR": str(state), "LLMOPS_API_KEY": KEY}
+    with running_server(str(tiny_model_dir), tmp_path / "server.log", sets=SETS, env=env,
+                        on_start=procs.append) as url:
+        auth = {"Authorization": f"Bearer {KEY}"}
+        r = httpx.post(f"{url}/v1/chat/completions", headers={**auth, "x-request-id": "fb-1"}, timeout=60,
+                       json={"model": "model", "messages": [{"role": "user", "content": "What is 2+2?"}]})
+        assert r.status_code == 200 and r.headers["x-request-id"] == "fb-1"
+        assert "fb-1" in _logged_ids(db)  # committed before the response completed
+
+        fb = f"{url}/v1/feedback"
+        ok = httpx.post(fb, headers=auth, json={"request_id": "fb-1", "rating": -1, "correction": "4"})
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["rating"] == -1 and ok.json()["correction"] == "4"
+        unknown = httpx.post(fb, headers=auth, json={"request_id": "never-sent", "rating": 1})
+        assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "request_id"
+        for bad in ({"request_id": "fb-1", "rating": 5}, {"request_id": "fb-1", "rating": True},
+                    {"request_id": "fb-1"}, {"rating": 1}, {"request_id": "fb-1", "correction": 3},
+                    {"request_id": "fb-1", "rating": 1, "extra": 1}, [1, 2]):
+            r = httpx.post(fb, headers=auth, json=bad)
+            assert r.status_code == 400, (bad, r.text)
+        assert httpx.post(fb, headers={**auth, "content-type": "application/json"},
+                          content=b"{nope").status_code == 400
+        assert httpx.post(fb, json={"request_id": "fb-1", "rating": 1}).status_code == 401  # as every /v1 route
+        conn = sqlite3.connect(db)
+        assert conn.execute("SELECT rating, correction FROM feedback WHERE request_id='fb-1'").fetchall() == [(-1, "4")]
+        conn.close()
+
+        acked: list[str] = []
+
+        async def drive() -> None:
+            stop = asyncio.Event()
+            load = asyncio.create_task(_load(url, acked, stop))
+            deadline = time.monotonic() + 120
+            while len(acked) < 40 and time.monotonic() < deadline:  # well into the load, requests in flight
+                await asyncio.sleep(0.02)
+            os.kill(procs[0].pid, signal.SIGKILL)
+            stop.set()
+            await load
+
+        asyncio.run(drive())
+        assert procs[0].wait(timeout=10) == -signal.SIGKILL
+    assert len(acked) >= 40
+    logged = _logged_ids(db)
+    lost = sorted(set(acked) - logged)
+    assert not lost, f"{len(lost)} acknowledged requests missing from the log after SIGKILL: {lost[:5]}"
