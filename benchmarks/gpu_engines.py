@@ -3,9 +3,11 @@
 Sides, all bf16 on the same GPU, greedy, `--new-tokens` per sequence:
 - `hf-generate`: transformers `generate` with its default dynamic cache, the batch left-padded — what a user
   writes first;
-- `hf-generate-static-compiled`: transformers `generate(cache_implementation="static")` with the forward under
-  `torch.compile(mode="reduce-overhead")` — transformers' own optimised path, the strongest baseline a user
-  would pick without a serving stack (skipped with its reason if it fails to compile here);
+- `hf-generate-static-compiled`: transformers `generate(cache_implementation="static")`, which compiles the
+  decode forward itself (its `compile_config`, CUDA graphs included) — transformers' own optimised path, the
+  strongest baseline a user would pick without a serving stack (reported with its error if it fails here;
+  wrapping `model.forward` in `torch.compile(mode="reduce-overhead")` by hand fails inside `generate` with
+  "accessing tensor output of CUDAGraphs that has been overwritten", measured on the H100);
 - `eager-engine`: the server's eager engine on the GPU, driven through prefill/decode like the server does;
 - `cuda-graph`: serving/engines/static_cache.py, the engine `--engine auto` picks on a GPU.
 Ratios are against the best baseline at each batch size. Equivalence: greedy tokens of the CUDA-graph engine
@@ -68,7 +70,7 @@ def run_engine(engine, prompts: list[list[int]], new_tokens: int) -> dict[str, f
     """Prefill every prompt into its slot, then decode the whole batch greedily; TTFT = first prefill."""
     _sync()
     t0 = time.perf_counter()
-    first = [int(engine.prefill(s, ids).argmax()) for s, ids in enumerate(prompts)]
+    first = engine.prefill_many(list(range(len(prompts))), prompts).argmax(dim=-1).tolist()
     _sync()
     prefill_s = time.perf_counter() - t0
     slots = list(range(len(prompts)))
@@ -82,7 +84,7 @@ def run_engine(engine, prompts: list[list[int]], new_tokens: int) -> dict[str, f
         engine.release(s)
     return {"tokens_per_s": len(prompts) * new_tokens / (prefill_s + decode_s),
             "decode_tokens_per_s": len(prompts) * (new_tokens - 1) / decode_s,
-            "ttft_s": prefill_s / len(prompts), "ms_per_step": 1000 * decode_s / max(1, new_tokens - 1)}
+            "ttft_s": prefill_s, "ms_per_step": 1000 * decode_s / max(1, new_tokens - 1)}
 
 
 def run_generate(model, tokenizer, prompts: list[list[int]], new_tokens: int, **gen_kw: Any) -> dict[str, float]:
@@ -103,12 +105,12 @@ def run_generate(model, tokenizer, prompts: list[list[int]], new_tokens: int, **
     return {"tokens_per_s": len(prompts) * new_tokens / seconds, "ttft_s": ttft}
 
 
-def equivalence(model_dir: Path, tokens: int, slots: int) -> dict[str, Any]:
+def equivalence(model_dir: Path, tokens: int, slots: int, fuse: bool = False) -> dict[str, Any]:
     from serving.engines.eager import EagerEngine
     from serving.engines.static_cache import StaticCacheEngine
 
     eager = EagerEngine(model_dir, max_slots=slots, max_len=1024, device="cuda", dtype=torch.float32)
-    graph = StaticCacheEngine(model_dir, max_slots=slots, max_len=1024, dtype=torch.float32)
+    graph = StaticCacheEngine(model_dir, max_slots=slots, max_len=1024, dtype=torch.float32, fuse=fuse)
     outs = []
     for engine in (eager, graph):
         prompts = _prompt_ids(engine.tokenizer, slots)
@@ -132,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--check-tokens", type=int, default=32)
     ap.add_argument("--skip-compiled-baseline", action="store_true")
+    ap.add_argument("--fused", action="store_true", help="also measure the engine with Inductor-fused steps")
     ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -152,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gpu={report['gpu']} torch={report['torch']} weights={report['weights']}", flush=True)
     report["equivalence_fp32"] = equivalence(model_dir, args.check_tokens, min(8, slots))
     print("equivalence", report["equivalence_fp32"], flush=True)
+    if args.fused:
+        try:
+            report["equivalence_fp32_fused"] = equivalence(model_dir, args.check_tokens, min(8, slots), fuse=True)
+        except Exception as exc:
+            report["equivalence_fp32_fused"] = f"{type(exc).__name__}: {exc}"[:500]
+        print("equivalence fused", report["equivalence_fp32_fused"], flush=True)
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).cuda().eval()
@@ -162,11 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         print("hf-generate", b, sides["hf-generate"][b], flush=True)
     if not args.skip_compiled_baseline:
         try:
-            model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
             sides["hf-generate-static-compiled"] = {}
             for b in sizes:
-                t0 = time.perf_counter()
-                run_generate(model, tokenizer, _prompt_ids(tokenizer, b), 8, cache_implementation="static")
+                t0 = time.perf_counter()  # same shapes as the timed run: a static cache recompiles per size
+                run_generate(model, tokenizer, _prompt_ids(tokenizer, b), args.new_tokens,
+                             cache_implementation="static")
                 warm = time.perf_counter() - t0
                 r = run_generate(model, tokenizer, _prompt_ids(tokenizer, b), args.new_tokens,
                                  cache_implementation="static")
@@ -188,27 +197,40 @@ def main(argv: list[str] | None = None) -> int:
     del eager
     torch.cuda.empty_cache()
 
-    t0 = time.perf_counter()
-    graph = StaticCacheEngine(model_dir, max_slots=slots, max_len=1024, dtype=torch.bfloat16)
-    load_s = time.perf_counter() - t0
-    report["cuda_graph_build"] = {"load_s": load_s, "capture_s": graph.capture_all(),
-                                  "graphs": len(graph._graphs)}
-    print("cuda-graph build", report["cuda_graph_build"], flush=True)
-    sides["cuda-graph"] = {}
-    for b in sizes:
-        run_engine(graph, _prompt_ids(graph.tokenizer, b), 8)
-        sides["cuda-graph"][b] = run_engine(graph, _prompt_ids(graph.tokenizer, b), args.new_tokens)
-        print("cuda-graph", b, sides["cuda-graph"][b], flush=True)
+    variants = [("cuda-graph", False)] + ([("cuda-graph-fused", True)] if args.fused else [])
+    for name, fuse in list(variants):
+        try:
+            t0 = time.perf_counter()
+            graph = StaticCacheEngine(model_dir, max_slots=slots, max_len=1024, dtype=torch.bfloat16, fuse=fuse)
+            load_s = time.perf_counter() - t0
+            report[f"{name}_build"] = {"load_s": load_s, "capture_s": graph.capture_all(),
+                                       "graphs": len(graph._graphs)}
+            print(name, "build", report[f"{name}_build"], flush=True)
+            sides[name] = {}
+            for b in sizes:
+                run_engine(graph, _prompt_ids(graph.tokenizer, b), 8)
+                sides[name][b] = run_engine(graph, _prompt_ids(graph.tokenizer, b), args.new_tokens)
+                print(name, b, sides[name][b], flush=True)
+            del graph
+        except Exception as exc:  # the fused variant is optional: report why it did not run
+            if not fuse:
+                raise
+            report[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:500]
+            print(name, "failed:", report[f"{name}_error"], flush=True)
+            variants.remove((name, fuse))
+            sides.pop(name, None)
+        torch.cuda.empty_cache()
 
     report["sides"] = sides
     report["ratios"] = {}
+    ours = [name for name, _ in variants]
     for b in sizes:
-        baselines = {k: v[b]["tokens_per_s"] for k, v in sides.items() if k != "cuda-graph" and b in v}
+        baselines = {k: v[b]["tokens_per_s"] for k, v in sides.items() if k not in ours and b in v}
         best = max(baselines, key=baselines.get)
-        report["ratios"][b] = {"best_baseline": best,
-                               "cuda_graph_vs_best": sides["cuda-graph"][b]["tokens_per_s"] / baselines[best],
-                               "cuda_graph_vs_eager_engine": sides["cuda-graph"][b]["tokens_per_s"]
-                               / sides["eager-engine"][b]["tokens_per_s"]}
+        report["ratios"][b] = {"best_baseline": best} | {
+            f"{name}_vs_best": sides[name][b]["tokens_per_s"] / baselines[best] for name in ours} | {
+            f"{name}_vs_eager_engine": sides[name][b]["tokens_per_s"] / sides["eager-engine"][b]["tokens_per_s"]
+            for name in ours}
     print(json.dumps(report["ratios"], indent=2), flush=True)
     if args.json_out:
         args.json_out.write_text(json.dumps(report, indent=2, default=str))

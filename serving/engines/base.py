@@ -63,6 +63,11 @@ class Engine(ABC):
     def prefill(self, slot: int, token_ids: list[int]) -> torch.Tensor:
         """fp32 logits [vocab] of the last prompt position; fills the slot's KV cache."""
 
+    def prefill_many(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
+        """Start several sequences at once -> fp32 logits [len(slots), vocab]. Engines that can run the prompts
+        as one batch override this (on a GPU one forward costs what one prompt costs); the default loops."""
+        return torch.stack([self.prefill(s, ids) for s, ids in zip(slots, prompts, strict=True)])
+
     @abstractmethod
     def decode(self, slots: list[int], token_ids: list[int]) -> torch.Tensor:
         """One new token per slot -> fp32 logits [len(slots), vocab]."""

@@ -41,7 +41,7 @@ class StaticCacheEngine(Engine):
     name = "cuda-graph"
 
     def __init__(self, model_dir: Path, *, max_slots: int = 8, max_len: int = 2048, device: str = "cuda",
-                 dtype: torch.dtype = torch.bfloat16, graphs: bool | None = None) -> None:
+                 dtype: torch.dtype = torch.bfloat16, graphs: bool | None = None, fuse: bool = False) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model_dir = Path(model_dir)
@@ -84,6 +84,10 @@ class StaticCacheEngine(Engine):
         self._tokens = torch.zeros(rows, dtype=torch.long, device=self.device)
         self._pos = torch.zeros(rows, dtype=torch.long, device=self.device)
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # fuse=True compiles the step with Inductor (norms, rotary, SiLU-gates fused: fewer kernels per layer)
+        # before capture; it costs a compile per width bucket, so it is a build-time choice.
+        self.fuse = fuse
+        self._step_fn = torch.compile(self._step, dynamic=False) if fuse else self._step
         self._pool = None
 
     def info(self) -> dict[str, Any]:
@@ -91,7 +95,7 @@ class StaticCacheEngine(Engine):
 
         out = {"kind": self.name, "runtime": "torch", "runtime_version": torch.__version__,
                "transformers_version": transformers.__version__, "device": str(self.device),
-               "dtype": str(self.dtype).removeprefix("torch."), "cuda_graphs": self.graphs,
+               "dtype": str(self.dtype).removeprefix("torch."), "cuda_graphs": self.graphs, "fused": self.fuse,
                "build_config_hash": None}
         if self.device.type == "cuda":
             out["gpu"] = torch.cuda.get_device_name(self.device)
@@ -132,18 +136,18 @@ class StaticCacheEngine(Engine):
 
     def _run_step(self, width: int) -> torch.Tensor:
         if not self.graphs:
-            return self._step(width)
+            return self._step_fn(width)
         entry = self._graphs.get(width)
         if entry is None:
             stream = torch.cuda.Stream(self.device)
             stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream):
-                for _ in range(2):  # warm up the kernels (cuBLAS workspaces) outside the capture
-                    self._step(width)
+                for _ in range(2):  # warm up the kernels (cuBLAS workspaces, Inductor) outside the capture
+                    self._step_fn(width)
             torch.cuda.current_stream(self.device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool):
-                logits = self._step(width)
+                logits = self._step_fn(width)
             self._pool = graph.pool()
             entry = self._graphs[width] = (graph, logits)
         graph, logits = entry
@@ -161,6 +165,12 @@ class StaticCacheEngine(Engine):
         self._reset_scratch()
         return time.perf_counter() - start
 
+    def warmup(self) -> None:
+        """Capture every width now, so no request pays for a capture (or an Inductor compile when fused)."""
+        super().warmup()
+        if self.graphs:
+            self.capture_all()
+
     def _reset_scratch(self) -> None:
         self._tokens.zero_()
         self._pos.fill_(self.k_cache[0].shape[2] - 1)
@@ -168,24 +178,39 @@ class StaticCacheEngine(Engine):
     # -- the interface ------------------------------------------------------------------------------
     @torch.inference_mode()
     def prefill(self, slot: int, token_ids: list[int]) -> torch.Tensor:
+        return self.prefill_many([slot], [token_ids])[0]
+
+    @torch.inference_mode()
+    def prefill_many(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
+        """One forward for all prompts, right-padded: under the causal mask a real token never sees the padding
+        after it, so each row's first n positions are exactly its prompt's keys/values and logits."""
         from transformers import DynamicCache
 
-        if not 0 <= slot < self.max_slots:
-            raise LlmopsError(f"slot {slot} out of range 0..{self.max_slots - 1}", "use a slot the engine has")
-        if not token_ids:
-            raise LlmopsError("empty prompt", "send at least one token")
-        if len(token_ids) >= self.max_len:
-            raise LlmopsError(f"prompt of {len(token_ids)} tokens does not fit max_len {self.max_len}",
-                              "shorten the prompt")
-        n = len(token_ids)
-        ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
-        out = self.model(input_ids=ids, past_key_values=DynamicCache(config=self.model.config), use_cache=True,
-                         logits_to_keep=1)
+        if len(slots) != len(prompts) or not slots:
+            raise LlmopsError("prefill needs one prompt per slot", "pass equal, non-empty lists")
+        for slot, ids in zip(slots, prompts, strict=True):
+            if not 0 <= slot < self.max_slots:
+                raise LlmopsError(f"slot {slot} out of range 0..{self.max_slots - 1}", "use a slot the engine has")
+            if not ids:
+                raise LlmopsError("empty prompt", "send at least one token")
+            if len(ids) >= self.max_len:
+                raise LlmopsError(f"prompt of {len(ids)} tokens does not fit max_len {self.max_len}",
+                                  "shorten the prompt")
+        lengths = [len(ids) for ids in prompts]
+        width = max(lengths)
+        batch = torch.zeros(len(prompts), width, dtype=torch.long)
+        for row, ids in enumerate(prompts):
+            batch[row, : len(ids)] = torch.tensor(ids)
+        out = self.model(input_ids=batch.to(self.device), past_key_values=DynamicCache(config=self.model.config),
+                         use_cache=True)
         for i, layer in enumerate(out.past_key_values.layers):
-            self.k_cache[i][slot, :, :n] = layer.keys[0]
-            self.v_cache[i][slot, :, :n] = layer.values[0]
-        self._len[slot] = n
-        return out.logits[0, -1].float().cpu()
+            for row, (slot, n) in enumerate(zip(slots, lengths, strict=True)):
+                self.k_cache[i][slot, :, :n] = layer.keys[row, :, :n]
+                self.v_cache[i][slot, :, :n] = layer.values[row, :, :n]
+        for slot, n in zip(slots, lengths, strict=True):
+            self._len[slot] = n
+        last = torch.tensor([n - 1 for n in lengths], device=self.device)
+        return out.logits[torch.arange(len(prompts), device=self.device), last].float().cpu()
 
     @torch.inference_mode()
     def decode(self, slots: list[int], token_ids: list[int]) -> torch.Tensor:
@@ -227,7 +252,7 @@ def _probe(model_dir: Path) -> str | None:
 
 
 def _factory(model_dir: Path, params: ServeParams) -> StaticCacheEngine:
-    return StaticCacheEngine(model_dir, max_slots=params.max_concurrent, max_len=params.max_len)
+    return StaticCacheEngine(model_dir, max_slots=params.max_concurrent, max_len=params.max_len, fuse=params.gpu_fuse)
 
 
 register_engine("cuda-graph", _factory, priority=40, probe=_probe)

@@ -83,3 +83,15 @@ def test_static_cache_rejects_bad_calls(tiny_model_dir: Path) -> None:
         static.prefill(0, list(range(64)))
     with pytest.raises(LlmopsError, match="out of range"):
         static.prefill(2, [1, 2])
+
+
+def test_batched_prefill_equals_one_at_a_time(tiny_model_dir: Path) -> None:
+    """Right-padded batched prefill gives each prompt the logits and cache it gets alone."""
+    eager = EagerEngine(tiny_model_dir, max_slots=4, max_len=256)
+    static = StaticCacheEngine(tiny_model_dir, max_slots=4, max_len=256, device="cpu", dtype=torch.float32)
+    prompts = [eager.tokenizer.encode(p) for p in PROMPTS]
+    alone = torch.stack([eager.prefill(s, ids) for s, ids in enumerate(prompts)])
+    together = static.prefill_many([3, 2, 1, 0], prompts)
+    torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-4)
+    nxt = alone.argmax(dim=-1).tolist()
+    torch.testing.assert_close(static.decode([3, 2, 1, 0], nxt), eager.decode([0, 1, 2, 3], nxt), atol=1e-4, rtol=1e-4)
