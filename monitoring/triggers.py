@@ -9,8 +9,8 @@ the new model has a new reference, so the next shift triggers again. Within one 
 - the same window (same first/last request and size) never starts a second run (`duplicate`),
 - another drifted window within `monitoring.trigger.cooldown_s` of the last start is `suppressed` (cooldown).
 Every decision is a row: started (with the command, its pid and log), suppressed (with why), failed (could not
-start). The retraining command gets the drift report's path and the monitor's MLflow run id in its environment
-(`LLMOPS_TRIGGER_REPORT`, `LLMOPS_TRIGGER_RUN_ID`) so its own run can link the report that started it.
+start). The retraining command gets `--reason` and `--drift-report PATH` (`llmops run retrain` attaches the report
+to its MLflow run), and in its environment the monitor's MLflow run id (`LLMOPS_TRIGGER_RUN_ID`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,6 +64,11 @@ class TriggerDecision:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def resolve_command(command: list[str]) -> list[str]:
+    """`llmops ...` runs with this interpreter's installation (a cron/daemon PATH may lack the venv)."""
+    return [sys.executable, "-m", "llmops.cli.main", *command[1:]] if command[:1] == ["llmops"] else list(command)
 
 
 def db_path(state_dir: Path) -> Path:
@@ -122,15 +128,16 @@ def decide_and_start(
             return TriggerDecision(trigger_id, outcome, reason, reference_id, window_id, now)
         log_path = path.parent / "runs" / f"trigger-{trigger_id}.log"
         try:
-            pid = _start(command, log_path, cwd, {REPORT_ENV: str(report_path or ""),
+            argv = [*resolve_command(command), "--reason", reason]
+            argv += ["--drift-report", str(report_path)] if report_path else []
+            pid = _start(argv, log_path, cwd, {REPORT_ENV: str(report_path or ""),
                                                   RUN_ID_ENV: mlflow_run_id or "", TRIGGER_ID_ENV: str(trigger_id)})
         except OSError as exc:  # the start itself failed: record it, so the next window may try again
             reason = f"could not start {command[0]!r}: {exc}"
             conn.execute("UPDATE triggers SET outcome='failed', reason=? WHERE id=?", (reason, trigger_id))
             return TriggerDecision(trigger_id, "failed", reason, reference_id, window_id, now, command=command)
         conn.execute("UPDATE triggers SET pid=?, log_path=? WHERE id=?", (pid, str(log_path), trigger_id))
-        return TriggerDecision(trigger_id, "started", reason, reference_id, window_id, now, pid, str(log_path),
-                               command)
+        return TriggerDecision(trigger_id, "started", reason, reference_id, window_id, now, pid, str(log_path), argv)
     finally:
         conn.close()
 

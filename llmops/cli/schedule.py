@@ -12,7 +12,6 @@ Local: a durable APScheduler job store in the state dir, run by `llmops schedule
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -47,28 +46,6 @@ def _host(settings: Any) -> str:
     return settings.kfp_host.rstrip("/")
 
 
-def _llmops() -> list[str]:
-    """This interpreter's llmops, so the daemon runs the same installation that created the schedule."""
-    return [sys.executable, "-m", "llmops.cli.main"]
-
-
-def _compile_retrain_cluster(params: Any, out: Path) -> tuple[Path, str, set[str]]:
-    """The retrain pipeline compiled with the cluster settings; returns (package, pipeline name, its inputs)."""
-    try:
-        from pipelines.retrain import PIPELINE_NAME, retrain
-    except ImportError as exc:
-        raise LlmopsError(f"the retrain pipeline is not available: {exc}",
-                          "update the checkout (pipelines/retrain.py defines it)") from None
-    from kfp import compiler
-
-    from pipelines._resources import for_cluster
-
-    compiler.Compiler().compile(for_cluster(retrain, params.cluster), package_path=str(out),
-                                pipeline_name=PIPELINE_NAME)
-    inputs = set(retrain.component_spec.inputs or {})
-    return out, PIPELINE_NAME, inputs
-
-
 def _print_one(d: dict) -> None:
     where = d.get("url") or f"next run {d.get('next_run') or '-'}"
     state = " (paused)" if d.get("paused") else ""
@@ -87,20 +64,22 @@ def retrain(
 ) -> None:
     """Retrain on a schedule: a KFP recurring run (cluster) or a local durable schedule of `llmops run retrain`."""
     from monitoring import schedules
+    from monitoring.triggers import resolve_command
 
     settings = _settings(profile, host)
     params = settings.params(overrides)
     if settings.profile == "cluster":
         h = _host(settings)
         schedules.parse_cron(cron)
+        from pipelines.retrain import PIPELINE_NAME
+        from pipelines.runner import compile_pipeline
+
         with tempfile.TemporaryDirectory() as tmp:
-            package, pipeline_name, inputs = _compile_retrain_cluster(params, Path(tmp) / "retrain.cluster.yaml")
-            arguments = {"overrides": list(overrides)} if "overrides" in inputs else {}
-            out = schedules.create_cluster(h, package, pipeline_name, cron, arguments, name)
+            package = compile_pipeline("retrain", Path(tmp) / "retrain.cluster.yaml", cluster=params.cluster)
+            arguments = {"overrides": list(overrides), "reason": f"schedule {name or cron}"}
+            out = schedules.create_cluster(h, package, PIPELINE_NAME, cron, arguments, name)
     else:
-        command = list(params.monitoring.trigger.command)
-        if command[:1] == ["llmops"]:
-            command = [*_llmops(), *command[1:]]
+        command = resolve_command(["llmops", "run", "retrain", "--reason", f"schedule {name or cron}"])
         command += [a for o in overrides for a in ("--set", o)]
         out = schedules.create_local(settings.state_dir, "retrain", cron, command, settings.project_dir, name)
     emit(out, as_json, _print_one)
@@ -116,9 +95,10 @@ def monitor(
     """Run `llmops monitor run` on a local schedule (a drift verdict there starts retraining)."""
     from llmops.settings import get_settings
     from monitoring import schedules
+    from monitoring.triggers import resolve_command
 
     settings = get_settings()
-    out = schedules.create_local(settings.state_dir, "monitor", cron, [*_llmops(), "monitor", "run"],
+    out = schedules.create_local(settings.state_dir, "monitor", cron, resolve_command(["llmops", "monitor", "run"]),
                                  settings.project_dir, name)
     emit(out, as_json, _print_one)
 

@@ -1,0 +1,175 @@
+"""`llmops monitor run` end to end on real parts: requests in the real inference log (C6), a drift reference
+and reports from the real drift library and MiniLM embedder (C5), MLflow in the test's state dir, and the
+trigger's de-duplication and cooldown persisted in SQLite across separate runs.
+
+The retraining command is configured (monitoring.trigger.command) as a small script that records the
+arguments and environment it was started with: what is under test is what the trigger starts and when; the
+retraining DAG itself is tested by the pipeline tests."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from llmops.cli.main import app
+from llmops.data.records import read_jsonl
+from llmops.modeling.embedder import ensure_embedder
+from llmops.modeling.prompts import user_message
+from monitoring import triggers
+from monitoring.drift import build_reference, default_reference_dir
+from serving.records import RequestRecord
+
+REPO = Path(__file__).resolve().parents[2]
+RECORDER = """import json, os, sys
+with open(sys.argv[1], "a") as f:
+    f.write(json.dumps({"argv": sys.argv[2:], "run_id": os.environ.get("LLMOPS_TRIGGER_RUN_ID"),
+                        "trigger_id": os.environ.get("LLMOPS_TRIGGER_ID")}) + "\\n")
+"""
+
+
+@pytest.fixture
+def monitored(settings, tmp_path):
+    """A state dir with a saved drift reference (300 training prompts) and a recording retrain command."""
+    params = settings.params()
+    ensure_embedder(settings, params)
+    train = read_jsonl(REPO / "data" / "splits" / "train.jsonl").to_dict(orient="records")[:300]
+    build_reference([user_message(r) for r in train], settings, params, responses=[r["output"] for r in train],
+                    prompt_source="train[:300]").save(default_reference_dir(settings))
+    script, out = tmp_path / "record.py", tmp_path / "started.jsonl"
+    script.write_text(RECORDER)
+    command = json.dumps([sys.executable, str(script), str(out)])
+    return settings, [f"monitoring.trigger.command={command}", "drift.permutations=200"], out
+
+
+def _log(settings, records: list[dict], start: float) -> None:
+    from monitoring.inference_log import open_log
+
+    log = open_log(settings)
+    try:
+        futures = [log.submit(RequestRecord(
+            request_id=f"req-{start:.0f}-{i}", route="/v1/chat/completions", model="tiny", model_version="1",
+            prompt=[{"role": "user", "content": user_message(r)}], response=r["output"], prompt_tokens=20,
+            completion_tokens=12, latency_s=0.2, ttft_s=0.05, status=200, finish_reason="stop",
+            time=start + i * 0.01)) for i, r in enumerate(records)]
+        for f in futures:
+            f.result(timeout=30)
+    finally:
+        log.close()
+
+
+def _monitor(sets: list[str], *extra: str) -> dict:
+    args = ["monitor", "run", "--json", "--window", "80", *extra]
+    for s in sets:
+        args += ["--set", s]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def _started(out: Path, n: int) -> list[dict]:
+    deadline = time.time() + 30  # the command runs detached: wait for its record
+    while time.time() < deadline:
+        lines = out.read_text().splitlines() if out.is_file() else []
+        if len(lines) >= n:
+            return [json.loads(line) for line in lines]
+        time.sleep(0.2)
+    raise AssertionError(f"the retrain command did not start {n} time(s)")
+
+
+def test_one_shift_starts_one_retrain_run_then_cooldown(monitored):
+    settings, sets, out = monitored
+    shifted = read_jsonl(REPO / "data" / "drift" / "shifted.jsonl").to_dict(orient="records")
+    holdout = read_jsonl(REPO / "data" / "splits" / "validation.jsonl").to_dict(orient="records")
+
+    _log(settings, holdout[:80], time.time() - 600)  # reference-like traffic: no verdict of drift, no trigger
+    quiet = _monitor(sets)
+    assert not quiet["drifted"] and quiet["trigger"] is None and quiet["window"]["requests"] == 80
+
+    _log(settings, shifted[:80], time.time() - 300)
+    first = _monitor(sets)
+    assert first["drifted"] and first["fired"]
+    assert first["trigger"]["outcome"] == "started", first["trigger"]
+    started = _started(out, 1)[0]
+    report = Path(started["argv"][started["argv"].index("--drift-report") + 1])
+    assert report == Path(first["report_json"]) and json.loads(report.read_text())["drifted"] is True
+    assert started["argv"][started["argv"].index("--reason") + 1].startswith("drift detected: ")
+    assert started["run_id"] == first["mlflow_run_id"] and started["trigger_id"] == str(first["trigger"]["id"])
+    assert Path(first["report_html"]).read_text().lstrip().lower().startswith("<!doctype html")
+
+    # the report is attached to the monitor's MLflow run, which the retrain run is pointed at
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(settings.tracking_uri)
+    run = client.get_run(first["mlflow_run_id"])
+    assert run.data.tags["llmops.drift.detected"] == "true" and run.data.metrics["drift_detected"] == 1.0
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "drift")} == {
+        "drift/drift-report.json", "drift/drift-report.html"}
+
+    # gauges for Prometheus
+    prom = Path(first["metrics_file"]).read_text()
+    assert "llmops_drift_detected 1" in prom and 'llmops_monitor_retrain_triggers{outcome="started"} 1.0' in prom
+
+    again = _monitor(sets)  # the same window scored again: a duplicate
+    assert again["window_id"] == first["window_id"]
+    assert again["trigger"]["outcome"] == "suppressed" and again["trigger"]["reason"].startswith("duplicate")
+
+    _log(settings, shifted[80:100], time.time() - 100)  # the shift goes on: a new window, inside the cooldown
+    later = _monitor(sets)
+    assert later["drifted"] and later["window_id"] != first["window_id"]
+    assert later["trigger"]["outcome"] == "suppressed" and later["trigger"]["reason"].startswith("cooldown")
+
+    _log(settings, shifted[100:110], time.time() - 50)  # after the cooldown (0 s here) the shift triggers again
+    after = _monitor([*sets, "monitoring.trigger.cooldown_s=0"])
+    assert after["trigger"]["outcome"] == "started"
+    assert len(_started(out, 2)) == 2
+
+    history = triggers.history(settings.state_dir)
+    assert [h["outcome"] for h in history] == ["started", "suppressed", "suppressed", "started"]
+    assert triggers.counts(settings.state_dir) == {"started": 2, "suppressed": 2, "failed": 0}
+    listed = CliRunner().invoke(app, ["monitor", "triggers", "--json"])
+    assert [r["id"] for r in json.loads(listed.stdout)] == [h["id"] for h in history]
+
+
+def _race(state_dir: str, barrier, results) -> None:
+    barrier.wait()
+    d = triggers.decide_and_start(Path(state_dir), reference_id="ref", window_id="win", cooldown_s=3600,
+                                  command=[sys.executable, "-c", "pass"])
+    results.put(d.outcome)
+
+
+def test_racing_monitors_start_one_run(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(str(tmp_path), barrier, results)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    outcomes = sorted(results.get(timeout=5) for _ in procs)
+    assert outcomes == ["started", "suppressed", "suppressed", "suppressed"]
+
+
+def test_a_command_that_cannot_start_is_recorded_and_retried(tmp_path):
+    failed = triggers.decide_and_start(tmp_path, reference_id="r", window_id="w", cooldown_s=3600,
+                                       command=[str(tmp_path / "no-such-program")])
+    assert failed.outcome == "failed" and "could not start" in failed.reason
+    retried = triggers.decide_and_start(tmp_path, reference_id="r", window_id="w", cooldown_s=3600,
+                                        command=[sys.executable, "-c", "pass"])
+    assert retried.outcome == "started"  # a failed start holds no cooldown
+
+
+def test_since_parsing_and_bad_input():
+    from llmops.cli.monitor import parse_since
+    from llmops.errors import LlmopsError
+
+    assert parse_since("2h", now=10_000.0) == 10_000.0 - 7200
+    assert parse_since("1700000000") == 1_700_000_000.0
+    assert parse_since(None) is None
+    with pytest.raises(LlmopsError, match="bad --since"):
+        parse_since("yesterday")
