@@ -1,6 +1,6 @@
 """The one definition of the training DAG's wiring, shared by every pipeline that produces a model.
 
-validate -> train -> evaluate -> (gate) -> register -> compile_engine [-> canary_deploy]: `pipelines/finetune.py`
+validate -> train -> evaluate -> (gate) -> register -> compile_engine -> canary_deploy: `pipelines/finetune.py`
 and `pipelines/retrain.py` both call `model_stages` inside their own exit handler, so a step added here (the
 canary, a new check) reaches both DAGs and their compiled YAMLs cannot drift apart. What differs between the
 DAGs is only what comes before (retrain refreshes the data and plans the run from the champion's lineage).
@@ -13,6 +13,7 @@ from typing import Any
 
 from kfp import dsl
 
+from components.canary_deploy.component import canary_deploy
 from components.compile_engine.component import compile_engine
 from components.evaluate.component import evaluate
 from components.register.component import register
@@ -29,10 +30,11 @@ class StageTasks:
     evaluated: Any
     registered: Any
     compiled: Any
+    deployed: Any
 
 
 def model_stages(*, parent_run_id: Any, kfp_run_id: Any, overrides: Any, data_dir: Any) -> StageTasks:
-    """Add validate -> train -> evaluate -> gate -> register -> compile_engine to the pipeline being built.
+    """Add validate -> train -> evaluate -> gate -> register -> compile_engine -> canary_deploy to the pipeline.
 
     Every argument may be a pipeline parameter or an upstream task's output (retrain passes the refreshed
     data dir and the planned overrides from its own steps).
@@ -47,4 +49,8 @@ def model_stages(*, parent_run_id: Any, kfp_run_id: Any, overrides: Any, data_di
         registered = register(parent_run_id=parent_run_id, overrides=overrides, kfp_run_id=kfp_run_id,
                               adapter=trained.outputs["adapter"], eval_metrics=evaluated.outputs["metrics"])
         compiled = compile_engine(parent_run_id=parent_run_id, overrides=overrides, model_version=registered.output)
-    return StageTasks(data=data, trained=trained, evaluated=evaluated, registered=registered, compiled=compiled)
+        # The first version becomes champion (register); a later one is rolled out against the champion.
+        deployed = canary_deploy(parent_run_id=parent_run_id, overrides=overrides,
+                                 model_version=registered.output).after(compiled)
+    return StageTasks(data=data, trained=trained, evaluated=evaluated, registered=registered, compiled=compiled,
+                      deployed=deployed)

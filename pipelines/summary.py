@@ -9,7 +9,7 @@ from llmops.settings import Settings
 from llmops.steplog import STEP_ERROR_TAG
 from llmops.tracking import FINAL_STATE_TAG, close_run, ensure_experiment
 
-STEPS = ("validate_data", "train", "evaluate", "register", "compile_engine")
+STEPS = ("validate_data", "train", "evaluate", "register", "compile_engine", "canary_deploy")
 
 
 def latest_parent_run(settings: Settings, since_ms: int) -> str | None:
@@ -86,4 +86,7 @@ def summarize(settings: Settings, parent_run_id: str) -> dict[str, Any]:
     if "register" in by_step:
         rt = by_step["register"].data.tags
         out["registered"] = {k.removeprefix("registered."): v for k, v in rt.items() if k.startswith("registered.")}
+    if "canary_deploy" in by_step:  # the rollout's decision and why (components/canary_deploy)
+        ct = by_step["canary_deploy"].data.tags
+        out["canary"] = {k.removeprefix("canary."): v for k, v in ct.items() if k.startswith("canary.")}
     return out

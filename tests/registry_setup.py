@@ -31,6 +31,25 @@ def registry_with_versions(settings: Settings, n: int, name: str) -> Registry:
     return reg
 
 
+def register_checkpoint(settings: Settings, model_dir: Path, name: str) -> str:
+    """Register a local checkpoint dir (e.g. the tiny model) as a new version of `name`; `llmops serve
+    NAME/VERSION` serves it (the `model/` artifact holds config, safetensors and tokenizer). Returns the version."""
+    import contextlib
+
+    import mlflow
+
+    from llmops.tracking import configure, ensure_experiment
+
+    configure(settings)
+    with mlflow.start_run(experiment_id=ensure_experiment(settings)) as run:
+        mlflow.log_artifacts(str(model_dir), artifact_path="model")
+    client = mlflow.tracking.MlflowClient(settings.tracking_uri)
+    with contextlib.suppress(Exception):  # exists already
+        client.create_registered_model(name)
+    return str(client.create_model_version(name, source=f"{run.info.artifact_uri}/model",
+                                           run_id=run.info.run_id).version)
+
+
 # The registry tests run on both backends: the local one (MLflow on sqlite, sqlite audit trail) and the
 # cluster one (mlflow server on PostgreSQL with S3 artifacts, audit trail on PostgreSQL with its advisory
 # lock). A module opts in with `from tests.registry_setup import backend_settings`; the stack itself is

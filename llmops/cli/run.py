@@ -145,6 +145,13 @@ def _print_summary(s: dict[str, Any]) -> None:
         say("registered: " + "  ".join(f"{k}={v}" for k, v in s["registered"].items()))
     elif s.get("steps", {}).get("evaluate") == "FINISHED":
         say("[yellow]nothing registered[/] (the gate did not pass; reasons above)")
+    if s.get("canary"):
+        c = s["canary"]
+        decision, _, why = str(c.get("decision", "")).partition(":")
+        color = {"promoted": "green", "rolled_back": "red", "first_version": "green"}.get(decision, "yellow")
+        say(f"canary: [{color}]{decision}[/] v{c.get('version')} vs v{c.get('stable_version')}; champion is now "
+            f"v{c.get('champion_after')}" + (f" (rollout {c['rollout_id']})" if c.get("rollout_id") != "None" else ""))
+        say(f"  why: {why or c.get('reason', '')}")
     if s.get("log"):
         say(f"full log: {_rel(Path(s['log']))}")
 

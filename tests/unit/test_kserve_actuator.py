@@ -360,3 +360,28 @@ def test_window_from_a_real_prometheus(api, tmp_path):
     assert w.stable.errors == 0 and 0.15 <= w.canary.errors / w.canary.requests <= 0.35
     assert 0.25 < w.stable.latency_p95_s <= 0.5 and 2 < w.canary.latency_p95_s <= 4  # the observations' buckets
     assert 0.1 < w.stable.ttft_p95_s <= 0.25 and 1 < w.canary.ttft_p95_s <= 2
+
+
+def test_rebuilt_from_its_recorded_spec_through_a_kubeconfig(api, tmp_path, monkeypatch, settings):
+    """`llmops canary resume/abort` rebuild the actuator from the rollout state's spec and the kubeconfig."""
+    from serving.rollout.actuators import build
+
+    spec = json.loads(json.dumps(actuator(api).spec()))  # what the state stores
+    assert spec == {"kind": "kserve", "isvc": "llmops-server", "namespace": "llmops", "container": "kserve-container",
+                    "prometheus_url": "http://127.0.0.1:9"}
+    kubeconfig = {"apiVersion": "v1", "kind": "Config", "current-context": "t",
+                  "clusters": [{"name": "c", "cluster": {"server": api.url}}],
+                  "users": [{"name": "u", "user": {"token": "kc-token"}}],
+                  "contexts": [{"name": "t", "context": {"cluster": "c", "user": "u", "namespace": "llmops"}}]}
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    rebuilt = build(spec, settings)
+    assert isinstance(rebuilt, KServeActuator) and rebuilt.prometheus.url == "http://127.0.0.1:9"
+    rebuilt.abort()
+    last = api.patches()[-1]
+    assert (last["path"], last["authorization"], last["body"]) == \
+        (PATH, "Bearer kc-token", {"spec": {"predictor": {"canaryTrafficPercent": 0}}})
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    with pytest.raises(RolloutError, match="no Kubernetes credentials"):
+        build(spec, settings)

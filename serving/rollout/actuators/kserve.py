@@ -26,6 +26,7 @@ concurrent edit makes it fail with 409 instead of being overwritten. Needs the `
 from __future__ import annotations
 
 import copy
+import os
 import time
 from typing import Any
 
@@ -53,7 +54,7 @@ def load_api_client(in_cluster: bool | None = None):
             except config.ConfigException:
                 if in_cluster:
                     raise
-        config.load_kube_config()
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # read now, not at the client's import
         return client.ApiClient()
     except config.ConfigException as exc:
         raise RolloutError(f"no Kubernetes credentials: {exc}",
@@ -82,6 +83,11 @@ class KServeActuator(Actuator):
         self.api = client.CustomObjectsApi(api_client or load_api_client())
         self._stable_rev: str | None = None  # pinned at deploy time: the revision the canary is compared with
         self._urls: tuple[str, str] | None = None
+
+    def spec(self) -> dict[str, Any]:
+        """What the rollout state records to rebuild this actuator on resume/abort (no credentials)."""
+        return {"kind": self.name, "isvc": self.isvc, "namespace": self.namespace, "container": self.container,
+                "prometheus_url": self.prometheus.url}
 
     # -- Kubernetes ---------------------------------------------------------------------------------------
     def get(self) -> dict[str, Any]:
@@ -210,3 +216,17 @@ class KServeActuator(Actuator):
                                f"(traffic tags: {sorted(tags)})",
                                f"set the {TAG_ROUTING}: \"true\" annotation and start the canary below 100%")
         return self._urls
+
+
+def from_settings(settings: Any, **kw: Any) -> KServeActuator:
+    """The actuator for the InferenceService and Prometheus in settings (LLMOPS_KSERVE_*, LLMOPS_PROMETHEUS_URL)."""
+    return KServeActuator(settings.kserve_isvc, settings.kserve_namespace, PrometheusClient(settings.prometheus_url),
+                          **kw)
+
+
+def from_spec(spec: dict[str, Any], settings: Any) -> KServeActuator:
+    """Rebuild the actuator a rollout recorded (`spec()`), e.g. for `llmops canary resume/abort`."""
+    return KServeActuator(spec.get("isvc") or settings.kserve_isvc,
+                          spec.get("namespace") or settings.kserve_namespace,
+                          PrometheusClient(spec.get("prometheus_url") or settings.prometheus_url),
+                          container=spec.get("container") or "kserve-container")
