@@ -237,7 +237,8 @@ class _Run:
         if verdict == "fail" and analysis is not None:
             m = analysis.breaches[0]
             breach = {"step": index + 1, "weight": step.weight, "metric": m.name, "value": m.value,
-                      "threshold": m.threshold, "detail": m.detail}
+                      "threshold": m.threshold, "detail": m.detail,
+                      "all": [b.name for b in analysis.breaches]}
             reason = f"step {index + 1} ({step.weight}%): {_breach_text(analysis)}"
             status = "rolled_back"
         elif verdict == "probe_error":
@@ -255,7 +256,8 @@ class _Run:
         tags: dict[str, Any] = {"verdict": "rejected" if status == "rolled_back" else status,
                                 "rollout_id": self.rollout.id, "reason": reason}
         if breach:
-            tags.update({f"rejected.{k}": ("" if v is None else v) for k, v in breach.items() if k != "detail"})
+            tags.update({f"rejected.{k}": ("" if v is None else v) for k, v in breach.items()
+                         if k not in ("detail", "all")})
         _tag(self.registry, self.rollout.model, self.rollout.version, tags)
         self._emit(kind="done", status=status, reason=reason, breach=breach)
         return self._outcome(load, breach)
