@@ -81,8 +81,8 @@ ui: venv ## MLflow UI on http://$(HOST):$(PORT) over the local registry
 	@$(BIN)/mlflow server --host $(HOST) --port $(PORT) \
 		--backend-store-uri sqlite:///$(CURDIR)/$(STATE)/mlflow.db --default-artifact-root $(CURDIR)/$(STATE)/mlartifacts
 
-serve: venv ## OpenAI-compatible server for the champion on 127.0.0.1:8000 (SERVE_MODEL=..., LLMOPS_API_KEY for auth)
-	@$(BIN)/llmops serve $(SERVE_MODEL)
+serve: venv ## the champion behind the router: OpenAI API on 127.0.0.1:8080 -> server :8000 (SERVE_MODEL=..., LLMOPS_API_KEY)
+	@$(BIN)/python -m serving.local_stack $(SERVE_MODEL)
 
 bench: setup ## training throughput vs HF Trainer/TRL baselines (installs the bench extra; not part of the tests)
 	@$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev,cluster,bench]' 2>&1 | grep -v '^WARNING: Location' || true
