@@ -53,28 +53,26 @@ class InferenceLog:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            loop = None
-        try:
-            fut = self.submit(record)
-        except queue.Full:
-            if loop is None:
-                self._wait_for_room(record).result()
-                return None
-            return self._when_room(record)
-        if loop is None:
-            fut.result()
+            self._wait_for_room(record).result()
             return None
-        return asyncio.wrap_future(fut, loop=loop)
+        if self.writer is None:
+            raise LlmopsError("this inference log was opened read-only", "open it with start_writer=True")
+        row = rows_from([record])[0]
+        try:
+            return self.writer.submit_async(row, loop)
+        except queue.Full:
+            return self._when_room(row, loop)
 
-    async def _when_room(self, record: Any) -> None:
+    async def _when_room(self, row: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
         """Backpressure: the queue is full, so this request waits for room rather than be dropped."""
+        assert self.writer is not None
         while True:
             await asyncio.sleep(0.005)
             try:
-                fut = self.submit(record)
+                fut = self.writer.submit_async(row, loop)
             except queue.Full:
                 continue
-            await asyncio.wrap_future(fut)
+            await fut
             return
 
     def _wait_for_room(self, record: Any) -> Future[None]:

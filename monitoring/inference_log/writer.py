@@ -9,6 +9,8 @@ a record waits for company when the queue is quiet. The same thread prunes the l
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -35,18 +37,45 @@ class BatchWriter:
         self.committed = self.failed = self.batches = 0
         self._thread = threading.Thread(target=self._run, name="llmops-inference-log", daemon=True)
         self._closed = False
+        self._inflight: list[tuple[dict[str, Any], Any, Any]] = []
         self._thread.start()
 
     def submit(self, row: dict[str, Any]) -> Future[None]:
         """Queue one row; the future resolves when it is committed (raises if the write failed).
         Raises queue.Full when the queue is full (the caller decides whether to wait)."""
-        if self._closed:
-            raise RuntimeError("the inference log writer is closed")
         fut: Future[None] = Future()
-        self.queue.put_nowait((row, fut))
+        self._put(row, fut, None)
         return fut
 
+    def submit_async(self, row: dict[str, Any], loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        """As `submit`, for a caller in `loop`: an asyncio future, settled with ONE loop callback per batch
+        (not one cross-thread wake-up per record)."""
+        fut = loop.create_future()
+        self._put(row, fut, loop)
+        return fut
+
+    def _put(self, row: dict[str, Any], fut: Any, loop: asyncio.AbstractEventLoop | None) -> None:
+        if self._closed:
+            raise RuntimeError("the inference log writer is closed")
+        self.queue.put_nowait((row, fut, loop))
+
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug here must not leave requests awaiting forever
+            log.exception("inference log writer died")
+            self._closed = True
+            pending = list(self._inflight)
+            while True:
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not _STOP:
+                    pending.append(item)
+            self._settle_all(pending, exc)
+
+    def _loop(self) -> None:
         next_prune = time.monotonic() + self.prune_interval_s
         stopping = False
         while not stopping:
@@ -55,14 +84,16 @@ class BatchWriter:
                 first = self.queue.get(timeout=timeout)
             except queue.Empty:
                 first = None
-            batch: list[tuple[dict[str, Any], Future[None]]] = []
+            batch: list[tuple[dict[str, Any], Any, Any]] = []
             if first is _STOP:
                 stopping = True
             elif first is not None:
                 batch.append(first)
                 stopping = self._fill(batch)
             if batch:
+                self._inflight = batch
                 self._commit(batch)
+                self._inflight = []
             if self.prune and time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + self.prune_interval_s
                 try:
@@ -80,7 +111,7 @@ class BatchWriter:
         if rest:
             self._commit(rest)
 
-    def _fill(self, batch: list[tuple[dict[str, Any], Future[None]]]) -> bool:
+    def _fill(self, batch: list[tuple[dict[str, Any], Any, Any]]) -> bool:
         """Take what is queued (up to batch_size), lingering at most `linger` for more; True on stop."""
         deadline = time.monotonic() + self.linger
         while len(batch) < self.batch_size:
@@ -99,8 +130,8 @@ class BatchWriter:
             batch.append(item)
         return False
 
-    def _commit(self, batch: list[tuple[dict[str, Any], Future[None]]]) -> None:
-        rows = [row for row, _ in batch]
+    def _commit(self, batch: list[tuple[dict[str, Any], Any, Any]]) -> None:
+        rows = [row for row, _, _ in batch]
         error: BaseException | None = None
         for attempt in range(_RETRIES):
             try:
@@ -116,11 +147,21 @@ class BatchWriter:
             self.committed += len(rows)
         else:
             self.failed += len(rows)
-        for _, fut in batch:
-            if error is None:
-                fut.set_result(None)
-            else:
-                fut.set_exception(error)
+        self._settle_all(batch, error)
+
+    def _settle_all(self, batch: list[tuple[dict[str, Any], Any, Any]], error: BaseException | None) -> None:
+        by_loop: dict[Any, list[asyncio.Future[None]]] = {}
+        for _, fut, loop in batch:
+            if loop is not None:
+                by_loop.setdefault(loop, []).append(fut)
+            elif not fut.done():
+                if error is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(error)
+        for loop, futs in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+                loop.call_soon_threadsafe(_settle, futs, error)
 
     def close(self, timeout: float = 30.0) -> None:
         """Commit everything queued, then stop the thread."""
@@ -129,3 +170,13 @@ class BatchWriter:
         self._closed = True
         self.queue.put(_STOP)
         self._thread.join(timeout)
+
+
+def _settle(futs: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for fut in futs:
+        if fut.done():  # the request was cancelled meanwhile
+            continue
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(error)
