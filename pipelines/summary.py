@@ -10,6 +10,7 @@ from llmops.steplog import STEP_ERROR_TAG
 from llmops.tracking import FINAL_STATE_TAG, close_run, ensure_experiment
 
 STEPS = ("validate_data", "train", "evaluate", "register", "compile_engine", "canary_deploy")
+RETRAIN_STEPS = ("refresh_data",)  # steps only the retrain DAG has, listed when the run had them
 
 
 def latest_parent_run(settings: Settings, since_ms: int) -> str | None:
@@ -60,9 +61,16 @@ def summarize(settings: Settings, parent_run_id: str) -> dict[str, Any]:
         "params_hash": tags.get("llmops.params_hash"),
         # md5 of the split files validate_data really read, and the DVC version each matches (or "untracked")
         "data_versions": {k[5:-4]: {"md5": v, "dvc": read.get(f"{k[:-4]}.dvc", "untracked")}
-                          for k, v in read.items() if k.startswith("data.") and k.endswith(".md5")},
-        "steps": {s: (by_step[s].info.status if s in by_step else "not run") for s in STEPS},
+                          for k, v in read.items() if k.startswith("data.") and k.endswith(".md5")
+                          and not k.startswith("data.source.")},
+        "steps": {s: (by_step[s].info.status if s in by_step else "not run")
+                  for s in (*[s for s in RETRAIN_STEPS if s in by_step], *STEPS)},
     }
+    if "data.sources" in read:  # the datasets the splits were merged from (llmops.data.sources)
+        out["data_sources"] = read["data.sources"]
+    retrain = {k.removeprefix("llmops.retrain."): v for k, v in tags.items() if k.startswith("llmops.retrain.")}
+    if retrain:
+        out["retrain"] = retrain
     # Each failed step's own one-line cause: recorded by the step (llmops.steplog) on the pipeline run, or on
     # the step's run by llmops.tracking.step_run.
     errors = {k.removeprefix(STEP_ERROR_TAG): v for k, v in tags.items() if k.startswith(STEP_ERROR_TAG)}

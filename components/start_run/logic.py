@@ -6,6 +6,8 @@ task) can close it with the pipeline's final status.
 
 from __future__ import annotations
 
+import json
+
 from llmops.lineage import git_commit
 from llmops.params import Params
 from llmops.settings import Settings
@@ -26,6 +28,7 @@ def start_run(settings: Settings, params: Params, *, kfp_run_id: str, kfp_run_na
         "llmops.git_commit": git_commit(settings.project_dir),
         "llmops.params_hash": params.digest(),
         "llmops.overrides": " ".join(overrides),
+        "llmops.overrides_json": json.dumps(list(overrides)),  # exact: a retrain reuses it as the champion's recipe
     }
     run_id = start_pipeline_run(settings, run_name=kfp_run_name, tags=tags)
     from mlflow.entities import Param

@@ -45,3 +45,19 @@ def handle_errors(fn: F) -> F:
             fail("interrupted", code=130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def profile_settings(profile: str | None, host: str | None) -> Any:
+    """Settings with `--profile` / `--host` applied through the environment, so the steps and subprocesses a
+    command starts resolve the same profile and KFP host."""
+    import os
+
+    from llmops.settings import get_settings
+
+    if profile:
+        os.environ["LLMOPS_PROFILE"] = profile
+        get_settings.cache_clear()
+    if host:
+        os.environ["LLMOPS_KFP_HOST"] = host
+        get_settings.cache_clear()
+    return get_settings()

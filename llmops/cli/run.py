@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from llmops.cli._common import JSON_OPTION, console, emit, handle_errors
+from llmops.cli._common import JSON_OPTION, console, emit, handle_errors, profile_settings
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -32,19 +32,9 @@ def finetune(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Validate -> train (Ray, LoRA) -> evaluate -> gate -> register, as a Kubeflow pipeline."""
-    import os
-
-    from llmops.settings import get_settings
-
-    if profile:
-        os.environ["LLMOPS_PROFILE"] = profile
-        get_settings.cache_clear()
-    if host:
-        os.environ["LLMOPS_KFP_HOST"] = host
-        get_settings.cache_clear()
     from pipelines.preflight import preflight_finetune
 
-    settings = get_settings()
+    settings = profile_settings(profile, host)
     if datasets:
         data_dir = _dataset_dir(settings, overrides, datasets, data_dir)
     # Everything checkable before the DAG starts fails here, in seconds, with cause and fix (exit 2).
@@ -57,19 +47,79 @@ def finetune(
              lambda d: console.print(f"[green]submitted[/] run {d['run_id']} to {d['host']}\n{d['url']}"))
         return
 
-    from pipelines.console import RunConsole
     from pipelines.runner import run_finetune_local
+
+    _run_locally(settings, "finetune", lambda: run_finetune_local(settings, overrides, data_dir), verbose=verbose,
+                 as_json=as_json, summary_out=summary_out)
+
+
+@app.command("retrain")
+@handle_errors
+def retrain(
+    reason: str = typer.Option("", "--reason", help="Why this run starts (recorded on its MLflow run)."),
+    drift_report: Path = typer.Option(None, "--drift-report", help="The drift report (JSON) that started it "
+                                      "(`llmops monitor run` passes it): attached to the run, with its HTML."),
+    profile: str = typer.Option(None, "--profile", help="local (kfp.local, default) or cluster (KFP API server)."),
+    host: str = typer.Option(None, "--host", help="KFP API server URL for --profile cluster."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a value of the champion's recipe: "
+                                        "section.key=value."),
+    summary_out: Path = typer.Option(None, "--summary-out", help="Also write the summary JSON to this file."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Stream every step's full output."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Retrain the champion's recipe on the newest data (DVC sources, exported feedback) -> gate -> register."""
+    from llmops.errors import LlmopsError
+
+    settings = profile_settings(profile, host)
+    report_text = ""
+    if drift_report is not None:
+        try:
+            report_text = drift_report.read_text()
+            json.loads(report_text)
+        except (OSError, ValueError) as exc:
+            raise LlmopsError(f"cannot read the drift report {drift_report}: {exc}",
+                              "pass the drift-report.json that `llmops monitor run` wrote") from None
+        reason = reason or f"drift detected ({drift_report})"
+    report_path = str(drift_report.resolve()) if drift_report is not None else ""
+    if settings.profile == "cluster":
+        from pipelines.runner import submit_retrain_cluster
+
+        outcome = submit_retrain_cluster(settings, overrides, reason=reason, drift_report=report_text,
+                                         drift_report_path=report_path)
+        emit(outcome.submitted, as_json,
+             lambda d: console.print(f"[green]submitted[/] run {d['run_id']} to {d['host']}\n{d['url']}"))
+        return
+    from components.retrain.logic import champion_recipe
+    from pipelines.preflight import preflight_finetune
+    from pipelines.runner import run_retrain_local
+
+    # the same checks as finetune, on the champion's recipe (no champion, a changed base: exit 2 in seconds)
+    recipe = champion_recipe(settings, overrides)
+    preflight_finetune(settings, recipe.overrides, "data/splits")
+    if not as_json:
+        console.print(f"retraining champion {recipe.champion}: {reason or 'on demand'}", soft_wrap=True,
+                      highlight=False)
+    _run_locally(settings, "retrain", lambda: run_retrain_local(settings, overrides, reason=reason,
+                                                                 drift_report=report_text,
+                                                                 drift_report_path=report_path),
+                 verbose=verbose, as_json=as_json, summary_out=summary_out)
+
+
+def _run_locally(settings: Any, label: str, run: Any, *, verbose: bool, as_json: bool,
+                 summary_out: Path | None) -> None:
+    """Run a DAG through kfp.local behind the step console, then print (or emit as JSON) its summary."""
+    from pipelines.console import RunConsole
     from pipelines.summary import latest_parent_run, mark_interrupted, summarize
 
     since_ms = int(time.time() * 1000)
-    label = time.strftime("finetune-%Y%m%d-%H%M%S")
-    run_console = RunConsole(settings.state_dir / "logs", label, verbose=verbose, quiet=as_json)
+    run_console = RunConsole(settings.state_dir / "logs", time.strftime(f"{label}-%Y%m%d-%H%M%S"),
+                             verbose=verbose, quiet=as_json)
     if not as_json:
-        console.print(f"[bold]llmops finetune[/] (kfp.local)   full log: {_rel(run_console.log_path)}",
+        console.print(f"[bold]llmops {label}[/] (kfp.local)   full log: {_rel(run_console.log_path)}",
                       soft_wrap=True)
     try:
         with run_console:
-            outcome = run_finetune_local(settings, overrides, data_dir)
+            outcome = run()
     except KeyboardInterrupt:
         killed = mark_interrupted(settings, since_ms)
         console.print(f"[red]interrupted[/]: {len(killed)} MLflow run(s) marked KILLED; nothing was registered "
@@ -119,10 +169,14 @@ def _print_summary(s: dict[str, Any]) -> None:
         say(f"  full log of the step: {_rel(Path(f['log']))}")
     elif s.get("error"):
         say(f"[red]{s['error']}[/]")
+    if s.get("retrain"):
+        say("retrain: " + "  ".join(f"{k}={v}" for k, v in s["retrain"].items()))
     say("steps: " + "  ".join(f"{k}={v}" for k, v in s.get("steps", {}).items()))
     if s.get("data_versions"):
         say("data read (md5): " + "  ".join(f"{k}={v['md5'][:10]}" + (" (untracked)" if v["dvc"] == "untracked" else "")
                                              for k, v in s["data_versions"].items()))
+    if s.get("data_sources"):
+        say(f"data sources: {s['data_sources']}")
     if s.get("train"):
         say("train: " + "  ".join(f"{k}={v:.4g}" for k, v in s["train"].items()))
     if s.get("eval"):
