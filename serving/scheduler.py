@@ -66,6 +66,8 @@ class Sequence:
     t_submit: float = field(default_factory=time.perf_counter)
     t_first: float | None = None
     t_last: float | None = None
+    logprob_sum: float = 0.0  # log-probabilities of the sampled tokens under the model (drift monitoring)
+    logprob_count: int = 0
 
     @property
     def ttft(self) -> float | None:
@@ -158,10 +160,14 @@ class Scheduler:
 
     def _accept(self, seq: Sequence, logits: torch.Tensor, now: float) -> None:
         """Mask, sample and record one token for `seq`; decide whether it is finished."""
+        raw = logits
         if seq.constraint is not None:
             logits = seq.constraint.mask(logits)
         assert seq.sampler is not None
         token = seq.sampler(logits)
+        # the model's own log-probability of the token (unmasked, temperature 1): one logsumexp over the vocab
+        seq.logprob_sum += float(raw[token] - torch.logsumexp(raw.float(), dim=-1))
+        seq.logprob_count += 1
         if seq.t_first is None:
             seq.t_first = now
             self.metrics.ttft.labels(model=seq.model_label).observe(now - seq.t_submit)
@@ -210,25 +216,42 @@ class Scheduler:
             self._waiting = kept
 
     def _admit(self) -> None:
-        while True:
-            with self._cv:
-                if not self._free or not self._waiting:
-                    self.metrics.queue_depth.set(len(self._waiting))
-                    return
+        """Move waiting requests into free slots; those admitted together are prefilled as one batch."""
+        with self._cv:
+            admitted: list[Sequence] = []
+            while self._free and self._waiting:
                 seq = self._waiting.popleft()
-                slot = self._free.pop()
-                self.metrics.queue_depth.set(len(self._waiting))
-            seq.slot = slot
+                seq.slot = self._free.pop()
+                admitted.append(seq)
+            self.metrics.queue_depth.set(len(self._waiting))
+        if not admitted:
+            return
+        for seq in admitted:
             seq.sampler = Sampler(seq.sampling)
+        try:
+            rows = list(self.engine.prefill_many([s.slot for s in admitted], [s.prompt_ids for s in admitted]))
+        except Exception:  # find the request at fault: prefill one by one, so only it fails
+            log.exception("batched prefill of %d sequences failed; retrying one at a time", len(admitted))
+            rows = []
+            for seq in admitted:
+                try:
+                    rows.append(self.engine.prefill(seq.slot, seq.prompt_ids))
+                except Exception as exc:  # a fault in one request fails that request, never the server
+                    log.exception("prefill failed for sequence %s", seq.seq_id)
+                    self._finish(seq, "error", error=f"engine error: {type(exc).__name__}: {exc}")
+                    rows.append(None)
+        now = time.perf_counter()
+        for seq, logits in zip(admitted, rows, strict=True):
+            if logits is None:
+                continue
+            self._running.append(seq)
             try:
-                logits = self.engine.prefill(slot, seq.prompt_ids)
-                self._running.append(seq)
-                self._accept(seq, logits, time.perf_counter())
-            except Exception as exc:  # a fault in one request fails that request, never the server
-                log.exception("prefill failed for sequence %s", seq.seq_id)
-                self._finish(seq, "error", error=f"engine error: {type(exc).__name__}: {exc}")
-            self._running = [s for s in self._running if s.finish_reason is None]
-            self.metrics.running.set(len(self._running))
+                self._accept(seq, logits, now)
+            except Exception as exc:
+                log.exception("sampling failed for sequence %s", seq.seq_id)
+                self._finish(seq, "error", error=f"{type(exc).__name__}: {exc}")
+        self._running = [s for s in self._running if s.finish_reason is None]
+        self.metrics.running.set(len(self._running))
 
     def _step(self) -> None:
         batch = list(self._running)
