@@ -50,7 +50,8 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
     for col in ("time (UTC)", "request id", "model", "status", "tokens", "latency", "rating", "prompt", "response"):
         table.add_column(col, no_wrap=col not in ("prompt", "response"))
     for r in rows:
-        table.add_row(_iso(r["time"]), r["request_id"], f"{r['model']}/{r['model_version'] or '-'}", str(r["status"]),
+        when = _iso(r["time"])[5:].replace("T", " ")
+        table.add_row(when, r["request_id"], f"{r['model']}/{r['model_version'] or '-'}", str(r["status"]),
                       f"{r['prompt_tokens']}+{r['completion_tokens']}", f"{r['latency_s']:.2f}s",
                       "" if r["rating"] is None else str(r["rating"]), _short(_prompt_text(r["prompt"])),
                       _short(r["response"]))
@@ -139,8 +140,10 @@ def export(
     no_docs: bool = typer.Option(False, "--no-docs", help="Skip the Data Docs HTML (faster)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Export feedback-corrected answers (and answers rated good) as a validated dataset (rule: `--help` of
-    monitoring/inference_log/export.py): corrections replace the logged answer; invalid exports are refused."""
+    """Export feedback as a training dataset, validated by the GX records suite first (invalid: refused, exit 1).
+
+    Rule (latest feedback per answered request): a correction becomes the answer; else an answer rated 1 is kept;
+    single-user-turn prompts only; a prompt answered twice keeps the later one."""
     from llmops.settings import get_settings
     from monitoring.inference_log.export import ExportRefused, export_feedback, parse_time
 
