@@ -48,7 +48,8 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
 
     table = Table(title="inference log (oldest first)", title_justify="left")
     for col in ("time (UTC)", "request id", "model", "status", "tokens", "latency", "rating", "prompt", "response"):
-        table.add_column(col, no_wrap=col not in ("prompt", "response"))
+        text = col in ("prompt", "response")
+        table.add_column(col, no_wrap=not text, min_width=16 if text else None, overflow="fold" if text else "ellipsis")
     for r in rows:
         when = _iso(r["time"])[5:].replace("T", " ")
         table.add_row(when, r["request_id"], f"{r['model']}/{r['model_version'] or '-'}", str(r["status"]),
