@@ -5,8 +5,12 @@ or server-sent events.
 Safety: binds 127.0.0.1 by default; with an API key every /v1 route needs `Authorization: Bearer <key>`
 (/health, /ready, /metrics stay open); bodies over the limit are 413; bad input is a 4xx with one line;
 a fault inside one request is a 500 for that request only. Every response carries `x-request-id`.
-After each generation request the server calls its hooks with a `RequestRecord` (the router/inference log
-plugs in there).
+After each generation request the server calls its hooks with a `RequestRecord` (serving/records.py; the
+inference log plugs in there) and awaits awaitable ones before the response completes.
+
+Test-only fault injection: `LLMOPS_SERVE_FAULTS="error_rate=0.5,latency_s=2.0"` (read at app creation) fails
+that share of generation requests with a 500 and delays each one by that latency before its first token. The
+canary tests use it to build a bad candidate; never set it in production.
 """
 
 from __future__ import annotations
@@ -15,13 +19,15 @@ import asyncio
 import hmac
 import json
 import logging
+import os
+import random
 import re
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -33,6 +39,7 @@ from serving.api import ApiError, ChatRequest, CompletionRequest, ResponsesReque
 from serving.engines.base import Engine
 from serving.metrics import Metrics
 from serving.model_source import ResolvedModel
+from serving.records import RequestHook, RequestRecord, run_hooks
 from serving.sampling import SamplingParams
 from serving.scheduler import QueueFull, Scheduler, Sequence
 from serving.structured import Constraint, check_schema
@@ -41,32 +48,35 @@ log = logging.getLogger("llmops.serving")
 
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/models", "/health", "/ready", "/metrics")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+FAULTS_ENV = "LLMOPS_SERVE_FAULTS"
+__all__ = ["RequestHook", "RequestRecord", "create_app"]  # the records' old home: imports from here keep working
 
 
-@dataclass
-class RequestRecord:
-    """One answered generation request, as the per-request hook sees it."""
+@dataclass(frozen=True)
+class Faults:
+    """Test-only fault injection (LLMOPS_SERVE_FAULTS): a share of generation requests fails with a 500, and
+    every one waits `latency_s` before its first token."""
 
-    request_id: str
-    route: str
-    model: str
-    model_version: str | None
-    prompt: Any  # messages (chat/responses) or the prompt string
-    response: str  # generated text (tool-call arguments for a tool call)
-    prompt_tokens: int
-    completion_tokens: int
-    latency_s: float
-    ttft_s: float | None
-    status: int
-    finish_reason: str | None
-    error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    error_rate: float = 0.0
+    latency_s: float = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-RequestHook = Callable[[RequestRecord], None]
+    @classmethod
+    def from_env(cls) -> Faults:
+        raw = os.environ.get(FAULTS_ENV, "").strip()
+        values: dict[str, float] = {}
+        for item in filter(None, (part.strip() for part in raw.split(","))):
+            key, sep, value = item.partition("=")
+            try:
+                if not sep or key.strip() not in ("error_rate", "latency_s"):
+                    raise ValueError
+                values[key.strip()] = float(value)
+            except ValueError:
+                raise LlmopsError(f"bad {FAULTS_ENV} item {item!r}",
+                                  'write it as "error_rate=0.5,latency_s=2.0" (test-only), or unset it') from None
+        faults = cls(**values)
+        if not 0 <= faults.error_rate <= 1 or faults.latency_s < 0:
+            raise LlmopsError(f"{FAULTS_ENV}={raw!r} is out of range", "error_rate in [0, 1], latency_s >= 0")
+        return faults
 
 
 @dataclass
@@ -91,6 +101,10 @@ class ServerState:
         self.warmup_error: str | None = None
         self.created = int(time.time())
         self.vocab = int(engine.tokenizer.__len__())
+        self.faults = Faults.from_env()
+        if self.faults != Faults():
+            log.warning("%s is set (%s): injecting faults, for tests only", FAULTS_ENV, self.faults)
+        self.background: set[asyncio.Task] = set()  # hooks of disconnected streams, kept alive until done
 
     def model_ids(self) -> set[str]:
         ids = {self.model.name, self.model.ref, self.model.label}
@@ -111,12 +125,8 @@ class ServerState:
             log.exception("warmup failed")
             self.warmup_error = f"{type(exc).__name__}: {exc}"
 
-    def run_hooks(self, record: RequestRecord) -> None:
-        for hook in self.hooks:
-            try:
-                hook(record)
-            except Exception:  # a broken log sink must never fail the request
-                log.exception("request hook %r failed", hook)
+    async def run_hooks(self, record: RequestRecord) -> None:
+        await run_hooks(self.hooks, record)
 
 
 def _error_response(err: ApiError) -> JSONResponse:
@@ -346,19 +356,48 @@ def create_app(engine: Engine, model: ResolvedModel, params: ServeParams, *, api
                     raise ApiError(503, ev.text, code="cancelled")
                 raise ApiError(500, ev.text, code="engine_error")
 
-    def record(job: _Job, request: Request, seq: Sequence, text: str, status: int, t0: float,
-               error: str | None = None) -> None:
-        n = len(seq.generated)
+    async def record(job: _Job, request: Request, seq: Sequence | None, text: str, status: int, t0: float,
+                     error: str | None = None) -> None:
+        n = len(seq.generated) if seq else 0
         state.metrics.completion_tokens.labels(model=model.label).inc(n)
-        state.run_hooks(RequestRecord(
+        extra: dict[str, Any] = {"tool": job.tool_name} if job.tool_name else {}
+        if seq is not None and seq.logprob_count:
+            extra["mean_logprob"] = seq.logprob_sum / seq.logprob_count
+        latency = time.perf_counter() - t0
+        await state.run_hooks(RequestRecord(
             request_id=request.state.request_id, route=job.route, model=model.name, model_version=model.version,
             prompt=job.prompt_repr, response=text, prompt_tokens=len(job.prompt_ids), completion_tokens=n,
-            latency_s=time.perf_counter() - t0, ttft_s=seq.ttft, status=status, finish_reason=seq.finish_reason,
-            error=error, extra={"tool": job.tool_name} if job.tool_name else {}))
+            latency_s=latency, ttft_s=seq.ttft if seq else None, status=status,
+            finish_reason=seq.finish_reason if seq else None, error=error, extra=extra,
+            time=time.time() - latency))
+
+    async def inject_faults(job: _Job, request: Request, t0: float) -> None:
+        """LLMOPS_SERVE_FAULTS (tests only): fail this request with a 500 at the set rate, else delay it."""
+        faults = state.faults
+        if faults.error_rate and random.random() < faults.error_rate:
+            err = ApiError(500, f"injected fault ({FAULTS_ENV} error_rate={faults.error_rate:g})",
+                           code="injected_fault")
+            await record(job, request, None, "", err.status, t0, err.message)
+            raise err
+        if faults.latency_s:
+            await asyncio.sleep(faults.latency_s)
+
+    async def client_gone(request: Request, seq: Sequence) -> bool:
+        """Waits until the client of a non-streaming request disconnects, then cancels its sequence so the
+        slot frees before the next decode step. The body is already read, so the next ASGI message is the
+        disconnect (uvicorn); cancelled by `collect` once the answer is ready."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        if seq.finish_reason is None:
+            seq.cancel()
+            state.scheduler.wake()
+        return True
 
     async def collect(job: _Job, request: Request) -> tuple[Sequence, str, str]:
         t0 = time.perf_counter()
+        await inject_faults(job, request, t0)
         seq = submit(job, request)
+        watcher = asyncio.get_running_loop().create_task(client_gone(request, seq))
         parts: list[str] = []
         finish = "stop"
         try:
@@ -367,15 +406,19 @@ def create_app(engine: Engine, model: ResolvedModel, params: ServeParams, *, api
                     parts.append(value)
                 else:
                     finish = value
-        except ApiError as err:
-            record(job, request, seq, "".join(parts), err.status, t0, err.message)
-            raise
+        except ApiError as exc:
+            err = exc
+            if watcher.done() and not watcher.cancelled():  # cancelled because the client went away
+                err = ApiError(499, "client disconnected", code="client_disconnected")
+            await record(job, request, seq, "".join(parts), err.status, t0, err.message)
+            raise err from None
         finally:
+            watcher.cancel()
             if seq.finish_reason is None:
                 seq.cancel()
                 state.scheduler.wake()
         text = "".join(parts)
-        record(job, request, seq, text, 200, t0)
+        await record(job, request, seq, text, 200, t0)
         return seq, text, finish
 
     def usage(seq: Sequence) -> dict[str, int]:
@@ -389,28 +432,40 @@ def create_app(engine: Engine, model: ResolvedModel, params: ServeParams, *, api
             return [*tail, "data: [DONE]\n\n"]
         return closing
 
-    def stream(job: _Job, request: Request, shape: Callable[[str, str, Sequence], list[str]],
-               closing: Callable[[Sequence], list[str]]) -> StreamingResponse:
-        """SSE over the sequence's events; `shape(kind, value, seq)` renders one event. A client that goes
-        away cancels the task running this generator, and `finally` frees the slot at once."""
+    async def stream(job: _Job, request: Request, shape: Callable[[str, str, Sequence], list[str]],
+                     closing: Callable[[Sequence], list[str]]) -> StreamingResponse:
+        """SSE over the sequence's events; `shape(kind, value, seq)` renders one event. The hooks are awaited
+        before the last chunk (`data: [DONE]`, or the Responses API's terminal event). A client that goes away
+        cancels the task running this generator, and `finally` frees the slot at once."""
         t0 = time.perf_counter()
+        await inject_faults(job, request, t0)
         seq = submit(job, request)
 
         async def body() -> AsyncIterator[str]:
             parts: list[str] = []
-            status, error = 200, None
+            status, error, recorded = 200, None, False
             try:
                 for chunk in shape("start", "", seq):
                     yield chunk
+                final: list[str] = []
                 async for kind, value in events(seq):
                     if kind == "delta":
                         parts.append(value)
-                    for chunk in shape(kind, value, seq):
-                        yield chunk
-                for chunk in closing(seq):
+                        for chunk in shape(kind, value, seq):
+                            yield chunk
+                    else:
+                        final = [*shape(kind, value, seq), *closing(seq)]
+                for chunk in final[:-1]:
+                    yield chunk
+                recorded = True
+                await record(job, request, seq, "".join(parts), status, t0)
+                for chunk in final[-1:]:
                     yield chunk
             except ApiError as err:
                 status, error = err.status, err.message
+                if not recorded:
+                    recorded = True
+                    await record(job, request, seq, "".join(parts), status, t0, error)
                 yield _sse(err.body(), "error" if job.route == "/v1/responses" else None)
             except (asyncio.CancelledError, GeneratorExit):
                 status, error = 499, "client disconnected"
@@ -419,7 +474,11 @@ def create_app(engine: Engine, model: ResolvedModel, params: ServeParams, *, api
                 if seq.finish_reason is None:
                     seq.cancel()
                     state.scheduler.wake()
-                record(job, request, seq, "".join(parts), status, t0, error)
+                if not recorded:  # cancelled: no awaiting here, the hooks run in a task of their own
+                    task = asyncio.get_running_loop().create_task(
+                        record(job, request, seq, "".join(parts), status, t0, error))
+                    state.background.add(task)
+                    task.add_done_callback(state.background.discard)
 
         return StreamingResponse(body(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -525,7 +584,7 @@ def create_app(engine: Engine, model: ResolvedModel, params: ServeParams, *, api
             return [chunk({}, finish)]
 
         head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model}
-        return stream(job, request, shape, done_chunks(head, include_usage))
+        return await stream(job, request, shape, done_chunks(head, include_usage))
 
     # -- /v1/completions -----------------------------------------------------------------------------------
     @app.post("/v1/completions")
@@ -562,7 +621,7 @@ def create_app(engine: Engine, model: ResolvedModel, params: ServeParams, *, api
                           "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]})]
 
         head = {"id": cid, "object": "text_completion", "created": created, "model": req.model}
-        return stream(job, request, shape, done_chunks(head, include_usage))
+        return await stream(job, request, shape, done_chunks(head, include_usage))
 
     # -- /v1/responses ---------------------------------------------------------------------------------------
     @app.post("/v1/responses")
@@ -653,7 +712,7 @@ def create_app(engine: Engine, model: ResolvedModel, params: ServeParams, *, api
                     ev(f"response.{done_status(value)}",
                        {"response": response_obj(done_status(value), [item(text, "completed")], seq, value)})]
 
-        return stream(job, request, shape, lambda seq: [])
+        return await stream(job, request, shape, lambda seq: [])
 
     app.add_middleware(_Context, state=state)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from llmops.cli import canary, data, engine, log, model, models, monitor, pipeline, run, schedule, serve
+from llmops.cli import canary, data, engine, log, model, models, monitor, pipeline, router, run, schedule, serve
 
 app = typer.Typer(
     name="llmops",
@@ -27,6 +27,7 @@ app.add_typer(schedule.app, name="schedule", help="Retraining on a schedule: KFP
 app.add_typer(canary.app, name="canary", help="Canary rollouts: start (metric-gated steps), status, promote, "
               "abort, resume, history.")
 app.command("serve")(serve.serve)
+app.command("router")(router.router)
 
 
 @app.command("settings")

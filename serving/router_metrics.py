@@ -1,0 +1,91 @@
+"""What the router measures: Prometheus metrics labelled by side and model version (its own registry), and the
+raw per-request observations behind `/admin/window`, which a rollout controller compares stable vs canary on.
+
+The window works on raw observations, not histogram buckets: a p95 from buckets 0.25/0.5/1 s cannot tell a
+canary that is 30% slower from the stable side, and the controller's thresholds are ratios of exactly that.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from serving.metrics import LATENCY_BUCKETS
+from serving.router_split import CANARY, STABLE
+
+SIMILARITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("llmops_router_requests", "Proxied requests by side, model version, route and status",
+                                ["side", "model_version", "route", "status"], registry=r)
+        self.errors = Counter("llmops_router_upstream_errors", "Upstream failures: 5xx, unreachable, timeout, "
+                              "broken stream", ["side", "model_version", "kind"], registry=r)
+        self.latency = Histogram("llmops_router_request_latency_seconds", "End-to-end latency through the router",
+                                 ["side", "model_version"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("llmops_router_time_to_first_token_seconds", "Router receipt to the first content "
+                              "event of a stream", ["side", "model_version"], buckets=LATENCY_BUCKETS, registry=r)
+        self.canary_weight = Gauge("llmops_router_canary_weight_percent", "Share of traffic sent to the canary",
+                                   registry=r)
+        self.shadow_weight = Gauge("llmops_router_shadow_percent", "Share of stable requests mirrored to the canary",
+                                   registry=r)
+        self.shadow = Counter("llmops_router_shadow_requests", "Mirrored requests by outcome (scored, error, "
+                              "skipped)", ["model_version", "outcome"], registry=r)
+        self.shadow_similarity = Histogram("llmops_router_shadow_rouge_l", "ROUGE-L F1 of the canary's shadow "
+                                           "answer against the stable answer", ["model_version"],
+                                           buckets=SIMILARITY_BUCKETS, registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+@dataclass(frozen=True)
+class Observation:
+    end: float  # unix time the request ended
+    side: str
+    error: bool
+    latency_s: float
+    ttft_s: float | None
+
+
+def _quantile(sorted_values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default), on an already sorted list."""
+    if not sorted_values:
+        return None
+    pos = (len(sorted_values) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+class Window:
+    """The last `maxlen` observations (bounded memory); `stats(since, until)` summarises each side over the
+    requests that ENDED in [since, until)."""
+
+    def __init__(self, maxlen: int) -> None:
+        self._obs: collections.deque[Observation] = collections.deque(maxlen=maxlen)
+        self._lock = threading.Lock()
+
+    def add(self, obs: Observation) -> None:
+        with self._lock:
+            self._obs.append(obs)
+
+    def stats(self, since: float, until: float) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            chosen = [o for o in self._obs if since <= o.end < until]
+        out = {}
+        for side in (STABLE, CANARY):
+            mine = [o for o in chosen if o.side == side]
+            ok = [o for o in mine if not o.error]  # latency of failures says nothing about serving speed
+            lat = sorted(o.latency_s for o in ok)
+            ttft = sorted(o.ttft_s for o in ok if o.ttft_s is not None)
+            out[side] = {"requests": len(mine), "errors": len(mine) - len(ok),
+                         "latency_p50_s": _quantile(lat, 0.5), "latency_p95_s": _quantile(lat, 0.95),
+                         "ttft_p50_s": _quantile(ttft, 0.5), "ttft_p95_s": _quantile(ttft, 0.95)}
+        return out

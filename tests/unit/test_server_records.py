@@ -1,0 +1,117 @@
+"""The model server's side of contract C1 and C3, in-process over the tiny model: awaitable hooks are awaited
+before the response completes (a stream's `data: [DONE]` comes after them), records carry `time` and the
+generated tokens' mean log-probability, and the test-only fault setting fails or delays requests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from serving.records import RequestRecord
+
+
+@pytest.fixture(scope="module")
+def serve_params():
+    from llmops.settings import get_settings
+
+    return get_settings().params(["serve.max_concurrent=2", "serve.max_len=256"]).serve
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path, serve_params):
+    from serving.engines import load_engine
+
+    return load_engine("eager", tiny_model_dir, serve_params)
+
+
+def _client(engine, tiny_model_dir: Path, serve_params, hooks):
+    from starlette.testclient import TestClient
+
+    from serving.model_source import ResolvedModel
+    from serving.server import create_app
+
+    resolved = ResolvedModel(name="tiny", version="3", model_dir=tiny_model_dir, ref="tiny/3", source="local")
+    app = create_app(engine, resolved, serve_params, hooks=hooks)
+    return app, TestClient(app)
+
+
+@contextlib.contextmanager
+def _served(app) -> Iterator[str]:
+    import uvicorn
+
+    from tests.serve_process import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        while not app.state.llmops.ready.wait(0.1):
+            pass
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
+
+
+def test_awaitable_hooks_run_before_the_response_completes(engine, tiny_model_dir: Path, serve_params) -> None:
+    records: list[RequestRecord] = []
+
+    async def durable(record: RequestRecord) -> None:  # e.g. an inference log's group commit
+        await asyncio.sleep(0.3)
+        records.append(record)
+
+    app, client = _client(engine, tiny_model_dir, serve_params, [durable])
+    with client:
+        assert app.state.llmops.ready.wait(120)
+        t0 = time.time()
+        r = client.post("/v1/chat/completions", json=CHAT)
+        assert r.status_code == 200 and len(records) == 1  # awaited before the body was returned
+    # a stream over a real socket (the test client buffers whole bodies): [DONE] arrives after the hook ran
+    seen_at_done = []
+    with _served(app) as url, httpx.stream("POST", f"{url}/v1/chat/completions", json={**CHAT, "stream": True},
+                                           timeout=60) as s:
+        for line in s.iter_lines():
+            if line == "data: [DONE]":
+                seen_at_done.append(len(records))
+    assert seen_at_done == [2]
+    rec = records[0]
+    assert t0 - 1 <= rec.time <= time.time() and rec.side is None and rec.session is None
+    assert rec.completion_tokens == 4
+    # the model's own mean log-probability of what it generated: a random tiny model is near uniform
+    assert -math.log(engine.tokenizer.__len__()) - 3 < rec.extra["mean_logprob"] < 0
+    assert records[1].extra["mean_logprob"] == pytest.approx(rec.extra["mean_logprob"], abs=1e-4)  # greedy, same
+
+
+def test_fault_setting_fails_and_delays(engine, tiny_model_dir: Path, serve_params,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    records: list[RequestRecord] = []
+    monkeypatch.setenv("LLMOPS_SERVE_FAULTS", "error_rate=1.0")
+    app, client = _client(engine, tiny_model_dir, serve_params, [records.append])
+    with client:
+        assert app.state.llmops.ready.wait(120)
+        for body in (CHAT, {**CHAT, "stream": True}):
+            r = client.post("/v1/chat/completions", json=body)
+            assert r.status_code == 500 and "injected fault" in r.json()["error"]["message"]
+    assert [x.status for x in records] == [500, 500]
+    monkeypatch.setenv("LLMOPS_SERVE_FAULTS", "latency_s=0.4")
+    app, client = _client(engine, tiny_model_dir, serve_params, [records.append])
+    with client:
+        assert app.state.llmops.ready.wait(120)
+        t0 = time.perf_counter()
+        assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
+        assert time.perf_counter() - t0 >= 0.4
+    assert records[-1].status == 200 and records[-1].latency_s >= 0.4
