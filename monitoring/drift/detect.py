@@ -22,7 +22,7 @@ from llmops.errors import LlmopsError
 from llmops.params import Params
 from llmops.settings import Settings, get_settings
 from monitoring.drift import stats
-from monitoring.drift.features import embed, embedder_for, project_2d, token_lengths
+from monitoring.drift.features import embed, embedder_for, token_lengths
 from monitoring.drift.records import WindowRecord, is_negative, is_refusal
 from monitoring.drift.reference import Reference, embedder_identity
 from monitoring.drift.report import DetectorResult, DriftReport
@@ -106,7 +106,8 @@ def evaluate_window(
                     f"{p.permutations} permutations; {len(ref_emb)} reference vs {len(win_emb)} window prompts)",
                     stats.mmd_permutation_test(ref_emb, win_emb, p.permutations, p.seed), None, None))
     timings["mmd_s"] = time.perf_counter() - t
-    plots["proj_ref"], plots["proj_win"] = project_2d(ref_emb, win_emb)
+    mean, axes = reference.projection()
+    plots["proj_ref"], plots["proj_win"] = (ref_emb - mean) @ axes, (win_emb - mean) @ axes
 
     t = time.perf_counter()
     prompt_len = token_lengths(embedder, [r.prompt for r in window])

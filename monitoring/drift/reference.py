@@ -24,7 +24,7 @@ from llmops.errors import LlmopsError
 from llmops.modeling.prompts import user_message
 from llmops.params import Params
 from llmops.settings import Settings
-from monitoring.drift.features import embed, embedder_for, token_lengths
+from monitoring.drift.features import embed, embedder_for, principal_axes, token_lengths
 from monitoring.drift.records import is_refusal
 
 FORMAT_VERSION = 1
@@ -53,6 +53,14 @@ class Reference:
     response_logprobs: np.ndarray | None = None
     refusal_rate: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    pca_mean: np.ndarray | None = None  # the report's 2-D projection axes, computed once per reference
+    pca_axes: np.ndarray | None = None
+
+    def projection(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, axes) of the prompt embeddings' first two principal components."""
+        if self.pca_mean is None or self.pca_axes is None:
+            self.pca_mean, self.pca_axes = principal_axes(self.prompt_embeddings)
+        return self.pca_mean, self.pca_axes
 
     def save(self, directory: Path | str) -> Path:
         """Write the reference atomically (temporary sibling, then rename) and return its directory."""
@@ -64,6 +72,7 @@ class Reference:
             arrays["response_lengths"] = self.response_lengths
         if self.response_logprobs is not None:
             arrays["response_logprobs"] = self.response_logprobs
+        arrays["pca_mean"], arrays["pca_axes"] = self.projection()
         np.savez(tmp / ARRAYS, **arrays)
         meta = {**self.meta, "format_version": FORMAT_VERSION, "refusal_rate": self.refusal_rate}
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -94,6 +103,8 @@ class Reference:
             response_logprobs=arrays.get("response_logprobs"),
             refusal_rate=meta.pop("refusal_rate", None),
             meta=meta,
+            pca_mean=arrays.get("pca_mean"),
+            pca_axes=arrays.get("pca_axes"),
         )
 
 
