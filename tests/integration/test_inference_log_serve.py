@@ -113,3 +113,54 @@ def test_feedback_route_and_no_acknowledged_request_lost_on_sigkill(tiny_model_d
     logged = _logged_ids(db)
     lost = sorted(set(acked) - logged)
     assert not lost, f"{len(lost)} acknowledged requests missing from the log after SIGKILL: {lost[:5]}"
+
+
+def test_lineage_of_an_answer_from_a_registered_tiny_model(settings, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Register the tiny model as the register step does (transformers flavour, lineage tags on the version),
+    serve NAME@champion with the log on, ask it something, and trace the answer back by its request id."""
+    import json
+
+    import mlflow
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from typer.testing import CliRunner
+
+    from llmops.cli.main import app
+    from llmops.lineage import collect_lineage, data_lineage
+    from llmops.registry import Registry
+    from llmops.tracking import configure
+    from tests.serve_process import REPO
+
+    configure(settings)
+    split = REPO / "data" / "splits" / "train.jsonl"
+    tags = {**collect_lineage(settings, settings.params(), kfp_run_id="kfp-run-7", mlflow_run_id="mlflow-run-9",
+                              base_model_id="tiny", base_model_sha256="ab" * 32,
+                              step_lineage=data_lineage(REPO, {"train": split})), "register.run_id": "reg-run-1"}
+    with mlflow.start_run():
+        info = mlflow.transformers.log_model({"model": AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                              "tokenizer": AutoTokenizer.from_pretrained(tiny_model_dir)},
+                                             name="model", task="text-generation", save_pretrained=True,
+                                             pip_requirements=["torch", "transformers"])
+    mv = mlflow.register_model(info.model_uri, "lineage-tiny", tags=tags)
+    Registry(settings).set_alias("lineage-tiny", "champion", str(mv.version), action="promote", reason="test")
+
+    with running_server("lineage-tiny@champion", tmp_path / "server.log", sets=SETS,
+                        env={"LLMOPS_STATE_DIR": str(settings.state_dir)}) as url:
+        r = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+            "model": "lineage-tiny", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200
+        rid = r.headers["x-request-id"]
+
+    runner = CliRunner()
+    out = runner.invoke(app, ["models", "lineage", rid, "--json"])
+    assert out.exit_code == 0, out.output
+    lineage = json.loads(out.stdout)
+    assert lineage["model"]["name"] == "lineage-tiny" and lineage["model"]["version"] == str(mv.version)
+    assert "champion" in lineage["model"]["aliases"]
+    assert lineage["git_commit"] == tags["git.commit"] and lineage["git_commit"] != "unknown"
+    assert lineage["data"]["train"] == {"md5": tags["data.train.md5"], "dvc": tags["data.train.dvc"]}
+    assert lineage["pipeline"] == {"kfp_run_id": "kfp-run-7", "mlflow_run_id": "mlflow-run-9",
+                                   "register_run_id": "reg-run-1"}
+    shown = runner.invoke(app, ["log", "show", rid, "--json"])
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["model_version"] == str(mv.version)
+    unknown = runner.invoke(app, ["models", "lineage", "never-sent"])
+    assert unknown.exit_code == 2 and "no logged request" in unknown.output

@@ -191,35 +191,3 @@ def test_export_validates_then_tracks_with_dvc_and_refuses_a_bad_correction(dvc_
             export_feedback(ilog, settings, params, since=since, dvc=True, name="fb2", data_docs=False)
         assert "output" in json.dumps(refused.value.validation["failures"])
         assert not list((settings.project_dir / "data/feedback").glob("fb2*"))  # nothing written
-
-
-def test_lineage_of_a_logged_request(settings: Settings) -> None:
-    from typer.testing import CliRunner
-
-    from llmops.cli.main import app
-    from llmops.lineage import collect_lineage, data_lineage
-    from tests.registry_setup import registry_with_versions
-
-    name = "lineage-model"
-    reg = registry_with_versions(settings, 2, name)
-    split = REPO / "data" / "splits" / "train.jsonl"
-    tags = collect_lineage(settings, settings.params(), kfp_run_id="kfp-run-7", mlflow_run_id="mlflow-run-9",
-                           base_model_id="smollm2-135m-instruct", base_model_sha256="ab" * 32,
-                           step_lineage=data_lineage(REPO, {"train": split}))
-    for k, v in {**tags, "register.run_id": "reg-run-1"}.items():
-        reg.client.set_model_version_tag(name, "2", k, v)
-    with open_log(settings) as ilog:
-        asyncio.run(_hooks(ilog, [record("req-lin", model=name, version="2"), record("req-local")]))
-
-    out = CliRunner().invoke(app, ["models", "lineage", "req-lin", "--json"])
-    assert out.exit_code == 0, out.output
-    info = json.loads(out.stdout)
-    assert info["model"]["name"] == name and info["model"]["version"] == "2"
-    assert info["git_commit"] == tags["git.commit"] and info["git_commit"] != "unknown"
-    assert info["data"]["train"] == {"md5": tags["data.train.md5"], "dvc": tags["data.train.dvc"]}
-    assert info["pipeline"] == {"kfp_run_id": "kfp-run-7", "mlflow_run_id": "mlflow-run-9",
-                                "register_run_id": "reg-run-1"}
-    local = CliRunner().invoke(app, ["models", "lineage", "req-local"])
-    assert local.exit_code == 2 and "local checkpoint" in local.output
-    unknown = CliRunner().invoke(app, ["log", "show", "nope"])
-    assert unknown.exit_code == 2 and "no logged request" in unknown.output
