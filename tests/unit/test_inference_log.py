@@ -191,3 +191,10 @@ def test_export_validates_then_tracks_with_dvc_and_refuses_a_bad_correction(dvc_
             export_feedback(ilog, settings, params, since=since, dvc=True, name="fb2", data_docs=False)
         assert "output" in json.dumps(refused.value.validation["failures"])
         assert not list((settings.project_dir / "data/feedback").glob("fb2*"))  # nothing written
+    from typer.testing import CliRunner
+
+    from llmops.cli.main import app
+
+    cli = CliRunner().invoke(app, ["log", "export", "--since", "1h", "--dvc", "--name", "fb3", "--no-docs"])
+    assert cli.exit_code == 1 and "refused" in cli.output and "output" in cli.output
+    assert not list((settings.project_dir / "data/feedback").glob("fb3*"))
