@@ -49,7 +49,10 @@ class InferenceLog:
 
     def hook(self, record: Any) -> Awaitable[None] | None:
         """The C1 hook: never writes on the caller's thread. In an event loop it returns an awaitable (the
-        caller awaits it before completing the response); called from a plain thread it blocks until committed."""
+        caller awaits it before completing the response); called from a plain thread it blocks until committed.
+        A record marked `extra["shadow"]` (a router's mirrored copy, answered to no one) is not logged."""
+        if (record.extra or {}).get("shadow"):
+            return None
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

@@ -4,7 +4,8 @@ The request path only enqueues (microseconds) and gets a future that resolves on
 committed; the server awaits it before completing the response, so an acknowledged request is always on disk,
 yet no request ever does disk I/O itself and N concurrent requests cost one commit, not N. While a commit runs,
 the next batch fills up, so batches grow with the load by themselves; `flush_interval_ms` only bounds how long
-a record waits for company when the queue is quiet. The same thread prunes the log every `prune_interval_s`.
+a record waits for company when the queue is quiet. The same thread prunes the log at start and every
+`prune_interval_s`.
 """
 
 from __future__ import annotations
@@ -76,7 +77,9 @@ class BatchWriter:
             self._settle_all(pending, exc)
 
     def _loop(self) -> None:
+        # once at start, before any queued record (a server that was down past the retention), then periodically
         next_prune = time.monotonic() + self.prune_interval_s
+        self._prune()
         stopping = False
         while not stopping:
             timeout = max(0.05, next_prune - time.monotonic()) if self.prune else None
@@ -96,10 +99,7 @@ class BatchWriter:
                 self._inflight = []
             if self.prune and time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + self.prune_interval_s
-                try:
-                    self.prune()
-                except Exception:
-                    log.exception("inference log: periodic prune failed")
+                self._prune()
         rest = []  # a submit that raced close(): commit it too, so no future is left waiting
         while True:
             try:
@@ -110,6 +110,14 @@ class BatchWriter:
                 rest.append(item)
         if rest:
             self._commit(rest)
+
+    def _prune(self) -> None:
+        if self.prune is None:
+            return
+        try:
+            self.prune()
+        except Exception:
+            log.exception("inference log: periodic prune failed")
 
     def _fill(self, batch: list[tuple[dict[str, Any], Any, Any]]) -> bool:
         """Take what is queued (up to batch_size), lingering at most `linger` for more; True on stop."""
