@@ -27,6 +27,8 @@ def router(
     port: int = typer.Option(None, "--port", "-p", help="Port (default: params.yaml router.port)."),
     overrides: list[str] = typer.Option([], "--set", help="Override params, e.g. --set router.read_timeout_s=30."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
+    no_log: bool = typer.Option(False, "--no-log", help="Do not record requests in the inference log (default: on "
+                                "unless LLMOPS_INFERENCE_LOG_ENABLED=false); also drops POST /v1/feedback."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Route OpenAI traffic between a stable and a canary model server (weights changeable live)."""
@@ -39,8 +41,17 @@ def router(
     params = settings.params(overrides).router
     host, port = host or params.host, port or params.port
     token = admin_token(settings.state_dir)
+    from monitoring.inference_log.wiring import inference_log_for
+
+    ilog = inference_log_for(settings, overrides, enabled=not no_log)
     app = create_router_app(params, stable=stable, canary=canary, canary_percent=canary_percent,
-                            shadow_percent=shadow_percent, token=token)
+                            shadow_percent=shadow_percent, token=token, hooks=[ilog.hook] if ilog else [])
+    if ilog:
+        from llmops.cli.serve import read_api_key
+        from monitoring.inference_log import add_feedback_route
+
+        # proxied routes are authorised by the model servers; feedback is answered here, with their key
+        add_feedback_route(app.app, ilog, api_key=read_api_key("LLMOPS_API_KEY", None))
     source = TOKEN_ENV if os.environ.get(TOKEN_ENV, "").strip() else str(settings.state_dir / "router/admin-token")
     info = {"url": f"http://{host}:{port}", "admin_token_source": source, **app.state.snapshot()}
     if host not in LOOPBACK:
@@ -53,5 +64,9 @@ def router(
                       f"admin token from {payload['admin_token_source']}")
 
     emit(info, as_json, human)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    finally:
+        if ilog:
+            ilog.close()
 

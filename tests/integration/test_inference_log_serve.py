@@ -164,3 +164,38 @@ def test_lineage_of_an_answer_from_a_registered_tiny_model(settings, tiny_model_
     assert shown.exit_code == 0 and json.loads(shown.stdout)["model_version"] == str(mv.version)
     unknown = runner.invoke(app, ["models", "lineage", "never-sent"])
     assert unknown.exit_code == 2 and "no logged request" in unknown.output
+
+
+def test_router_logs_with_side_and_session_and_takes_feedback(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`llmops router` in front of `llmops serve`, both logging into one database: the request is there when the
+    response arrives, as one row that merges both (the router's side and session, the server's log-probability);
+    POST /v1/feedback on the router: 200 / 404 / 400, and 401 without the key, as on the servers."""
+    import sqlite3
+
+    from serving.local_stack import LocalStack
+
+    state = tmp_path / "state"
+    env = {"LLMOPS_STATE_DIR": str(state), "LLMOPS_API_KEY": KEY, "OMP_NUM_THREADS": "1", "LLMOPS_API_KEY_FILE": None}
+    with LocalStack(tmp_path / "logs", env=env) as stack:
+        server = stack.server("server", str(tiny_model_dir), engine="eager")
+        stack.wait_ready(server)
+        router = stack.router(server.url)
+        stack.wait_ready(router)
+        auth = {"Authorization": f"Bearer {KEY}"}
+        r = httpx.post(f"{router.url}/v1/chat/completions", timeout=60,
+                       headers={**auth, "x-request-id": "via-router", "x-llmops-session": "sess-1"},
+                       json={"model": tiny_model_dir.name, "max_tokens": 4,
+                             "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200, r.text
+        conn = sqlite3.connect(state / "inference-log.db")
+        rows = conn.execute("SELECT side, session, mean_logprob, completion_tokens FROM requests "
+                            "WHERE request_id='via-router'").fetchall()
+        conn.close()
+        assert len(rows) == 1 and rows[0][:2] == ("stable", "sess-1") and rows[0][2] is not None, rows
+        assert rows[0][3] == r.json()["usage"]["completion_tokens"]
+
+        fb = f"{router.url}/v1/feedback"
+        assert httpx.post(fb, headers=auth, json={"request_id": "via-router", "rating": 1}).status_code == 200
+        assert httpx.post(fb, headers=auth, json={"request_id": "unknown", "rating": 1}).status_code == 404
+        assert httpx.post(fb, headers=auth, json={"request_id": "via-router", "rating": 2}).status_code == 400
+        assert httpx.post(fb, json={"request_id": "via-router", "rating": 1}).status_code == 401
