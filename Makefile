@@ -21,7 +21,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 SERVE_MODEL ?= llmops-smollm2@champion
 
-.PHONY: help setup venv model data run test test-fast test-gpu lint compile ui serve bench bench-serving bench-engines clean sysdeps images
+.PHONY: help setup venv model data run demo test test-fast test-gpu lint compile ui serve bench bench-serving bench-engines clean sysdeps images
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,6 +57,10 @@ setup: sysdeps venv model data ## everything a run or the tests need (idempotent
 
 run: setup ## run the fine-tuning pipeline end to end on the embedded default
 	@$(BIN)/llmops run finetune --summary-out $(STATE)/last-run.json
+
+demo: setup ## drift demo: serve the champion, reference then shifted traffic, drift -> retrain -> canary (trains one first if none)
+	@$(BIN)/llmops models show llmops-smollm2@champion >/dev/null 2>&1 || $(BIN)/llmops run finetune --summary-out $(STATE)/last-run.json
+	@$(BIN)/llmops demo drift --summary-out $(STATE)/last-demo.json
 
 test: setup ## the whole test suite
 	@$(BIN)/pytest -q -m "not gpu" --timeout 900 $(PYTEST_ARGS)

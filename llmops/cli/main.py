@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from llmops.cli import canary, data, engine, log, model, models, monitor, pipeline, router, run, schedule, serve
+from llmops.cli import canary, data, demo, engine, log, model, models, monitor, pipeline, router, run, schedule, serve
 
 app = typer.Typer(
     name="llmops",
@@ -18,6 +18,7 @@ app.add_typer(model.app, name="model", help="Provision base models (pull, check)
 app.add_typer(models.app, name="models", help="The MLflow model registry: list, show, promote, rollback, history.")
 app.add_typer(run.app, name="run", help="Run pipelines (locally through kfp.local, or on a KFP cluster).")
 app.add_typer(pipeline.app, name="pipeline", help="Compile pipelines to KFP IR YAML.")
+app.add_typer(demo.app, name="demo", help="End-to-end demos on real processes: drift -> retrain -> canary.")
 app.add_typer(engine.app, name="engine", help="Build inference engines (CPU engine, TensorRT-LLM) and list them.")
 app.add_typer(log.app, name="log", help="The inference log: tail, show, export feedback as a dataset, prune.")
 app.add_typer(monitor.app, name="monitor", help="Drift monitoring of logged traffic, its gauges, the retraining "

@@ -153,3 +153,15 @@ def test_user_dataset_splits_names_the_dataset(settings: Settings, tmp_path: Pat
     assert user_dataset_splits(local, local.params(), ["mine"]) == out  # same data, same folder
     with pytest.raises(DataError, match=r"no dataset named 'other'.*added so far: mine"):
         user_dataset_splits(local, local.params(), ["other"])
+
+
+def test_run_finetune_dataset_errors_name_the_fix(settings: Settings) -> None:
+    from typer.testing import CliRunner
+
+    from llmops.cli.main import app
+
+    missing = CliRunner().invoke(app, ["run", "finetune", "--dataset", "no-such-dataset"])
+    assert missing.exit_code == 2 and "no dataset named 'no-such-dataset'" in missing.output
+    assert "llmops data add" in missing.output
+    both = CliRunner().invoke(app, ["run", "finetune", "--dataset", "x", "--data-dir", "elsewhere"])
+    assert both.exit_code == 2 and "--dataset and --data-dir both name the training data" in both.output

@@ -1,0 +1,187 @@
+"""`llmops demo drift` (`make demo`): the monitoring loop closed end to end, every piece a real process.
+
+1. serve the champion behind the router (`serving/local_stack.py`; the server writes the inference log);
+2. reference: the training prompts, and the champion's own answers to held-out validation prompts (sent
+   through the router) as the response side, saved where `llmops monitor run` looks for it;
+3. reference-like traffic (test-split prompts) -> `monitor run`: no drift expected;
+4. shifted traffic (data/drift/shifted.jsonl), a corrected answer for some of it through POST /v1/feedback,
+   exported as a DVC dataset in the feedback source (`llmops log export --dvc`) -> `monitor run`: drift fires
+   and the trigger starts `llmops run retrain --drift-report ...` detached;
+5. the servers stop (the retrain's canary starts its own), and the demo waits for the retrain to finish and
+   reads back what it did: refreshed data (with the feedback), gate, registered version, canary decision.
+
+Traffic is greedy (temperature 0) on a fixed seeded sample, so a run's verdicts repeat; the detectors' false
+alarm rate on reference-like windows is `drift.alpha` (calibrated, monitoring/README.md).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import random
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmops.errors import LlmopsError
+from llmops.params import Params
+from llmops.settings import Settings
+
+
+@dataclass
+class DemoConfig:
+    requests: int = 200  # per phase: the monitor's window (>= drift.min_window)
+    max_tokens: int = 32
+    concurrency: int = 8
+    seed: int = 0
+    feedback: int = 60  # shifted requests answered with a correction (the slice's reference answer)
+    retrain_timeout_s: float = 3 * 3600
+    overrides: list[str] = field(default_factory=list)  # --set for the servers and the monitor
+
+
+def _sample(path: Path, n: int, seed: int) -> list[dict[str, str]]:
+    from llmops.data.records import read_jsonl
+
+    records = read_jsonl(path).to_dict(orient="records")
+    if len(records) < n:
+        raise LlmopsError(f"{path} has {len(records)} records, the demo needs {n}", "lower --requests")
+    return random.Random(seed).sample(records, n)
+
+
+def _chat(url: str, prompt: str, request_id: str, max_tokens: int) -> dict[str, Any]:
+    body = json.dumps({"model": "champion", "messages": [{"role": "user", "content": prompt}],
+                       "max_tokens": max_tokens, "temperature": 0}).encode()
+    req = urllib.request.Request(f"{url}/v1/chat/completions", data=body, method="POST",
+                                 headers={"content-type": "application/json", "x-request-id": request_id})
+    with urllib.request.urlopen(req, timeout=600) as resp:
+        return json.loads(resp.read())
+
+
+def replay(url: str, records: list[dict[str, str]], prefix: str, cfg: DemoConfig) -> list[str]:
+    """Send each record's user message; returns the request ids (every one must succeed)."""
+    from llmops.modeling.prompts import user_message
+
+    ids = [f"{prefix}-{i:05d}" for i in range(len(records))]
+    with concurrent.futures.ThreadPoolExecutor(cfg.concurrency) as pool:
+        list(pool.map(lambda a: _chat(url, user_message(a[0]), a[1], cfg.max_tokens), zip(records, ids, strict=True)))
+    return ids
+
+
+def _post_feedback(url: str, request_id: str, correction: str) -> None:
+    body = json.dumps({"request_id": request_id, "correction": correction}).encode()
+    req = urllib.request.Request(f"{url}/v1/feedback", data=body, method="POST",
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60):
+        pass
+
+
+def _logged(settings: Settings, params: Params, ids: list[str]) -> list[Any]:
+    """The inference log's rows for `ids` (the server commits before it answers: C1/C6)."""
+    from monitoring.inference_log import open_log
+
+    with open_log(settings, params, start_writer=False) as log:
+        rows = [log.get(rid) for rid in ids]
+    return rows
+
+
+def _wait(pid: int, timeout_s: float, say: Callable[[str], None], log_path: str | None) -> None:
+    import os
+
+    deadline, last = time.monotonic() + timeout_s, 0.0
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)  # ours when the trigger ran in this process
+        except ChildProcessError:
+            done = 0 if Path(f"/proc/{pid}").exists() else pid
+        if done:
+            return
+        if time.monotonic() > deadline:
+            raise LlmopsError(f"the retraining run (pid {pid}) did not finish in {timeout_s:.0f} s",
+                              f"follow it in {log_path}")
+        if time.monotonic() - last > 60:
+            say(f"retraining (pid {pid}) still running; log: {log_path}")
+            last = time.monotonic()
+        time.sleep(2)
+
+
+def run_drift_demo(settings: Settings, params: Params, cfg: DemoConfig,
+                   say: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+    from llmops.modeling.prompts import user_message
+    from llmops.registry.client import NotFound, Registry
+    from monitoring.drift import build_reference
+    from monitoring.drift.reference import default_reference_dir
+    from monitoring.inference_log import open_log
+    from monitoring.inference_log.export import export_feedback
+    from monitoring.monitor import run_monitor
+    from pipelines.summary import latest_parent_run, summarize
+    from serving.local_stack import LocalStack
+
+    if cfg.requests < params.drift.min_window:
+        raise LlmopsError(f"--requests {cfg.requests} is below drift.min_window ({params.drift.min_window})",
+                          "send at least that many requests per phase")
+    name = settings.registered_model
+    try:
+        champion = Registry(settings).alias_version(name, "champion")
+    except NotFound:
+        champion = None
+    if champion is None:
+        raise LlmopsError(f"model {name!r} has no champion to serve", "train one first: `make run`")
+    splits = settings.project_dir / "data" / "splits"
+    shifted_path = settings.project_dir / "data" / "drift" / "shifted.jsonl"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out: dict[str, Any] = {"champion": f"{name}/{champion}", "requests_per_phase": cfg.requests}
+    with LocalStack(settings.state_dir / "demo" / stamp, overrides=tuple(cfg.overrides)) as stack:
+        say(f"serving {name}/{champion} behind the router")
+        server = stack.server("champion", f"{name}/{champion}")
+        stack.wait_ready(server)
+        router = stack.router(server.url)
+        stack.wait_ready(router)
+
+        say(f"reference: training prompts + the champion's answers to {cfg.requests} validation prompts")
+        ids = replay(router.url, _sample(splits / "validation.jsonl", cfg.requests, cfg.seed), f"ref{stamp}", cfg)
+        answered = [r for r in _logged(settings, params, ids) if r is not None and r.status == 200]
+        from llmops.data.records import read_jsonl
+
+        train = [user_message(r) for r in read_jsonl(splits / "train.jsonl").to_dict(orient="records")]
+        logprobs = [r.mean_logprob for r in answered]
+        reference = build_reference(
+            train, settings, params, responses=[r.response for r in answered],
+            response_logprobs=logprobs if all(lp is not None for lp in logprobs) else None,
+            prompt_source=str(splits / "train.jsonl"),
+            response_source=f"{name}/{champion} greedy answers to {len(answered)} validation prompts")
+        reference.save(default_reference_dir(settings))
+
+        say(f"phase 1: {cfg.requests} reference-like requests (test split)")
+        t1 = time.time()
+        replay(router.url, _sample(splits / "test.jsonl", cfg.requests, cfg.seed), f"ok{stamp}", cfg)
+        out["reference_like"] = run_monitor(settings, params, since=t1, window=cfg.requests, reference=reference,
+                                            progress=say)
+        say(f"  drifted={out['reference_like']['drifted']} fired={out['reference_like']['fired']}")
+
+        say(f"phase 2: {cfg.requests} requests from the shifted slice, {cfg.feedback} corrected by feedback")
+        t2 = time.time()
+        shifted = _sample(shifted_path, cfg.requests, cfg.seed)
+        ids = replay(router.url, shifted, f"shift{stamp}", cfg)
+        for rec, rid in list(zip(shifted, ids, strict=True))[: cfg.feedback]:
+            _post_feedback(server.url, rid, rec["output"])
+        if cfg.feedback:
+            with open_log(settings, params, start_writer=False) as log:
+                exported = export_feedback(log, settings, params, since=t2, dvc=True, push=False, data_docs=False)
+            out["feedback_export"] = {"rows": exported.rows, "path": exported.path, "md5": exported.md5}
+            say(f"  exported {exported.rows} corrected answers to the feedback source (DVC)")
+        out["shifted"] = run_monitor(settings, params, since=t2, window=cfg.requests, reference=reference,
+                                     progress=say)
+        say(f"  drifted={out['shifted']['drifted']} fired={out['shifted']['fired']}")
+    trigger = (out["shifted"] or {}).get("trigger")
+    if not out["shifted"]["drifted"] or not trigger or trigger["outcome"] != "started":
+        out["retrain"] = None
+        return out
+    say(f"the trigger started the retraining run (pid {trigger['pid']}, log {trigger['log_path']}); waiting")
+    since_ms = int(trigger["created"] * 1000)
+    _wait(int(trigger["pid"]), cfg.retrain_timeout_s, say, trigger.get("log_path"))
+    run_id = latest_parent_run(settings, since_ms)
+    out["retrain"] = summarize(settings, run_id) if run_id else {"error": f"no run; see {trigger['log_path']}"}
+    return out

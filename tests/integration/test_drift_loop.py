@@ -1,0 +1,137 @@
+"""The drift loop closed on the tiny model, every piece real: `llmops demo drift`'s logic serves the champion behind
+the router (server writing the inference log), builds the reference, replays reference-like traffic (no drift),
+then the shifted slice with feedback corrections exported as a DVC dataset (drift fires), the trigger starts
+`llmops run retrain` as its own process, which refreshes the data (the feedback export merged in by the DVC split
+stage), trains the champion's recipe, registers, and takes the candidate through the canary.
+
+Runs in a throwaway git + DVC copy of the project's data stages (the retrain's `dvc repro` must not touch the
+checkout). The champion is the tiny checkpoint registered with a pipeline run that recorded its recipe."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmops.settings import Settings, get_settings
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+NAME = "llmops-smollm2"
+COPY = ["dvc.yaml", "dvc.lock", "params.yaml", "data/expectations", "data/sample", "data/splits", "data/metrics",
+        "data/user/README.md", "data/feedback/README.md", "data/drift/shifted.jsonl", "llmops/data",
+        "llmops/modeling/prompts.py"]
+
+
+def recipe(tiny_model_dir: Path) -> list[str]:
+    """The champion's recipe: tiny, short training; no engine build (tests/integration/test_compile_engine.py
+    covers it); a two-step canary on a quick load (as tests/integration/test_canary_deploy.py)."""
+    return [
+        f"model.base={tiny_model_dir}",
+        "train.max_steps=8", "train.seq_len=256", "train.batch_size=2", "train.lr=3e-3", "train.warmup_steps=1",
+        "train.checkpoint_every=4", "train.max_train_examples=256", "train.num_workers=1",
+        "eval.max_examples=24", "eval.gen_examples=4", "eval.max_new_tokens=8",
+        "engine.kinds=[]", "registry.verify_new_tokens=0",
+        "canary.steps=[{weight: 50}, {weight: 100}]", "canary.step_defaults={min_duration_s: 2, min_requests: 5}",
+        "canary.max_step_duration_s=60", "canary.interval_s=1", "canary.heartbeat_s=0.5",
+        "canary.loadgen.rate=10", "canary.loadgen.max_tokens=6",
+        "canary.quality.golden_source=data/splits/test.jsonl", "canary.quality.golden_size=4",
+        "canary.quality.max_tokens=8", "serve.max_tokens=64",
+        # both sides are tiny random models on a shared 2-core machine: latency gaps are noise here
+        "canary.analysis.latency_p95={max_ratio: 1.5, min_delta_s: 3}",
+        "canary.analysis.ttft_p95={max_ratio: 1.5, min_delta_s: 3}",
+    ]
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    proj = tmp_path / "project"
+    for rel in COPY:
+        src, dst = REPO / rel, proj / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir()
+         else shutil.copy2(src, dst))
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"],
+                [sys.executable, "-m", "dvc", "remote", "add", "-d", "tmp", str(tmp_path / "remote")],
+                [sys.executable, "-m", "dvc", "commit", "-f", "-q"]):  # the copied outputs into this repo's cache
+        subprocess.run(cmd, cwd=proj, env=env, check=True, capture_output=True)
+    monkeypatch.setenv("LLMOPS_PROJECT_DIR", str(proj))
+    monkeypatch.setenv("LLMOPS_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("LLMOPS_MODELS_DIR", str(REPO / ".llmops" / "models"))  # read-only: tokenizer, embedder
+    get_settings.cache_clear()
+    settings = get_settings()
+    settings.ensure_state_dir()
+    from llmops.data import dvc
+
+    assert dvc.status(settings=settings) == {}  # the copy is the checkout's data version
+    yield settings
+    get_settings.cache_clear()
+
+
+def _champion(settings: Settings, tiny_model_dir: Path) -> str:
+    """The tiny checkpoint as champion, with the lineage a finetune run leaves (its recipe on its pipeline run)."""
+    from llmops.modeling.base import base_model_sha256
+    from llmops.registry import Registry
+    from tests.registry_setup import register_checkpoint
+
+    version = register_checkpoint(settings, tiny_model_dir, NAME)
+    registry = Registry(settings)
+    mv = registry.client.get_model_version(NAME, version)
+    registry.client.set_tag(mv.run_id, "llmops.overrides_json", json.dumps(recipe(tiny_model_dir)))
+    for key, value in {"pipeline.mlflow_run_id": mv.run_id, "base_model.id": str(tiny_model_dir),
+                       "base_model.sha256": base_model_sha256(tiny_model_dir)}.items():
+        registry.client.set_model_version_tag(NAME, version, key, value)
+    registry.promote(NAME, version, reason="test champion")
+    return version
+
+
+def test_shift_fires_drift_and_the_trigger_retrains_through_the_canary(project: Settings,
+                                                                       tiny_model_dir: Path) -> None:
+    from llmops.registry import Registry
+    from monitoring.drift_demo import DemoConfig, run_drift_demo
+
+    settings = project
+    champion = _champion(settings, tiny_model_dir)
+    params = settings.params()
+    n = params.drift.min_window + 10
+    cfg = DemoConfig(requests=n, max_tokens=8, concurrency=4, feedback=20, retrain_timeout_s=1500,
+                     overrides=recipe(tiny_model_dir))
+    said: list[str] = []
+    out = run_drift_demo(settings, params, cfg, said.append)
+
+    quiet, shifted = out["reference_like"], out["shifted"]
+    assert quiet["window"]["requests"] == n and not quiet["drifted"], quiet
+    assert quiet["trigger"] is None
+    assert shifted["window"]["requests"] == n and shifted["drifted"], shifted
+    assert "prompt_embedding_mmd" in shifted["fired"]
+    assert shifted["trigger"]["outcome"] == "started"
+    export = out["feedback_export"]
+    assert export["rows"] == 20 and export["path"].startswith(str(settings.project_dir / "data" / "feedback"))
+
+    rt = out["retrain"]
+    assert rt["state"] == "SUCCEEDED", (rt, said)
+    assert rt["retrain"]["trigger"] == "drift" and "drift" in rt["retrain"]["reason"]
+    assert rt["retrain"]["champion"] == f"{NAME}/{champion}" and rt["retrain"]["data_refreshed"] == "yes"
+    feedback_entry = f"feedback/{Path(export['path']).stem}@{export['md5']}"
+    assert feedback_entry in rt["data_sources"].split(",")  # the export was merged into the refreshed splits
+    assert rt["steps"]["refresh_data"] == rt["steps"]["register"] == rt["steps"]["canary_deploy"] == "FINISHED"
+
+    registry = Registry(settings)
+    new = rt["registered"]["version"]
+    assert new != champion
+    tags = registry.show(f"{NAME}/{new}")["tags"]
+    entry = f"feedback/{Path(export['path']).stem}"
+    assert tags[f"data.source.{entry}.dvc"] == f"data/feedback/{Path(export['path']).name}@{export['md5']}"
+    assert tags["base_model.sha256"] == registry.show(f"{NAME}/{champion}")["tags"]["base_model.sha256"]
+    decision = rt["canary"]["decision"]
+    assert decision == "promoted" or decision.startswith("rolled_back"), rt["canary"]
+    assert registry.alias_version(NAME, "champion") == (new if decision == "promoted" else champion)
+    # the drift report that started the run is attached to it
+    arts = {a.path for a in registry.client.list_artifacts(rt["mlflow_run_id"], "drift")}
+    assert {"drift/drift-report.json", "drift/drift-report.html"} <= arts
