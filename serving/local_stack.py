@@ -88,8 +88,9 @@ class LocalStack:
         return self._spawn(name, args, port or free_port(), "/ready", env)
 
     def router(self, stable_url: str, *, canary_url: str | None = None, env: dict[str, str] | None = None,
-               port: int | None = None) -> Process:
-        args = ["router", "--stable", stable_url]
+               port: int | None = None, log_requests: bool = True) -> Process:
+        """Start `llmops router` (not waiting). `log_requests=False`: as for `server`, keep synthetic traffic out."""
+        args = ["router", "--stable", stable_url] + ([] if log_requests else ["--no-log"])
         if canary_url:
             args += ["--canary", canary_url]
         return self._spawn("router", args, port or free_port(), "/health", env)

@@ -107,7 +107,7 @@ def run_local(settings: Settings, params: Params, name: str, version: str, overr
         print(f"[canary] starting stable {name}/{champion} and canary {name}/{version} (logs in {log_dir})",
               flush=True)
         stack.wait_ready(stable, canary)
-        router = stack.router(stable.url)
+        router = stack.router(stable.url, log_requests=False)
         stack.wait_ready(router)
         actuator = LocalRouterActuator(router.url, read_admin_token(settings.state_dir))
         try:
