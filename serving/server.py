@@ -361,6 +361,8 @@ def create_app(engine: Engine, model: ResolvedModel, params: ServeParams, *, api
         n = len(seq.generated) if seq else 0
         state.metrics.completion_tokens.labels(model=model.label).inc(n)
         extra: dict[str, Any] = {"tool": job.tool_name} if job.tool_name else {}
+        if request.headers.get("x-llmops-shadow"):
+            extra["shadow"] = True  # the router's mirrored copy, answered to no one: the inference log skips it
         if seq is not None and seq.logprob_count:
             extra["mean_logprob"] = seq.logprob_sum / seq.logprob_count
         latency = time.perf_counter() - t0
