@@ -31,6 +31,9 @@ def running_server(model: str, log_path: Path, *, sets: tuple[str, ...] = (), en
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if k not in ("LLMOPS_API_KEY", "LLMOPS_API_KEY_FILE")}
     full_env.update({"LLMOPS_PROJECT_DIR": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})})
+    if "LLMOPS_STATE_DIR" not in full_env and "LLMOPS_INFERENCE_LOG_URI" not in full_env:
+        # a test's traffic never lands in the developer's own inference log (.llmops/), which monitors read
+        full_env["LLMOPS_INFERENCE_LOG_URI"] = f"sqlite:///{log_path.with_suffix('.inference-log.db')}"
     if "LLMOPS_INFERENCE_LOG_URI" not in full_env and "LLMOPS_STATE_DIR" not in full_env:
         # a test server never writes the user's .llmops/inference-log.db
         full_env["LLMOPS_INFERENCE_LOG_URI"] = f"sqlite:///{log_path.parent / f'inference-log-{port}.db'}"

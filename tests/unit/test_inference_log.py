@@ -73,6 +73,7 @@ def test_store_upsert_feedback_query_and_retention(log: InferenceLog) -> None:
     assert a is not None and (a.side, a.session, a.model_version, a.mean_logprob) == ("canary", "s1", "3", -1.25)
     assert a.extra == {"backend": "http://x"} and a.prompt == [{"role": "user", "content": "question a"}]
     assert log.count() == 3
+    assert log.hook(record("mirror", extra={"shadow": True})) is None and log.get("mirror") is None  # shadow copy
 
     log.feedback("a", 1)
     log.feedback("a", -1, "the corrected answer", comment="wrong")
