@@ -21,7 +21,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 SERVE_MODEL ?= llmops-smollm2@champion
 
-.PHONY: help setup venv model data run demo test test-fast test-gpu lint compile ui serve bench bench-serving bench-engines clean sysdeps images
+.PHONY: help setup venv model data run demo test test-fast test-gpu lint compile ui serve bench bench-serving bench-engines bench-router clean sysdeps images
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -97,6 +97,9 @@ bench-serving: setup ## llmops serve vs transformers serve --continuous-batching
 
 bench-engines: setup ## CPU engines vs eager (tokens/s at batch 1 and 8, TTFT)
 	@$(BIN)/python -m benchmarks.engines
+
+bench-router: setup ## router overhead: p50/p99 through `llmops router` minus direct, 200 req/s open loop, stub backend
+	@$(BIN)/python -m benchmarks.router_overhead
 
 clean: ## remove all local state (MLflow, DVC remote, models) — keeps the virtualenv
 	rm -rf $(STATE)

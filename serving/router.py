@@ -81,6 +81,7 @@ def check_url(url: object, name: str) -> str:
 class Backend:
     url: str
     model_version: str | None = None
+    checked_at: float = -1e9  # monotonic time of the last version lookup (an unknown version is retried, slowly)
 
     def to_json(self) -> dict[str, Any]:
         return {"url": self.url, "model_version": self.model_version}
@@ -141,6 +142,7 @@ class RouterState:
     async def refresh_version(self, backend: Backend) -> None:
         """The backend's model version from its /v1/models (our server reports `version`); best effort."""
         assert self.session is not None
+        backend.checked_at = time.monotonic()
         try:
             async with self.session.get(f"{backend.url}/v1/models",
                                         timeout=aiohttp.ClientTimeout(total=self.params.connect_timeout_s + 3)) as r:
@@ -219,12 +221,12 @@ class Proxy:
             await _send_simple(send, status, payload, rid, None, None)
             return
 
+        if path == "/v1/models":  # the stable side's list; it takes no slot of the split
+            await self.forward_plain(send, "GET", state.stable, path, headers, b"", rid, STABLE)
+            return
         canary = state.canary
         side = state.split.side(session_id) if canary else STABLE
         backend = canary if side == CANARY and canary else state.stable
-        if path == "/v1/models":
-            await self.forward_plain(send, "GET", backend, path, headers, b"", rid, side)
-            return
 
         request_json: Any = None
         with contextlib.suppress(ValueError):  # the backend answers the 400
@@ -268,7 +270,8 @@ class Proxy:
                       inject_usage: bool, out: _Outcome, t0: float, wall0: float) -> None:
         state = self.state
         assert state.session is not None
-        if backend.model_version is None:
+        if backend.model_version is None and time.monotonic() - backend.checked_at > 30:
+            backend.checked_at = time.monotonic()
             state.spawn(state.refresh_version(backend))
         resp = None
         try:
@@ -335,6 +338,8 @@ class Proxy:
                 if forward:
                     await send({"type": "http.response.body", "body": forward, "more_body": True})
                 if terminal is not None:
+                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):  # read to the end: the
+                        await asyncio.wait_for(resp.content.read(), 2)  # connection goes back to the pool
                     break
         except (aiohttp.ClientError, TimeoutError) as exc:
             out.broke = True

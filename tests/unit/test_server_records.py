@@ -74,19 +74,16 @@ def test_awaitable_hooks_run_before_the_response_completes(engine, tiny_model_di
         await asyncio.sleep(0.3)
         records.append(record)
 
-    app, client = _client(engine, tiny_model_dir, serve_params, [durable])
-    with client:
-        assert app.state.llmops.ready.wait(120)
-        t0 = time.time()
-        r = client.post("/v1/chat/completions", json=CHAT)
-        assert r.status_code == 200 and len(records) == 1  # awaited before the body was returned
-    # a stream over a real socket (the test client buffers whole bodies): [DONE] arrives after the hook ran
+    app, _ = _client(engine, tiny_model_dir, serve_params, [durable])
     seen_at_done = []
-    with _served(app) as url, httpx.stream("POST", f"{url}/v1/chat/completions", json={**CHAT, "stream": True},
-                                           timeout=60) as s:
-        for line in s.iter_lines():
-            if line == "data: [DONE]":
-                seen_at_done.append(len(records))
+    with _served(app) as url:  # a real socket: the test client buffers whole bodies, so it could not tell
+        t0 = time.time()
+        r = httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=60)
+        assert r.status_code == 200 and len(records) == 1  # awaited before the body was returned
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json={**CHAT, "stream": True}, timeout=60) as s:
+            for line in s.iter_lines():
+                if line == "data: [DONE]":
+                    seen_at_done.append(len(records))  # the hook (0.3 s) has already run
     assert seen_at_done == [2]
     rec = records[0]
     assert t0 - 1 <= rec.time <= time.time() and rec.side is None and rec.session is None
