@@ -255,6 +255,33 @@ def test_disconnecting_client_frees_its_slot(server: str, model_id: str) -> None
     assert scheduler(server)["free_slots"] == MAX_CONCURRENT
 
 
+def test_disconnecting_non_streaming_client_frees_its_slot(server: str, model_id: str) -> None:
+    """A plain (non-streaming) request whose client closes the connection mid-generation: the slot frees
+    at once, not when its 1800 tokens are done."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(server)
+    body = json.dumps({"model": model_id, "prompt": "go on", "max_tokens": 1800, "temperature": 0}).encode()
+    steps_before = scheduler(server)["steps"]
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        deadline = time.monotonic() + 10
+        while scheduler(server)["running"] != 1:
+            assert time.monotonic() < deadline, "the request never started"
+            time.sleep(0.02)
+    # the connection is closed here, before any answer
+    deadline = time.monotonic() + 10
+    while scheduler(server)["running"] != 0:
+        assert time.monotonic() < deadline, "the slot of a disconnected non-streaming client was not freed"
+        time.sleep(0.05)
+    state = scheduler(server)
+    assert state["free_slots"] == MAX_CONCURRENT
+    # freed by the disconnect, not by running to max_tokens (it was the only request: one decode step per token)
+    assert state["steps"] - steps_before < 1500
+
+
 def test_metrics_exposed(server: str) -> None:
     text = httpx.get(f"{server}/metrics").text
     for name in ("llmops_requests_total", "llmops_request_latency_seconds_bucket",
