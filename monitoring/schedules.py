@@ -60,11 +60,40 @@ def parse_cron(expr: str) -> dict[str, str]:
     from apscheduler.triggers.cron import CronTrigger
 
     out = dict(zip(names, fields, strict=True))
+    out["day_of_week"] = _crontab_weekdays(out["day_of_week"])
     try:
         CronTrigger(**out)
     except ValueError as exc:
         raise LlmopsError(f"bad cron expression {expr!r}: {exc}", "see `man 5 crontab` for the field syntax") from None
     return out
+
+
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def _crontab_weekdays(field: str) -> str:
+    """Crontab (and KFP) number weekdays from Sunday = 0 (7 too); APScheduler 3 from Monday = 0. Numeric parts
+    (n, a-b, a-b/s, */s) become day names so "1" means Monday as in crontab; names pass through."""
+    if not any(c.isdigit() for c in field):
+        return field
+    out: list[str] = []
+    for part in field.split(","):
+        body, _, step = part.partition("/")
+        if body == "*":
+            lo, hi = 0, 6
+        elif "-" in body and body.replace("-", "").isdigit():
+            lo, hi = (int(x) for x in body.split("-", 1))
+        elif body.isdigit():
+            lo = hi = int(body)
+            if step:
+                hi = 6
+        else:
+            out.append(part)  # names (mon-fri) mean the same in both
+            continue
+        if not (0 <= lo <= 7 and 0 <= hi <= 7 and lo <= hi):
+            raise LlmopsError(f"bad cron weekday {part!r}", "weekdays are 0-7 (0 and 7 are Sunday) or sun..sat")
+        out += [_DAYS[d % 7] for d in range(lo, hi + 1, int(step) if step else 1)]
+    return ",".join(dict.fromkeys(out))
 
 
 def kfp_cron(expr: str) -> str:
