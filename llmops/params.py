@@ -302,6 +302,7 @@ class ClusterParams(_Section):
     """What only the cluster profile's compiled pipeline carries (kfp.local ignores it)."""
 
     retry_backoff: str
+    trtllm_engine: bool  # add the GPU TensorRT-LLM build (stage -> compile_trtllm -> attach) to the DAG
     config_map: ConfigMapEnv
     secrets: list[SecretEnv]
     steps: dict[str, StepResources]
@@ -357,13 +358,24 @@ class TrtllmParams(_Section):
     min_compute_capability: float
 
 
+class QuantizedParams(_Section):
+    """The int8 CPU engine's quality gate: deltas vs eager on held-out records; a breach keeps it from serving."""
+
+    heldout: str  # JSONL records (instruction/input/output) the model was not trained on, relative to the project
+    records: int  # the first N of them
+    new_tokens: int  # greedy tokens per answer for ROUGE-L (and the agreement rate)
+    max_perplexity_increase: float  # relative: engine answer perplexity / eager's - 1
+    max_rouge_l_drop: float  # absolute: eager ROUGE-L F1 - engine's
+
+
 class EngineParams(_Section):
     """compile_engine / `llmops engine build`: which engines, how they are checked and timed."""
 
     cpu_runtime: Literal["onnxruntime", "openvino"]
-    kinds: list[Literal["cpu", "tensorrt-llm"]]
+    kinds: list[Literal["cpu", "cpu-int8", "tensorrt-llm"]]
     log_artifacts: bool
     equivalence: EquivalenceParams
+    quantized: QuantizedParams
     benchmark: EngineBenchParams
     trtllm: TrtllmParams
     prompts: list[str]

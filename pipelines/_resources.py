@@ -18,6 +18,7 @@ from llmops.params import ClusterParams, StepResources
 
 _ACTIVE: ContextVar[ClusterParams | None] = ContextVar("llmops_cluster_params", default=None)
 DEFAULT_STEP = "default"
+OPTIONAL_STEPS = {"stage_checkpoint", "compile_trtllm", "attach_trtllm"}  # only with cluster.trtllm_engine
 
 
 @contextlib.contextmanager
@@ -40,6 +41,12 @@ def for_cluster(pipeline, cluster: ClusterParams):
     with _active(cluster):
         return dsl.pipeline(name=pipeline.name, description=pipeline.description,
                             pipeline_config=pipeline.pipeline_config)(pipeline.pipeline_func)
+
+
+def building_for_cluster() -> ClusterParams | None:
+    """The cluster settings while a pipeline is being built for the cluster (`for_cluster`), else None: steps
+    that only a cluster can run (container components on a GPU node) are added to the DAG only then."""
+    return _ACTIVE.get()
 
 
 def step_settings(cluster: ClusterParams, step: str) -> StepResources:
@@ -100,7 +107,7 @@ def apply_cluster_settings() -> None:
         step = task.component_spec.name.replace("-", "_")
         apply_task_settings(task, step, cluster)
         seen.add(step)
-    unknown = sorted(set(cluster.steps) - seen - {DEFAULT_STEP})
+    unknown = sorted(set(cluster.steps) - seen - {DEFAULT_STEP} - OPTIONAL_STEPS)
     if unknown:
         raise LlmopsError(f"cluster.steps names no step of pipeline {pipeline.name!r}: {', '.join(unknown)}",
                           f"use one of {', '.join(sorted(seen))} (or `default`) in params.yaml")

@@ -15,10 +15,12 @@ from kfp import dsl
 
 from components.canary_deploy.component import canary_deploy
 from components.compile_engine.component import compile_engine
+from components.compile_trtllm.component import attach_trtllm, compile_trtllm, stage_checkpoint
 from components.evaluate.component import evaluate
 from components.register.component import register
 from components.train.component import train
 from components.validate_data.component import validate_data
+from pipelines._resources import building_for_cluster
 
 
 @dataclass
@@ -49,6 +51,16 @@ def model_stages(*, parent_run_id: Any, kfp_run_id: Any, overrides: Any, data_di
         registered = register(parent_run_id=parent_run_id, overrides=overrides, kfp_run_id=kfp_run_id,
                               adapter=trained.outputs["adapter"], eval_metrics=evaluated.outputs["metrics"])
         compiled = compile_engine(parent_run_id=parent_run_id, overrides=overrides, model_version=registered.output)
+        cluster = building_for_cluster()
+        if cluster is not None and cluster.trtllm_engine:  # kfp.local cannot run the TRT-LLM container step
+            staged = stage_checkpoint(parent_run_id=parent_run_id, overrides=overrides,
+                                      model_version=registered.output)
+            built = compile_trtllm(checkpoint=staged.outputs["checkpoint"],
+                                   weights_digest=staged.outputs["weights_digest"],
+                                   build_config=staged.outputs["build_config"],
+                                   min_compute_capability=staged.outputs["min_compute_capability"])
+            attach_trtllm(parent_run_id=parent_run_id, overrides=overrides, model_version=registered.output,
+                          engine=built.outputs["engine"]).after(compiled)
         # The first version becomes champion (register); a later one is rolled out against the champion.
         deployed = canary_deploy(parent_run_id=parent_run_id, overrides=overrides,
                                  model_version=registered.output).after(compiled)

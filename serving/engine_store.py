@@ -77,11 +77,23 @@ def cpu_hardware(cpuinfo: str | None = None) -> str:
     return f"cpu-{platform.machine() or 'unknown'}-" + ("+".join(present) or "baseline")
 
 
-def cpu_build_config(runtime: str) -> dict[str, Any]:
+def cpu_build_config(runtime: str, dtype: str = "float32") -> dict[str, Any]:
     """What decides the bytes of a CPU engine (besides weights, runtime version and hardware)."""
     from serving.engines.decoder_graph import OPSET
 
-    return {"runtime": runtime, "graph": GRAPH_VERSIONS[runtime], "opset": OPSET, "dtype": "float32"}
+    config = {"runtime": runtime, "graph": GRAPH_VERSIONS[runtime], "opset": OPSET, "dtype": dtype}
+    if dtype != "float32":
+        from serving.engines import int8
+
+        if runtime != int8.RUNTIME:
+            raise LlmopsError(f"no {dtype} engine for {runtime}", f"build {dtype} with {int8.RUNTIME}")
+        config["quantization"] = int8.CONFIG
+    return config
+
+
+def engine_name(runtime: str, dtype: str = "float32") -> str:
+    """What the engine registry and `--engine` call it: the runtime, suffixed by a quantised dtype."""
+    return runtime if dtype == "float32" else f"{runtime}-{dtype}"
 
 
 def cache_key(weights: str, runtime: str, runtime_version: str, hardware: str, config_hash: str) -> str:
@@ -104,9 +116,9 @@ def list_engines(settings: Settings, weights: str | None = None) -> list[dict[st
 
 
 def build_cpu_engine(settings: Settings, model_dir: Path, runtime: str,
-                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Build (or find in the cache) the CPU engine for `model_dir` on `runtime`; returns its manifest plus
-    `cache_hit` and `engine_dir`."""
+                     progress: Callable[[str], None] | None = None, dtype: str = "float32") -> dict[str, Any]:
+    """Build (or find in the cache) the CPU engine for `model_dir` on `runtime` (`dtype` int8: weights
+    quantised, see serving/engines/int8.py); returns its manifest plus `cache_hit` and `engine_dir`."""
     from llmops.modeling.hashing import weights_digest
     from serving.engines.decoder_graph import check_supported
 
@@ -117,22 +129,30 @@ def build_cpu_engine(settings: Settings, model_dir: Path, runtime: str,
     check_supported(model_dir)
     weights = weights_digest(model_dir)
     hardware = cpu_hardware()
-    config = cpu_build_config(runtime)
+    config = cpu_build_config(runtime, dtype)
     config_hash = short_hash(config)
     key = cache_key(weights, runtime, version, hardware, config_hash)
-    engine_dir = settings.engines_dir / f"{runtime}-{key}"
+    name = engine_name(runtime, dtype)
+    engine_dir = settings.engines_dir / f"{name}-{key}"
     if (manifest := read_manifest(engine_dir)) is not None and manifest.get("cache_key") == key:
         say(f"cache hit: {engine_dir}")
         return manifest | {"cache_hit": True, "engine_dir": str(engine_dir)}
 
-    say(f"building {runtime} engine (key {key})")
+    say(f"building {name} engine (key {key})")
     t0 = time.perf_counter()
-    staging = settings.engines_dir / f".{runtime}-{key}.partial"
+    staging = settings.engines_dir / f".{name}-{key}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        graph = _exporter(runtime)(model_dir, staging)
+        if dtype == "float32":
+            graph = _exporter(runtime)(model_dir, staging)
+        else:
+            from serving.engines import int8
+
+            graph = _exporter(runtime)(model_dir, staging / "float32")
+            graph |= int8.quantize(staging / "float32", staging)
+            shutil.rmtree(staging / "float32")
         manifest = {
-            "name": f"{runtime}-{key}", "kind": "cpu", "runtime": runtime, "runtime_version": version,
+            "name": f"{name}-{key}", "engine_name": name, "kind": "cpu", "runtime": runtime, "runtime_version": version,
             "hardware": hardware, "build_config": config, "build_config_hash": config_hash,
             "weights_digest": weights, "cache_key": key, "graph": graph, "graph_file": "decoder.onnx",
             "model_dir": str(model_dir), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -246,6 +266,12 @@ def eager_reference(model, tokenizer, cfg: EngineParams) -> tuple[list[list[int]
     return reference, sum(len(r) for r in reference) / seconds
 
 
+def model_eos_ids(model) -> set[int]:
+    """The model config's end-of-sequence id(s)."""
+    eos = model.config.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+
+
 def check_equivalence(engine, model, tokenizer, cfg: EngineParams,
                       reference: tuple[list[list[int]], float] | None = None) -> dict[str, Any]:
     """Greedy tokens of the engine (batched) vs eager (one at a time) on the fixed prompts; `passed` when the
@@ -254,9 +280,7 @@ def check_equivalence(engine, model, tokenizer, cfg: EngineParams,
     prompts = encode_prompts(tokenizer, cfg.prompts[: eq.prompts] if eq.prompts else cfg.prompts)
     tokens, eager_tps = reference or eager_reference(model, tokenizer, cfg)
     got = engine_greedy(engine, prompts, eq.new_tokens)
-    cfg_eos = model.config.eos_token_id
-    eos = set(engine.eos_token_ids) | set(cfg_eos if isinstance(cfg_eos, list) else [cfg_eos] if cfg_eos is not None
-                                          else [])
+    eos = set(engine.eos_token_ids) | model_eos_ids(model)
     result = agreement([until_eos(t, eos) for t in tokens], [until_eos(t, eos) for t in got["tokens"]])
     return result | {"new_tokens": eq.new_tokens, "min_identical_rate": eq.min_identical_rate,
                      "passed": result["identical_rate"] >= eq.min_identical_rate,

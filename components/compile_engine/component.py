@@ -21,12 +21,16 @@ def compile_engine(parent_run_id: str, overrides: list, model_version: str) -> s
         figures = {}
         for kind, r in result["engines"].items():
             if r.get("skipped"):
-                figures[kind] = "rejected (equivalence)" if r.get("rejected") else "skipped"
+                why = "quality" if kind == "cpu-int8" else "equivalence"
+                figures[kind] = f"rejected ({why})" if r.get("rejected") else "skipped"
                 continue
             bench = r.get("benchmark") or {}
             figures[kind] = r["runtime"] + (" (cache hit)" if r.get("cache_hit") else "")
             if r.get("equivalence"):
                 figures[f"{kind} equivalence"] = f"{r['equivalence']['identical_rate']:.0%}"
+            if r.get("quality"):
+                q = r["quality"]
+                figures[f"{kind} ppl/ROUGE-L vs eager"] = f"{q['perplexity_increase']:+.1%}/{-q['rouge_l_drop']:+.3f}"
             for key in ("batch1_tokens_per_s", "batch8_tokens_per_s"):
                 if key in bench:
                     figures[f"{kind} {key.replace('_tokens_per_s', '')} tok/s"] = bench[key]

@@ -6,6 +6,8 @@ For each kind in `engine.kinds` (params.yaml):
   (tokens/s and TTFT at `engine.benchmark.batch_sizes`), and attached to the version: engine files as
   MLflow artifacts of this step's run, figures as version tags `engine.cpu.*`. An engine that fails
   equivalence is removed from the cache (so no server can pick it) and fails the step.
+- `cpu-int8`: the int8 ONNX Runtime engine, judged by its quality gate (agreement, held-out answer perplexity
+  and ROUGE-L vs eager, tolerances in `engine.quantized`); a breach keeps it out of serving and is tagged.
 - `tensorrt-llm`: its preflight runs; where it passes (the TRT-LLM image on a GPU node) the build runs in a
   subprocess of that image's Python, otherwise the version gets `engine.tensorrt-llm = skipped: <reason>`
   and nothing is written.
@@ -77,6 +79,43 @@ def _cpu_engine(settings: Settings, params: Params, model_dir: Path) -> dict[str
     return manifest | {"equivalence": equivalence, "benchmark": benchmark, "checks_reused": False}
 
 
+def _cpu_int8_engine(settings: Settings, params: Params, model_dir: Path) -> dict[str, Any]:
+    """The int8 ONNX Runtime engine, gated on held-out quality vs eager (serving/quality_gate.py). A breach keeps
+    the engine on disk with its figures but out of serving (the registry's probe reads the gate's file)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from serving import engine_store, quality_gate
+    from serving.engines import int8
+
+    cfg = params.engine
+    manifest = engine_store.build_cpu_engine(
+        settings, model_dir, int8.RUNTIME, dtype=int8.DTYPE,
+        progress=lambda m: print(f"[compile_engine] {m}", file=sys.stderr, flush=True))
+    gate_path = Path(manifest["engine_dir"]) / int8.QUALITY_FILE
+    wanted = {"quantized": cfg.quantized.model_dump(), "benchmark": cfg.benchmark.model_dump(),
+              "prompts": cfg.prompts}
+    gate = json.loads(gate_path.read_text()) if gate_path.is_file() else {}
+    if gate.get("config") != wanted:
+        slots = max([*cfg.benchmark.batch_sizes, 8])
+        engine = engine_store.load_engine(manifest, model_dir, max_slots=slots)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        records = quality_gate.heldout_records(settings.project_dir, cfg.quantized)
+        eos = set(engine.eos_token_ids) | set(engine_store.model_eos_ids(model))
+        quality = quality_gate.quality_gate(engine, model, engine.tokenizer, records, cfg.quantized, eos)
+        del model
+        benchmark = engine_store.short_benchmark(engine, engine.tokenizer, cfg)
+        gate = {"config": wanted, **quality, "benchmark": benchmark}
+        gate_path.write_text(json.dumps(gate, indent=2))
+    quality = {k: v for k, v in gate.items() if k not in ("config", "benchmark")}
+    if not gate["passed"]:
+        reason = (f"{manifest['engine_name']} engine breached its quality tolerance ({'; '.join(gate['breaches'])}); "
+                  "kept out of serving")
+        return {"kind": "cpu-int8", "skipped": True, "rejected": True, "reason": reason,
+                "record": f"engine=cpu-int8 rejected: {reason}", "quality": quality}
+    return manifest | {"quality": quality, "benchmark": gate["benchmark"]}
+
+
 def _trtllm_engine(settings: Settings, params: Params, model_dir: Path) -> dict[str, Any]:
     from llmops.modeling.hashing import weights_digest
     from serving.engines import tensorrt_llm as trt
@@ -104,7 +143,7 @@ def _trtllm_engine(settings: Settings, params: Params, model_dir: Path) -> dict[
 
 def build_engines(settings: Settings, params: Params, model_dir: Path) -> dict[str, dict[str, Any]]:
     """{kind: result} for every kind in `engine.kinds`: a checked CPU engine, a TRT-LLM engine or its skip."""
-    builders = {"cpu": _cpu_engine, "tensorrt-llm": _trtllm_engine}
+    builders = {"cpu": _cpu_engine, "cpu-int8": _cpu_int8_engine, "tensorrt-llm": _trtllm_engine}
     return {kind: builders[kind](settings, params, model_dir) for kind in params.engine.kinds}
 
 
@@ -113,6 +152,13 @@ def version_tags(results: dict[str, dict[str, Any]], artifact_uris: dict[str, st
     tags: dict[str, str] = {}
     for kind, r in results.items():
         p = f"engine.{kind}"
+        quality = r.get("quality") or {}
+        if quality:
+            for key in ("perplexity_eager", "perplexity_engine", "perplexity_increase", "rouge_l_eager",
+                        "rouge_l_engine", "rouge_l_drop"):
+                tags[f"{p}.quality.{key}"] = f"{quality[key]:.4g}"
+            tags[f"{p}.quality.agreement.identical_rate"] = f"{quality['agreement']['identical_rate']:.4g}"
+            tags[f"{p}.quality.passed"] = str(bool(quality["passed"])).lower()
         if r.get("skipped"):
             tags[p] = f"{'rejected' if r.get('rejected') else 'skipped'}: {r['reason']}"
             if r.get("equivalence"):

@@ -24,7 +24,8 @@ from llmops.settings import Settings
 from pipelines._resources import step_settings
 from pipelines.runner import compile_finetune, compiled_path
 
-STEPS = ("start_run", "validate_data", "train", "evaluate", "register", "compile_engine", "finish_run")
+STEPS = ("start_run", "validate_data", "train", "evaluate", "register", "compile_engine", "finish_run",
+         "stage_checkpoint", "compile_trtllm", "attach_trtllm")
 GIB = 2**30 / 1e9  # KFP writes memory in GB (10^9 bytes)
 
 
@@ -42,7 +43,7 @@ def _tasks(spec: dict) -> dict[str, dict]:
             name = task["componentRef"]["name"].removeprefix("comp-").replace("-", "_")
             if name in STEPS:
                 out[name] = task
-            else:  # a condition/exit-handler group: its own DAG
+            elif "dag" in spec["components"][task["componentRef"]["name"]]:  # a condition/exit-handler group
                 walk(spec["components"][task["componentRef"]["name"]]["dag"])
 
     walk(spec["root"]["dag"])
