@@ -3,9 +3,37 @@ rules and dashboard checks compare queries with what really gets exported — no
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parents[2]
+DASHBOARDS = sorted((REPO / "monitoring" / "grafana").glob("*.json"))
+GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$isvc": ".*"}
+
+
+def dashboard_exprs(path: Path) -> list[str]:
+    """Every query of a dashboard: panel targets and query variables."""
+    d = json.loads(path.read_text())
+    ids = [p["id"] for p in d["panels"]]
+    assert len(ids) == len(set(ids)), f"{path.name}: duplicate panel ids"
+    out = []
+    for p in d["panels"]:
+        assert p["targets"], f"{path.name}: panel {p['title']!r} has no query"
+        out += [t["expr"] for t in p["targets"]]
+    out += [v["definition"].removeprefix("label_values(").split(",")[0] for v in d["templating"]["list"]
+            if v.get("type") == "query"]
+    return out
+
+
+def fill_grafana_vars(expr: str) -> str:
+    for var, value in GRAFANA_VARS.items():
+        expr = expr.replace(var, value)
+    assert "$" not in expr, f"unknown Grafana variable in {expr!r}"
+    return expr
+
 
 _SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 

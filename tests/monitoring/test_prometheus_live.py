@@ -25,6 +25,7 @@ from monitoring import exposition
 from monitoring.drift import DetectorResult, DriftReport
 from monitoring.prometheus.rules import render_rules
 from serving.local_stack import LocalStack
+from tests.monitoring.exported import DASHBOARDS, dashboard_exprs, fill_grafana_vars
 from tests.serve_process import REPO, free_port
 
 pytestmark = [pytest.mark.slow,
@@ -135,6 +136,14 @@ def test_prometheus_fires_error_rate_and_drift_alerts(settings, tiny_model_dir, 
                 router_alert = next(a for a in firing if a["labels"]["alertname"] == "LlmopsRouterHighErrorRate")
                 assert router_alert["labels"]["side"] == "stable"
                 assert not [a for a in firing if a["labels"]["alertname"] == "LlmopsServerDown"]
+                # every dashboard query runs on this Prometheus; the serving and canary panels have data
+                empty = []
+                for expr in (e for d in DASHBOARDS for e in dashboard_exprs(d)):
+                    r = httpx.get(f"{prom}/api/v1/query", params={"query": fill_grafana_vars(expr)}, timeout=10).json()
+                    assert r["status"] == "success", (expr, r)
+                    empty += [expr] if not r["data"]["result"] else []
+                assert not [e for e in empty if "llmops_router_requests" in e or "llmops_requests_total" in e
+                            or "llmops_drift_score" in e], empty
                 targets_up = httpx.get(f"{prom}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
                 assert {t["labels"]["job"]: t["health"] for t in targets_up} == {
                     "llmops-server": "up", "llmops-router": "up", "llmops-monitor": "up"}
