@@ -115,16 +115,12 @@ def test_feedback_route_and_no_acknowledged_request_lost_on_sigkill(tiny_model_d
     assert not lost, f"{len(lost)} acknowledged requests missing from the log after SIGKILL: {lost[:5]}"
 
 
-def test_lineage_of_an_answer_from_a_registered_tiny_model(settings, tiny_model_dir: Path, tmp_path: Path) -> None:
-    """Register the tiny model as the register step does (transformers flavour, lineage tags on the version),
-    serve NAME@champion with the log on, ask it something, and trace the answer back by its request id."""
-    import json
-
+def _register_tiny(settings, tiny_model_dir: Path, name: str) -> tuple[str, dict[str, str]]:
+    """Register the tiny model as the register step does (transformers flavour, save_pretrained, lineage tags on
+    the version, champion alias); returns (version, tags)."""
     import mlflow
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from typer.testing import CliRunner
 
-    from llmops.cli.main import app
     from llmops.lineage import collect_lineage, data_lineage
     from llmops.registry import Registry
     from llmops.tracking import configure
@@ -140,62 +136,63 @@ def test_lineage_of_an_answer_from_a_registered_tiny_model(settings, tiny_model_
                                               "tokenizer": AutoTokenizer.from_pretrained(tiny_model_dir)},
                                              name="model", task="text-generation", save_pretrained=True,
                                              pip_requirements=["torch", "transformers"])
-    mv = mlflow.register_model(info.model_uri, "lineage-tiny", tags=tags)
-    Registry(settings).set_alias("lineage-tiny", "champion", str(mv.version), action="promote", reason="test")
-
-    with running_server("lineage-tiny@champion", tmp_path / "server.log", sets=SETS,
-                        env={"LLMOPS_STATE_DIR": str(settings.state_dir)}) as url:
-        r = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
-            "model": "lineage-tiny", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
-        assert r.status_code == 200
-        rid = r.headers["x-request-id"]
-
-    runner = CliRunner()
-    out = runner.invoke(app, ["models", "lineage", rid, "--json"])
-    assert out.exit_code == 0, out.output
-    lineage = json.loads(out.stdout)
-    assert lineage["model"]["name"] == "lineage-tiny" and lineage["model"]["version"] == str(mv.version)
-    assert "champion" in lineage["model"]["aliases"]
-    assert lineage["git_commit"] == tags["git.commit"] and lineage["git_commit"] != "unknown"
-    assert lineage["data"]["train"] == {"md5": tags["data.train.md5"], "dvc": tags["data.train.dvc"]}
-    assert lineage["pipeline"] == {"kfp_run_id": "kfp-run-7", "mlflow_run_id": "mlflow-run-9",
-                                   "register_run_id": "reg-run-1"}
-    shown = runner.invoke(app, ["log", "show", rid, "--json"])
-    assert shown.exit_code == 0 and json.loads(shown.stdout)["model_version"] == str(mv.version)
-    unknown = runner.invoke(app, ["models", "lineage", "never-sent"])
-    assert unknown.exit_code == 2 and "no logged request" in unknown.output
+    mv = mlflow.register_model(info.model_uri, name, tags=tags)
+    Registry(settings).set_alias(name, "champion", str(mv.version), action="promote", reason="test")
+    return str(mv.version), tags
 
 
-def test_router_logs_with_side_and_session_and_takes_feedback(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """`llmops router` in front of `llmops serve`, both logging into one database: the request is there when the
-    response arrives, as one row that merges both (the router's side and session, the server's log-probability);
-    POST /v1/feedback on the router: 200 / 404 / 400, and 401 without the key, as on the servers."""
+def test_router_logs_feedback_and_lineage_of_a_registered_tiny_model(settings, tiny_model_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    """`llmops serve NAME@champion` (a registered tiny model) behind `llmops router`, both logging into one
+    database: the request is there when the response arrives, as ONE row merging both (the router's side and
+    session, the server's log-probability); POST /v1/feedback on the router: 200 / 404 / 400, and 401 without
+    the key as on the servers; `llmops models lineage` traces the answer back to the version's commit, data
+    and pipeline run."""
+    import json
     import sqlite3
 
+    from typer.testing import CliRunner
+
+    from llmops.cli.main import app
     from serving.local_stack import LocalStack
 
-    state = tmp_path / "state"
-    env = {"LLMOPS_STATE_DIR": str(state), "LLMOPS_API_KEY": KEY, "OMP_NUM_THREADS": "1", "LLMOPS_API_KEY_FILE": None}
+    version, tags = _register_tiny(settings, tiny_model_dir, "lineage-tiny")
+    env = {"LLMOPS_STATE_DIR": str(settings.state_dir), "LLMOPS_API_KEY": KEY, "OMP_NUM_THREADS": "1",
+           "LLMOPS_API_KEY_FILE": None}
     with LocalStack(tmp_path / "logs", env=env) as stack:
-        server = stack.server("server", str(tiny_model_dir), engine="eager")
+        server = stack.server("server", "lineage-tiny@champion", engine="eager")
         stack.wait_ready(server)
         router = stack.router(server.url)
         stack.wait_ready(router)
         auth = {"Authorization": f"Bearer {KEY}"}
         r = httpx.post(f"{router.url}/v1/chat/completions", timeout=60,
                        headers={**auth, "x-request-id": "via-router", "x-llmops-session": "sess-1"},
-                       json={"model": tiny_model_dir.name, "max_tokens": 4,
-                             "messages": [{"role": "user", "content": "hi"}]})
+                       json={"model": "lineage-tiny", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
         assert r.status_code == 200, r.text
-        conn = sqlite3.connect(state / "inference-log.db")
-        rows = conn.execute("SELECT side, session, mean_logprob, completion_tokens FROM requests "
+        conn = sqlite3.connect(settings.state_dir / "inference-log.db")
+        rows = conn.execute("SELECT side, session, mean_logprob, completion_tokens, model_version FROM requests "
                             "WHERE request_id='via-router'").fetchall()
         conn.close()
         assert len(rows) == 1 and rows[0][:2] == ("stable", "sess-1") and rows[0][2] is not None, rows
-        assert rows[0][3] == r.json()["usage"]["completion_tokens"]
+        assert rows[0][3:] == (r.json()["usage"]["completion_tokens"], version)
 
         fb = f"{router.url}/v1/feedback"
         assert httpx.post(fb, headers=auth, json={"request_id": "via-router", "rating": 1}).status_code == 200
         assert httpx.post(fb, headers=auth, json={"request_id": "unknown", "rating": 1}).status_code == 404
         assert httpx.post(fb, headers=auth, json={"request_id": "via-router", "rating": 2}).status_code == 400
         assert httpx.post(fb, json={"request_id": "via-router", "rating": 1}).status_code == 401
+
+    runner = CliRunner()
+    out = runner.invoke(app, ["models", "lineage", "via-router", "--json"])
+    assert out.exit_code == 0, out.output
+    lineage = json.loads(out.stdout)
+    assert lineage["model"]["name"] == "lineage-tiny" and lineage["model"]["version"] == version
+    assert "champion" in lineage["model"]["aliases"] and lineage["side"] == "stable"
+    assert lineage["git_commit"] == tags["git.commit"] and lineage["git_commit"] != "unknown"
+    assert lineage["data"]["train"] == {"md5": tags["data.train.md5"], "dvc": tags["data.train.dvc"]}
+    assert lineage["pipeline"] == {"kfp_run_id": "kfp-run-7", "mlflow_run_id": "mlflow-run-9",
+                                   "register_run_id": "reg-run-1"}
+    shown = runner.invoke(app, ["log", "show", "via-router", "--json"])
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["rating"] == 1
+    unknown = runner.invoke(app, ["models", "lineage", "never-sent"])
+    assert unknown.exit_code == 2 and "no logged request" in unknown.output
