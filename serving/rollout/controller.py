@@ -264,7 +264,7 @@ class _Run:
 
     def _promote(self, load: LoadGenerator | None, *, by_hand: bool, reason: str) -> RolloutOutcome:
         return _complete_promotion(self.settings, self.store, self.registry, self.actuator, self.rollout.id,
-                                   reason=reason, by_hand=by_hand, progress=self._emit, load=load)
+                                   reason=reason, by_hand=by_hand, progress=self.progress, load=load)
 
     def _outcome(self, load: LoadGenerator | None, breach: dict[str, Any] | None = None) -> RolloutOutcome:
         return _outcome(self.store, self.store.get(self.rollout.id), load, breach)

@@ -165,7 +165,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
                                          "output": answer["choices"][0]["message"]["content"] or ".",
                                          "source": "stable-answers"}) + "\n")
             yield {"settings": settings, "tmp": tmp, "stable": stable, "router": r, "v": (v1, v2, v3),
-                   "sets": [*FAST, f"canary.quality.golden_source={golden}"]}
+                   "sets": [*FAST, f"canary.quality.golden_source={golden}"],
+                   "params": settings.params([*FAST, f"canary.quality.golden_source={golden}"])}
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -182,7 +183,7 @@ def _roll(stack, version: str, canary_url: str):
     act.canary_url = canary_url
     t0 = time.time()
     outcome = start_rollout(settings, NAME, version, act, traffic_url=stack["router"], actuator_spec=act.spec(),
-                            params=settings.params(stack["sets"]), prepare=lambda: act.attach_canary(canary_url))
+                            params=stack["params"], prepare=lambda: act.attach_canary(canary_url))
     return outcome, time.time() - t0, act.state()
 
 
