@@ -115,6 +115,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
 
     from components.train import _attention, _model
     from components.train import _checkpoint as ck
+    from components.train._storage import worker_model_dir
     from components.train.data import BlockStream, collate, loss_sum
 
     ctx = ray.train.get_context()
@@ -134,7 +135,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
 
     model = _model.wrap(
         # packed blocks: attention computed inside each example only (the same result as the block-diagonal mask)
-        _model.build_lora_model(Path(config["base_model_dir"]), config["lora"], tp["seed"], device,
+        _model.build_lora_model(worker_model_dir(config), config["lora"], tp["seed"], device,
                                 attn_implementation=_attention.NAME),
         tp["strategy"], device, world,
     )

@@ -262,6 +262,7 @@ def train_adapter(
     from transformers import AutoTokenizer
 
     from components.train._ray import quiet_ray_env, ray_session
+    from components.train._storage import share_base_model
     from llmops.tracking import step_run
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
@@ -285,6 +286,9 @@ def train_adapter(
         use_gpu = torch.cuda.is_available() or ray.cluster_resources().get("GPU", 0) >= 1
         config = {
             "base_model_dir": str(base_model_dir),
+            # workers in other pods pull it from the shared Ray storage (components/train/_storage.py)
+            "base_model_uri": share_base_model(storage, base_model_dir, lineage["base_model.sha256"]),
+            "base_model_digest": lineage["base_model.sha256"],
             "lora": params.lora.model_dump(),
             "train": params.train.model_dump(),
             "blocks": data.blocks,

@@ -17,27 +17,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from components.train._storage import copy as _copy
 from llmops.errors import LlmopsError
 
 RESULT_PREFIX = "llmops.train.result "
-
-
-def _copy(src: str, dst: str) -> None:
-    """Copy a file or directory between local paths and remote URIs (pyarrow filesystems)."""
-    from pyarrow import fs
-
-    def resolve(uri: str) -> str:
-        return uri if "://" in uri else str(Path(uri).resolve())
-
-    try:
-        src_fs, src_path = fs.FileSystem.from_uri(resolve(src))
-        dst_fs, dst_path = fs.FileSystem.from_uri(resolve(dst))
-        is_dir = src_fs.get_file_info(src_path).type == fs.FileType.Directory
-        # Local filesystems need the target folder to exist; object stores ignore this.
-        dst_fs.create_dir(dst_path if is_dir else dst_path.rsplit("/", 1)[0], recursive=True)
-        fs.copy_files(src_path, dst_path, source_filesystem=src_fs, destination_filesystem=dst_fs)
-    except (OSError, ValueError) as exc:
-        raise LlmopsError(f"cannot copy {src} -> {dst}: {exc}", "check the URI and the storage credentials") from exc
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -193,5 +193,11 @@ def test_rayjob_entrypoint_joins_the_cluster_and_uses_s3(ray_head, s3: str, tiny
     # Ray Train wrote its checkpoint to the S3 storage path (the result names it without the scheme).
     assert result["checkpoint"].startswith(f"{BUCKET}/ray-results/train-")
     assert any(k.startswith("ray-results/train-") and "/checkpoint-" in k for k in keys), keys
+    # The workers did not read the driver's disk: the base checkpoint went through S3 by weights digest.
+    from llmops.modeling.hashing import weights_digest
+
+    digest = weights_digest(tiny_model_dir)
+    assert {f"ray-results/base-models/{digest}/config.json", f"ray-results/base-models/{digest}/_COMPLETE"} \
+        <= set(keys), keys
     # It joined the running head instead of starting its own Ray.
     assert "Connecting to existing Ray cluster" in done.stderr + done.stdout
