@@ -74,6 +74,7 @@ class FirstCanaryResponse:
 
 
 def one_run(settings: Any, params: Any, fault: str, stable_v: str, canary_v: str, log_dir: Path) -> dict[str, Any]:
+    from components.canary_deploy.logic import join_probe_threads
     from serving.local_stack import LocalStack
     from serving.rollout.actuators.local import LocalRouterActuator, read_admin_token
     from serving.rollout.controller import start_rollout
@@ -97,6 +98,7 @@ def one_run(settings: Any, params: Any, fault: str, stable_v: str, canary_v: str
         finally:
             watcher.stop()
             actuator.close()
+            join_probe_threads()  # the probe may still be scoring after a traffic breach decided the rollout
     decisions = outcome.decisions
     t_weight = next((d["time"] for d in decisions if d["kind"] == "weight" and d["weight"] > 0), None)
     t_abort = next((d["time"] for d in decisions if d["kind"] == "abort"), None)

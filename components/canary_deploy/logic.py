@@ -65,6 +65,18 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def join_probe_threads(timeout_s: float = 300) -> None:
+    """Wait for the controller's golden-set probe if it is still scoring (a rollout decided on traffic first):
+    its daemon thread runs torch, and a process that exits under it aborts ("terminate called without an
+    active exception", exit 134), which a pipeline runner reads as a failed step."""
+    import threading
+
+    deadline = time.monotonic() + timeout_s
+    for t in threading.enumerate():
+        if t.name == "quality-probe" and t.is_alive():
+            t.join(max(0.0, deadline - time.monotonic()))
+
+
 def _clear_dead_local_rollout(settings: Settings, name: str) -> str | None:
     """A previous local rollout of `name` whose controller died (a killed pipeline run) holds the lock, and
     its servers died with it: abort it so this run can roll out. Returns what was done, or None."""
@@ -171,6 +183,7 @@ def canary_deploy(settings: Settings, params: Params, *, name: str, version: str
         except RolloutLocked as exc:
             result.update(decision=f"skipped:{exc.cause}", reason=str(exc))
         else:
+            join_probe_threads()
             result.update(decision=decision_of(outcome.status, outcome.reason), reason=outcome.reason,
                           status=outcome.status, rollout_id=outcome.rollout_id, outcome=outcome.to_json())
     result["seconds"] = round(time.perf_counter() - t0, 1)

@@ -29,6 +29,14 @@ def tiny_overrides(tiny_model_dir: Path) -> list[str]:
     ]
 
 
+# The canary step's rollout, shortened: two steps of a few seconds on a quick synthetic load.
+FAST_CANARY = [
+    "canary.steps=[{weight: 50}, {weight: 100}]", "canary.step_defaults={min_duration_s: 2, min_requests: 5}",
+    "canary.max_step_duration_s=60", "canary.interval_s=1", "canary.loadgen.rate=10", "canary.loadgen.max_tokens=6",
+    "canary.quality.golden_size=4", "canary.quality.max_tokens=8",
+]
+
+
 def _run(settings: Settings, overrides: list[str], data_dir: str = "data/splits") -> tuple[bool, dict]:
     import time
 
@@ -46,8 +54,9 @@ def test_pipeline_registers_passing_candidate_then_gate_blocks_a_bad_one(setting
     ok, first = _run(settings, tiny_overrides(tiny_model_dir))
     assert ok, first
     assert first["state"] == "SUCCEEDED"
-    assert first["steps"] == dict.fromkeys(("validate_data", "train", "evaluate", "register", "compile_engine"),
-                                           "FINISHED")
+    assert first["steps"] == dict.fromkeys(("validate_data", "train", "evaluate", "register", "compile_engine",
+                                            "canary_deploy"), "FINISHED")
+    assert first["canary"]["decision"] == "first_version"  # no stable side: champion without a rollout
     assert first["train"]["val_loss"] < first["train"]["val_loss_before"]
     assert first["eval"]["candidate"]["perplexity"] < first["eval"]["base"]["perplexity"]
     # the forgetting guard at its real value (params.yaml), on this run's numbers
@@ -103,10 +112,24 @@ def test_pipeline_registers_passing_candidate_then_gate_blocks_a_bad_one(setting
     assert second["data_versions"]["train"] == {"md5": file_md5(edited / "train.jsonl"), "dvc": "untracked"}
     assert second["data_versions"]["test"] == first["data_versions"]["test"]
     assert second["steps"]["register"] == "not run" and second["steps"]["compile_engine"] == "not run"
+    assert second["steps"]["canary_deploy"] == "not run" and "canary" not in second
     assert "champion" in second["eval"]
     assert second["gate"].get("passed") in ("False", "false")
     assert len(registry.list_models()) == 1
     assert registry.alias_version(name, "champion") == version["version"]
+
+    # A second passing version goes through the canary rollout against the champion (short steps), and the
+    # summary says what was decided and why; the champion moved only if it was promoted.
+    ok, third = _run(settings, [*tiny_overrides(tiny_model_dir), *FAST_CANARY])
+    assert ok, third
+    assert third["steps"]["canary_deploy"] == "FINISHED"
+    canary = third["canary"]
+    new = third["registered"]["version"]
+    assert canary["version"] == new and canary["stable_version"] == version["version"]
+    decision = canary["decision"]
+    assert decision == "promoted" or decision.startswith("rolled_back:step "), decision
+    assert canary["champion_after"] == (new if decision == "promoted" else version["version"])
+    assert registry.alias_version(name, "champion") == canary["champion_after"]
 
 
 def test_corrupt_data_stops_the_run_before_training(settings: Settings, tiny_model_dir: Path,
