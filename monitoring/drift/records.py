@@ -90,10 +90,12 @@ def window_from_logged(rows: Iterable[Any]) -> list[WindowRecord]:
         if logprob is None and isinstance(extra, Mapping):
             logprob = extra.get("mean_logprob")
         rating = _field(row, "rating")
-        if rating is None:
+        if rating is None:  # C6 rows: `rating` is the latest; `feedback` may be that history (a list) instead
             rating = _field(row, "feedback")
             if isinstance(rating, Mapping):
                 rating = rating.get("rating")
+            elif isinstance(rating, list):
+                rating = _field(rating[-1], "rating") if rating else None
         out.append(WindowRecord(
             prompt=prompt_text(_field(row, "prompt", "")),
             response=str(_field(row, "response", "") or ""),

@@ -133,11 +133,13 @@ def test_window_from_logged_reads_log_rows() -> None:
         {"prompt": json.dumps([{"role": "system", "content": "be brief"}, {"role": "user", "content": "Hi?"}]),
          "response": "Hello.", "prompt_tokens": 12, "completion_tokens": 3, "status": 200,
          "extra": {"mean_logprob": -0.7}, "rating": -1},
-        {"prompt": "plain text", "response": "", "status": 503},
+        {"prompt": "plain text", "response": "", "status": 503, "rating": None, "feedback": []},
+        {"prompt": "p", "response": "r", "rating": None, "feedback": [{"rating": 1}, {"rating": -1}]},
     ]
-    first, second = window_from_logged(rows)
+    first, second, third = window_from_logged(rows)
     assert first == WindowRecord("Hi?", "Hello.", 12, 3, 200, -0.7, -1.0)
     assert second.prompt == "plain text" and not second.ok and second.feedback is None
+    assert third.feedback == -1.0
 
 
 def test_report_outputs(reference, holdout, drift_params, memo, settings, tmp_path) -> None:
