@@ -79,6 +79,12 @@ def run_stub(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc): the router's cost per request, whatever the contention."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -201,9 +207,13 @@ def main() -> None:
         results: dict[str, dict[str, list[float]]] = {}
         phases = [("direct", stub, False), ("router", router, False), ("direct_stream", stub, True),
                   ("router_stream", router, True)]
+        router_cpu = 0.0
         for _round in range(2):
             for name, base, stream in phases:
+                cpu0 = _cpu_seconds(procs[1].pid)
                 got = asyncio.run(_aiohttp_load(f"{base}/v1/chat/completions", args.rate, args.seconds, stream))
+                if base == router:
+                    router_cpu += _cpu_seconds(procs[1].pid) - cpu0
                 acc = results.setdefault(name, {"latency": [], "ttft": [], "errors": []})
                 for k in acc:
                     acc[k] += got[k]
@@ -231,6 +241,8 @@ def main() -> None:
         d, r = report[f"direct{kind}"], report[f"router{kind}"]
         report[f"overhead{kind}"] = {"p50_ms": r["p50_ms"] - d["p50_ms"], "p99_ms": r["p99_ms"] - d["p99_ms"],
                                      "p50_ratio": r["p50_ms"] / d["p50_ms"], "p99_ratio": r["p99_ms"] / d["p99_ms"]}
+    routed = report["router"]["n"] + report["router_stream"]["n"]
+    report["router_cpu_ms_per_request"] = router_cpu / max(routed, 1) * 1000  # warm-up included: an upper bound
     report["client_httpx2_vs_aiohttp_p50_ratio"] = report["client_httpx2"]["p50_ms"] / report["client_aiohttp"][
         "p50_ms"]
     if args.json:
@@ -247,6 +259,7 @@ def main() -> None:
         o = report[f"overhead{kind}"]
         print(f"router overhead{kind or ' (json)'}: p50 +{o['p50_ms']:.2f} ms ({o['p50_ratio']:.2f}x direct), "
               f"p99 +{o['p99_ms']:.2f} ms ({o['p99_ratio']:.2f}x); target p50 <= 1 ms")
+    print(f"router CPU time per request (user+sys, /proc): {report['router_cpu_ms_per_request']:.2f} ms")
     print(f"client: httpx2 p50 / aiohttp p50 = {report['client_httpx2_vs_aiohttp_p50_ratio']:.2f}x")
 
 

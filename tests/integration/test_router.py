@@ -44,7 +44,8 @@ def servers(tiny_model_dir: Path, base_tokenizer_dir: Path, tmp_path_factory: py
     specs = {"stable": (tiny_model_dir, {}), "canary": (other, {}),
              "faulty": (tiny_model_dir, {"LLMOPS_SERVE_FAULTS": "error_rate=1.0"})}
     with ExitStack() as stack:
-        cms = {k: running_server(str(m), tmp / f"{k}.log", sets=SETS, env=env) for k, (m, env) in specs.items()}
+        cms = {k: running_server(str(m), tmp / f"{k}.log", sets=SETS, env=env, ready_timeout=600)
+               for k, (m, env) in specs.items()}  # 600 s: three model servers loading at once on shared cores
         with ThreadPoolExecutor(len(cms)) as pool:  # start the three at once: model loading overlaps
             futures = {k: pool.submit(cm.__enter__) for k, cm in cms.items()}
             for cm in cms.values():
