@@ -306,14 +306,15 @@ def test_cli_router_process_and_dead_backend(tmp_path: Path) -> None:
     """`llmops router --json` as a real process: its startup line, then a dead stable backend is a fast 502."""
     dead, port = f"http://127.0.0.1:{free_port()}", free_port()
     env = {**os.environ, "LLMOPS_ROUTER_ADMIN_TOKEN": TOKEN, "LLMOPS_STATE_DIR": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "llmops.cli.main", "router", "--stable", dead, "--port",
-                             str(port), "--json"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO,
-                            env=env, text=True)
+    log = tmp_path / "router.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "llmops.cli.main", "router", "--stable", dead, "--port",
+                                 str(port), "--json"], stdout=subprocess.PIPE, stderr=err, cwd=REPO, env=env, text=True)
     try:
         lines = []
-        while not lines or lines[-1].strip() != "}":
+        while not lines or lines[-1].strip() != "}":  # --json: one JSON document on stdout, people's text on stderr
             line = proc.stdout.readline()
-            assert line, f"router exited: {''.join(lines)}"
+            assert line, f"router exited: {''.join(lines)}{log.read_text()}"
             lines.append(line)
         info = json.loads("".join(lines))
         assert info["stable"]["url"] == dead and info["canary"] is None
