@@ -107,9 +107,11 @@ def router(servers):
 
 
 @pytest.fixture(autouse=True)
-def _reset(router, servers):
-    """Every test starts from: stable + canary, weight 0, no shadow."""
-    set_backends(router.url, servers["stable"], servers["canary"], 0, shadow=0)
+def _reset(request: pytest.FixtureRequest) -> None:
+    """Every router test starts from: stable + canary, weight 0, no shadow."""
+    if "router" in request.fixturenames:
+        servers, router = request.getfixturevalue("servers"), request.getfixturevalue("router")
+        set_backends(router.url, servers["stable"], servers["canary"], 0, shadow=0)
 
 
 def set_backends(url: str, stable: str, canary: str | None, percent: int, shadow: int | None = None) -> dict:
