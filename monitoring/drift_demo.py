@@ -20,6 +20,7 @@ import concurrent.futures
 import json
 import random
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,8 +52,13 @@ def _sample(path: Path, n: int, seed: int) -> list[dict[str, str]]:
     return random.Random(seed).sample(records, n)
 
 
-def _chat(url: str, prompt: str, request_id: str, max_tokens: int) -> dict[str, Any]:
-    body = json.dumps({"model": "champion", "messages": [{"role": "user", "content": prompt}],
+def _served_model(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/v1/models", timeout=60) as resp:
+        return json.loads(resp.read())["data"][0]["id"]
+
+
+def _chat(url: str, model: str, prompt: str, request_id: str, max_tokens: int) -> dict[str, Any]:
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}],
                        "max_tokens": max_tokens, "temperature": 0}).encode()
     req = urllib.request.Request(f"{url}/v1/chat/completions", data=body, method="POST",
                                  headers={"content-type": "application/json", "x-request-id": request_id})
@@ -65,8 +71,17 @@ def replay(url: str, records: list[dict[str, str]], prefix: str, cfg: DemoConfig
     from llmops.modeling.prompts import user_message
 
     ids = [f"{prefix}-{i:05d}" for i in range(len(records))]
+    model = _served_model(url)
+
+    def send(pair: tuple[dict[str, str], str]) -> None:
+        try:
+            _chat(url, model, user_message(pair[0]), pair[1], cfg.max_tokens)
+        except urllib.error.HTTPError as exc:
+            raise LlmopsError(f"request {pair[1]} failed: HTTP {exc.code} {exc.read()[:300]!r}",
+                              "see the server's log in the demo's log dir") from None
+
     with concurrent.futures.ThreadPoolExecutor(cfg.concurrency) as pool:
-        list(pool.map(lambda a: _chat(url, user_message(a[0]), a[1], cfg.max_tokens), zip(records, ids, strict=True)))
+        list(pool.map(send, zip(records, ids, strict=True)))
     return ids
 
 
@@ -183,5 +198,10 @@ def run_drift_demo(settings: Settings, params: Params, cfg: DemoConfig,
     since_ms = int(trigger["created"] * 1000)
     _wait(int(trigger["pid"]), cfg.retrain_timeout_s, say, trigger.get("log_path"))
     run_id = latest_parent_run(settings, since_ms)
-    out["retrain"] = summarize(settings, run_id) if run_id else {"error": f"no run; see {trigger['log_path']}"}
+    if run_id:
+        out["retrain"] = summarize(settings, run_id)
+    else:
+        log = Path(trigger["log_path"] or "")
+        out["retrain"] = {"state": "NOT STARTED", "error": f"the retrain opened no MLflow run; see {log}",
+                          "log_tail": log.read_text(errors="replace")[-3000:] if log.is_file() else ""}
     return out
