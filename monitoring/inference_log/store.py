@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import json
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -251,6 +252,8 @@ class SqliteStore(SqlStore):
         path = sa.engine.make_url(uri).database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # prompts and answers are user data: owner-only (SQLite gives its -wal/-shm files the same mode)
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
         engine = sa.create_engine(uri, connect_args={"timeout": 30, "check_same_thread": False})
 
         @sa.event.listens_for(engine, "connect")
