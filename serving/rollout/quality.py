@@ -156,7 +156,7 @@ class Judge:
     def score(self, question: str, reference: str, answer: str) -> float | None:
         prompt = JUDGE_PROMPT.format(question=question, reference=reference, answer=answer)
         fmt = {"type": "json_schema", "json_schema": {"name": "score", "schema": JUDGE_SCHEMA, "strict": True}}
-        return parse_score(_chat(self.client, self.url, self.model, prompt, 16, fmt))
+        return parse_score(_chat(self.client, self.url, self.model, prompt, 32, fmt))
 
 
 def probe(endpoints: tuple[str, str], golden: list[dict[str, str]], q: CanaryQualityParams, settings: Settings,

@@ -212,6 +212,17 @@ def test_bad_candidate_is_rolled_back_in_the_first_step(stack, case: str) -> Non
     print(f"{case}: rolled back in {seconds:.1f}s on {outcome.breach}\n{detail}")
 
 
+def test_judge_through_our_own_server_returns_a_parseable_score(stack) -> None:
+    """Any OpenAI-compatible URL works as the judge; the JSON-schema constraint makes even the random tiny model
+    answer with a parseable 1..10 score (which is noise: only a capable judge model's score means anything)."""
+    from serving.rollout.quality import Judge
+
+    judge = Judge(stack["stable"], None, None)
+    scores = [judge.score("What does len() return?", "The number of items.", answer)
+              for answer in ("The number of items.", "A banana.")]
+    assert all(s is not None and 1 <= s <= 10 for s in scores), scores
+
+
 def _start_cli(stack, version: str, canary: str) -> subprocess.Popen:
     sets = [a for s in stack["sets"] for a in ("--set", s)]
     return subprocess.Popen([sys.executable, "-m", "llmops.cli.main", "canary", "start", NAME, version, "--router",
@@ -266,3 +277,15 @@ def test_killed_controller_is_seen_dead_blocks_a_second_rollout_and_is_aborted_o
         state = _actuator(stack).state()
         assert state["stable"]["url"] == canary and state["canary"] is None and state["canary_percent"] == 0
         assert out.load.get("stable.failed", 0) == 0 and out.load.get("canary.failed", 0) == 0, out.load
+
+    from typer.testing import CliRunner
+
+    from llmops.cli.main import app
+
+    runner = CliRunner()
+    status = runner.invoke(app, ["canary", "status", NAME, "--json"])
+    assert status.exit_code == 0 and json.loads(status.stdout)["status"] == "promoted"
+    hist = runner.invoke(app, ["canary", "history", NAME, "--json"])
+    rows = json.loads(hist.stdout)
+    assert [r["status"] for r in rows[:2]] == ["promoted", "aborted"] and all("owner_token" not in r for r in rows)
+    assert runner.invoke(app, ["canary", "abort", NAME]).exit_code == 2  # nothing active: a clear error
