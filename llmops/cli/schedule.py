@@ -11,32 +11,19 @@ Local: a durable APScheduler job store in the state dir, run by `llmops schedule
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from llmops.cli._common import JSON_OPTION, console, emit, handle_errors
+from llmops.cli._common import JSON_OPTION, console, emit, handle_errors, profile_settings
 from llmops.errors import LlmopsError
 
 app = typer.Typer(no_args_is_help=True)
 
 PROFILE = typer.Option(None, "--profile", help="local (APScheduler store, default) or cluster (KFP recurring run).")
 HOST = typer.Option(None, "--host", help="KFP API server URL for the cluster profile (overrides LLMOPS_KFP_HOST).")
-
-
-def _settings(profile: str | None, host: str | None) -> Any:
-    from llmops.settings import get_settings
-
-    if profile:
-        os.environ["LLMOPS_PROFILE"] = profile
-        get_settings.cache_clear()
-    if host:
-        os.environ["LLMOPS_KFP_HOST"] = host
-        get_settings.cache_clear()
-    return get_settings()
 
 
 def _host(settings: Any) -> str:
@@ -66,7 +53,7 @@ def retrain(
     from monitoring import schedules
     from monitoring.triggers import resolve_command
 
-    settings = _settings(profile, host)
+    settings = profile_settings(profile, host)
     params = settings.params(overrides)
     if settings.profile == "cluster":
         h = _host(settings)
@@ -109,7 +96,7 @@ def list_cmd(profile: str = PROFILE, host: str = HOST, as_json: bool = JSON_OPTI
     """Schedules with their next and last run."""
     from monitoring import schedules
 
-    settings = _settings(profile, host)
+    settings = profile_settings(profile, host)
     rows = (schedules.list_cluster(_host(settings)) if settings.profile == "cluster"
             else schedules.list_local(settings.state_dir))
 
@@ -127,7 +114,7 @@ def list_cmd(profile: str = PROFILE, host: str = HOST, as_json: bool = JSON_OPTI
 def _change(action: str, schedule_id: str, profile: str | None, host: str | None, as_json: bool) -> None:
     from monitoring import schedules
 
-    settings = _settings(profile, host)
+    settings = profile_settings(profile, host)
     if settings.profile == "cluster":
         out = schedules.set_cluster(_host(settings), schedule_id, action)
     else:

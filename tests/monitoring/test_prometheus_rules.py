@@ -3,6 +3,7 @@ alert with promtool's rule tests, and querying only series the servers, the rout
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -82,3 +83,17 @@ def test_rules_query_only_exported_series():
     assert queried and queried <= exported, f"not exported: {sorted(queried - exported)}"
     assert {"llmops_router_upstream_errors_total", "llmops_drift_detected",
             "llmops_monitor_negative_feedback_ratio"} <= queried
+
+
+def test_monitor_rules_check_reports_stale_files(settings, monkeypatch, tmp_path):
+    """`llmops monitor rules --check` (for CI/lint) exits 0 on the checked-in tree, 1 with a changed threshold."""
+    from typer.testing import CliRunner
+
+    from llmops.cli.main import app
+
+    assert CliRunner().invoke(app, ["monitor", "rules", "--check"]).exit_code == 0
+    changed = tmp_path / "params.yaml"
+    changed.write_text((REPO / "params.yaml").read_text().replace("    error_rate: 0.01 ", "    error_rate: 0.02 "))
+    monkeypatch.setattr(type(settings), "params_path", property(lambda self: changed))
+    result = CliRunner().invoke(app, ["monitor", "rules", "--check", "--json"])
+    assert result.exit_code == 1 and len(json.loads(result.stdout)["stale"]) == 2
