@@ -42,20 +42,6 @@ def _field(row: Any, name: str, default: Any = None) -> Any:
     return row.get(name, default) if isinstance(row, dict) else getattr(row, name, default)
 
 
-def _window_row(row: Any) -> Any:
-    """C6 rows carry the latest rating as `rating` and the whole feedback history as `feedback` (a list);
-    the drift records read `feedback` as a rating when `rating` is None, so hand them the row without the list."""
-    if isinstance(row, dict):
-        data = dict(row)
-    elif hasattr(row, "to_dict"):
-        data = row.to_dict()
-    else:
-        return row
-    if isinstance(data.get("feedback"), list):
-        data.pop("feedback")
-    return data
-
-
 def latest_window(settings: Settings, params: Params, size: int, since: float | None,
                   until: float | None = None) -> list[Any]:
     """The newest `size` logged requests that started in [since, until), oldest first (C6 `query`)."""
@@ -95,7 +81,7 @@ def run_monitor(
     if reference is None:
         say("loading the drift reference (built from the training split on first use)")
         reference = ensure_reference(settings, params)
-    records = window_from_logged([_window_row(r) for r in rows])
+    records = window_from_logged(rows)
     say(f"scoring {len(records)} requests against the reference")
     report = evaluate_window(reference, records, params, settings=settings, embedder=embedder, progress=say)
 
