@@ -7,7 +7,7 @@ Baselines, both measured here in the same run:
 Ratios are against the faster of the two at each batch size. Each configuration runs `--repeats` times,
 interleaved, and the best run counts (the machine is shared; the best run is the least disturbed).
 
-    .venv/bin/python -m benchmarks.engines [--runtimes onnxruntime,openvino] [--new-tokens 64] [--json]
+    .venv/bin/python -m benchmarks.engines [--runtimes onnxruntime,openvino,onnxruntime-int8] [--new-tokens 64] [--json]
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def _row(name: str, version: str, results: dict[int, dict[str, float]]) -> dict[
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=None, help="merged checkpoint dir (default: the base model)")
-    ap.add_argument("--runtimes", default=",".join(engine_store.CPU_RUNTIMES))
+    ap.add_argument("--runtimes", default=",".join(engine_store.CPU_RUNTIMES),
+                    help="comma-separated: onnxruntime, openvino, onnxruntime-int8 (lossy: reports agreement only)")
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
@@ -67,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     runtimes = [r for r in args.runtimes.split(",") if r]
     slots = max(batch_sizes)
 
-    builds = {rt: engine_store.build_cpu_engine(settings, model_dir, rt, progress=print) for rt in runtimes}
+    def build(name: str) -> dict[str, Any]:  # "onnxruntime", "openvino", "onnxruntime-int8"
+        runtime, _, dtype = name.partition("-")
+        return engine_store.build_cpu_engine(settings, model_dir, runtime, progress=print, dtype=dtype or "float32")
+
+    builds = {rt: build(rt) for rt in runtimes}
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     engines: dict[str, Any] = {rt: engine_store.load_engine(builds[rt], model_dir, max_slots=slots) for rt in runtimes}
     eager_engine = EagerEngine(model_dir, max_slots=slots)
