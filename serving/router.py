@@ -228,11 +228,14 @@ class Proxy:
         side = state.split.side(session_id) if canary else STABLE
         backend = canary if side == CANARY and canary else state.stable
 
+        mirror = side == STABLE and canary is not None and state.split.shadow_percent > 0 and state.split.mirror()
         request_json: Any = None
-        with contextlib.suppress(ValueError):  # the backend answers the 400
-            request_json = json.loads(body or b"null")
+        if state.hooks or mirror:  # the body is read only for a record or a mirror; a bad one is the backend's 400
+            with contextlib.suppress(ValueError):
+                request_json = json.loads(body or b"null")
         inject_usage = False
-        if isinstance(request_json, dict) and request_json.get("stream") is True and path != "/v1/responses":
+        if (state.hooks and isinstance(request_json, dict) and request_json.get("stream") is True
+                and path != "/v1/responses"):
             opts = request_json.get("stream_options")
             if opts is None or (isinstance(opts, dict) and not opts.get("include_usage")):
                 # our server reports usage at the end of a stream only when asked; the router needs it for the
@@ -241,14 +244,14 @@ class Proxy:
                 body, inject_usage = json.dumps(request_json).encode(), True
 
         shadow_future: asyncio.Future | None = None
-        if side == STABLE and canary and state.split.shadow_percent and state.split.mirror():
+        if mirror and canary is not None:
             shadow_future = asyncio.get_running_loop().create_future()
             state.spawn(self.shadow(canary, path, request_json, headers, rid, shadow_future))
 
         out = _Outcome()
         try:
             await self.forward(send, receive, backend, side, path, headers, body, rid, session_id, request_json,
-                               inject_usage, out, t0, wall0)
+                               inject_usage, out, t0, wall0, read_answer=bool(state.hooks) or shadow_future is not None)
         finally:
             if shadow_future is not None and not shadow_future.done():
                 shadow_future.set_result(out.text if out.status == 200 and not out.broke else None)
@@ -267,7 +270,7 @@ class Proxy:
 
     async def forward(self, send: Callable, receive: Callable, backend: Backend, side: str, path: str,
                       headers: dict[str, str], body: bytes, rid: str, session_id: str | None, request_json: Any,
-                      inject_usage: bool, out: _Outcome, t0: float, wall0: float) -> None:
+                      inject_usage: bool, out: _Outcome, t0: float, wall0: float, read_answer: bool) -> None:
         state = self.state
         assert state.session is not None
         if backend.model_version is None and time.monotonic() - backend.checked_at > 30:
@@ -293,12 +296,11 @@ class Proxy:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 out.status, payload = _upstream_error(exc, side, backend, state.params)
                 out.error = json.loads(payload)["error"]["message"]
-            else:
-                out.ttft = None
-                try:
-                    data = json.loads(payload)
-                except ValueError:
-                    data = None
+            else:  # the answer's text and usage are for the hooks and the shadow comparison only
+                data = None
+                if read_answer or resp.status != 200:
+                    with contextlib.suppress(ValueError):
+                        data = json.loads(payload)
                 if resp.status == 200 and isinstance(data, dict):
                     out.text, out.finish = answer_text(path, data)
                     out.usage = usage_of(data)
