@@ -202,3 +202,9 @@ def test_cluster_schedule_without_a_reachable_server_is_one_clear_line(settings)
                                       "--host", "http://127.0.0.1:9"])
     assert result.exit_code == 2 and "could not create a recurring run at the KFP API" in result.output
     assert "Traceback" not in result.output
+
+
+def test_schedule_monitor_runs_the_monitor(settings):
+    made = _cli("monitor", "--cron", "*/15 * * * *")
+    assert made["kind"] == "monitor" and made["command"][1:] == ["-m", "llmops.cli.main", "monitor", "run"]
+    assert [s["id"] for s in _cli("list")] == [made["id"]]
