@@ -2,13 +2,15 @@
 
     .venv/bin/python -m benchmarks.drift_window [--requests 10000] [--sides ours,ours-full,evidently] [--json]
 
-The window is reference-like traffic: prompts and answers drawn (with replacement) from the validation and
-test splits, 1% error statuses. The reference is the monitor's own (`ensure_reference`: built once from the
-train split and saved under the state dir); building it is a one-off, timed apart. Sides:
+The window's 10,000 rows are drawn with replacement, 1% error statuses, from `--traffic`: `mixed` (default:
+the validation and test splits plus both shifted slices, 3,457 distinct prompts, so the embedding stage does
+its full default work of 2,000 distinct prompts) or `reference-like` (validation + test only: 757 distinct).
+The reference is the monitor's own (`ensure_reference`: built once from the train split and saved under the
+state dir); building it is a one-off, timed apart. Sides:
 
 - `ours`: `evaluate_window` as `llmops monitor run` calls it (params.yaml `drift`: the MMD embeds a seeded
-  subsample of `mmd_max_window` window prompts; lengths, rates and their tests use all 10,000 rows).
-- `ours-full`: the same with `drift.mmd_max_window=0`: every window prompt embedded and in the MMD.
+  subsample of `mmd_max_window` distinct window prompts; lengths, rates and their tests use all 10,000 rows).
+- `ours-full`: the same with `drift.mmd_max_window=0`: every distinct window prompt embedded and in the MMD.
 - `evidently`: Evidently 0.7 `DataDriftPreset` over the same 10,000 rows and the same reference: prompt and
   response text columns (its text drift: a domain classifier on TF-IDF) plus prompt/response length columns
   (computed from the same texts, inside the timed region). Evidently is not a project dependency: it runs in
@@ -41,13 +43,20 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def _window(requests: int, seed: int) -> list:
+TRAFFIC = {  # every pool is outside the reference (the train split)
+    "reference-like": ("data/splits/validation.jsonl", "data/splits/test.jsonl"),
+    "mixed": ("data/splits/validation.jsonl", "data/splits/test.jsonl", "data/drift/shifted.jsonl",
+              "data/sample/shifted.jsonl"),
+}
+
+
+def _window(requests: int, seed: int, traffic: str) -> list:
     from llmops.data.records import read_jsonl
     from monitoring.drift import WindowRecord, window_from_dataset
 
     pool = []
-    for name in ("validation", "test"):
-        pool += window_from_dataset(read_jsonl(REPO / "data" / "splits" / f"{name}.jsonl").to_dict(orient="records"))
+    for path in TRAFFIC[traffic]:
+        pool += window_from_dataset(read_jsonl(REPO / path).to_dict(orient="records"))
     rng = np.random.default_rng(seed)
     out = []
     for i in rng.integers(0, len(pool), size=requests):
@@ -121,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evidently-path", type=Path, default=DEFAULT_EVIDENTLY,
                         help="directory holding evidently and its extra dependencies (pip install --target)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--traffic", choices=sorted(TRAFFIC), default="mixed",
+                        help="reference-like: 757 held-out prompts (quiet verdict); mixed: + both shifted slices, "
+                             "3,457 distinct prompts, enough to fill the default 2,000-prompt MMD sample")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -143,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"requests": args.requests, "threads": args.threads, "cores": os.cpu_count(),
                      ("reference_build_s" if built else "reference_load_s"): round(time.perf_counter() - t, 1),
                      "reference_prompts": reference.meta["prompts"]}
-    window = _window(args.requests, args.seed)
+    window = _window(args.requests, args.seed, args.traffic)
+    results["traffic"] = args.traffic
+    results["distinct_prompts"] = len({r.prompt for r in window})
     for side in sides:
         if side in ("ours", "ours-full"):
             results[side] = _ours(reference, window, params, embedder, full=side == "ours-full")

@@ -4,7 +4,8 @@ Each detector yields a p-value valid when the window comes from the reference di
 procedure over the detectors that had data decides which fired, so the monitor as a whole raises a false
 alarm in at most `drift.alpha` of no-drift windows (measured: monitoring/README.md). Detectors:
 
-- prompt_embedding_mmd: MMD (RBF, median bandwidth) between MiniLM prompt embeddings, permutation p-value
+- prompt_embedding_mmd: MMD (RBF, median bandwidth) between MiniLM embeddings of distinct prompts,
+  permutation p-value
 - prompt_length_ks / prompt_length_psi, response_length_ks / response_length_psi: token lengths
 - response_logprob_ks: mean token log-probability of answers, when both the log and the reference have it
 - empty_or_refusal_rate, error_rate, negative_feedback_rate: one-sided exact binomial tests
@@ -92,19 +93,29 @@ def evaluate_window(
     pending: list[_Pending] = []
     plots: dict[str, np.ndarray] = {}
 
-    # Prompt embeddings: a seeded subsample of each side bounds the O(N^2) kernel and the embedding time.
-    say(f"embedding prompts ({min(len(window), p.mmd_max_window or len(window))} of {len(window)})")
+    # Prompt embeddings of the window's DISTINCT prompts (the reference, a training split, is deduplicated
+    # too): a burst of one repeated prompt (retries, a load test, a popular question) is volume, not a change
+    # of topic, and as exact duplicates it would dominate the kernel means and read as drift (measured: a
+    # 10,000-row window resampled from 757 held-out prompts fired the MMD). A seeded subsample of each side
+    # then bounds the O(N^2) kernel and the embedding time.
+    distinct = list(dict.fromkeys(r.prompt for r in window))
+    summary["distinct_prompts"] = len(distinct)
+    say(f"embedding prompts ({min(len(distinct), p.mmd_max_window or len(distinct))} of {len(distinct)} distinct)")
     t = time.perf_counter()
     ref_idx = _subsample(len(reference.prompt_embeddings), p.mmd_reference_size, p.seed)
-    win_idx = _subsample(len(window), p.mmd_max_window, p.seed + 1)
+    win_idx = _subsample(len(distinct), p.mmd_max_window, p.seed + 1)
     ref_emb = reference.prompt_embeddings[ref_idx]
-    win_emb = embed(embedder, [window[i].prompt for i in win_idx], p.embed_batch_size)
+    win_emb = embed(embedder, [distinct[i] for i in win_idx], p.embed_batch_size)
     timings["embed_s"] = time.perf_counter() - t
     say("MMD permutation test")
     t = time.perf_counter()
-    pending.append(("prompt_embedding_mmd", f"MMD^2 of MiniLM prompt embeddings (RBF, median bandwidth, "
-                    f"{p.permutations} permutations; {len(ref_emb)} reference vs {len(win_emb)} window prompts)",
-                    stats.mmd_permutation_test(ref_emb, win_emb, p.permutations, p.seed), None, None))
+    mmd_desc = (f"MMD^2 of MiniLM prompt embeddings (RBF, median bandwidth, {p.permutations} permutations; "
+                f"{len(ref_emb)} reference vs {len(win_emb)} distinct window prompts)")
+    if len(win_emb) < 2:
+        pending.append(("prompt_embedding_mmd", mmd_desc, None, None, "fewer than 2 distinct prompts"))
+    else:
+        pending.append(("prompt_embedding_mmd", mmd_desc,
+                        stats.mmd_permutation_test(ref_emb, win_emb, p.permutations, p.seed), None, None))
     timings["mmd_s"] = time.perf_counter() - t
     mean, axes = reference.projection()
     plots["proj_ref"], plots["proj_win"] = (ref_emb - mean) @ axes, (win_emb - mean) @ axes

@@ -114,6 +114,15 @@ def test_small_window_gives_no_verdict(reference, holdout, drift_params, memo) -
     assert not report.drifted and report.detectors == [] and "min_window" in report.note
 
 
+def test_repeated_prompts_are_volume_not_embedding_drift(reference, holdout, drift_params, memo) -> None:
+    base = _window(holdout, n=60, seed=5)
+    report = evaluate_window(reference, base * 5, drift_params, embedder=memo)  # 300 rows, 60 distinct
+    mmd = next(d for d in report.detectors if d.name == "prompt_embedding_mmd")
+    assert report.window["distinct_prompts"] == 60 and not mmd.fired, report.to_json()
+    one = evaluate_window(reference, [base[0]] * 60, drift_params, embedder=memo)
+    assert next(d for d in one.detectors if d.name == "prompt_embedding_mmd").skipped
+
+
 def test_reference_roundtrip_and_embedder_check(reference, holdout, drift_params, memo, tmp_path) -> None:
     out = reference.save(tmp_path / "ref")
     loaded = Reference.load(out)
