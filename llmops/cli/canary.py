@@ -79,6 +79,7 @@ def start(
     import httpx2 as httpx
 
     from llmops.errors import LlmopsError
+    from llmops.registry import normalize_version
     from serving.rollout.actuators.local import LocalRouterActuator, read_admin_token
     from serving.rollout.config import parse_weights
     from serving.rollout.controller import start_rollout
@@ -98,7 +99,7 @@ def start(
     except Exception as exc:
         raise LlmopsError(f"cannot read {canary_url}/v1/models: {exc}", "check that the candidate's server runs") \
             from None
-    if str(served.get("version")) != str(int(version)) or served.get("id") != name:
+    if str(served.get("version")) != normalize_version(version) or served.get("id") != name:
         raise LlmopsError(f"{canary_url} serves {served.get('id')}/{served.get('version')}, not {name}/{version}",
                           f"serve the candidate there: `llmops serve {name}/{version}`")
     actuator.canary_url = canary_url
@@ -151,12 +152,14 @@ def status(
 def abort(
     name: str = typer.Argument(..., help="Registered model name."),
     reason: str = typer.Option("aborted by hand", "--reason", "-r", help="Why (recorded)."),
+    force: bool = typer.Option(False, "--force", help="End the rollout in the state even if the router cannot be "
+                               "reached (then set its canary weight to 0 by hand)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Stop the model's active rollout now: canary weight 0, champion untouched (works after a controller died)."""
     from serving.rollout.controller import abort_rollout
 
-    outcome = abort_rollout(_settings(), name, reason=reason)
+    outcome = abort_rollout(_settings(), name, reason=reason, force=force)
     emit(outcome.to_json(), as_json, lambda o: console.print(f"rollout {o['rollout_id']}: {o['status']} "
                                                              f"({o['reason']})", highlight=False))
 

@@ -106,18 +106,28 @@ class _QualityProbe:
         self.detail: dict[str, Any] = {}
         self.error: str | None = None
         self.done = threading.Event()
+        self._stop = threading.Event()
 
         def run() -> None:
-            from serving.rollout.quality import probe
+            from serving.rollout.quality import ProbeCancelled, probe
 
             try:
-                self.result, self.detail = probe(actuator.endpoints(), golden, cfg.params.quality, settings)
+                self.result, self.detail = probe(actuator.endpoints(), golden, cfg.params.quality, settings,
+                                                 stop=self._stop)
+            except ProbeCancelled:
+                pass
             except Exception as exc:  # reported as a probe failure, never a silent pass
                 self.error = f"{type(exc).__name__}: {exc}"
             finally:
                 self.done.set()
 
-        threading.Thread(target=run, name="quality-probe", daemon=True).start()
+        self._thread = threading.Thread(target=run, name="quality-probe", daemon=True)
+        self._thread.start()
+
+    def cancel(self, timeout_s: float = 60) -> None:
+        """The rollout is decided: send no more probe requests, wait for those in flight (bounded)."""
+        self._stop.set()
+        self._thread.join(timeout_s)
 
 
 class _Run:
@@ -143,7 +153,7 @@ class _Run:
 
     def drive(self) -> RolloutOutcome:
         r, cfg = self.rollout, self.cfg
-        load = None
+        load = quality = None
         with _Heartbeat(self.store, r.id, self.token, cfg.params.heartbeat_s) as beat:
             try:
                 if r.traffic_url and cfg.params.loadgen.rate > 0:
@@ -161,6 +171,8 @@ class _Run:
                     return self._outcome(load)
                 return self._promote(load, by_hand=False, reason=f"all {len(cfg.steps)} steps passed")
             finally:
+                if quality is not None:
+                    quality.cancel()
                 if load is not None:
                     load.stop()
 
@@ -412,16 +424,23 @@ def resume_rollout(settings: Settings, name: str, *, actuator: Actuator | None =
     return _Run(settings, store, store.get(r.id), token, actuator, progress).drive()
 
 
-def abort_rollout(settings: Settings, name: str, *, reason: str, actuator: Actuator | None = None
-                  ) -> RolloutOutcome:
-    """Canary weight to 0 at once, the rollout ends as aborted (whether its controller lives or died)."""
+def abort_rollout(settings: Settings, name: str, *, reason: str, actuator: Actuator | None = None,
+                  force: bool = False) -> RolloutOutcome:
+    """Canary weight to 0 at once, the rollout ends as aborted (whether its controller lives or died).
+    `force`: end it in the state even when the platform cannot be reached (the weight must then be reset by hand)."""
     from serving.rollout.actuators import build
 
     store = open_store(settings)
     r = _active(store, name)
-    actuator = actuator or build(r.actuator, settings)
-    actuator.abort()
     reason = (reason or "").strip() or "aborted by hand"
+    try:
+        (actuator or build(r.actuator, settings)).abort()
+    except RolloutError as exc:
+        if not force:
+            raise RolloutError(f"cannot set the canary weight to 0: {exc.cause}",
+                               f"bring the router/InferenceService back, or `llmops canary abort {name} --force` to "
+                               "end the rollout in the state only (then set the weight to 0 by hand)") from None
+        reason = f"{reason} (forced: the actuator was unreachable: {exc.cause})"
     if store.transition(r.id, ACTIVE, "aborted", reason):
         store.record(r.id, r.step_index, 0, "abort", verdict="aborted", message=f"{default_actor()}: {reason}")
         _tag(Registry(settings), r.model, r.version, {"verdict": "aborted", "rollout_id": r.id, "reason": reason})

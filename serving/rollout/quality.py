@@ -18,6 +18,7 @@ import json
 import os
 import random
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -159,8 +160,12 @@ class Judge:
         return parse_score(_chat(self.client, self.url, self.model, prompt, 32, fmt))
 
 
+class ProbeCancelled(Exception):
+    """The rollout was decided before the probe finished (its servers may be stopping)."""
+
+
 def probe(endpoints: tuple[str, str], golden: list[dict[str, str]], q: CanaryQualityParams, settings: Settings,
-          *, timeout_s: float = 120) -> tuple[QualityScores, dict[str, Any]]:
+          *, timeout_s: float = 120, stop: threading.Event | None = None) -> tuple[QualityScores, dict[str, Any]]:
     """Ask both sides every golden prompt, score the answers; returns the scores and a JSON-able detail.
 
     A canary that fails a probe request scores an empty answer (a broken canary is bad quality); a pair whose
@@ -173,8 +178,17 @@ def probe(endpoints: tuple[str, str], golden: list[dict[str, str]], q: CanaryQua
         models = (served_model(client, stable_url), served_model(client, canary_url))
         jobs = [(side, url, model, rec) for rec in golden
                 for side, url, model in (("stable", stable_url, models[0]), ("canary", canary_url, models[1]))]
+        stop = stop or threading.Event()
+
+        def ask(job: tuple[str, str, str, dict[str, str]]) -> str | None:
+            if stop.is_set():
+                raise ProbeCancelled()
+            return _chat(client, job[1], job[2], job[3]["prompt"], q.max_tokens)
+
         with ThreadPoolExecutor(max(1, q.concurrency)) as pool:
-            answers = list(pool.map(lambda j: _chat(client, j[1], j[2], j[3]["prompt"], q.max_tokens), jobs))
+            answers = list(pool.map(ask, jobs))
+    if stop.is_set():
+        raise ProbeCancelled()
     by_side: dict[str, list[str | None]] = {"stable": answers[0::2], "canary": answers[1::2]}
     keep = [i for i, a in enumerate(by_side["stable"]) if a is not None]
     if not keep:
