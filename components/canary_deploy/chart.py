@@ -1,8 +1,8 @@
 """One PNG per rollout: the canary weight over time, and under it each analysed metric with its threshold.
 
 Input is the controller's analysis events (one per interval, `serving.rollout.controller` progress), each
-stamped with the time it arrived; step boundaries are drawn on every panel so a breach reads as "this metric
-crossed this line during this step".
+stamped with the seconds since the step started; step boundaries are drawn on every panel so a breach reads as
+"this metric crossed this line during this step".
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def rollout_chart(events: list[dict[str, Any]], path: Path, *, title: str) -> Pa
     for ax in axes:
         for s in starts:
             ax.axvline(s, color="k", lw=0.5, alpha=0.3)
-    axes[-1].set_xlabel("seconds since the rollout started")
+    axes[-1].set_xlabel("seconds since the step started (servers' start-up included)")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
