@@ -337,3 +337,18 @@ def test_cli_router_process_and_dead_backend(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+def test_client_leaving_a_stream_frees_the_backend_slot(router, servers) -> None:
+    set_backends(router.url, servers["stable"], None, 0)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "go on"}], "max_tokens": 400, "stream": True}
+    with httpx.stream("POST", f"{router.url}/v1/chat/completions", json=body, timeout=60) as r:
+        for i, _line in enumerate(r.iter_lines()):
+            if i > 4:
+                break  # leave mid-stream
+    deadline = time.monotonic() + 20
+    while httpx.get(f"{servers['stable']}/ready", timeout=10).json()["scheduler"]["running"]:
+        assert time.monotonic() < deadline, "the backend kept generating for a client that left"
+        time.sleep(0.2)
+    text = httpx.get(f"{router.url}/metrics").text
+    assert re.search(r'llmops_router_requests_total\{[^}]*status="499"[^}]*\} [1-9]', text)
