@@ -87,3 +87,13 @@ def test_bad_steps_are_clear_errors(settings: Settings, text: str) -> None:
     with pytest.raises(RolloutError) as exc:
         resolve(settings.params().canary, parse_weights(text))
     assert exc.value.fix
+
+
+def test_progress_line_shows_step_weight_requests_and_metrics_vs_thresholds(bounds) -> None:
+    from llmops.cli.canary import progress_line
+
+    a = analyse(WindowStats(side(40), side(20, errors=4)), bounds, 10)
+    line = progress_line({"kind": "analysis", "step": 1, "steps": 3, "weight": 25, "elapsed_s": 7.2,
+                          "min_duration_s": 15, "analysis": a.to_json()})
+    assert "step 1/3" in line and "25%" in line and "canary 20" in line and "stable 40" in line
+    assert f"error_rate 0.2/{bounds.error_rate.max:g}" in line and "FAIL" in line and line.endswith("fail")
