@@ -470,7 +470,7 @@ def rollout_status(settings: Settings, name: str, rollout_id: int | None = None)
     r = store.get(rollout_id) if rollout_id is not None else (store.active(name) or store.latest(name))
     if r is None:
         raise RolloutError(f"{name} has no rollout yet", f"start one: `llmops canary start {name} VERSION`")
-    stale = RolloutConfig.from_json(r.config).params.stale_after_s
+    stale = float(r.config["params"]["stale_after_s"])
     return {**r.to_json(stale), "steps": r.config["steps"], "decisions": store.decisions_of(r.id)}
 
 
