@@ -1,0 +1,66 @@
+"""`llmops canary promote` by hand on a real router process (no model servers needed: admin routes only): the
+remaining steps are skipped, `champion` moves through the audited promotion with the reason, and the router's
+canary becomes its stable side."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import httpx2 as httpx
+import pytest
+from typer.testing import CliRunner
+
+from llmops.registry import Registry
+from llmops.settings import Settings
+from serving.rollout.actuators.local import LocalRouterActuator
+from serving.rollout.config import resolve
+from serving.rollout.state import RolloutStore
+from tests.registry_setup import registry_with_versions
+from tests.serve_process import REPO, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def test_promote_by_hand_skips_the_remaining_steps_audited(settings: Settings, monkeypatch) -> None:
+    from llmops.cli.main import app
+
+    name, token = f"m-{uuid.uuid4().hex[:8]}", "t0ken"
+    monkeypatch.setenv("LLMOPS_ROUTER_ADMIN_TOKEN", token)
+    reg = registry_with_versions(settings, 2, name)
+    reg.promote(name, "1", reason="first")
+    port, stable, canary = free_port(), f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+    proc = subprocess.Popen([sys.executable, "-m", "llmops.cli.main", "router", "--stable", stable, "--port",
+                             str(port)], cwd=REPO, env=dict(os.environ), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        act = LocalRouterActuator(url, token, canary_url=canary)
+        act.attach_canary(canary)
+        act.set_canary_weight(25)
+        store = RolloutStore(settings.audit_db_uri)
+        r, _ = store.create(model=name, version="2", stable_version="1",
+                            config=resolve(settings.params().canary).to_json(), actuator=act.spec(),
+                            traffic_url=url, probe={}, actor="test", stale_after_s=20)
+        store.set_step(r.id, 0, 25)
+        result = CliRunner().invoke(app, ["canary", "promote", name, "--reason", "urgent fix", "--json"])
+        assert result.exit_code == 0, result.output
+        assert Registry(settings).alias_version(name, "champion") == "2"
+        last = reg.history(name, "champion")[-1]
+        assert (last["from_version"], last["to_version"]) == ("1", "2")
+        assert "promoted by hand at step 1/3 (remaining steps skipped): urgent fix" in last["reason"]
+        state = act.state()
+        assert state["stable"]["url"] == canary and state["canary"] is None and state["canary_percent"] == 0
+        assert store.get(r.id).status == "promoted" and store.active(name) is None
+    finally:
+        proc.terminate()
+        proc.wait(15)
