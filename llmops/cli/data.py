@@ -87,6 +87,42 @@ def validate(
         raise typer.Exit(1)
 
 
+@app.command("merge")
+@handle_errors
+def merge(
+    out_dir: Path = typer.Option(Path("data/splits"), "--out-dir", help="Where the splits and sources.json go."),
+    validate: bool = typer.Option(True, "--validate/--no-validate", help="Check the splits with the GX suites "
+                                  "(records + leakage); invalid splits are removed and the exit code is 1."),
+    overrides: list[str] = SET_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Merge params.yaml `data.sources` and split by prompt hash (the DVC split stage; `data build` runs it)."""
+    from llmops.data.sources import MANIFEST, SPLITS, check_stage_deps, merge_and_split
+    from llmops.settings import get_settings
+
+    settings = get_settings()
+    params = settings.params(overrides)
+    check_stage_deps(settings.project_dir, params.data.sources)
+    manifest = merge_and_split(settings.project_dir, params, out_dir)
+    if validate:
+        from llmops.data.validate import validate_splits
+
+        result = validate_splits({n: out_dir / f"{n}.jsonl" for n in SPLITS}, settings, params, data_docs=False)
+        if not result.success:
+            for name in (*(f"{n}.jsonl" for n in SPLITS), MANIFEST):  # nothing invalid is left for DVC to cache
+                (out_dir / name).unlink(missing_ok=True)
+            emit(result.to_dict(), as_json, _print_result)
+            raise typer.Exit(1)
+
+    def human(d: dict[str, Any]) -> None:
+        for f in d["sources"]:
+            console.print(f"{f['entry']}: {f['path']} ({f['kept']} of {f['rows']} records kept)", highlight=False)
+        for name, split in d["splits"].items():
+            console.print(f"{out_dir / name}.jsonl: {split['rows']} records", highlight=False)
+
+    emit(manifest, as_json, human)
+
+
 @app.command("build")
 @handle_errors
 def build(

@@ -17,9 +17,7 @@ With only the sample source this gives byte-for-byte the splits `split.py` gives
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ from typing import Any
 from llmops.data.records import read_jsonl, write_jsonl
 from llmops.data.split import SPLITS, split_frame
 from llmops.data.text import group_key
-from llmops.errors import DataError, LlmopsError
+from llmops.errors import DataError
 from llmops.params import Params, SourceParams
 
 MANIFEST = "sources.json"
@@ -164,46 +162,6 @@ def check_stage_deps(project_dir: Path, sources: list[SourceParams]) -> None:
                             "stage in dvc.yaml: `dvc repro` would not rebuild the splits when it changes",
                             f"add {src.path} to stages.{SPLIT_STAGE}.deps in dvc.yaml (datasets added with "
                             "`llmops data add` go to data/user/, which already is one)")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--out-dir", type=Path, default=Path("data/splits"))
-    parser.add_argument("--params", type=Path, default=None, help="params.yaml (default: the project's)")
-    parser.add_argument("--validate", action="store_true",
-                        help="Check the written splits with the GX suites (records + leakage); exit 1 if they fail.")
-    args = parser.parse_args(argv)
-    from llmops.params import load_params
-    from llmops.settings import get_settings
-
-    settings = get_settings()
-    try:
-        params = load_params(args.params or settings.params_path)
-        check_stage_deps(settings.project_dir, params.data.sources)
-        manifest = merge_and_split(settings.project_dir, params, args.out_dir)
-        if args.validate:
-            from llmops.data.validate import validate_splits
-
-            result = validate_splits({n: args.out_dir / f"{n}.jsonl" for n in SPLITS}, settings, params,
-                                     data_docs=False)
-            if not result.success:
-                for f in result.failures:
-                    print(f"invalid: {f.dataset}: {f.message}", file=sys.stderr)
-                for name in (*(f"{n}.jsonl" for n in SPLITS), MANIFEST):  # nothing invalid is left for DVC
-                    (args.out_dir / name).unlink(missing_ok=True)
-                return 1
-    except LlmopsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for f in manifest["sources"]:
-        print(f"{f['entry']}: {f['path']} ({f['kept']} of {f['rows']} records kept)")
-    for name, s in manifest["splits"].items():
-        print(f"{args.out_dir / name}.jsonl: {s['rows']} records")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def user_dataset_splits(settings: Any, params: Params, names: list[str]) -> Path:

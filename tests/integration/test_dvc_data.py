@@ -134,8 +134,15 @@ def test_data_add_validates_tracks_and_pushes(repo: tuple[Path, Settings], tmp_p
     status = llmops("data", "status", "--json", repo=path)
     assert status.returncode == 0, status.stderr
     state = json.loads(status.stdout)
-    assert state["up_to_date"] is True
+    # data/user is a source of the split stage (params.yaml data.sources): the splits are stale until rebuilt
+    assert state["up_to_date"] is False and list(state["changed"]) == ["split"]
     assert state["hashes"]["data/user/mine.jsonl"] == payload["md5"]
+    built = llmops("data", "build", "--json", repo=path)
+    assert built.returncode == 0, built.stderr
+    manifest = json.loads((path / "data/splits/sources.json").read_text())
+    mine = next(s for s in manifest["sources"] if s["entry"] == "user/mine")
+    assert (mine["md5"], mine["rows"], mine["kept"]) == (payload["md5"], 80, 80)  # it owns its 80 prompts now
+    assert json.loads(llmops("data", "status", "--json", repo=path).stdout)["up_to_date"] is True
 
 
 def test_failed_validation_stops_the_split(repo: tuple[Path, Settings]) -> None:
