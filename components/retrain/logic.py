@@ -80,10 +80,12 @@ def refresh_data(settings: Settings, *, parent_run_id: str, champion: str, reaso
 
     from llmops.data import dvc
     from llmops.data.sources import read_manifest
+    from llmops.tracking import step_run
 
-    out = dvc.repro(["split"], settings=settings)
-    if settings.profile == "cluster":
-        dvc.push(settings=settings)  # the refreshed splits outlive the pod: their md5s are the lineage
+    with step_run(settings, parent_run_id, "refresh_data"):
+        out = dvc.repro(["split"], settings=settings)
+        if settings.profile == "cluster":
+            dvc.push(settings=settings)  # the refreshed splits outlive the pod: their md5s are the lineage
     manifest = read_manifest(settings.project_dir / DATA_DIR)
     if manifest is None:
         raise LlmopsError(f"the split stage wrote no {DATA_DIR}/sources.json", "check dvc.yaml's split stage")

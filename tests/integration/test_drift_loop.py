@@ -5,11 +5,10 @@ then the shifted slice with feedback corrections exported as a DVC dataset (drif
 stage), trains the champion's recipe, registers, and takes the candidate through the canary.
 
 Runs in a throwaway git + DVC copy of the project's data stages (the retrain's `dvc repro` must not touch the
-checkout). The champion is the tiny checkpoint registered with a pipeline run that recorded its recipe."""
+checkout). The champion comes from a finetune run of the tiny recipe, as `make run` makes one."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -76,19 +75,13 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 
 def _champion(settings: Settings, tiny_model_dir: Path) -> str:
-    """The tiny checkpoint as champion, with the lineage a finetune run leaves (its recipe on its pipeline run)."""
-    from llmops.modeling.base import base_model_sha256
+    """The champion as the product makes one: a finetune pipeline run with the recipe (first passing version)."""
     from llmops.registry import Registry
-    from tests.registry_setup import register_checkpoint
+    from pipelines.runner import run_finetune_local
 
-    version = register_checkpoint(settings, tiny_model_dir, NAME)
-    registry = Registry(settings)
-    mv = registry.client.get_model_version(NAME, version)
-    registry.client.set_tag(mv.run_id, "llmops.overrides_json", json.dumps(recipe(tiny_model_dir)))
-    for key, value in {"pipeline.mlflow_run_id": mv.run_id, "base_model.id": str(tiny_model_dir),
-                       "base_model.sha256": base_model_sha256(tiny_model_dir)}.items():
-        registry.client.set_model_version_tag(NAME, version, key, value)
-    registry.promote(NAME, version, reason="test champion")
+    assert run_finetune_local(settings, recipe(tiny_model_dir)).succeeded
+    version = Registry(settings).alias_version(NAME, "champion")
+    assert version is not None
     return version
 
 
