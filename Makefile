@@ -75,6 +75,7 @@ lint: venv ## ruff + the compiled pipeline YAML is up to date
 	@$(BIN)/ruff check .
 	@$(BIN)/llmops pipeline compile --check
 	@$(BIN)/llmops pipeline compile --profile cluster --check
+	@$(BIN)/llmops monitor rules --check
 
 compile: venv ## compile the pipelines to KFP IR YAML (pipelines/compiled/)
 	@$(BIN)/llmops pipeline compile

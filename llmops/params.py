@@ -323,6 +323,7 @@ class ServeParams(_Section):
     queue_size: int
     request_timeout_s: float
     threads: int
+    gpu_fuse: bool = True
 
 
 class RouterParams(_Section):

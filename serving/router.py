@@ -388,7 +388,7 @@ class Proxy:
     async def shadow(self, canary: Backend, path: str, request_json: Any, headers: dict[str, str], rid: str,
                      stable_text: asyncio.Future) -> None:
         """Mirror one stable request to the canary (non-streaming), score its answer against the stable one."""
-        from components.evaluate.metrics import rouge_l_f1
+        from llmops.modeling.text_metrics import rouge_l_f1
 
         state = self.state
         version = canary.model_version or "unknown"
