@@ -23,7 +23,7 @@ import torch
 
 from llmops.errors import LlmopsError
 from serving.engines import register_engine
-from serving.engines.base import Engine
+from serving.engines.base import Engine, check_decode, check_prefill
 
 if TYPE_CHECKING:
     from llmops.params import ServeParams
@@ -189,13 +189,7 @@ class StaticCacheEngine(Engine):
         if len(slots) != len(prompts) or not slots:
             raise LlmopsError("prefill needs one prompt per slot", "pass equal, non-empty lists")
         for slot, ids in zip(slots, prompts, strict=True):
-            if not 0 <= slot < self.max_slots:
-                raise LlmopsError(f"slot {slot} out of range 0..{self.max_slots - 1}", "use a slot the engine has")
-            if not ids:
-                raise LlmopsError("empty prompt", "send at least one token")
-            if len(ids) >= self.max_len:
-                raise LlmopsError(f"prompt of {len(ids)} tokens does not fit max_len {self.max_len}",
-                                  "shorten the prompt")
+            check_prefill(slot, ids, self.max_slots, self.max_len)
         lengths = [len(ids) for ids in prompts]
         width = max(lengths)
         batch = torch.zeros(len(prompts), width, dtype=torch.long)
@@ -214,11 +208,7 @@ class StaticCacheEngine(Engine):
 
     @torch.inference_mode()
     def decode(self, slots: list[int], token_ids: list[int]) -> torch.Tensor:
-        if len(slots) != len(token_ids) or not slots:
-            raise LlmopsError("decode needs one token per slot", "pass equal, non-empty lists")
-        for s in slots:
-            if s not in self._len:
-                raise LlmopsError(f"slot {s} holds no sequence", "prefill the slot before decoding it")
+        check_decode(slots, token_ids, self._len, self.max_len)
         scratch = self.k_cache[0].shape[2] - 1
         tokens, pos = [0] * self.max_slots, [scratch] * self.max_slots
         # Row r is slot r. Rows not decoding now (free or paused) sit at the scratch column: their K/V write

@@ -77,10 +77,10 @@ def test_static_cache_slot_reuse_and_width_buckets(tiny_model_dir: Path) -> None
 
 def test_static_cache_rejects_bad_calls(tiny_model_dir: Path) -> None:
     static = StaticCacheEngine(tiny_model_dir, max_slots=2, max_len=64, device="cpu", dtype=torch.float32)
-    with pytest.raises(LlmopsError, match="holds no sequence"):
+    with pytest.raises(LlmopsError, match="no prefilled sequence"):
         static.decode([1], [5])
-    with pytest.raises(LlmopsError, match="does not fit"):
-        static.prefill(0, list(range(64)))
+    with pytest.raises(LlmopsError, match="exceeds max_len"):
+        static.prefill(0, list(range(65)))
     with pytest.raises(LlmopsError, match="out of range"):
         static.prefill(2, [1, 2])
 
