@@ -25,7 +25,7 @@ def tiny_overrides(tiny_model_dir: Path) -> list[str]:
         "train.checkpoint_every=4", "train.max_train_examples=256", "train.num_workers=2",
         "eval.max_examples=24", "eval.gen_examples=4", "eval.max_new_tokens=8",
         "engine.equivalence.prompts=3", "engine.equivalence.new_tokens=12", "engine.benchmark.new_tokens=6",
-        "engine.benchmark.batch_sizes=[1,3]",
+        "engine.benchmark.batch_sizes=[1,3]", "engine.quantized.records=4", "engine.quantized.new_tokens=8",
     ]
 
 
