@@ -30,6 +30,10 @@ if [[ -z "$BUILDER" ]]; then
   else echo "error: neither a docker daemon nor buildah found; fix: install buildah (make sysdeps) or start docker" >&2; exit 2
   fi
 fi
+if [[ "$BUILDER" == buildah ]]; then
+  BUILDAH_STORAGE_DRIVER="$("$ROOT/infra/docker/storage-driver.sh")"; export BUILDAH_STORAGE_DRIVER
+  echo "==> buildah storage driver: $BUILDAH_STORAGE_DRIVER"
+fi
 BUILDAH=(buildah --storage-driver "${BUILDAH_STORAGE_DRIVER:-vfs}")
 
 # --- names from settings (one place) ----------------------------------------------------------------------
@@ -115,6 +119,7 @@ build_one() {  # kind
     DOCKER_BUILDKIT=1 docker build -f "$file" -t "$name" "${args[@]}" .
     [[ $PUSH == 1 ]] && docker push "$name"
   else
+    python3 "$ROOT/infra/docker/prune-stale.py" "${BUILDAH[@]}"  # leftovers of an interrupted build, first
     "${BUILDAH[@]}" bud --layers --isolation chroot --pull=false -f "$file" -t "$name" "${args[@]}" "${PIP_ARGS[@]}" .
     python3 "$ROOT/infra/docker/prune-stale.py" "${BUILDAH[@]}"  # vfs copies every layer whole: drop stale ones
     [[ $PUSH == 1 ]] && "${BUILDAH[@]}" push "$name" "docker://$name"

@@ -8,7 +8,7 @@
 set -euo pipefail
 NAME="${1:-docker.io/library/debian:bookworm-slim}"
 SUITE=bookworm
-BUILDAH=(buildah --storage-driver "${BUILDAH_STORAGE_DRIVER:-vfs}")
+BUILDAH=(buildah --storage-driver "$("$(dirname "${BASH_SOURCE[0]}")/storage-driver.sh")")
 
 for tool in buildah debootstrap; do
   command -v "$tool" >/dev/null || { echo "error: $tool is not installed; fix: make sysdeps (apt-get install -y $tool)" >&2; exit 2; }

@@ -22,7 +22,22 @@ import yaml
 from llmops.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
-BUILDAH = ["buildah", "--storage-driver", os.environ.get("BUILDAH_STORAGE_DRIVER", "vfs")]
+STORAGE_ROOT = Path("/var/lib/containers/storage")
+# Free disk a code-change build needs: overlay keeps layer diffs (the dependencies' ~2 GB, once), vfs a full
+# filesystem copy per layer and per step's working container (measured: ~3 GB each after the dependencies).
+NEEDS_GB = {"overlay": 5, "vfs": 14}
+
+
+def _driver() -> str:
+    """The driver build.sh will use (infra/docker/storage-driver.sh decides, one place)."""
+    if shutil.which("buildah") is None:
+        return "vfs"
+    return subprocess.run([str(REPO / "infra" / "docker" / "storage-driver.sh")], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+DRIVER = _driver()
+BUILDAH = ["buildah", "--storage-driver", DRIVER]
 SPLITS = ("train", "validation", "test")
 MODELS = REPO / ".llmops" / "models"
 
@@ -60,8 +75,20 @@ def test_cpu_image_builds_and_runs_validate_data_like_a_kfp_pod(tmp_path: Path):
         pytest.fail("data/splits/*.jsonl missing: run `make setup` (dvc repro) first")
     image = Settings().image
     if os.environ.get("LLMOPS_IMAGE_TEST_SKIP_BUILD") != "1":  # reuse the image already in local storage
+        _require_disk()
         _build(image)
     _run_validate_data_like_kfp(image, tmp_path, splits)
+
+
+def _require_disk() -> None:
+    """Skip, naming the numbers, where the disk cannot hold the build: a full disk mid-build fails with
+    buildah's 'no space left on device' after minutes and says nothing about the image."""
+    probe = STORAGE_ROOT if STORAGE_ROOT.exists() else STORAGE_ROOT.parent.parent
+    free_gb = shutil.disk_usage(probe).free / 2**30
+    if free_gb < NEEDS_GB[DRIVER]:
+        pytest.skip(f"{free_gb:.1f} GB free under {probe}; building the CPU image with buildah's {DRIVER} driver "
+                    f"needs {NEEDS_GB[DRIVER]} GB (fix: free disk, or `buildah --storage-driver {DRIVER} rmi "
+                    "--prune`)")
 
 
 def _build(image: str) -> None:
