@@ -77,6 +77,9 @@ def _sides(model_dir: Path, names: list[str]) -> list[Side]:
                              "--dtype", "float32"], model, "/health"),
         "ours": Side("ours", "llmops serve (continuous batching, best engine)",
                      [str(BIN / "llmops"), "serve", model, "--host", "127.0.0.1", "--port", str(port)], model),
+        "ours-fp32": Side("ours-fp32", "llmops serve --engine onnxruntime (full precision, continuous batching)",
+                          [str(BIN / "llmops"), "serve", model, "--engine", "onnxruntime", "--host", "127.0.0.1",
+                           "--port", str(port)], model),
         "ours-eager": Side("ours-eager", "llmops serve --engine eager (continuous batching)",
                            [str(BIN / "llmops"), "serve", model, "--engine", "eager", "--host", "127.0.0.1",
                             "--port", str(port)], model),
@@ -218,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=ROOT / ".llmops/models/smollm2-135m-instruct",
                     help="checkpoint dir every side serves (default: the pulled base model)")
     ap.add_argument("--sides", default="peer,ours,ours-serial", help="comma list: peer, peer-serial, ours, "
-                    "ours-eager, ours-serial")
+                    "ours-fp32, ours-eager, ours-serial (ours is --engine auto: the int8 engine where it is built and "
+                    "passed its gate)")
     ap.add_argument("--concurrency", default="1,16", help="comma list of concurrency levels")
     ap.add_argument("--requests", default="", help="requests per level, comma list (default: 4 at 1, 2x conc else)")
     ap.add_argument("--max-tokens", type=int, default=64)
