@@ -143,16 +143,16 @@ def serve_behind_router(model: str, *, server_port: int, router_port: int, log_d
         print(f"serving {model}: OpenAI API on {router.url}/v1 (router -> {server.url}); Ctrl-C stops both",
               flush=True)
         stop = {"now": False}
-        signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-        try:
-            while not stop["now"]:
-                for p in (server, router):
-                    if p.proc.poll() is not None:
-                        raise LlmopsError(f"{p.name} exited with code {p.proc.returncode}:\n{p.tail()}",
-                                          f"see its log {p.log}")
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
+        # Both signals set the flag explicitly: a process started with SIGINT ignored (any job a shell puts in
+        # the background) never gets Python's KeyboardInterrupt, and Ctrl-C must still stop both.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.update(now=True))
+        while not stop["now"]:
+            for p in (server, router):
+                if p.proc.poll() is not None:
+                    raise LlmopsError(f"{p.name} exited with code {p.proc.returncode}:\n{p.tail()}",
+                                      f"see its log {p.log}")
+            time.sleep(0.5)
         print("stopping ...", flush=True)
 
 

@@ -12,9 +12,11 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from llmops.errors import LlmopsError
 from llmops.settings import Settings
 
 OBJECT_STORE_BYTES = 256 * 2**20
@@ -52,7 +54,7 @@ def ray_session(settings: Settings) -> Iterator[None]:
         yield
         return
     if settings.ray_address:
-        ray.init(address=settings.ray_address, include_dashboard=False, log_to_driver=True)
+        _join(settings.ray_address)
     else:
         temp = ray_temp_dir(settings)
         temp.mkdir(parents=True, exist_ok=True)
@@ -67,3 +69,36 @@ def ray_session(settings: Settings) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def _join(address: str, attempts: int = 3) -> None:
+    """Join an existing cluster. Through Ray Client (`ray://`) the head's proxy starts one server process per
+    client; on a loaded head that start can fail once and succeed the next time, so it is retried. A failed
+    connect leaves Ray's client mode switched on in this process, which would break any later `ray.init`:
+    it is reset after each failure."""
+    import ray
+
+    tries = attempts if address.startswith("ray://") else 1
+    for attempt in range(1, tries + 1):
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=True)
+            return
+        except ConnectionError as exc:  # ConnectionAbortedError: the proxy's server for this client failed
+            _reset_client_mode()
+            if attempt == tries:
+                raise LlmopsError(f"could not join the Ray cluster at {address} ({attempt} attempts): {exc}",
+                                  "check the head is up (`ray status` there) and its ray_client_server_*.err "
+                                  "logs, or unset LLMOPS_RAY_ADDRESS to train locally") from exc
+            time.sleep(2 * attempt)
+
+
+def _reset_client_mode() -> None:
+    import ray
+    from ray._private.client_mode_hook import _explicitly_disable_client_mode  # no public way after a failure
+    from ray.util.client import ray as client
+
+    with contextlib.suppress(Exception):
+        client.disconnect()
+    with contextlib.suppress(Exception):
+        ray.shutdown()
+    _explicitly_disable_client_mode()

@@ -132,10 +132,15 @@ def cluster_run(ray_head: dict, tiny_model_dir: Path, tmp_path_factory: pytest.T
             "train.lr=3e-3", "train.bf16=false", "lora.dropout=0.0", "lora.r=4",
             "train.num_workers=2", "train.strategy=fsdp", "train.batch_size=1",
         ])
-        result = train_adapter(settings, params,
-                               train_path=word_reversal_jsonl(root / "train.jsonl", 96, 1),
-                               validation_path=word_reversal_jsonl(root / "validation.jsonl", 16, 2),
-                               base_model_dir=tiny_model_dir, out_dir=root / "adapter")
+        try:
+            result = train_adapter(settings, params,
+                                   train_path=word_reversal_jsonl(root / "train.jsonl", 96, 1),
+                                   validation_path=word_reversal_jsonl(root / "validation.jsonl", 16, 2),
+                                   base_model_dir=tiny_model_dir, out_dir=root / "adapter")
+        except Exception:  # the head's Ray Client server logs say why a connection failed: show them
+            for err in sorted((ray_head["temp_dir"] / "session_latest" / "logs").glob("ray_client_server*.err")):
+                print(f"--- {err.name}\n{err.read_text(errors='replace')[-3000:]}")
+            raise
         yield {"settings": settings, "result": result}
     finally:
         mp.undo()

@@ -37,16 +37,18 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     mp.setenv("LLMOPS_RAY_STORAGE", str(root / "shared-storage"))
     mp.setenv("LLMOPS_PROJECT_DIR", str(Path(__file__).resolve().parents[2]))
     get_settings.cache_clear()
-    settings = get_settings()
-    settings.ensure_state_dir()
-    data = {
-        "train": word_reversal_jsonl(root / "train.jsonl", 160, 1),
-        "validation": word_reversal_jsonl(root / "validation.jsonl", 24, 2),
-    }
-    with ray_session(settings):
-        yield {"settings": settings, "root": root, **data}
-    mp.undo()
-    get_settings.cache_clear()
+    try:  # undone even when Ray fails to start: the settings must not leak into later modules
+        settings = get_settings()
+        settings.ensure_state_dir()
+        data = {
+            "train": word_reversal_jsonl(root / "train.jsonl", 160, 1),
+            "validation": word_reversal_jsonl(root / "validation.jsonl", 24, 2),
+        }
+        with ray_session(settings):
+            yield {"settings": settings, "root": root, **data}
+    finally:
+        mp.undo()
+        get_settings.cache_clear()
 
 
 def _params(settings: Settings, extra: list[str]):
