@@ -57,7 +57,8 @@ def test_promote_by_hand_skips_the_remaining_steps_audited(settings: Settings, m
         assert Registry(settings).alias_version(name, "champion") == "2"
         last = reg.history(name, "champion")[-1]
         assert (last["from_version"], last["to_version"]) == ("1", "2")
-        assert "promoted by hand at step 1/3 (remaining steps skipped): urgent fix" in last["reason"]
+        steps = len(settings.params().canary.steps)
+        assert f"promoted by hand at step 1/{steps} (remaining steps skipped): urgent fix" in last["reason"]
         state = act.state()
         assert state["stable"]["url"] == canary and state["canary"] is None and state["canary_percent"] == 0
         assert store.get(r.id).status == "promoted" and store.active(name) is None
