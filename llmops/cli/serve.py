@@ -80,7 +80,8 @@ def serve(
     if host not in LOOPBACK and not key:
         console.print(f"[bold yellow]warning:[/] binding {host} without an API key: anyone who can reach this "
                       f"port can use the model (set {api_key_env})")
-    console.print(f"serving {resolved.label} with engine {info.get('kind')} on http://{host}:{port}/v1 ({auth}); "
+    which = info.get("engine") or info.get("name") or info.get("kind")  # the built engine, e.g. onnxruntime-int8-…
+    console.print(f"serving {resolved.label} with engine {which} on http://{host}:{port}/v1 ({auth}); "
                   f"/ready turns 200 after warmup")
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
