@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops.errors import LlmopsError
+from llmops.sqlite_wal import enable_wal
 
 REPORT_ENV = "LLMOPS_TRIGGER_REPORT"
 RUN_ID_ENV = "LLMOPS_TRIGGER_RUN_ID"
@@ -78,7 +79,7 @@ def db_path(state_dir: Path) -> Path:
 def _connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=30, isolation_level=None)  # autocommit; transactions are explicit
-    conn.execute("PRAGMA journal_mode=WAL")
+    enable_wal(conn)
     conn.executescript(_SCHEMA)
     return conn
 

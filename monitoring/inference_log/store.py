@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from llmops.errors import LlmopsError
+from llmops.sqlite_wal import enable_wal
 
 SCHEMA_VERSION = 1
 metadata = sa.MetaData()
@@ -259,7 +260,7 @@ class SqliteStore(SqlStore):
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            enable_wal(cur)
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
