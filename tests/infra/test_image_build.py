@@ -8,6 +8,7 @@ LLMOPS_IMAGE_TEST_SKIP_BUILD=1 reuses the image already in buildah's storage (th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -28,16 +29,16 @@ STORAGE_ROOT = Path("/var/lib/containers/storage")
 NEEDS_GB = {"overlay": 5, "vfs": 14}
 
 
+@functools.cache
 def _driver() -> str:
-    """The driver build.sh will use (infra/docker/storage-driver.sh decides, one place)."""
-    if shutil.which("buildah") is None:
-        return "vfs"
+    """The driver build.sh will use (infra/docker/storage-driver.sh decides, one place). Asked when the test
+    runs, not at import: the probe creates a buildah container, which collection alone must not do."""
     return subprocess.run([str(REPO / "infra" / "docker" / "storage-driver.sh")], capture_output=True, text=True,
                           check=True).stdout.strip()
 
 
-DRIVER = _driver()
-BUILDAH = ["buildah", "--storage-driver", DRIVER]
+def _buildah() -> list[str]:
+    return ["buildah", "--storage-driver", _driver()]
 SPLITS = ("train", "validation", "test")
 MODELS = REPO / ".llmops" / "models"
 
@@ -85,9 +86,10 @@ def _require_disk() -> None:
     buildah's 'no space left on device' after minutes and says nothing about the image."""
     probe = STORAGE_ROOT if STORAGE_ROOT.exists() else STORAGE_ROOT.parent.parent
     free_gb = shutil.disk_usage(probe).free / 2**30
-    if free_gb < NEEDS_GB[DRIVER]:
-        pytest.skip(f"{free_gb:.1f} GB free under {probe}; building the CPU image with buildah's {DRIVER} driver "
-                    f"needs {NEEDS_GB[DRIVER]} GB (fix: free disk, or `buildah --storage-driver {DRIVER} rmi "
+    driver = _driver()
+    if free_gb < NEEDS_GB[driver]:
+        pytest.skip(f"{free_gb:.1f} GB free under {probe}; building the CPU image with buildah's {driver} driver "
+                    f"needs {NEEDS_GB[driver]} GB (fix: free disk, or `buildah --storage-driver {driver} rmi "
                     "--prune`)")
 
 
@@ -97,10 +99,10 @@ def _build(image: str) -> None:
                            timeout=3600, env=os.environ | {"PYTHON": str(REPO / ".venv" / "bin" / "python")})
     build_s = time.monotonic() - start
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    info = json.loads(subprocess.run([*BUILDAH, "inspect", "--type", "image", image], capture_output=True,
+    info = json.loads(subprocess.run([*_buildah(), "inspect", "--type", "image", image], capture_output=True,
                                      text=True, check=True).stdout)
     assert info["Docker"]["config"]["User"] == "10001:10001"  # non-root, numeric (runAsNonRoot can verify it)
-    size = subprocess.run([*BUILDAH, "images", "--format", "{{.Size}}", image], capture_output=True, text=True,
+    size = subprocess.run([*_buildah(), "images", "--format", "{{.Size}}", image], capture_output=True, text=True,
                           check=True).stdout.strip()
     print(f"\nimage {image}: built in {build_s:.0f} s, {size}")
 
@@ -113,21 +115,21 @@ def _run_validate_data_like_kfp(image: str, tmp_path: Path, splits: Path) -> Non
     container = _validate_data_container()
     assert container["image"] == image
     args = [json.dumps(_executor_input(bucket)) if a == "{{$}}" else a for a in container["args"]]
-    ctr = subprocess.run([*BUILDAH, "from", "--pull=false", "--quiet", image], capture_output=True, text=True,
+    ctr = subprocess.run([*_buildah(), "from", "--pull=false", "--quiet", image], capture_output=True, text=True,
                          check=True).stdout.strip()
     try:
         # The data checks count tokens with the base model's tokenizer: on a cluster a model volume, here the
         # checkpoint `make setup` pulled, mounted read-only where LLMOPS_MODELS_DIR points.
-        subprocess.run([*BUILDAH, "config", "--env", "LLMOPS_MODELS_DIR=/models", ctr], check=True)
+        subprocess.run([*_buildah(), "config", "--env", "LLMOPS_MODELS_DIR=/models", ctr], check=True)
         start = time.monotonic()
         run = subprocess.run(
-            [*BUILDAH, "run", "--isolation", "chroot", "--user", "10001:10001",
+            [*_buildah(), "run", "--isolation", "chroot", "--user", "10001:10001",
              "-v", f"{splits}:/app/data/splits:ro", "-v", f"{s3}:/s3:rw", "-v", f"{MODELS}:/models:ro",
              ctr, "--", *container["command"], *args],
             capture_output=True, text=True, timeout=900)
         run_s = time.monotonic() - start
     finally:
-        subprocess.run([*BUILDAH, "rm", ctr], capture_output=True)
+        subprocess.run([*_buildah(), "rm", ctr], capture_output=True)
     print(f"validate_data in the container: {run_s:.0f} s")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
