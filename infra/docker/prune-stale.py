@@ -2,7 +2,8 @@
 
 With the vfs storage driver every layer is a full copy of the filesystem (GBs for these images), so each
 code change would leave a few GB of layers no build can reuse. The layers of named images, and the cache
-images along their chains (what `--layers` reuses next time), stay. Called by build.sh after a buildah build.
+images along their chains (what `--layers` reuses next time), stay. Called by build.sh before and after a buildah
+build (before: what an interrupted build left).
 """
 
 from __future__ import annotations
