@@ -49,6 +49,15 @@ STREAM = [_chunk({"role": "assistant", "content": ""}),
           b"data: [DONE]\n\n"]
 
 
+def _uvicorn_flavour() -> str:
+    """What uvicorn's `auto` picks in this environment (the router's process uses the same venv)."""
+    import importlib.util
+
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return f"{http}+{loop}"
+
+
 def run_stub(port: int) -> None:
     """The stub backend: OpenAI-shaped answers, no work behind them."""
     from aiohttp import web
@@ -237,7 +246,8 @@ def main() -> None:
             p.wait(timeout=10)
 
     report: dict[str, Any] = {"rate_per_s": args.rate, "seconds_per_phase": args.seconds * 2,
-                              "loadavg_1m": [round(load0[0], 2), round(load1[0], 2)], "cores": os.cpu_count()}
+                              "loadavg_1m": [round(load0[0], 2), round(load1[0], 2)], "cores": os.cpu_count(),
+                              "uvicorn_http_loop": _uvicorn_flavour()}
     for name, got in results.items():
         report[name] = {**_summary(got["latency"]), "errors": len(got["errors"])}
         if "stream" in name:
@@ -254,7 +264,7 @@ def main() -> None:
         print(json.dumps(report, indent=2))
         return
     print(f"open loop {args.rate:g} req/s, {args.seconds * 2:g} s per phase, loadavg(1m) {report['loadavg_1m']} "
-          f"on {report['cores']} cores")
+          f"on {report['cores']} cores; router on uvicorn {report['uvicorn_http_loop']}")
     for name in ("direct", "router", "direct_stream", "router_stream", "client_aiohttp", "client_httpx2"):
         x = report[name]
         extra = f"  ttft p50 {x['ttft_p50_ms']:.2f} ms" if "ttft_p50_ms" in x else ""
