@@ -177,13 +177,13 @@ def _actuator(stack) -> LocalRouterActuator:
     return LocalRouterActuator(stack["router"], TOKEN)
 
 
-def _roll(stack, version: str, canary_url: str):
+def _roll(stack, version: str, canary_url: str, params=None):
     settings = stack["settings"]
     act = _actuator(stack)
     act.canary_url = canary_url
     t0 = time.time()
     outcome = start_rollout(settings, NAME, version, act, traffic_url=stack["router"], actuator_spec=act.spec(),
-                            params=stack["params"], prepare=lambda: act.attach_canary(canary_url))
+                            params=params or stack["params"], prepare=lambda: act.attach_canary(canary_url))
     return outcome, time.time() - t0, act.state()
 
 
@@ -215,6 +215,25 @@ def test_bad_candidate_is_rolled_back_in_the_first_step(stack, case: str) -> Non
     assert tags["canary.verdict"] == "rejected" and tags["canary.rejected.step"] == "1"
     assert tags["canary.rejected.metric"] == outcome.breach["metric"] and tags["canary.rejected.threshold"]
     print(f"{case}: rolled back in {seconds:.1f}s on {outcome.breach}\n{detail}")
+
+
+def test_failure_limit_tolerates_one_failed_analysis_then_rolls_back(stack) -> None:
+    """`canary.failure_limit: 1` (Argo's failureLimit): the first failed analysis is recorded and tolerated, the
+    step is judged again on fresh requests only, and the second failure rolls the canary back."""
+    _, v2, _ = stack["v"]
+    params = stack["settings"].params([*stack["sets"], "canary.failure_limit=1"])
+    assert params.canary.failure_limit == 1
+    with running_server(f"{NAME}/{v2}", stack["tmp"] / "tolerated.log",
+                        env={"LLMOPS_SERVE_FAULTS": "error_rate=0.5"}) as canary:
+        outcome, _, router_state = _roll(stack, v2, canary, params=params)
+    analyses = [d for d in outcome.decisions if d["kind"] == "analysis"]
+    assert outcome.status == "rolled_back", outcome.to_json()
+    assert [d["verdict"] for d in analyses] == ["fail", "fail"], json.dumps(analyses, indent=1)
+    assert analyses[0]["time"] < analyses[1]["time"] and outcome.breach["step"] == 1
+    assert rollout_status(stack["settings"], NAME, outcome.rollout_id)["failures"] == 2
+    assert router_state["canary_percent"] == 0
+    assert outcome.load.get("stable.failed", 0) == 0, outcome.load
+    assert Registry(stack["settings"]).alias_version(NAME, "champion") == stack["v"][0]
 
 
 def test_judge_through_our_own_server_returns_a_parseable_score(stack) -> None:
