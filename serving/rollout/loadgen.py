@@ -23,9 +23,15 @@ from llmops.params import LoadgenParams
 from serving.rollout.errors import RolloutError
 
 
+def _last_user_turn(messages: list[Any]) -> str | None:
+    users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    return users[-1] if users and isinstance(users[-1], str) and users[-1].strip() else None
+
+
 def read_prompts(path: Path) -> list[str]:
-    """Prompts from a JSONL file of logged traffic or a split: `prompt`, `messages` (last user turn), or
-    `instruction` (+ `input`), whichever each line has."""
+    """Prompts from a JSONL file of logged traffic or a split: `prompt` (text, or the chat messages as the
+    inference log keeps them: `llmops log tail -n N --json`), `messages` (last user turn), or `instruction`
+    (+ `input`), whichever each line has."""
     from llmops.modeling.prompts import user_message
 
     prompts = []
@@ -36,12 +42,14 @@ def read_prompts(path: Path) -> list[str]:
             row = json.loads(line)
         except json.JSONDecodeError:
             raise RolloutError(f"{path}:{n} is not JSON", "give a JSONL file, one object per line") from None
-        if isinstance(row.get("prompt"), str) and row["prompt"].strip():
-            prompts.append(row["prompt"])
+        prompt = row.get("prompt")
+        if isinstance(prompt, str) and prompt.strip():
+            prompts.append(prompt)
+        elif isinstance(prompt, list) and _last_user_turn(prompt):
+            prompts.append(_last_user_turn(prompt))  # type: ignore[arg-type]
         elif isinstance(row.get("messages"), list):
-            users = [m.get("content") for m in row["messages"] if isinstance(m, dict) and m.get("role") == "user"]
-            if users and isinstance(users[-1], str):
-                prompts.append(users[-1])
+            if turn := _last_user_turn(row["messages"]):
+                prompts.append(turn)
         elif str(row.get("instruction") or "").strip():
             prompts.append(user_message(row))
     if not prompts:

@@ -96,6 +96,32 @@ async def _hooks(log: InferenceLog, records: list[RequestRecord]) -> None:
     await asyncio.gather(*(log.hook(r) for r in records))
 
 
+def test_logged_traffic_feeds_the_canary_load_generator(settings: Settings, tmp_path: Path) -> None:
+    """`llmops log tail --json` output is a valid `canary.loadgen.source`: chat prompts (message lists) give their
+    last user turn, completion prompts their text."""
+    from typer.testing import CliRunner
+
+    from llmops.cli.main import app
+    from serving.rollout.loadgen import read_prompts
+
+    ilog = open_log(settings, InferenceLogParams(flush_interval_ms=1.0, batch_size=8))
+    try:
+        now = time.time()
+        asyncio.run(_hooks(ilog, [
+            record("c1", t=now - 3, prompt=[{"role": "system", "content": "be brief"},
+                                            {"role": "user", "content": "What is DVC?"}]),
+            record("c2", t=now - 2, prompt="def add(a, b):", status=500, error="boom"),
+            record("c3", t=now - 1, prompt=[{"role": "user", "content": "first"}, {"role": "assistant", "content": "x"},
+                                            {"role": "user", "content": "and then?"}])]))
+    finally:
+        ilog.close()
+    result = CliRunner().invoke(app, ["log", "tail", "-n", "10", "--json"])
+    assert result.exit_code == 0, result.output
+    traffic = tmp_path / "traffic.jsonl"
+    traffic.write_text(result.stdout)
+    assert sorted(read_prompts(traffic)) == sorted(["What is DVC?", "def add(a, b):", "and then?"])
+
+
 def test_group_commit_from_tasks_and_threads(settings: Settings) -> None:
     """Many concurrent hook calls (asyncio tasks, plus plain threads) -> all committed, in far fewer commits."""
     ilog = open_log(settings, InferenceLogParams(batch_size=128, flush_interval_ms=2.0, max_queue=50))
