@@ -8,10 +8,17 @@ save_pretrained=True)` as artifact `model`: weights under `model/`, the tokenize
 URI, source, run, creation time), not by `name/version` alone: two registries (a test's, a reset one) both have
 an `llmops-smollm2/1`, and serving or compiling the other one's weights must be impossible. Pickled weight
 files are never used (the engines load safetensors only).
+
+A local directory may also be such an MLflow model as downloaded (`MLmodel`, `model/`, `components/`): what
+KServe's storage initializer puts in /mnt/models from the version's download URI. It is laid out as a checkpoint
+of symlinks under the state dir (the mount may be read-only), and `model_version` (`NAME/VERSION`, set by the
+KServe actuator as LLMOPS_MODEL_VERSION) names what it is.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,8 +61,10 @@ def check_checkpoint(path: Path) -> Path:
     return path
 
 
-def _assemble(download: Path, out: Path) -> Path:
-    """Lay the MLflow transformers artifact out as one checkpoint dir (weights + tokenizer)."""
+def _assemble(download: Path, out: Path, *, link: bool = False) -> Path:
+    """Lay the MLflow transformers artifact out as one checkpoint dir (weights + tokenizer); `link`: symlinks to
+    the files where they are instead of copies."""
+    place = (lambda src, dst: os.symlink(src.resolve(), dst)) if link else shutil.copy2
     weights = next((p.parent for p in sorted(download.rglob("config.json")) if any(p.parent.glob("*.safetensors"))),
                    None)
     if weights is None:
@@ -66,11 +75,11 @@ def _assemble(download: Path, out: Path) -> Path:
     tmp.mkdir(parents=True)
     for f in weights.iterdir():
         if f.is_file() and f.suffix not in PICKLE_SUFFIXES:
-            shutil.copy2(f, tmp / f.name)
+            place(f, tmp / f.name)
     for tok_dir in [weights, *sorted(p.parent for p in download.rglob("tokenizer_config.json"))]:
         for f in tok_dir.iterdir():
             if f.is_file() and f.name.startswith(TOKENIZER_PREFIXES) and not (tmp / f.name).exists():
-                shutil.copy2(f, tmp / f.name)
+                place(f, tmp / f.name)
     check_checkpoint(tmp)
     (tmp / _COMPLETE).write_text("ok\n")
     shutil.rmtree(out, ignore_errors=True)
@@ -80,19 +89,41 @@ def _assemble(download: Path, out: Path) -> Path:
 
 def version_cache_dir(settings: Settings, info: dict[str, Any]) -> Path:
     """Where a registered version's checkpoint is assembled: `<state>/versions/NAME/VERSION/<identity hash>`."""
-    import hashlib
-
     identity = f"{settings.tracking_uri}|{info.get('source')}|{info.get('run_id')}|{info.get('created')}"
     digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
     return Path(settings.state_dir) / "versions" / info["name"] / str(info["version"]) / digest
 
 
-def resolve_model(settings: Settings, ref: str) -> ResolvedModel:
-    """`ref` -> a local checkpoint dir and the (name, version) it is; registry errors name the fix."""
+def _split_version(model_version: str) -> tuple[str, str]:
+    name, _, version = model_version.rpartition("/")
+    if not name or not version:
+        raise LlmopsError(f"model version {model_version!r} is not NAME/VERSION",
+                          "pass it as e.g. llmops-smollm2/3 (--model-version or LLMOPS_MODEL_VERSION)")
+    return name, version
+
+
+def _local(settings: Settings, local: Path, ref: str, model_version: str | None) -> ResolvedModel:
+    """A local checkpoint dir as is, or a downloaded MLflow model dir laid out as one (symlinks)."""
+    path = local.resolve()
+    if not (path / "config.json").is_file() and (path / "MLmodel").is_file():
+        digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+        path = _assemble(path, Path(settings.state_dir) / "versions" / "_local" / digest, link=True)
+    else:
+        check_checkpoint(path)
+    if model_version:
+        name, version = _split_version(model_version)
+        return ResolvedModel(name=name, version=version, model_dir=path, ref=ref, source=str(local.resolve()))
+    return ResolvedModel(name=local.resolve().name, version=None, model_dir=path, ref=ref, source=str(path))
+
+
+def resolve_model(settings: Settings, ref: str, *, model_version: str | None = None) -> ResolvedModel:
+    """`ref` -> a local checkpoint dir and the (name, version) it is; registry errors name the fix.
+
+    `model_version` (`NAME/VERSION`) names a local directory's registered version; for a registry reference it
+    must agree with what the reference resolves to."""
     local = Path(ref).expanduser()
     if local.is_dir():
-        path = check_checkpoint(local.resolve())
-        return ResolvedModel(name=path.name, version=None, model_dir=path, ref=ref, source=str(path))
+        return _local(settings, local, ref, model_version)
     if ref.startswith(("/", "./", "../", "~")) or local.exists():
         raise LlmopsError(f"no model directory at {ref}",
                           "pass an existing checkpoint dir, or NAME@ALIAS / NAME/VERSION")
@@ -117,5 +148,8 @@ def resolve_model(settings: Settings, ref: str) -> ResolvedModel:
                 raise LlmopsError(f"cannot download {name}/{version}: {str(exc).splitlines()[0] if str(exc) else exc}",
                                   "check the tracking server / artifact store is reachable") from None
             _assemble(local_dl, out)
+    if model_version and _split_version(model_version) != (name, str(version)):
+        raise LlmopsError(f"{ref} is {name}/{version}, not {model_version}",
+                          "drop --model-version (or LLMOPS_MODEL_VERSION) for a registry reference")
     return ResolvedModel(name=name, version=version, model_dir=out, ref=ref, source=f"models:/{name}/{version}",
                          tags=dict(info.get("tags") or {}))

@@ -1,6 +1,7 @@
 """`llmops serve MODEL`: an OpenAI-compatible server over a registered version or a local checkpoint.
 
-MODEL is `NAME@ALIAS` (e.g. llmops-smollm2@champion), `NAME/VERSION`, `NAME` (latest) or a local directory.
+MODEL is `NAME@ALIAS` (e.g. llmops-smollm2@champion), `NAME/VERSION`, `NAME` (latest) or a local directory: a
+checkpoint, or a registered version's MLflow model as downloaded (KServe's /mnt/models).
 The version is pinned at start; limits and defaults come from params.yaml `serve:` (override with --set).
 """
 
@@ -44,6 +45,9 @@ def serve(
                                       help="File whose first line is the bearer token (wins over --api-key-env)."),
     max_slots: int = typer.Option(None, "--max-slots", min=1,
                                   help="Sequences decoded together (default: params.yaml serve.max_concurrent)."),
+    model_version: str = typer.Option(None, "--model-version", envvar="LLMOPS_MODEL_VERSION",
+                                      help="NAME/VERSION a local MODEL directory is (labels /v1/models, metrics and "
+                                      "the inference log); KServe's canary actuator sets LLMOPS_MODEL_VERSION."),
     overrides: list[str] = typer.Option([], "--set", help="Override params, e.g. --set serve.max_concurrent=16."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
     no_log: bool = typer.Option(False, "--no-log", help="Do not record requests in the inference log (default: "
@@ -64,7 +68,7 @@ def serve(
     host = host or params.host
     port = port or params.port
     key = read_api_key(api_key_env, api_key_file)
-    resolved = resolve_model(settings, model)
+    resolved = resolve_model(settings, model, model_version=model_version)
     console.print(f"loading {resolved.label} from {resolved.model_dir} ...")
     eng = load_engine(engine or params.engine, resolved.model_dir, params)
     info = eng.info()

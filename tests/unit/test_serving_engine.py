@@ -137,3 +137,29 @@ def test_resolve_registered_version(settings, tiny_model_dir: Path) -> None:
     assert local.version is None and local.model_dir == tiny_model_dir.resolve()
     with pytest.raises(LlmopsError):
         resolve_model(settings, "served-tiny@nope")
+    with pytest.raises(LlmopsError, match="not served-tiny/2"):
+        resolve_model(settings, "served-tiny/1", model_version="served-tiny/2")
+
+    # What KServe's storage initializer puts in /mnt/models: the version's download URI as is (MLmodel, model/,
+    # components/), on a read-only mount; LLMOPS_MODEL_VERSION (the KServe actuator's env) names the version.
+    import stat
+
+    mnt = Path(mlflow.artifacts.download_artifacts(
+        Registry(settings).client.get_model_version_download_uri("served-tiny", "1"),
+        dst_path=str(settings.state_dir / "mnt-models")))
+    assert (mnt / "MLmodel").is_file() and not (mnt / "config.json").exists()
+    for p in [mnt, *mnt.rglob("*")]:
+        p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    try:
+        pod = resolve_model(settings, str(mnt), model_version="served-tiny/1")
+    finally:
+        for p in [mnt, *mnt.rglob("*")]:
+            p.chmod(p.stat().st_mode | stat.S_IWUSR)
+    assert (pod.name, pod.version, pod.label) == ("served-tiny", "1", "served-tiny/1")
+    weights = list(pod.model_dir.glob("*.safetensors"))
+    assert weights and all(w.is_symlink() and w.resolve().is_relative_to(mnt.resolve()) for w in weights)
+    assert AutoTokenizer.from_pretrained(pod.model_dir).encode("hi") == tokenizer.encode("hi")
+    assert AutoModelForCausalLM.from_pretrained(pod.model_dir).config.vocab_size == model.config.vocab_size
+    assert resolve_model(settings, str(mnt)).label == mnt.name  # no version given: the directory's name
+    with pytest.raises(LlmopsError, match="NAME/VERSION"):
+        resolve_model(settings, str(mnt), model_version="served-tiny")
