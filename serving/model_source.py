@@ -104,16 +104,14 @@ def _split_version(model_version: str) -> tuple[str, str]:
 
 def _local(settings: Settings, local: Path, ref: str, model_version: str | None) -> ResolvedModel:
     """A local checkpoint dir as is, or a downloaded MLflow model dir laid out as one (symlinks)."""
-    path = local.resolve()
-    if not (path / "config.json").is_file() and (path / "MLmodel").is_file():
-        digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
-        path = _assemble(path, Path(settings.state_dir) / "versions" / "_local" / digest, link=True)
+    src = local.resolve()
+    if not (src / "config.json").is_file() and (src / "MLmodel").is_file():
+        digest = hashlib.sha256(str(src).encode()).hexdigest()[:12]
+        path = _assemble(src, Path(settings.state_dir) / "versions" / "_local" / digest, link=True)
     else:
-        check_checkpoint(path)
-    if model_version:
-        name, version = _split_version(model_version)
-        return ResolvedModel(name=name, version=version, model_dir=path, ref=ref, source=str(local.resolve()))
-    return ResolvedModel(name=local.resolve().name, version=None, model_dir=path, ref=ref, source=str(path))
+        path = check_checkpoint(src)
+    name, version = _split_version(model_version) if model_version else (src.name, None)
+    return ResolvedModel(name=name, version=version, model_dir=path, ref=ref, source=str(src))
 
 
 def resolve_model(settings: Settings, ref: str, *, model_version: str | None = None) -> ResolvedModel:

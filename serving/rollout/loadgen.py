@@ -23,16 +23,12 @@ from llmops.params import LoadgenParams
 from serving.rollout.errors import RolloutError
 
 
-def _last_user_turn(messages: list[Any]) -> str | None:
-    users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    return users[-1] if users and isinstance(users[-1], str) and users[-1].strip() else None
-
-
 def read_prompts(path: Path) -> list[str]:
     """Prompts from a JSONL file of logged traffic or a split: `prompt` (text, or the chat messages as the
     inference log keeps them: `llmops log tail -n N --json`), `messages` (last user turn), or `instruction`
     (+ `input`), whichever each line has."""
     from llmops.modeling.prompts import user_message
+    from monitoring.drift.records import prompt_text  # how the drift monitor reads the same logged prompts
 
     prompts = []
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
@@ -45,10 +41,10 @@ def read_prompts(path: Path) -> list[str]:
         prompt = row.get("prompt")
         if isinstance(prompt, str) and prompt.strip():
             prompts.append(prompt)
-        elif isinstance(prompt, list) and _last_user_turn(prompt):
-            prompts.append(_last_user_turn(prompt))  # type: ignore[arg-type]
+        elif isinstance(prompt, list) and (turn := prompt_text(prompt)).strip():
+            prompts.append(turn)
         elif isinstance(row.get("messages"), list):
-            if turn := _last_user_turn(row["messages"]):
+            if (turn := prompt_text(row["messages"])).strip():
                 prompts.append(turn)
         elif str(row.get("instruction") or "").strip():
             prompts.append(user_message(row))
