@@ -7,7 +7,6 @@ The version is pinned at start; limits and defaults come from params.yaml `serve
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -19,18 +18,11 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 def read_api_key(env_name: str, key_file: Path | None) -> str | None:
-    """The bearer token: from the key file when given (first line), else from the named environment variable."""
-    if key_file is not None:
-        try:
-            lines = key_file.read_text().strip().splitlines()
-        except OSError as exc:
-            raise LlmopsError(f"cannot read the API key file {key_file}: {exc.strerror}",
-                              "pass a readable file holding the key on its first line") from None
-        key = lines[0].strip() if lines else ""
-        if not key:
-            raise LlmopsError(f"the API key file {key_file} is empty", "write the key on its first line")
-        return key
-    return os.environ.get(env_name) or None
+    """The bearer token: from the key file when given (first line), else LLMOPS_API_KEY_FILE, else the named
+    environment variable; stripped; set-but-empty is an error (serving.http.auth, shared with the router)."""
+    from serving.http.auth import read_api_key as read
+
+    return read(env_name, key_file)
 
 
 @handle_errors
