@@ -12,7 +12,6 @@ from pathlib import Path
 import typer
 
 from llmops.cli._common import console, handle_errors
-from llmops.errors import LlmopsError
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
