@@ -2,12 +2,14 @@
 model server, with a live weighted split (admin API), sticky sessions, shadow mode and its own /metrics.
 
 Defaults (port, timeouts, pool and buffer sizes) come from params.yaml `router:`. The admin token is
-LLMOPS_ROUTER_ADMIN_TOKEN, else `<state_dir>/router/admin-token` (created 0600 on first start).
+LLMOPS_ROUTER_ADMIN_TOKEN, else `<state_dir>/router/admin-token` (created 0600 on first start). The API key
+clients must send comes from the same sources as `llmops serve`'s (LLMOPS_API_KEY_FILE or LLMOPS_API_KEY).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import typer
 
@@ -27,6 +29,10 @@ def router(
     port: int = typer.Option(None, "--port", "-p", help="Port (default: params.yaml router.port)."),
     overrides: list[str] = typer.Option([], "--set", help="Override params, e.g. --set router.read_timeout_s=30."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
+    api_key_env: str = typer.Option("LLMOPS_API_KEY", "--api-key-env",
+                                    help="Environment variable holding the servers' bearer token; unset = no auth."),
+    api_key_file: Path = typer.Option(None, "--api-key-file", envvar="LLMOPS_API_KEY_FILE",
+                                      help="File whose first line is the bearer token (wins over --api-key-env)."),
     no_log: bool = typer.Option(False, "--no-log", help="Do not record requests in the inference log (default: on "
                                 "unless LLMOPS_INFERENCE_LOG_ENABLED=false); also drops POST /v1/feedback."),
     as_json: bool = JSON_OPTION,
@@ -35,28 +41,32 @@ def router(
     import uvicorn
 
     from llmops.settings import get_settings
+    from serving.http.auth import read_api_key
+    from serving.http.internal import internal_secret
     from serving.router import TOKEN_ENV, admin_token, create_router_app
 
     settings = get_settings()
     params = settings.params(overrides).router
     host, port = host or params.host, port or params.port
     token = admin_token(settings.state_dir)
+    key = read_api_key(api_key_env, api_key_file)  # the servers' key, from the same sources as theirs
     from monitoring.inference_log.wiring import inference_log_for
 
     ilog = inference_log_for(settings, overrides, enabled=not no_log)
     app = create_router_app(params, stable=stable, canary=canary, canary_percent=canary_percent,
-                            shadow_percent=shadow_percent, token=token, hooks=[ilog.hook] if ilog else [])
+                            shadow_percent=shadow_percent, token=token, hooks=[ilog.hook] if ilog else [],
+                            api_key=key, internal_secret=internal_secret(settings.state_dir),
+                            id_exists=ilog.exists_async if ilog else None)
     if ilog:
-        from llmops.cli.serve import read_api_key
         from monitoring.inference_log import add_feedback_route
 
-        # proxied routes are authorised by the model servers; feedback is answered here, with their key
-        add_feedback_route(app.app, ilog, api_key=read_api_key("LLMOPS_API_KEY", None))
+        add_feedback_route(app.app, ilog, api_key=key)
     source = TOKEN_ENV if os.environ.get(TOKEN_ENV, "").strip() else str(settings.state_dir / "router/admin-token")
-    info = {"url": f"http://{host}:{port}", "admin_token_source": source, **app.state.snapshot()}
-    if host not in LOOPBACK:
-        console.print(f"[bold yellow]warning:[/] binding {host}: the proxied /v1 routes pass the client's "
-                      f"Authorization through to the model servers, so protect those with an API key")
+    info = {"url": f"http://{host}:{port}", "admin_token_source": source, "auth": key is not None,
+            **app.state.snapshot()}
+    if host not in LOOPBACK and key is None:
+        console.print(f"[bold yellow]warning:[/] binding {host} with no API key: anyone who can reach this port "
+                      f"can use the models and send feedback (set {api_key_env} or --api-key-file)")
 
     def human(payload: dict) -> None:
         canary_txt = f", canary {canary} at {canary_percent}%" if canary else ""

@@ -2,14 +2,16 @@
 
 Body: `{"request_id": str, "rating": -1 | 0 | 1 | null, "correction": str | null, "comment": str | null}` —
 a rating (-1 bad, 0 neutral, 1 good), the answer the model should have given, or both. 200 with what was
-recorded; 400 for a malformed body; 404 for a request id the log does not hold (the `x-request-id` of a
-response). Auth is that of the app's other /v1 routes: the model server's middleware checks its API key on
-every /v1 path; the router, which has no key of its own for proxied routes, checks `api_key` when given.
+recorded; 400 for a malformed body; 413 for a body over 256 KiB, answered before it is read (from its
+Content-Length, or as soon as a chunked body passes the limit); 404 for a request id the log does not hold
+(the `x-request-id` of a response) or holds for another key. Auth: with `api_key`, the bearer key is checked
+here before anything is read (the router); without it the app's own middleware checks it (the model server).
+Feedback is bound to the caller's key identity: corrections become training data, so a caller may correct only
+the answers given to its own key.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 from typing import Any
 
@@ -27,10 +29,9 @@ MAX_BODY = 256 * 1024
 
 def _error(status: int, message: str, param: str | None = None, code: str | None = None,
            headers: dict[str, str] | None = None) -> JSONResponse:
-    from serving.api import ApiError
+    from serving.http.errors import error_body
 
-    err = ApiError(status, message, param, code, headers)
-    return JSONResponse(err.body(), status_code=status, headers=headers)
+    return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
 
 
 def parse_feedback(raw: bytes) -> dict[str, Any]:
@@ -39,8 +40,8 @@ def parse_feedback(raw: bytes) -> dict[str, Any]:
         raise ValueError(f"body: over the {MAX_BODY}-byte limit")
     try:
         body = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"body: malformed JSON ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(f"body: malformed JSON ({type(exc).__name__})") from None
     if not isinstance(body, dict):
         raise ValueError("body: must be a JSON object with request_id and a rating and/or a correction")
     if unknown := sorted(set(body) - _FIELDS):
@@ -60,25 +61,41 @@ def parse_feedback(raw: bytes) -> dict[str, Any]:
             "correction": body.get("correction"), "comment": body.get("comment")}
 
 
+async def read_bounded(request: Request, limit: int = MAX_BODY) -> bytes | None:
+    """The body, or None as soon as it is known to exceed `limit` (declared length, or bytes received)."""
+    declared = request.headers.get("content-length", "")
+    if declared.strip().isdigit() and int(declared) > limit:
+        return None
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 def add_feedback_route(app: FastAPI, log: InferenceLog, *, api_key: str | None = None) -> None:
     """Add POST /v1/feedback to `app`, recording into `log`."""
+    from serving.http.auth import AUTH_HEADERS, UNAUTHORIZED, bearer_token, is_authorized
+    from serving.http.identity import key_identity
 
     @app.post(PATH)
     async def feedback(request: Request) -> JSONResponse:
-        if api_key:
-            auth = request.headers.get("authorization", "")
-            token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), api_key.encode()):
-                return _error(401, "missing or wrong API key: send Authorization: Bearer <key>", None,
-                              "invalid_api_key", {"WWW-Authenticate": "Bearer"})
+        if not is_authorized(request.headers, api_key):
+            return _error(401, UNAUTHORIZED, None, "invalid_api_key", AUTH_HEADERS)
+        raw = await read_bounded(request)
+        if raw is None:
+            return _error(413, f"the feedback body is over the {MAX_BODY}-byte limit", None, "body_too_large")
         try:
-            body = parse_feedback(await request.body())
+            body = parse_feedback(raw)
         except ValueError as exc:
             param, _, message = str(exc).partition(": ")
             return _error(400, message, None if param == "body" else param)
+        caller = key_identity(bearer_token(request.headers.get("authorization")))
         try:
             entry = await run_in_threadpool(log.feedback, body["request_id"], body["rating"], body["correction"],
-                                            body["comment"])
+                                            body["comment"], key_id=caller)
         except UnknownRequest as exc:
             return _error(404, exc.cause, "request_id", "request_not_found")
         except LlmopsError as exc:

@@ -50,8 +50,9 @@ class InferenceLog:
     def hook(self, record: Any) -> Awaitable[None] | None:
         """The C1 hook: never writes on the caller's thread. In an event loop it returns an awaitable (the
         caller awaits it before completing the response); called from a plain thread it blocks until committed.
-        A record marked `extra["shadow"]` (a router's mirrored copy, answered to no one) is not logged."""
-        if (record.extra or {}).get("shadow"):
+        Not logged: a record marked `extra["shadow"]` (a router's mirrored copy, answered to no one), and an
+        unauthenticated request (401/403): its prompt is nobody's traffic and must not reach drift or training."""
+        if (record.extra or {}).get("shadow") or record.status in (401, 403):
             return None
         try:
             loop = asyncio.get_running_loop()
@@ -86,14 +87,15 @@ class InferenceLog:
                 time.sleep(0.005)
 
     def feedback(self, request_id: str, rating: int | None, correction: str | None = None,
-                 comment: str | None = None) -> FeedbackEntry:
-        """Record feedback on a logged request (committed when this returns); UnknownRequest if not logged."""
+                 comment: str | None = None, *, key_id: str | None = None) -> FeedbackEntry:
+        """Record feedback on a logged request (committed when this returns); UnknownRequest if not logged, or
+        logged for another key than `key_id`'s (a caller rates and corrects only its own key's answers)."""
         if rating is not None and rating not in RATINGS:
             raise LlmopsError(f"rating must be -1, 0 or 1 (got {rating!r})", "send -1 (bad), 0 or 1 (good)")
         if rating is None and correction is None and not comment:
             raise LlmopsError("feedback needs a rating, a correction or a comment", "send at least one of them")
         entry = FeedbackEntry(request_id, time.time(), rating, correction, comment)
-        if not self.store.add_feedback(entry):
+        if not self.store.add_feedback(entry, key_id):
             raise UnknownRequest(f"no logged request with id {request_id!r}",
                                  "use the x-request-id of a response from this server (pruned requests are gone)")
         return entry
@@ -101,6 +103,10 @@ class InferenceLog:
     # -- reading ------------------------------------------------------------------------------------------
     def get(self, request_id: str) -> LoggedRequest | None:
         return self.store.get(request_id)
+
+    async def exists_async(self, request_id: str) -> bool:
+        """Whether `request_id` is logged, off the event loop (the router refuses a client's reused id)."""
+        return await asyncio.to_thread(self.store.exists, request_id)
 
     def query(self, since: float | None = None, until: float | None = None, limit: int | None = None,
               newest_first: bool = False) -> list[LoggedRequest]:

@@ -2,10 +2,15 @@
 
 `LogStore` says what the log needs from a database; `SqlStore` implements it once with SQLAlchemy Core, and
 the backends differ only where the databases do: `SqliteStore` (local: WAL journal, `synchronous=FULL`, a busy
-timeout so a model server and a router can share one file) and `PostgresStore` (a cluster). Both upsert on the
-request id: a model server behind a router logs the same request the router logs (the router forwards its
-`x-request-id`); the later record wins, but what only one of them knows (the server's mean log-probability,
-the router's side and session) is kept from either.
+timeout so a model server and a router can share one file) and `PostgresStore` (a cluster).
+
+A logged row is never overwritten by another request. The one merge allowed: a model server behind a router
+logs a request first (its hook completes before its response does), then the router logs the same request id
+(it forwarded its `x-request-id`); the router's record (side, session) joins the server's row and what only the
+server knows (its mean log-probability) is kept. Any other record under a taken id -- a client that reuses an
+id, sends one straight to a server, or races itself -- is stored under a fresh id (`<id>.dup-<hex>`, with
+`extra.duplicate_of`) and overwrites nothing. Each row carries the identity of the key that made it
+(`key_id`, serving/http/identity.py): feedback is accepted only from that key.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import abc
 import json
 import os
+import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,7 +29,7 @@ import sqlalchemy as sa
 from llmops.errors import LlmopsError
 from llmops.sqlite_wal import enable_wal
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: key_id; rows never overwritten
 metadata = sa.MetaData()
 
 requests_table = sa.Table(
@@ -47,7 +53,10 @@ requests_table = sa.Table(
     sa.Column("side", sa.String(16)),
     sa.Column("mean_logprob", sa.Float),
     sa.Column("extra", sa.Text, nullable=False),  # JSON object
+    sa.Column("key_id", sa.String(32)),  # identity of the API key that made the request (None: auth off)
 )
+# Columns added after version 1, added to an older table when it is opened.
+_ADDED_COLUMNS = {"key_id": "VARCHAR(32)"}
 
 feedback_table = sa.Table(
     "feedback", metadata,
@@ -97,6 +106,7 @@ class LoggedRequest:
     rating: int | None = None
     correction: str | None = None
     feedback: list[FeedbackEntry] = field(default_factory=list)
+    key_id: str | None = None  # identity of the key that made the request (serving/http/identity.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,8 +128,12 @@ class LogStore(abc.ABC):
         """Insert (or upsert by request id) `rows` in ONE transaction: all are durable when it returns."""
 
     @abc.abstractmethod
-    def add_feedback(self, entry: FeedbackEntry) -> bool:
-        """Record feedback on a logged request; False (nothing written) when the request id is unknown."""
+    def add_feedback(self, entry: FeedbackEntry, key_id: str | None = None) -> bool:
+        """Record feedback on a logged request; False (nothing written) when the request id is unknown or the
+        request was made with another key than `key_id`'s."""
+
+    @abc.abstractmethod
+    def exists(self, request_id: str) -> bool: ...
 
     @abc.abstractmethod
     def get(self, request_id: str) -> LoggedRequest | None: ...
@@ -147,6 +161,7 @@ class SqlStore(LogStore):
         self.engine = self._create_engine(uri)
         try:
             metadata.create_all(self.engine)
+            self._add_columns()
         except sa.exc.SQLAlchemyError as exc:
             raise LlmopsError(f"cannot open the inference log at {safe_uri(uri)}: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0]}",
@@ -159,26 +174,71 @@ class SqlStore(LogStore):
     def _insert(self) -> Any:
         """The dialect's INSERT that supports ON CONFLICT (sqlite/postgresql `insert`)."""
 
+    def _add_columns(self) -> None:
+        """Bring a table made by an older version up to this schema (new columns are nullable)."""
+        have = {c["name"] for c in sa.inspect(self.engine).get_columns("requests")}
+        with self.engine.begin() as conn:
+            for name, kind in _ADDED_COLUMNS.items():
+                if name not in have:
+                    conn.execute(sa.text(f"ALTER TABLE requests ADD COLUMN {name} {kind}"))
+
+    def _upsert(self) -> Any:
+        """INSERT, or on a taken id the router-joins-server merge -- guarded in SQL too, so even a race between
+        the check in `write_batch` and this statement cannot overwrite a row."""
+        t = requests_table
+        stmt = self._insert()(t)
+        ex = stmt.excluded
+        updates = {c.name: ex[c.name] for c in t.c if c.name not in ("id", "request_id")}
+        for name in _KEPT_FROM_EITHER:
+            updates[name] = sa.func.coalesce(ex[name], t.c[name])
+        mergeable = sa.and_(t.c.side.is_(None), ex.side.is_not(None),
+                            sa.or_(t.c.key_id.is_(None), t.c.key_id == ex.key_id))
+        return stmt.on_conflict_do_update(index_elements=["request_id"], set_=updates, where=mergeable)
+
+    def _taken(self, conn: sa.Connection, ids: list[str]) -> dict[str, tuple[Any, Any]]:
+        t = requests_table
+        taken: dict[str, tuple[Any, Any]] = {}
+        for start in range(0, len(ids), 500):
+            found = conn.execute(sa.select(t.c.request_id, t.c.side, t.c.key_id).where(
+                t.c.request_id.in_(ids[start:start + 500])))
+            taken.update({r.request_id: (r.side, r.key_id) for r in found})
+        return taken
+
     def write_batch(self, rows: Sequence[dict[str, Any]]) -> None:
         if not rows:
             return
-        stmt = self._insert()(requests_table)
-        ex = stmt.excluded
-        updates = {c.name: ex[c.name] for c in requests_table.c if c.name not in ("id", "request_id")}
-        for name in _KEPT_FROM_EITHER:
-            updates[name] = sa.func.coalesce(ex[name], requests_table.c[name])
-        stmt = stmt.on_conflict_do_update(index_elements=["request_id"], set_=updates)
-        # one request id twice in one batch would be a conflict inside one statement: keep the later one
-        unique = list({r["request_id"]: r for r in rows}.values())
         with self.engine.begin() as conn:
-            conn.execute(stmt, unique)
+            taken = self._taken(conn, list({r["request_id"] for r in rows}))
+            stmt = self._upsert()
+            fresh: list[dict[str, Any]] = []
+            later: list[dict[str, Any]] = []  # under a taken id (or twice in this batch): decided one by one
+            for row in rows:
+                if row["request_id"] in taken:
+                    later.append(row)
+                else:
+                    taken[row["request_id"]] = (row["side"], row["key_id"])
+                    fresh.append(row)
+            if fresh:
+                conn.execute(stmt, fresh)
+            for row in later:
+                rid = row["request_id"]
+                if _joins(taken[rid], row):
+                    taken[rid] = (row["side"], taken[rid][1] or row["key_id"])
+                else:
+                    row = _renamed(row)
+                conn.execute(stmt, [row])
 
-    def add_feedback(self, entry: FeedbackEntry) -> bool:
+    def exists(self, request_id: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(requests_table.c.id).where(
+                requests_table.c.request_id == request_id)).first() is not None
+
+    def add_feedback(self, entry: FeedbackEntry, key_id: str | None = None) -> bool:
+        t = requests_table
         with self.engine.begin() as conn:
-            found = conn.execute(sa.select(requests_table.c.id).where(
-                requests_table.c.request_id == entry.request_id)).first()
-            if found is None:
-                return False
+            found = conn.execute(sa.select(t.c.id, t.c.key_id).where(t.c.request_id == entry.request_id)).first()
+            if found is None or (found.key_id is not None and found.key_id != key_id):
+                return False  # another key's request reads as unknown: its existence is not revealed either
             conn.execute(feedback_table.insert().values(**asdict(entry)))
         return True
 
@@ -285,6 +345,18 @@ class PostgresStore(SqlStore):
         return insert
 
 
+def _joins(existing: tuple[Any, Any], row: dict[str, Any]) -> bool:
+    """The one allowed merge: a router's record (side set) joining the server's row of the same request."""
+    side, key_id = existing
+    return side is None and row["side"] is not None and (key_id is None or key_id == row["key_id"])
+
+
+def _renamed(row: dict[str, Any]) -> dict[str, Any]:
+    rid = row["request_id"]
+    extra = {**json.loads(row["extra"] or "{}"), "duplicate_of": rid}
+    return {**row, "request_id": f"{rid[:100]}.dup-{secrets.token_hex(4)}", "extra": json.dumps(extra)}
+
+
 def safe_uri(uri: str) -> str:
     try:
         return sa.engine.make_url(uri).render_as_string(hide_password=True)
@@ -313,6 +385,7 @@ def rows_from(records: Iterable[Any]) -> list[dict[str, Any]]:
     for r in records:
         extra = dict(r.extra or {})
         mean_logprob = extra.pop("mean_logprob", None)
+        key_id = extra.pop("key_id", None)
         out.append({
             "request_id": r.request_id, "time": r.time or (time.time() - r.latency_s), "model": r.model or "",
             "model_version": r.model_version, "route": r.route,
@@ -323,5 +396,6 @@ def rows_from(records: Iterable[Any]) -> list[dict[str, Any]]:
             "side": getattr(r, "side", None),
             "mean_logprob": None if mean_logprob is None else float(mean_logprob),
             "extra": json.dumps(extra, ensure_ascii=False, default=str),
+            "key_id": None if key_id is None else str(key_id)[:32],
         })
     return out

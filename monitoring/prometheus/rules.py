@@ -6,7 +6,7 @@ Prometheus Operator `PrometheusRule` (`infra/k8s/base/prometheusrule.yaml`). Bot
 test keeps them equal to what this renders, so a changed threshold is one edit plus `llmops monitor rules`.
 
 Series come from three exporters: the model server (serving/metrics.py: llmops_requests_total, ...), the
-router (serving/router_metrics.py: llmops_router_*) and the monitor (`llmops monitor serve-metrics`:
+router (serving/router/metrics.py: llmops_router_*) and the monitor (`llmops monitor serve-metrics`:
 llmops_drift_*, llmops_monitor_*).
 """
 

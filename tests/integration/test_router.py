@@ -174,7 +174,7 @@ def test_live_changes_drop_no_stream_in_flight(router, servers) -> None:
 
 
 def test_sticky_sessions_hold_while_weight_does_not_move_past_them(router) -> None:
-    from serving.router_split import session_bucket
+    from serving.router.split import session_bucket
 
     set_weight(router.url, 30)
     sessions = [f"user-{i}" for i in range(20)]

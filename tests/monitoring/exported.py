@@ -53,7 +53,7 @@ def server_names() -> set[str]:
 
 
 def router_names() -> set[str]:
-    from serving.router_metrics import RouterMetrics
+    from serving.router.metrics import RouterMetrics
 
     return _from_registry(RouterMetrics().registry)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from llmops.errors import LlmopsError
-from serving.router_metrics import Observation, Window
-from serving.router_split import CANARY, STABLE, Split, session_bucket
-from serving.router_stream import StreamParser, answer_text
+from serving.router.metrics import Observation, Window
+from serving.router.split import CANARY, STABLE, Split, session_bucket
+from serving.router.stream import StreamParser, answer_text
 
 
 @pytest.mark.parametrize("percent", [1, 10, 25, 33, 50, 99])

@@ -17,7 +17,7 @@ import httpx2 as httpx
 from serving.rollout.actuators.base import Actuator, SideStats, WindowStats
 from serving.rollout.errors import RolloutError
 
-TOKEN_ENV = "LLMOPS_ROUTER_ADMIN_TOKEN"  # the router's own (serving/router.py); read here, never created
+TOKEN_ENV = "LLMOPS_ROUTER_ADMIN_TOKEN"  # the router's own (serving/router/state.py); read here, never created
 
 
 def read_admin_token(state_dir: Path) -> str:

@@ -124,3 +124,13 @@ class StreamParser:
         if isinstance(text, str) and text:
             self._parts.append(text)
             self.first_content = True
+
+
+def error_event(route: str, message: str, code: str) -> bytes:
+    """The SSE event that ends a broken stream honestly, in OpenAI's stream error shape: chat/completions send
+    `data: {"error": {...}}`, the Responses API an `error` event. No `[DONE]` follows it."""
+    if route == "/v1/responses":
+        payload = {"type": "error", "code": code, "message": message, "param": None}
+        return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
+    payload = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"

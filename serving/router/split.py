@@ -8,7 +8,8 @@ a fresh block at once.
 
 Sticky: a session id hashes to a bucket in [0, 100) and goes to the canary iff bucket < canary_percent, so
 a session stays on its side while the weight does not move past its bucket (raising 10% -> 25% keeps every
-canary session on the canary and moves only buckets 10..24 over).
+canary session on the canary and moves only buckets 10..24 over). The hash is keyed with the deployment's
+internal secret, so a client cannot compute offline which session ids land on which side and pick its side.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import random
 STABLE, CANARY = "stable", "canary"
 
 
-def session_bucket(session: str) -> int:
-    """A session id's fixed bucket in [0, 100): the same in every router process (no per-process hash seed)."""
-    digest = hashlib.blake2b(session.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+def session_bucket(session: str, key: bytes = b"") -> int:
+    """A session id's fixed bucket in [0, 100): the same in every router process sharing `key` (no per-process
+    hash seed), unpredictable without it."""
+    digest = hashlib.blake2b(session.encode("utf-8", "surrogatepass"), digest_size=8, key=key[:64]).digest()
     return int.from_bytes(digest, "big") % 100
 
 
@@ -52,8 +54,10 @@ class _Blocks:
 class Split:
     """The router's live split. Not thread-safe by design: the router calls it from its one event loop."""
 
-    def __init__(self, canary_percent: int = 0, shadow_percent: int = 0, seed: int | None = None) -> None:
+    def __init__(self, canary_percent: int = 0, shadow_percent: int = 0, seed: int | None = None,
+                 session_key: bytes = b"") -> None:
         self._rng = random.Random(seed)
+        self.session_key = session_key
         self._canary = _Blocks(check_percent(canary_percent, "canary_percent"), self._rng)
         self._shadow = _Blocks(check_percent(shadow_percent, "shadow_percent"), self._rng)
 
@@ -75,7 +79,7 @@ class Split:
         """STABLE or CANARY for one request (the caller sends it to stable when no canary is set)."""
         percent = self._canary.percent
         if session and 0 < percent < 100:
-            return CANARY if session_bucket(session) < percent else STABLE
+            return CANARY if session_bucket(session, self.session_key) < percent else STABLE
         return CANARY if self._canary.next() else STABLE
 
     def mirror(self) -> bool:

@@ -1,6 +1,11 @@
 """What the router measures: Prometheus metrics labelled by side and model version (its own registry), and the
 raw per-request observations behind `/admin/window`, which a rollout controller compares stable vs canary on.
 
+What counts: a side's failures are its 5xx, its 429s and timeouts (408/504: the side could not serve), and
+its broken streams; client-caused 4xx (bad input, 413, 499 disconnects) say nothing about the side and are kept
+out of both the error rate and the latency window, and unauthenticated requests never reach a side at all (the
+router answers them 401 itself), so no client can game the analysis with cheap fast failures.
+
 The window works on raw observations, not histogram buckets: a p95 from buckets 0.25/0.5/1 s cannot tell a
 canary that is 30% slower from the stable side, and the controller's thresholds are ratios of exactly that.
 """
@@ -15,7 +20,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from serving.metrics import LATENCY_BUCKETS
-from serving.router_split import CANARY, STABLE
+from serving.router.split import CANARY, STABLE
 
 SIMILARITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
@@ -26,7 +31,9 @@ class RouterMetrics:
         self.requests = Counter("llmops_router_requests", "Proxied requests by side, model version, route and status",
                                 ["side", "model_version", "route", "status"], registry=r)
         self.errors = Counter("llmops_router_upstream_errors", "Upstream failures: 5xx, unreachable, timeout, "
-                              "broken stream", ["side", "model_version", "kind"], registry=r)
+                              "rate_limited (429), broken stream", ["side", "model_version", "kind"], registry=r)
+        self.rejected = Counter("llmops_router_rejected", "Requests the router answered itself before choosing a "
+                                "side (unauthorized, conflict, body_too_large)", ["reason"], registry=r)
         self.latency = Histogram("llmops_router_request_latency_seconds", "End-to-end latency through the router",
                                  ["side", "model_version"], buckets=LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram("llmops_router_time_to_first_token_seconds", "Router receipt to the first content "
@@ -43,6 +50,24 @@ class RouterMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+# The statuses that are the side's fault although below 500: it timed out or shed load.
+_SIDE_FAULTS = {408: "timeout", 429: "rate_limited"}
+
+
+def error_kind(status: int, broke: bool) -> str | None:
+    """The failure kind a side is charged with (None: it served, or the client caused the status)."""
+    if broke:
+        return "broken_stream"
+    if status >= 500:
+        return {502: "unreachable", 504: "timeout"}.get(status, "5xx")
+    return _SIDE_FAULTS.get(status)
+
+
+def client_caused(status: int) -> bool:
+    """A 4xx the client caused (bad input, too large, disconnected): neither an error nor a latency sample."""
+    return 400 <= status < 500 and status not in _SIDE_FAULTS
 
 
 @dataclass(frozen=True)
