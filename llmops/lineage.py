@@ -107,11 +107,12 @@ def collect_lineage(
 ) -> dict[str, str]:
     """Tag dict for a model version: `git.commit`, `params.hash`, `pipeline.kfp_run_id`,
     `pipeline.mlflow_run_id`, `base_model.id`, `base_model.sha256`, plus what the steps recorded about the
-    inputs they really read (`step_lineage`: `data.*` from train and evaluate, `base_model.*` from train).
+    inputs they really read (`step_lineage`: `data.*` from train and evaluate, `base_model.*` from train) and
+    where and how train ran (`train.precision*`, `host.*`: CPU model, ISA flags, cores, memory bandwidth).
     Run ids that are not known (a run outside KFP) are left out rather than faked; a base model whose
     weights changed since training is an error, not a tag."""
     step_lineage = {k: str(v) for k, v in (step_lineage or {}).items()
-                    if k.startswith(("data.", "base_model."))}
+                    if k.startswith(("data.", "base_model.", "train.precision", "host."))}
     trained_on = step_lineage.get("base_model.sha256")
     if trained_on is not None and trained_on != base_model_sha256:
         raise ModelError(f"the base model's weights changed between training ({trained_on[:12]}) and "

@@ -9,12 +9,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from llmops.errors import LlmopsError
 
@@ -89,7 +90,8 @@ class TrainParams(_Section):
     lr: float
     warmup_steps: int
     max_steps: int
-    bf16: bool
+    # auto: chosen per device by measurement (llmops/precision.py); fp32 | bf16 | fp16 are honoured as given
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
     seed: int
     checkpoint_every: int
     max_failures: int
@@ -97,6 +99,27 @@ class TrainParams(_Section):
     max_val_examples: int
     max_grad_norm: float
     cpus_per_worker: int
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_bf16(cls, data: Any) -> Any:
+        """Read the old `train.bf16` key (params files and `--set train.bf16=...` from before `precision`):
+        true -> bf16, false -> fp32, with a deprecation warning; it wins over a default `precision: auto`."""
+        if not isinstance(data, dict) or "bf16" not in data:
+            return data
+        data = dict(data)
+        old = data.pop("bf16")
+        if not isinstance(old, bool):
+            raise ValueError(f"train.bf16 (deprecated) must be true or false, got {old!r}")
+        mapped = "bf16" if old else "fp32"
+        given = data.get("precision", "auto")
+        if given not in ("auto", mapped):
+            raise ValueError(f"train.bf16={str(old).lower()} (deprecated) contradicts train.precision={given}; "
+                             "drop train.bf16")
+        warnings.warn(f"train.bf16 is deprecated: read as train.precision={mapped}; set train.precision "
+                      "(auto | fp32 | bf16 | fp16) instead", FutureWarning, stacklevel=2)
+        data["precision"] = mapped
+        return data
 
 
 class GateParams(_Section):
@@ -406,6 +429,10 @@ class Params(_Section):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+# Keys still read (and mapped with a warning by their section's validator) though params.yaml no longer has them.
+DEPRECATED_KEYS = frozenset({"train.bf16"})
+
+
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Return a copy of `raw` with each `dotted.key=value` applied; unknown keys raise LlmopsError."""
     out = copy.deepcopy(raw)
@@ -419,7 +446,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
             if not isinstance(node.get(part), dict):
                 raise LlmopsError(f"unknown parameter {key!r}", "see params.yaml for the valid keys")
             node = node[part]
-        if parts[-1] not in node:
+        if parts[-1] not in node and key not in DEPRECATED_KEYS:
             raise LlmopsError(f"unknown parameter {key!r}", "see params.yaml for the valid keys")
         node[parts[-1]] = yaml.safe_load(value)
     return out

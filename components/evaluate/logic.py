@@ -97,11 +97,13 @@ def _take(records: list[dict[str, str]], n: int) -> list[dict[str, str]]:
 
 def _evaluate_model(name: str, base_model_dir: Path, adapter_dir: Path | None, params: Params,
                     ppl_records: list[dict[str, str]], gen_records: list[dict[str, str]],
-                    embedder, reference_vectors) -> tuple[dict[str, float], list[str], int]:
-    """(metrics, generated texts, answer tokens scored) for one model; the model is freed afterwards."""
+                    embedder, reference_vectors, precision: str = "fp32") -> tuple[dict[str, float], list[str], int]:
+    """(metrics, generated texts, answer tokens scored) for one model, its forwards under the run's `precision`
+    (llmops.precision: the same choice as training); the model is freed afterwards."""
     from components.evaluate import metrics as m
     from llmops.modeling.generation import generate, load_model
     from llmops.modeling.prompts import format_prompt
+    from llmops.precision import autocast
 
     ev = params.eval
     t0 = time.perf_counter()
@@ -109,13 +111,15 @@ def _evaluate_model(name: str, base_model_dir: Path, adapter_dir: Path | None, p
     _say(f"{name}: loaded {'base + adapter (merged)' if adapter_dir else 'base'} "
          f"in {time.perf_counter() - t0:.1f} s")
     t1 = time.perf_counter()
-    ppl, answer_tokens = m.answer_perplexity(model, tokenizer, ppl_records, batch_size=ev.batch_size)
-    general = m.general_perplexity(model, tokenizer)
+    with autocast(model.device.type, precision):
+        ppl, answer_tokens = m.answer_perplexity(model, tokenizer, ppl_records, batch_size=ev.batch_size)
+        general = m.general_perplexity(model, tokenizer)
     _say(f"{name}: answer perplexity {ppl:.3f} on {len(ppl_records)} examples ({answer_tokens} answer tokens), "
          f"general-text perplexity {general:.3f} ({time.perf_counter() - t1:.1f} s)")
     t2 = time.perf_counter()
     prompts = [format_prompt(tokenizer, r) for r in gen_records]
-    gen = generate(model, tokenizer, prompts, ev.max_new_tokens, batch_size=ev.batch_size)
+    with autocast(model.device.type, precision):
+        gen = generate(model, tokenizer, prompts, ev.max_new_tokens, batch_size=ev.batch_size)
     refs = [r["output"] for r in gen_records]
     sims = m.embedding_similarity(embedder, gen.texts, refs, reference_vectors=reference_vectors)
     result = {
@@ -160,6 +164,7 @@ def _log_to_active_run(params: Params, result: EvalResult, files: list[Path]) ->
         "gate.summary": verdict.summary()[:5000],
         "gate.failed_checks": ",".join(c["name"] for c in verdict.checks if not c["passed"]),
         "eval.models": ",".join(result.models),
+        "eval.precision": str(result.data.get("precision", "fp32")),
         **result.lineage,
     })
     for path in files:
@@ -212,6 +217,11 @@ def evaluate_candidate(
     _say(f"{len(records)} test records: perplexity on {len(ppl_records)}, generations on {len(gen_records)} "
          f"(max {ev.max_new_tokens} new tokens); models: {', '.join(n for n, _ in adapters)}")
     embedder = load_embedder(ensure_embedder(settings, params))
+    from llmops.precision import local_device, probe_shape, resolve
+
+    precision = resolve(params.train.precision, local_device(), settings.state_dir,
+                        probe_shape(params.train.batch_size, params.train.seq_len, base_model_dir))
+    _say(precision.line())
 
     with tracking.step_run(settings, parent_run_id, "evaluate") as run_id:
         reference_vectors = embedder.encode([r["output"] for r in gen_records])
@@ -220,7 +230,8 @@ def evaluate_candidate(
         answer_tokens = 0
         for name, path in adapters:
             models[name], generations[name], answer_tokens = _evaluate_model(
-                name, base_model_dir, path, params, ppl_records, gen_records, embedder, reference_vectors)
+                name, base_model_dir, path, params, ppl_records, gen_records, embedder, reference_vectors,
+                precision.precision)
 
         verdict = decide(models["base"], models["candidate"], models.get("champion"), ev.gate)
         _say(f"gate {'PASSED' if verdict.passed else 'FAILED'}\n{verdict.summary()}")
@@ -235,6 +246,8 @@ def evaluate_candidate(
             "base_model_dir": str(base_model_dir),
             "adapter_dir": str(adapter_dir),
             "champion_adapter_dir": str(champion_adapter_dir) if champion_adapter_dir else None,
+            "precision": precision.precision,
+            "precision_reason": precision.reason,
         }
         table_md = report.comparison_table(models)
         table_path = out_dir / "comparison.md"

@@ -15,7 +15,6 @@ checkpoint with `ray.train.get_checkpoint()`.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import resource
@@ -40,12 +39,41 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return (seed * 1_000_003 + rank * 7_919 + step) % (2**63 - 1)
 
 
-def autocast(device_type: str, enabled: bool):
+def optimizer_step(loss, params, optimizer, scaler, max_grad_norm: float):
+    """Backward of `loss` (already scaled to the global token mean), clip, step, zero the grads; returns the
+    gradient norm before clipping. With an enabled scaler (fp16) the loss is multiplied up before backward and
+    the gradients divided back before clipping; a step whose gradients overflowed is skipped (the optimizer
+    does not move) and the scale halves. A disabled scaler passes every call straight through."""
     import torch
 
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    # Global norm over all shards (DTensor-aware under FSDP2); inf = measure without clipping.
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
+    if hasattr(grad_norm, "full_tensor"):
+        grad_norm = grad_norm.full_tensor()
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def choose_precision(config: dict[str, Any], device, rank: int, world: int) -> dict[str, Any]:
+    """This run's precision on this device (llmops.precision), rank 0's choice broadcast to every rank so all
+    of them run the same one (a cold probe cache could otherwise decide differently per rank)."""
+    import torch.distributed as dist
+
+    from llmops.precision import resolve
+
+    choice = None
+    if rank == 0:
+        cache = Path(config["host_cache_dir"]) if config.get("host_cache_dir") else None
+        choice = resolve(config["train"]["precision"], device.type, cache, tuple(config["probe_shape"])).to_dict()
+    if world > 1:
+        box = [choice]
+        dist.broadcast_object_list(box, src=0)
+        choice = box[0]
+    return choice
 
 
 def _peak_memory(device) -> list[float]:
@@ -76,12 +104,13 @@ def _maybe_inject_fault(config: dict[str, Any], step_number: int, rank: int, wor
     os._exit(1)
 
 
-def evaluate_loss(model, blocks, batch_size: int, pad_id: int, device, bf16: bool, rank: int, world: int):
+def evaluate_loss(model, blocks, batch_size: int, pad_id: int, device, precision: str, rank: int, world: int):
     """Token-mean loss over `blocks`, split across ranks; every rank runs the same number of forwards."""
     import torch
     import torch.distributed as dist
 
     from components.train.data import collate, loss_sum
+    from llmops.precision import autocast
 
     per_rank = math.ceil(len(blocks) / world)
     mine = blocks[rank * per_rank : (rank + 1) * per_rank]
@@ -97,7 +126,7 @@ def evaluate_loss(model, blocks, batch_size: int, pad_id: int, device, bf16: boo
             else:
                 weight = 1.0
             batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
-            with autocast(device.type, bf16):
+            with autocast(device.type, precision):
                 loss, n = loss_sum(model, batch)
             total += torch.tensor([loss.item() * weight, n * weight], dtype=torch.float64, device=device)
     model.train()
@@ -117,6 +146,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     from components.train import _checkpoint as ck
     from components.train._storage import worker_model_dir
     from components.train.data import BlockStream, collate, loss_sum
+    from llmops import host
+    from llmops.precision import autocast, grad_scaler
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -131,7 +162,10 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     if global_batch != config["global_batch"]:
         raise RuntimeError(f"world size {world} does not give the planned global batch {config['global_batch']}")
     max_steps = tp["max_steps"]
-    bf16 = bool(tp["bf16"]) and (device.type == "cpu" or torch.cuda.is_bf16_supported())
+    choice = choose_precision(config, device, rank, world)
+    precision = choice["precision"]
+    if rank == 0:
+        print(f"[llmops.train] precision {precision} on {device.type}: {choice['reason']}", flush=True)
 
     model = _model.wrap(
         # packed blocks: attention computed inside each example only (the same result as the block-diagonal mask)
@@ -145,6 +179,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         optimizer, lambda s: lr_factor(s, tp["warmup_steps"], max_steps)
     )
     stream = BlockStream(len(blocks), tp["seed"])
+    scaler = grad_scaler(device.type, precision, distributed=world > 1)
 
     state: dict[str, Any] = {"step": 0, "history": [], "tokens": 0, "train_seconds": 0.0, "resumed": 0,
                              "resumed_from": [], "val_loss_before": None}
@@ -155,6 +190,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         _model.load_trainable_state(model, model_state)
         _model.load_optimizer_state(model, optimizer, optim_state)
         scheduler.load_state_dict(saved.pop("scheduler"))
+        if saved.get("grad_scaler"):
+            scaler.load_state_dict(saved["grad_scaler"])
         state.update(saved)
         state["resumed"] += 1
         state["resumed_from"].append(state["step"])
@@ -162,7 +199,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             print(f"[llmops.train] resumed from checkpoint at step {state['step']}", flush=True)
 
     if state["val_loss_before"] is None:
-        state["val_loss_before"] = evaluate_loss(model, val_blocks, per_rank, pad_id, device, bf16, rank, world)
+        state["val_loss_before"] = evaluate_loss(model, val_blocks, per_rank, pad_id, device, precision, rank, world)
         if rank == 0:
             print(f"[llmops.train] step 0/{max_steps} val_loss {state['val_loss_before']:.4f}", flush=True)
 
@@ -170,6 +207,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         model_state = _model.trainable_state(model)  # collectives: every rank
         optim_state = _model.optimizer_state(model, optimizer)
         sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+        state["grad_scaler"] = scaler.state_dict()  # {} when disabled; the fp16 scale survives a restart
         with tempfile.TemporaryDirectory(prefix="llmops-ckpt-") as tmp:
             ckpt = None
             if rank == 0:
@@ -191,17 +229,11 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         global_tokens = sum(len(blocks[i]) for i in step_ids)
         batch = {k: v.to(device) for k, v in
                  collate([blocks[i] for i in step_ids[rank * per_rank : (rank + 1) * per_rank]], pad_id).items()}
-        with autocast(device.type, bf16):
+        with autocast(device.type, precision):
             loss, _ = loss_sum(model, batch)
-        (loss * (world / global_targets)).backward()
-        # Global norm over all shards (DTensor-aware under FSDP2); inf = measure without clipping.
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, tp["max_grad_norm"] or float("inf"))
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
         lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
+        grad_norm = optimizer_step(loss * (world / global_targets), params, optimizer, scaler, tp["max_grad_norm"])
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         loss_total = loss.detach().to(torch.float64).reshape(1)
         if world > 1:
             dist.all_reduce(loss_total)
@@ -221,7 +253,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         if final or state["step"] % tp["checkpoint_every"] == 0:
             metrics = {"step": state["step"], "train_loss": train_loss}
             if final:
-                state["val_loss"] = evaluate_loss(model, val_blocks, per_rank, pad_id, device, bf16, rank, world)
+                state["val_loss"] = evaluate_loss(model, val_blocks, per_rank, pad_id, device, precision, rank,
+                                                  world)
                 metrics["val_loss"] = state["val_loss"]
                 if rank == 0:
                     print(f"[llmops.train] step {max_steps}/{max_steps} val_loss {state['val_loss']:.4f}",
@@ -245,5 +278,6 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         "peak_rss_mb": peak[0].item(),
         "peak_gpu_mb": peak[1].item() if device.type == "cuda" else None,
         "world_size": world,
-        "bf16": bf16,
+        "precision": choice,
+        "host": host.describe(Path(config["host_cache_dir"]) if config.get("host_cache_dir") else None),
     }

@@ -177,6 +177,28 @@ def _copy_adapter(result, out_dir: Path) -> None:
         raise ModelError(f"final checkpoint {result.checkpoint.path} holds no adapter", "check the worker log")
 
 
+def _precheck_host(settings: Settings, params: Params, use_gpu: bool, shape: tuple[int, int, int]) -> None:
+    """Local CPU workers share this machine: choose the precision (probe) and measure the host here once, into
+    the state dir's per-host cache, so the workers read it instead of probing side by side."""
+    if use_gpu or settings.ray_address:
+        return  # the workers' own devices (or other hosts) decide; rank 0 reports what they chose
+    from llmops import host
+    from llmops.precision import resolve
+
+    resolve(params.train.precision, "cpu", settings.state_dir, shape)
+    host.describe(settings.state_dir)
+
+
+def _host_lineage(out: dict[str, Any]) -> dict[str, str]:
+    """Tags naming the precision the workers ran and the host rank 0 trained on (two runs on different hosts
+    are told apart: `train.precision`, `host.cpu`, `host.isa`, ...)."""
+    from llmops import host
+
+    choice = out["precision"]
+    return {"train.precision": choice["precision"], "train.precision.requested": choice["requested"],
+            "train.precision.reason": choice["reason"][:500], **host.lineage_tags(out["host"])}
+
+
 def plot_loss_curve(history: list[dict[str, float]], metrics: dict[str, Any], path: Path) -> Path:
     """Training loss and learning rate per step, with the validation loss before and after, as a PNG."""
     import matplotlib
@@ -284,6 +306,10 @@ def train_adapter(
 
         # GPU workers when this machine or the joined Ray cluster has GPUs (a KubeRay driver may have none).
         use_gpu = torch.cuda.is_available() or ray.cluster_resources().get("GPU", 0) >= 1
+        from llmops.precision import probe_shape
+
+        shape = probe_shape(params.train.batch_size, params.train.seq_len, base_model_dir)
+        _precheck_host(settings, params, use_gpu, shape)
         config = {
             "base_model_dir": str(base_model_dir),
             # workers in other pods pull it from the shared Ray storage (components/train/_storage.py)
@@ -299,6 +325,8 @@ def train_adapter(
             "cpus_per_worker": _cpus_per_worker(params, use_gpu),
             "run_dir": str(run_dir),
             "fault_kill_at_step": fault_step,
+            "host_cache_dir": str(settings.state_dir),  # per-host probe/bandwidth cache (llmops.host)
+            "probe_shape": list(shape),
         }
         print(f"[llmops.train] {data.stats['examples']} examples -> {data.stats['blocks']} blocks of <= "
               f"{params.train.seq_len} tokens ({data.stats['pack_fill']:.0%} full); {params.train.num_workers} "
@@ -309,6 +337,7 @@ def train_adapter(
         if not out:
             raise ModelError("training returned no result from rank 0", f"see {storage.rstrip('/')}/{run_name}")
         _copy_adapter(result, out_dir)
+        lineage |= _host_lineage(out)
         seconds = time.perf_counter() - started
         metrics: dict[str, Any] = {
             "train_loss": out["history"][-1]["train_loss"],
@@ -324,7 +353,7 @@ def train_adapter(
             "resumed": out["resumed"],
             "num_workers": out["world_size"],
             "strategy": params.train.strategy,
-            "bf16": int(out["bf16"]),
+            "precision": out["precision"]["precision"],
             "epochs": out["history"][-1]["epoch"],
             **data.stats,
         }

@@ -27,7 +27,7 @@ def test_ray_train_on_cuda_fsdp_bf16_saves_an_adapter_that_lowers_val_loss(
     workers = min(2, torch.cuda.device_count())
     params = settings.params([
         "train.max_steps=8", "train.seq_len=128", "train.checkpoint_every=4", "train.warmup_steps=1",
-        "train.lr=3e-3", "train.bf16=true", "lora.r=4", f"train.num_workers={workers}", "train.strategy=fsdp",
+        "train.lr=3e-3", "train.precision=bf16", "lora.r=4", f"train.num_workers={workers}", "train.strategy=fsdp",
         "train.batch_size=2",
     ])
     result = train_adapter(

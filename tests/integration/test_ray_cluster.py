@@ -129,7 +129,7 @@ def cluster_run(ray_head: dict, tiny_model_dir: Path, tmp_path_factory: pytest.T
         settings.ensure_state_dir()
         params = settings.params([
             f"train.max_steps={STEPS}", "train.seq_len=128", "train.checkpoint_every=2", "train.warmup_steps=1",
-            "train.lr=3e-3", "train.bf16=false", "lora.dropout=0.0", "lora.r=4",
+            "train.lr=3e-3", "train.precision=fp32", "lora.dropout=0.0", "lora.r=4",
             "train.num_workers=2", "train.strategy=fsdp", "train.batch_size=1",
         ])
         try:
@@ -185,7 +185,7 @@ def test_rayjob_entrypoint_joins_the_cluster_and_uses_s3(ray_head, s3: str, tiny
            "--validation", f"s3://{BUCKET}/data/validation.jsonl", "--out", f"s3://{BUCKET}/adapters/run1",
            "--base-model", str(tiny_model_dir),
            "--set", "train.max_steps=2", "--set", "train.checkpoint_every=2", "--set", "train.seq_len=128",
-           "--set", "train.num_workers=1", "--set", "train.strategy=ddp", "--set", "train.bf16=false",
+           "--set", "train.num_workers=1", "--set", "train.strategy=ddp", "--set", "train.precision=fp32",
            "--set", "lora.r=4", "--set", "train.warmup_steps=1"]
     done = subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
                           timeout=600)

@@ -54,7 +54,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 def _params(settings: Settings, extra: list[str]):
     return settings.params([
         f"train.max_steps={STEPS}", "train.seq_len=128", "train.checkpoint_every=2", "train.warmup_steps=1",
-        "train.lr=3e-3", "train.bf16=false", "train.max_failures=2", "lora.dropout=0.0", "lora.r=4",
+        "train.lr=3e-3", "train.precision=fp32", "train.max_failures=2", "lora.dropout=0.0", "lora.r=4",
         # Clip hard so every step clips: the global grad norm over FSDP2 shards must match DDP's.
         "train.max_grad_norm=0.05",
         *extra,

@@ -40,10 +40,36 @@ def test_env_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def test_params_load_and_override() -> None:
-    p = load_params(REPO / "params.yaml", ["train.max_steps=7", "lora.target_modules=[q_proj]", "train.bf16=false"])
-    assert p.train.max_steps == 7 and p.lora.target_modules == ["q_proj"] and p.train.bf16 is False
+    p = load_params(REPO / "params.yaml",
+                    ["train.max_steps=7", "lora.target_modules=[q_proj]", "train.precision=fp32"])
+    assert p.train.max_steps == 7 and p.lora.target_modules == ["q_proj"] and p.train.precision == "fp32"
     assert p.digest() != load_params(REPO / "params.yaml").digest()
     assert load_params(REPO / "params.yaml").digest() == load_params(REPO / "params.yaml").digest()
+
+
+def test_precision_defaults_to_auto_and_takes_explicit_values() -> None:
+    assert load_params(REPO / "params.yaml").train.precision == "auto"
+    for value in ("fp32", "bf16", "fp16"):
+        assert load_params(REPO / "params.yaml", [f"train.precision={value}"]).train.precision == value
+    with pytest.raises(LlmopsError, match=r"invalid parameter train\.precision"):
+        load_params(REPO / "params.yaml", ["train.precision=int8"])
+
+
+@pytest.mark.parametrize(("old", "mapped"), [("false", "fp32"), ("true", "bf16")])
+def test_old_bf16_override_is_read_with_a_deprecation_warning(old: str, mapped: str) -> None:
+    with pytest.warns(FutureWarning, match=f"train.bf16 is deprecated: read as train.precision={mapped}"):
+        p = load_params(REPO / "params.yaml", [f"train.bf16={old}"])
+    assert p.train.precision == mapped and "bf16" not in p.train.model_dump()
+
+
+def test_old_bf16_key_in_a_params_file_is_read(tmp_path: Path) -> None:
+    text = (REPO / "params.yaml").read_text()
+    old = tmp_path / "params.yaml"
+    old.write_text("\n".join("  bf16: false" if ln.startswith("  precision:") else ln for ln in text.splitlines()))
+    with pytest.warns(FutureWarning, match="deprecated"):
+        assert load_params(old).train.precision == "fp32"
+    with pytest.raises(LlmopsError, match=r"contradicts train\.precision=bf16"):
+        load_params(REPO / "params.yaml", ["train.precision=bf16", "train.bf16=false"])
 
 
 @pytest.mark.parametrize(
