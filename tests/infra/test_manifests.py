@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -122,13 +123,56 @@ def test_images_and_secrets_agree_with_settings_and_guide(rendered, monkeypatch)
     ours = {s.image, s.train_image, s.trtllm_image}
     images = {c["image"] for d in docs for _, p in pod_specs(d) for c in p.get("containers", [])}
     project = {i for i in images if i.startswith("ghcr.io/llmops/")}
-    assert project and project <= ours
+    # prod runs them by digest (name@sha256:...): the name must still be one `make images` builds
+    assert project and {i.split("@")[0] for i in project} <= ours | {o.rsplit(":", 1)[0] for o in ours}
     guide = (REPO / "infra" / "README.md").read_text()
-    text = json.dumps(docs)
-    secrets = set(re.findall(r'"secretKeyRef": \{"name": "([^"]+)"', text))
+    secrets = set(_secret_refs(docs))
     secrets |= {s["name"] for d in docs if d["kind"] == "ServiceAccount" for s in d.get("secrets", [])}
-    assert secrets
+    assert {"mlflow-db", "llmops-audit-db", "llmops-inference-log-db", "s3-mlflow", "s3-ray"} <= secrets
     assert not [name for name in secrets if f"secret generic {name}" not in guide]
+
+
+def _secret_refs(node: Any) -> Iterator[str]:
+    """Names of every secretKeyRef / secretRef anywhere in the rendered objects."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("secretKeyRef", "secretRef") and isinstance(value, dict):
+                yield value["name"]
+            else:
+                yield from _secret_refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _secret_refs(value)
+
+
+DIGEST = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
+PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
+
+
+def test_prod_images_are_pinned_by_digest():
+    """Every container (and init container) image of prod runs by digest, so a pushed tag cannot change what
+    runs. The all-zero digest is the overlay's marked placeholder; any other digest must look real."""
+    docs = kustomize(K8S / "overlays" / "prod")
+    images = {c["image"] for d in docs for _, p in pod_specs(d)
+              for c in p.get("initContainers", []) + p.get("containers", [])}
+    assert images
+    assert not [i for i in images if not DIGEST.match(i)], "prod images without a digest"
+    overlay = (K8S / "overlays" / "prod" / "kustomization.yaml").read_text()
+    placeholders = [line for line in overlay.splitlines() if PLACEHOLDER_DIGEST in line]
+    assert all("PLACEHOLDER" in line for line in placeholders), "placeholder digests must say PLACEHOLDER"
+    unpinned = with_change(_find(docs, "Deployment", "mlflow"), ["spec", "template", "spec", "containers", 0,
+                                                                 "image"], "ghcr.io/llmops/llmops:0.1.0")
+    assert not DIGEST.match(next(c["image"] for _, p in pod_specs(unpinned) for c in p["containers"]))
+
+
+def test_model_server_logs_to_the_cluster_database(rendered):
+    """The inference log is the cluster PostgreSQL (a secret URI), not SQLite on the pod's emptyDir."""
+    _, docs = rendered
+    container = _find(docs, "InferenceService", "llmops-server")["spec"]["predictor"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["LLMOPS_INFERENCE_LOG_URI"]["valueFrom"]["secretKeyRef"] == {"name": "llmops-inference-log-db",
+                                                                            "key": "uri"}
+    assert Settings.model_fields["inference_log_uri"]  # the variable `llmops serve` reads (llmops/settings.py)
 
 
 def test_grafana_dashboard_is_packaged(rendered):
