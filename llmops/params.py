@@ -79,7 +79,9 @@ class LoraParams(_Section):
     r: int
     alpha: int
     dropout: float
-    target_modules: list[str]
+    # "auto": the attention projections the model has (q/k/v/o_proj; qkv_proj/o_proj on Phi-3), read from
+    # its structure at train time (llmops.modeling.families); or an explicit list of linear layer names
+    target_modules: Literal["auto"] | list[str]
 
 
 class TrainParams(_Section):

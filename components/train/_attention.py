@@ -17,6 +17,8 @@ costs about as much for 18 sequences of 64 tokens as for 2 of 512 (24.5 vs 32.8 
 Registered with transformers' AttentionInterface and its mask interface: the mask function returns no mask
 for the packed case (no 2D attention mask, no KV cache; it would be ignored), and any other call (a padding
 mask, a cache during generation, a decode step) goes to transformers' own SDPA path with the usual mask.
+A sliding window (Mistral, Gemma) narrows the causal mask to a band inside each example; soft-capped
+logits (Gemma 2) cannot be computed here, so `unsupported` sends such families to eager attention.
 """
 
 from __future__ import annotations
@@ -101,6 +103,19 @@ def plan_for(position_ids: torch.Tensor) -> Plan:
     return _cache[2]
 
 
+def unsupported(config) -> str | None:
+    """Why this kernel cannot compute a family's attention (None when it can): it has no soft-capping."""
+    if getattr(config, "attn_logit_softcapping", None) is not None:
+        return f"{config.model_type} soft-caps attention logits"
+    return None
+
+
+def _sliding_mask(width: int, window: int, device) -> torch.Tensor:
+    """Causal band [width, width]: query i sees keys i - window < j <= i (transformers' sliding rule)."""
+    i = torch.arange(width, device=device)
+    return (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window)
+
+
 def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
                         scaling: float | None = None, position_ids: torch.Tensor | None = None, **kwargs):
     """AttentionInterface signature: q (B, H, T, D), k/v (B, KV, S, D) -> (B, T, H, D), None."""
@@ -116,14 +131,17 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
     q_flat = query.transpose(1, 2).reshape(b * t, h, d).to(dtype)
     k_flat = key.transpose(1, 2).reshape(b * t, kv, key.shape[-1]).to(dtype)
     v_flat = value.transpose(1, 2).reshape(b * t, kv, value.shape[-1]).to(dtype)
+    window = kwargs.get("sliding_window")  # Mistral, Gemma: a query sees only the last `window` keys
     outs = []
     with torch.autocast(query.device.type, enabled=False):
         for index, count, width in plan.gather:
             q = q_flat.index_select(0, index).view(count, width, h, d).transpose(1, 2)
             k = k_flat.index_select(0, index).view(count, width, kv, -1).transpose(1, 2)
             v = v_flat.index_select(0, index).view(count, width, kv, -1).transpose(1, 2)
+            band = _sliding_mask(width, window, q.device) if window and width > window else None
             out = torch.nn.functional.scaled_dot_product_attention(
-                q, k, v, dropout_p=dropout, scale=scaling, is_causal=width > 1, enable_gqa=kv != h)
+                q, k, v, attn_mask=band, dropout_p=dropout, scale=scaling, is_causal=width > 1 and band is None,
+                enable_gqa=kv != h)
             outs.append(out.transpose(1, 2).reshape(count * width, h * value.shape[-1]))
     out = torch.cat(outs) if len(outs) > 1 else outs[0]
     return out.index_select(0, plan.scatter).view(b, t, h, value.shape[-1]).to(query.dtype), None

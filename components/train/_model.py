@@ -26,15 +26,21 @@ def build_lora_model(base_model_dir: Path, lora: dict[str, Any], seed: int, devi
     """Base model (fp32, frozen) with LoRA adapters; the seed makes the LoRA init identical on every rank.
 
     Packed training passes `attn_implementation=_attention.NAME` ("packed_sdpa"): the same attention,
-    computed only inside each example (components/train/_attention.py).
+    computed only inside each example (components/train/_attention.py). A family whose attention that
+    kernel cannot compute (Gemma 2's soft-capped logits) trains with transformers' eager attention, which
+    builds the same block-diagonal mask from the restarting position ids.
     """
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from components.train import _attention
+    from llmops.modeling.families import resolve_target_modules
 
     if attn_implementation == _attention.NAME:
-        _attention.register()
+        if _attention.unsupported(AutoConfig.from_pretrained(base_model_dir)):
+            attn_implementation = "eager"  # transformers' eager path soft-caps and still masks packed blocks
+        else:
+            _attention.register()
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32,
                                                  attn_implementation=attn_implementation)
     model.config.use_cache = False  # a KV cache would switch off packed-sequence masking in training
@@ -43,19 +49,19 @@ def build_lora_model(base_model_dir: Path, lora: dict[str, Any], seed: int, devi
         r=lora["r"],
         lora_alpha=lora["alpha"],
         lora_dropout=lora["dropout"],
-        target_modules=list(lora["target_modules"]),
+        # `auto` -> the attention projections this family has (llmops.modeling.families)
+        target_modules=resolve_target_modules(model, lora["target_modules"]),
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config).to(device)
 
 
 def decoder_layers(peft_model: nn.Module) -> list[nn.Module]:
-    """The transformer blocks of a PEFT-wrapped causal LM (the FSDP2 sharding units)."""
-    inner = peft_model.get_base_model()
-    layers = getattr(getattr(inner, "model", None), "layers", None)
-    if layers is None:
-        raise ValueError(f"cannot find decoder layers in {type(inner).__name__}")
-    return list(layers)
+    """The transformer blocks of a PEFT-wrapped causal LM (the FSDP2 sharding units): the classes the
+    model names in `_no_split_modules`, whatever the family nests them under."""
+    from llmops.modeling.families import decoder_layers as layers_of
+
+    return layers_of(peft_model.get_base_model())
 
 
 def wrap(peft_model: nn.Module, strategy: str, device: torch.device, world: int) -> nn.Module:

@@ -83,7 +83,8 @@ def generate(
     """Greedy continuations of `prompts` (already chat-formatted text), batched with left padding.
 
     Prompts are grouped by length so a batch pads little; results come back in the original order.
-    Generation stops at the tokenizer's end-of-turn (eos) token or after `max_new_tokens`. A one-token
+    Generation stops at the family's end-of-turn token (`stop_token_ids`: eos, the generation config's eos
+    ids, the template's end-of-turn marker) or after `max_new_tokens`. A one-token
     warm-up run first keeps one-time costs out of the timings, so models measured in turn compare fairly.
     """
     import torch
@@ -96,8 +97,10 @@ def generate(
     counts: list[int] = [0] * n
     if n == 0:
         return GenerationResult(texts, latencies, counts, 0.0, batch_size)
-    eos_id = tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    from llmops.modeling.prompts import stop_token_ids
+
+    stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops or [0])[0]
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(n), key=lambda i: len(encoded[i]))
     device = next(model.parameters()).device
@@ -111,7 +114,7 @@ def generate(
             mask[j, width - len(row):] = 1
         out = model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=new_tokens,
-            do_sample=False, pad_token_id=pad_id, eos_token_id=eos_id,
+            do_sample=False, pad_token_id=pad_id, eos_token_id=stops or None,
         )
         return out[:, width:].cpu()
 
@@ -127,7 +130,7 @@ def generate(
             total += elapsed
             for j, i in enumerate(idx):
                 row = new[j].tolist()
-                stop = row.index(eos_id) + 1 if eos_id in row else len(row)
+                stop = next((k + 1 for k, t in enumerate(row) if t in stops), len(row))
                 counts[i] = stop
                 texts[i] = tokenizer.decode(row[:stop], skip_special_tokens=True).strip()
                 latencies[i] = elapsed * 1000.0

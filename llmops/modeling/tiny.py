@@ -62,8 +62,9 @@ FAMILIES: dict[str, dict[str, Any]] = {
 
 
 def build_tiny_model(out_dir: Path, tokenizer_dir: Path, seed: int = 0, hidden: int = 64, layers: int = 2,
-                     family: str = "llama") -> Path:
-    """Write a tiny `family` causal LM (safetensors) and the base tokenizer to `out_dir`; returns `out_dir`."""
+                     family: str = "llama", overrides: dict[str, Any] | None = None) -> Path:
+    """Write a tiny `family` causal LM (safetensors) and the base tokenizer to `out_dir`; returns `out_dir`.
+    `overrides` replace config fields (e.g. a short `sliding_window` to exercise the window)."""
     import torch
     import transformers
     from transformers import AutoTokenizer
@@ -88,6 +89,7 @@ def build_tiny_model(out_dir: Path, tokenizer_dir: Path, seed: int = 0, hidden: 
         "pad_token_id": tokenizer.pad_token_id,
     }
     fields.update(spec["extra"])
+    fields.update(overrides or {})
     config = getattr(transformers, spec["config"])(**fields)
     torch.manual_seed(seed)
     model = getattr(transformers, spec["model"])(config)
