@@ -237,6 +237,17 @@ def argv_sides_default(args: argparse.Namespace) -> bool:
     return args.sides == ",".join(SIDES)
 
 
+def _lora_targets(config, spec) -> list[str]:
+    """`lora.target_modules` as names (`auto` resolved on a weightless copy of the model, as training does)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from llmops.modeling.families import resolve_target_modules
+
+    with torch.device("meta"):
+        return resolve_target_modules(AutoModelForCausalLM.from_config(config), spec)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="measured optimizer steps per side (+1 warm-up)")
@@ -301,7 +312,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     params = settings.params([*args.set, f"train.max_steps={total_steps}", f"train.max_train_examples={n_examples}"])
     examples = examples_all[:n_examples]
     val_records = read_records(args.validation)[: tp.max_val_examples or None]
-    shape = ModelShape.from_config(AutoConfig.from_pretrained(base_dir), params.lora.r, params.lora.target_modules)
+    config = AutoConfig.from_pretrained(base_dir)
+    shape = ModelShape.from_config(config, params.lora.r, _lora_targets(config, params.lora.target_modules))
     # Baselines without packing: `global_batch` micro-batches per step (ours: that many blocks), each of about
     # E / (steps * global_batch) examples, so a step sees about the same examples and tokens as ours.
     accum = global_batch
