@@ -1,6 +1,7 @@
 """Checks that run before a pipeline's DAG starts, so a run that cannot succeed fails in seconds with its cause
 and fix, before any step runs or any MLflow run is opened: params valid, base model resolvable, data dir
-complete, tracking server + model registry + audit store reachable.
+complete, tracking server + model registry + audit store reachable. It also says which precision training,
+evaluation and generation will run in, and why (`train.precision`, llmops.precision), on which host.
 
 MLflow's own HTTP client retries a dead server for minutes (7 retries, 120 s timeouts by default); the probe
 here uses a short timeout, and `bound_mlflow_http` caps MLflow's retries for the steps of the run.
@@ -9,6 +10,7 @@ here uses a short timeout, and `bound_mlflow_http` caps MLflow's retries for the
 from __future__ import annotations
 
 import os
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -43,12 +45,32 @@ def preflight_finetune(settings: Settings, overrides: list[str], data_dir: str) 
         # The steps run in pods: the data dir is a path in their image, the base model and the tracking/audit
         # URIs are what the pods resolve and reach, not this machine (often outside the cluster network).
         # Submitting checks the KFP API itself.
+        _say(f"precision: train.precision={params.train.precision}, chosen by each training worker on its own "
+             "device (recorded as the train.precision tag)")
         return params
-    check_base_model(settings, params)
+    base = check_base_model(settings, params)
     check_data_dir(settings, data_dir)
     check_tracking(settings)
     check_audit_store(settings)
+    report_precision(settings, params, base)
     return params
+
+
+def _say(line: str) -> None:
+    print(f"preflight: {line}", file=sys.stderr, flush=True)  # stderr: --json keeps stdout for its JSON
+
+
+def report_precision(settings: Settings, params: Params, base_model_dir: Path | None):
+    """Choose the precision for this machine's device (the probe runs here once per host, into the state dir's
+    cache the train workers and evaluate read) and say it, with the host, before any step starts."""
+    from llmops import host
+    from llmops.precision import local_device, probe_shape, resolve
+
+    shape = probe_shape(params.train.batch_size, params.train.seq_len, base_model_dir)
+    choice = resolve(params.train.precision, local_device(), settings.state_dir, shape)
+    _say(choice.line())
+    _say(host.host_line(host.describe(settings.state_dir)))
+    return choice
 
 
 def check_base_model(settings: Settings, params: Params) -> Path:

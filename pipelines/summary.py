@@ -1,5 +1,6 @@
 """What a pipeline run did, read back from MLflow (the system of record on both profiles): step states,
-data versions, training throughput, base vs candidate vs champion metrics, the gate verdict, the version."""
+data versions, training throughput, the precision it trained in and why, the host it ran on, base vs candidate
+vs champion metrics, the gate verdict, the version."""
 
 from __future__ import annotations
 
@@ -82,6 +83,7 @@ def summarize(settings: Settings, parent_run_id: str) -> dict[str, Any]:
         m = by_step["train"].data.metrics
         out["train"] = {k: m[k] for k in ("train_loss", "val_loss_before", "val_loss", "steps", "tokens",
                                           "tokens_per_s", "seconds", "peak_rss_mb", "resumed") if k in m}
+    out |= _precision_and_host(settings, by_step)
     if "evaluate" in by_step:
         ev = by_step["evaluate"]
         models: dict[str, dict[str, float]] = {}
@@ -97,4 +99,25 @@ def summarize(settings: Settings, parent_run_id: str) -> dict[str, Any]:
     if "canary_deploy" in by_step:  # the rollout's decision and why (components/canary_deploy)
         ct = by_step["canary_deploy"].data.tags
         out["canary"] = {k.removeprefix("canary."): v for k, v in ct.items() if k.startswith("canary.")}
+    return out
+
+
+def _precision_and_host(settings: Settings, by_step: dict[str, Any]) -> dict[str, Any]:
+    """`precision` (what train ran in, what was asked, why) and `host` (where train ran: CPU, ISA flags, cores,
+    memory bandwidth) from the train step's tags; a run that never trained names this machine instead (local
+    profile only: on a cluster the steps ran elsewhere)."""
+    tags = by_step["train"].data.tags if "train" in by_step else {}
+    out: dict[str, Any] = {}
+    if "train.precision" in tags:
+        out["precision"] = {"precision": tags["train.precision"], "requested": tags.get("train.precision.requested"),
+                            "reason": tags.get("train.precision.reason"), "source": "train step"}
+    if "host.cpu" in tags:
+        out["host"] = {k.removeprefix("host."): v for k, v in tags.items() if k.startswith("host.")}
+        out["host"]["source"] = "train step (rank 0)"
+    elif settings.profile == "local":
+        from llmops import host
+
+        fp = host.describe(settings.state_dir)
+        out["host"] = {**{k.removeprefix("host."): v for k, v in host.lineage_tags(fp).items()},
+                       "source": "this machine (train did not run)"}
     return out

@@ -179,6 +179,13 @@ def _print_summary(s: dict[str, Any]) -> None:
         say(f"data sources: {s['data_sources']}")
     if s.get("train"):
         say("train: " + "  ".join(f"{k}={v:.4g}" for k, v in s["train"].items()))
+    if s.get("precision"):
+        say(f"precision: {s['precision']['precision']} (train.precision={s['precision'].get('requested')}): "
+            f"{s['precision'].get('reason')}")
+    if s.get("host"):
+        h = s["host"]
+        say(f"host: {h.get('cpu')}, {h.get('cores')} cores, {h.get('isa')}, mem copy {h.get('mem_bw_1t_gbs', '?')} "
+            f"GB/s 1 thread / {h.get('mem_bw_all_gbs', '?')} all ({h.get('source')})")
     if s.get("eval"):
         table = Table(title="evaluation (same test data for every model)")
         models = list(s["eval"])

@@ -114,3 +114,39 @@ def test_preflight_bounds_mlflow_http_retries(settings: Settings, monkeypatch: p
 
     assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() <= 3 and MLFLOW_HTTP_REQUEST_TIMEOUT.get() <= 60
     assert MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get() == 3  # the user's own setting is kept
+
+
+def test_preflight_says_the_precision_and_the_host(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    """The choice and why, with the host, on stderr (stdout stays --json's); the probe's result is cached per
+    host in the state dir for the train workers and evaluate."""
+    from llmops import host
+    from pipelines.preflight import preflight_finetune
+
+    preflight_finetune(settings, [], "data/splits")
+    err = capsys.readouterr().err
+    assert "preflight: precision " in err and "(train.precision=auto): " in err
+    assert f"preflight: host: {host.cpu_model()}" in err and "GB/s" in err
+    cache = host.cache_path(settings.state_dir, host.fingerprint())
+    if host.native_bf16(host.cpu_flags()):
+        assert "precision_probe:" in cache.read_text()  # native flag: the probe decided
+    else:
+        assert "precision fp32" in err and "no native bf16" in err
+    preflight_finetune(settings, ["train.precision=fp16"], "data/splits")
+    assert "precision fp16 + gradient scaler on cpu (train.precision=fp16): set explicitly" in capsys.readouterr().err
+
+
+def test_auto_precision_on_a_cpu_capped_to_avx2_picks_fp32(tmp_path: Path) -> None:
+    """For real: oneDNN/ATen capped to AVX2 emulate bf16 even where the CPU flags say avx512_bf16; the probe
+    must see it slow and auto must keep fp32 (the AVX2-only hosts many users have)."""
+    code = ("import json, sys; from llmops.precision import resolve; "
+            "print(json.dumps(resolve('auto', 'cpu', __import__('pathlib').Path(sys.argv[1])).to_dict()))")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    choice = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert choice["precision"] == "fp32", choice
+    if choice["probe"]:  # a CPU with the avx512_bf16 flag: the probe measured bf16 slower
+        assert choice["probe"]["bf16_gflops"] < choice["probe"]["fp32_gflops"], choice
