@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import json
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterable, Sequence
@@ -379,6 +380,27 @@ def open_store(uri: str) -> LogStore:
     return stores[backend](uri)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _text(value: Any, limit: int | None = None) -> str | None:
+    """Text a database accepts: a lone surrogate (valid in JSON, unencodable in UTF-8) becomes U+FFFD and a
+    bounded column is cut to its length, so one client's odd value never fails the commit of the whole batch
+    it shares with other requests."""
+    if value is None:
+        return None
+    value = str(value)[:limit]
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", value)
+
+
+def _json(value: Any) -> str:
+    return _text(json.dumps(value, ensure_ascii=False, default=str)) or "null"
+
+
 def rows_from(records: Iterable[Any]) -> list[dict[str, Any]]:
     """Plain column dicts from `serving.records.RequestRecord`s (duck-typed: this module imports no server)."""
     out = []
@@ -387,15 +409,17 @@ def rows_from(records: Iterable[Any]) -> list[dict[str, Any]]:
         mean_logprob = extra.pop("mean_logprob", None)
         key_id = extra.pop("key_id", None)
         out.append({
-            "request_id": r.request_id, "time": r.time or (time.time() - r.latency_s), "model": r.model or "",
-            "model_version": r.model_version, "route": r.route,
-            "prompt": json.dumps(r.prompt, ensure_ascii=False, default=str), "response": r.response or "",
+            "request_id": r.request_id, "time": r.time or (time.time() - r.latency_s),
+            "model": _text(r.model, 256) or "", "model_version": _text(r.model_version, 64),
+            "route": _text(r.route, 64),
+            "prompt": _json(r.prompt), "response": _text(r.response) or "",
             "prompt_tokens": int(r.prompt_tokens), "completion_tokens": int(r.completion_tokens),
             "latency_s": float(r.latency_s), "ttft_s": r.ttft_s, "status": int(r.status),
-            "finish_reason": r.finish_reason, "error": r.error, "session": getattr(r, "session", None),
-            "side": getattr(r, "side", None),
+            "finish_reason": _text(r.finish_reason, 32), "error": _text(r.error),
+            "session": _text(getattr(r, "session", None), 256),
+            "side": _text(getattr(r, "side", None), 16),
             "mean_logprob": None if mean_logprob is None else float(mean_logprob),
-            "extra": json.dumps(extra, ensure_ascii=False, default=str),
+            "extra": _json(extra),
             "key_id": None if key_id is None else str(key_id)[:32],
         })
     return out

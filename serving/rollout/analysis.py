@@ -7,6 +7,9 @@ Rules (Argo/Flagger semantics, plus LLM quality):
 - Quality (golden-set ROUGE-L, embedding similarity, optional judge) is judged as soon as the probe is
   scored, independent of traffic: a broken candidate is caught even before enough live requests arrive.
 - The step's verdict: any `fail` -> fail; else any `inconclusive` -> inconclusive; else pass.
+- What a window holds is decided where it is measured (serving/router/metrics.py, prometheus.py): only
+  authenticated traffic; a side's 5xx, 429, timeouts and broken streams are its errors; client-caused 4xx are
+  neither requests, errors nor latency samples -- so no client can dilute or inflate a side's numbers cheaply.
 """
 
 from __future__ import annotations

@@ -112,7 +112,9 @@ class LoadGenerator:
         rng = random.Random(self.params.seed)
         in_flight: set[asyncio.Task] = set()
         limits = httpx.Limits(max_connections=self.params.max_in_flight + 4)
-        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits) as client:
+        from serving.rollout.quality import auth_headers
+
+        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits, headers=auth_headers()) as client:
             loop = asyncio.get_running_loop()
             next_at = loop.time()
             while not self._stop.is_set():
@@ -129,3 +131,58 @@ class LoadGenerator:
                 task.add_done_callback(in_flight.discard)
             if in_flight:  # let open requests finish, so every one sent is counted
                 await asyncio.wait(in_flight, timeout=self.timeout_s)
+
+
+def measure_capacity(url: str, prompts: list[str], *, max_tokens: int, seconds: float, concurrency: int,
+                     timeout_s: float = 120) -> dict[str, Any]:
+    """The server's sustainable rate at `url`: `concurrency` closed-loop clients send chat requests of
+    `max_tokens` (the load generator's size, not streamed so the usage counts tokens) for `seconds`, after one
+    warm-up request. Returns requests/s and completion tokens/s over the whole measurement, with the counts."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.rollout.quality import served_model
+
+    if not prompts:
+        raise RolloutError("calibration has no prompts", "check engine.prompts in params.yaml")
+    base = url.rstrip("/").removesuffix("/v1")
+    with httpx.Client(timeout=timeout_s) as client:
+        try:
+            model = served_model(client, base)
+        except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
+            raise RolloutError(f"cannot calibrate on {base}: /v1/models failed ({exc})",
+                               "check that the stable server is up, or give canary.loadgen.rate and "
+                               "canary.quality.golden_size as numbers") from None
+
+        def one(prompt: str) -> int | None:
+            body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+                    "temperature": 0}
+            try:
+                resp = client.post(f"{base}/v1/chat/completions", json=body)
+            except httpx.HTTPError:
+                return None
+            if resp.status_code != 200:
+                return None
+            return int((resp.json().get("usage") or {}).get("completion_tokens") or 0)
+
+        one(prompts[0])  # warm-up: first-request costs are not the server's rate
+        t0 = time.perf_counter()
+        deadline = t0 + seconds
+
+        def worker(i: int) -> list[int | None]:
+            out, n = [], i
+            while time.perf_counter() < deadline:
+                out.append(one(prompts[n % len(prompts)]))
+                n += concurrency
+            return out
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            results = [r for rs in pool.map(worker, range(concurrency)) for r in rs]
+        elapsed = time.perf_counter() - t0
+    ok = [r for r in results if r is not None]
+    if not ok:
+        raise RolloutError(f"the server at {base} answered none of {len(results)} calibration requests",
+                           "check its log; or give canary.loadgen.rate and canary.quality.golden_size as numbers")
+    return {"url": base, "seconds": round(elapsed, 2), "concurrency": concurrency, "requests": len(results),
+            "failed": len(results) - len(ok), "requests_per_s": len(ok) / elapsed,
+            "tokens_per_s": sum(ok) / elapsed, "max_tokens": max_tokens}

@@ -5,8 +5,11 @@ the ServiceMonitor in infra/k8s/base/monitoring.yaml labels every series with `i
 (Knative's `serving.knative.dev/revision`), so the stable and the canary revision of one InferenceService
 are told apart by one label, over the same [since, until) window:
 
-- requests / errors: `increase()` of `llmops_requests_total` on the generation routes (errors: 5xx), the
-  router's definition too. Prometheus extrapolates `increase()` to the window's edges, so counts are
+- requests / errors: `increase()` of `llmops_requests_total` on the generation routes, the router's
+  definition too (serving/router/metrics.py): errors are 5xx plus 429 and 408 (the side shed load or timed
+  out: a fast "success" otherwise); client-caused 4xx (401 unauthenticated, 400 bad input, 413, 499) count
+  neither as requests nor as errors, so cheap client failures cannot dilute or inflate a side's error rate.
+  Prometheus extrapolates `increase()` to the window's edges, so counts are
   estimates (rounded), good to about one scrape interval's worth of traffic.
 - p95 latency and TTFT: `histogram_quantile(0.95, ...)` over the `increase()` of the histogram buckets.
 
@@ -34,6 +37,9 @@ TTFT_BUCKET = "llmops_time_to_first_token_seconds_bucket"
 # Routes that generate (serving/server.py ROUTES): /v1/models, probes and /metrics are not traffic.
 GENERATION_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 QUANTILE = 0.95
+# Statuses that are the side's own failures; every other 4xx is the client's and stays out of the analysis.
+SIDE_ERRORS = "5..|429|408"
+ANALYSED = "[123]..|" + SIDE_ERRORS
 
 
 def _quote(value: str) -> str:
@@ -58,8 +64,8 @@ def side_queries(labels: dict[str, str], window_s: float) -> dict[str, str]:
     gen = f"{sel},route=~{_quote(routes)}" if sel else f"route=~{_quote(routes)}"
     rng = duration(window_s)
     return {
-        "requests": f"sum(increase({REQUESTS}{{{gen}}}[{rng}]))",
-        "errors": f'sum(increase({REQUESTS}{{{gen},status=~"5.."}}[{rng}]))',
+        "requests": f"sum(increase({REQUESTS}{{{gen},status=~{_quote(ANALYSED)}}}[{rng}]))",
+        "errors": f"sum(increase({REQUESTS}{{{gen},status=~{_quote(SIDE_ERRORS)}}}[{rng}]))",
         "latency_p95_s": f"histogram_quantile({QUANTILE}, sum by (le) (increase({LATENCY_BUCKET}{{{gen}}}[{rng}])))",
         "ttft_p95_s": f"histogram_quantile({QUANTILE}, sum by (le) (increase({TTFT_BUCKET}{{{sel}}}[{rng}])))",
     }

@@ -110,6 +110,15 @@ def _base(url: str) -> str:
     return url.rstrip("/").removesuffix("/v1")
 
 
+def auth_headers() -> dict[str, str]:
+    """The servers' API key as a bearer header (LLMOPS_API_KEY_FILE or LLMOPS_API_KEY, read as `llmops serve`
+    reads it): the probe and the load generator are clients like any other, and a keyed server answers 401."""
+    from serving.http.auth import read_api_key
+
+    key = read_api_key()
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def served_model(client: httpx.Client, base_url: str) -> str:
     data = client.get(f"{_base(base_url)}/v1/models").raise_for_status().json()
     return data["data"][0]["id"]
@@ -174,7 +183,7 @@ def probe(endpoints: tuple[str, str], golden: list[dict[str, str]], q: CanaryQua
     from llmops.modeling.text_metrics import embedding_similarity, rouge_l_f1
 
     stable_url, canary_url = endpoints
-    with httpx.Client(timeout=timeout_s) as client:
+    with httpx.Client(timeout=timeout_s, headers=auth_headers()) as client:
         models = (served_model(client, stable_url), served_model(client, canary_url))
         jobs = [(side, url, model, rec) for rec in golden
                 for side, url, model in (("stable", stable_url, models[0]), ("canary", canary_url, models[1]))]

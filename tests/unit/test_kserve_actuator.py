@@ -273,8 +273,10 @@ def test_promql_strings_and_response_parsing():
     q = side_queries({"isvc": "llmops-server", "namespace": "llmops", "revision": REV2}, 30.25)
     sel = f'isvc="llmops-server",namespace="llmops",revision="{REV2}"'
     routes = 'route=~"/v1/chat/completions|/v1/completions|/v1/responses"'
-    assert q["requests"] == f"sum(increase(llmops_requests_total{{{sel},{routes}}}[30250ms]))"
-    assert q["errors"] == f'sum(increase(llmops_requests_total{{{sel},{routes},status=~"5.."}}[30250ms]))'
+    # client-caused 4xx (401, 400, 413, 499) are neither requests nor errors; 429 and 408 are the side's errors
+    assert q["requests"] == (f'sum(increase(llmops_requests_total{{{sel},{routes},status=~"[123]..|5..|429|408"}}'
+                             "[30250ms]))")
+    assert q["errors"] == f'sum(increase(llmops_requests_total{{{sel},{routes},status=~"5..|429|408"}}[30250ms]))'
     assert q["latency_p95_s"] == ("histogram_quantile(0.95, sum by (le) (increase("
                                   f"llmops_request_latency_seconds_bucket{{{sel},{routes}}}[30250ms])))")
     assert q["ttft_p95_s"] == ("histogram_quantile(0.95, sum by (le) (increase("
