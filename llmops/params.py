@@ -349,6 +349,16 @@ class ServeParams(_Section):
     request_timeout_s: float
     threads: int
     gpu_fuse: bool = True
+    auto_rank_by: str = "batch1_tokens_per_s"  # the short-benchmark figure `--engine auto` ranks built engines by
+
+    @model_validator(mode="after")
+    def _rank_by_is_a_benchmark_figure(self) -> ServeParams:
+        import re
+
+        if not re.fullmatch(r"batch\d+_tokens_per_s", self.auto_rank_by):
+            raise ValueError(f"serve.auto_rank_by {self.auto_rank_by!r} is not a short-benchmark figure: use "
+                             "batchN_tokens_per_s for a batch size N in engine.benchmark.batch_sizes")
+        return self
 
 
 class RouterParams(_Section):
@@ -392,6 +402,8 @@ class QuantizedParams(_Section):
     new_tokens: int  # greedy tokens per answer for ROUGE-L (and the agreement rate)
     max_perplexity_increase: float  # relative: engine answer perplexity / eager's - 1
     max_rouge_l_drop: float  # absolute: eager ROUGE-L F1 - engine's
+    # 7-bit weights: auto = only on x86 without VNNI (serving/engines/int8.py settings_for); true/false forces it
+    reduce_range: bool | Literal["auto"] = "auto"
 
 
 class EngineParams(_Section):

@@ -26,7 +26,7 @@ from llmops.settings import Settings
 MANIFEST = "manifest.json"
 # bump when the graph a runtime runs changes (serving/engines/gqa_graph.py, decoder_graph.py)
 GRAPH_VERSIONS = {"onnxruntime": "llmops-gqa-graph/1", "openvino": "llmops-decoder-graph/1"}
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+CHECKS_FILE = "checks.json"  # equivalence + benchmark of a full-precision engine (compile_engine), beside the manifest
 
 
 def _runtimes() -> dict[str, tuple[type, Callable[[], str]]]:
@@ -61,24 +61,24 @@ def short_hash(payload: Any, n: int = 16) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags (llmops.host: the one parser)."""
+    from llmops import host
+
+    return host.cpu_flags(cpuinfo)
+
+
 def cpu_hardware(cpuinfo: str | None = None) -> str:
-    """`cpu-<arch>-<ISA flags that change kernels>`, e.g. cpu-x86_64-avx2+avx512f+avx512_bf16."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    flags: set[str] = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    present = [f for f in ISA_FLAGS if f in flags]
-    return f"cpu-{platform.machine() or 'unknown'}-" + ("+".join(present) or "baseline")
+    """`cpu-<arch>-<ISA flags that change kernels>`, e.g. cpu-x86_64-avx2+avx512f+avx512_bf16 (llmops.host)."""
+    from llmops import host
+
+    return host.cpu_hardware(cpuinfo)
 
 
-def cpu_build_config(runtime: str, dtype: str = "float32") -> dict[str, Any]:
-    """What decides the bytes of a CPU engine (besides weights, runtime version and hardware)."""
+def cpu_build_config(runtime: str, dtype: str = "float32", quantization: dict[str, Any] | None = None
+                     ) -> dict[str, Any]:
+    """What decides the bytes of a CPU engine (besides weights, runtime version and hardware); a quantised
+    dtype records its settings (`quantization`, default: int8.settings_for this CPU)."""
     from serving.engines.decoder_graph import OPSET
 
     config = {"runtime": runtime, "graph": GRAPH_VERSIONS[runtime], "opset": OPSET, "dtype": dtype}
@@ -87,7 +87,7 @@ def cpu_build_config(runtime: str, dtype: str = "float32") -> dict[str, Any]:
 
         if runtime != int8.RUNTIME:
             raise LlmopsError(f"no {dtype} engine for {runtime}", f"build {dtype} with {int8.RUNTIME}")
-        config["quantization"] = int8.CONFIG
+        config["quantization"] = quantization or int8.settings_for(cpu_flags(), platform.machine())
     return config
 
 
@@ -116,9 +116,11 @@ def list_engines(settings: Settings, weights: str | None = None) -> list[dict[st
 
 
 def build_cpu_engine(settings: Settings, model_dir: Path, runtime: str,
-                     progress: Callable[[str], None] | None = None, dtype: str = "float32") -> dict[str, Any]:
+                     progress: Callable[[str], None] | None = None, dtype: str = "float32",
+                     reduce_range: bool | str = "auto") -> dict[str, Any]:
     """Build (or find in the cache) the CPU engine for `model_dir` on `runtime` (`dtype` int8: weights
-    quantised, see serving/engines/int8.py); returns its manifest plus `cache_hit` and `engine_dir`."""
+    quantised with the settings for this CPU, see serving/engines/int8.py `settings_for`; `reduce_range`
+    overrides its choice); returns its manifest plus `cache_hit` and `engine_dir`."""
     from llmops.modeling.hashing import weights_digest
     from serving.engines.decoder_graph import check_supported
 
@@ -129,7 +131,12 @@ def build_cpu_engine(settings: Settings, model_dir: Path, runtime: str,
     check_supported(model_dir)
     weights = weights_digest(model_dir)
     hardware = cpu_hardware()
-    config = cpu_build_config(runtime, dtype)
+    quantization = None
+    if dtype != "float32":
+        from serving.engines import int8
+
+        quantization = int8.settings_for(cpu_flags(), platform.machine(), reduce_range)
+    config = cpu_build_config(runtime, dtype, quantization)
     config_hash = short_hash(config)
     key = cache_key(weights, runtime, version, hardware, config_hash)
     name = engine_name(runtime, dtype)
@@ -149,7 +156,7 @@ def build_cpu_engine(settings: Settings, model_dir: Path, runtime: str,
             from serving.engines import int8
 
             graph = _exporter(runtime)(model_dir, staging / "float32")
-            graph |= int8.quantize(staging / "float32", staging)
+            graph |= int8.quantize(staging / "float32", staging, settings=config["quantization"])
             shutil.rmtree(staging / "float32")
         manifest = {
             "name": f"{name}-{key}", "engine_name": name, "kind": "cpu", "runtime": runtime, "runtime_version": version,
@@ -186,6 +193,57 @@ def load_engine(manifest: dict[str, Any], model_dir: Path | None = None, *, max_
                           f"installed is {installed}", "rebuild it: llmops engine build MODEL")
     return runtimes[runtime][0](Path(manifest["engine_dir"]), Path(model_dir or manifest["model_dir"]),
                                 manifest=manifest, max_slots=max_slots, max_len=max_len, threads=threads)
+
+
+# -- measured speed: what `--engine auto` ranks built engines by ---------------------------------------
+
+def host_summary() -> dict[str, Any]:
+    """The machine a timing came from: CPU model, ISA flags that change kernels, usable cores (llmops.host)."""
+    from llmops import host
+
+    fp = host.fingerprint()
+    return {"cpu": fp["cpu"], "hardware": cpu_hardware(), "isa": host.isa_tag(fp), "cores": fp["cores"]}
+
+
+def record_benchmark(engine_dir: Path, figures: dict[str, float], *, passed: str) -> dict[str, Any]:
+    """Store the short benchmark in the engine's manifest (atomic replace) with the host it ran on and the check
+    the engine passed (`equivalence`, `quality gate`), so a server ranks the built engines by speed here."""
+    path = Path(engine_dir) / MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["benchmark"] = {"figures": dict(figures), "host": host_summary(), "passed": passed,
+                             "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    tmp = path.with_name(MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(path)
+    return manifest["benchmark"]
+
+
+def recorded_benchmark(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The short benchmark of a stored engine: the manifest's, else the figures an older build kept beside it
+    (checks.json, quality.json; host not recorded then); None when it was never measured."""
+    bench = manifest.get("benchmark")
+    if isinstance(bench, dict) and bench.get("figures"):
+        return bench
+    for name in (CHECKS_FILE, "quality.json"):
+        path = Path(manifest.get("engine_dir") or ".") / name
+        try:
+            figures = json.loads(path.read_text()).get("benchmark") if path.is_file() else None
+        except (OSError, ValueError):
+            figures = None
+        if figures:
+            return {"figures": figures, "host": None, "source": name}
+    return None
+
+
+def measured_here(bench: dict[str, Any] | None, host: dict[str, Any] | None = None) -> bool:
+    """Whether a recorded benchmark was taken on this host (same CPU model and cores; an older record without
+    a host counts, since the store is keyed by this CPU's ISA flags and lives on this machine)."""
+    if not bench:
+        return False
+    if not bench.get("host"):
+        return True
+    here = host or host_summary()
+    return all(bench["host"].get(k) == here.get(k) for k in ("cpu", "cores"))
 
 
 # -- equivalence and benchmark -------------------------------------------------------------------------

@@ -28,8 +28,6 @@ from llmops.errors import ModelError
 from llmops.params import Params
 from llmops.settings import Settings
 
-CHECKS_FILE = "checks.json"  # equivalence + benchmark of a built engine, reused on a cache hit
-
 
 def version_model_dir(settings: Settings, name: str, version: str) -> Path:
     """Local merged checkpoint (weights + config + tokenizer) of a registered version, downloaded once and keyed
@@ -50,12 +48,14 @@ def _cpu_engine(settings: Settings, params: Params, model_dir: Path) -> dict[str
     manifest = engine_store.build_cpu_engine(
         settings, model_dir, cfg.cpu_runtime,
         progress=lambda m: print(f"[compile_engine] {m}", file=sys.stderr, flush=True))  # stdout: --json
-    checks_path = Path(manifest["engine_dir"]) / CHECKS_FILE
+    checks_path = Path(manifest["engine_dir"]) / engine_store.CHECKS_FILE
     wanted = {"equivalence": cfg.equivalence.model_dump(), "benchmark": cfg.benchmark.model_dump(),
               "prompts": cfg.prompts}
     if manifest["cache_hit"] and checks_path.is_file():
         checks = json.loads(checks_path.read_text())
         if checks.get("config") == wanted:
+            if not (manifest.get("benchmark") or {}).get("figures"):  # built before the manifest kept it
+                engine_store.record_benchmark(manifest["engine_dir"], checks["benchmark"], passed="equivalence")
             return manifest | {"equivalence": checks["equivalence"], "benchmark": checks["benchmark"],
                                "checks_reused": True}
     slots = max([*cfg.benchmark.batch_sizes, cfg.equivalence.prompts or len(cfg.prompts), 1])
@@ -76,6 +76,8 @@ def _cpu_engine(settings: Settings, params: Params, model_dir: Path) -> dict[str
     benchmark["eager_batch1_tokens_per_s"] = round(equivalence["eager_batch1_tokens_per_s"], 2)
     checks_path.write_text(json.dumps({"config": wanted, "equivalence": equivalence, "benchmark": benchmark},
                                       indent=2))
+    # in the manifest, with the host: what `--engine auto` ranks the built engines by on this machine
+    engine_store.record_benchmark(manifest["engine_dir"], benchmark, passed="equivalence")
     return manifest | {"equivalence": equivalence, "benchmark": benchmark, "checks_reused": False}
 
 
@@ -90,7 +92,7 @@ def _cpu_int8_engine(settings: Settings, params: Params, model_dir: Path) -> dic
 
     cfg = params.engine
     manifest = engine_store.build_cpu_engine(
-        settings, model_dir, int8.RUNTIME, dtype=int8.DTYPE,
+        settings, model_dir, int8.RUNTIME, dtype=int8.DTYPE, reduce_range=cfg.quantized.reduce_range,
         progress=lambda m: print(f"[compile_engine] {m}", file=sys.stderr, flush=True))
     gate_path = Path(manifest["engine_dir"]) / int8.QUALITY_FILE
     wanted = {"quantized": cfg.quantized.model_dump(), "benchmark": cfg.benchmark.model_dump(),
@@ -112,7 +114,11 @@ def _cpu_int8_engine(settings: Settings, params: Params, model_dir: Path) -> dic
         reason = (f"{manifest['engine_name']} engine breached its quality tolerance ({'; '.join(gate['breaches'])}); "
                   "kept out of serving")
         return {"kind": "cpu-int8", "skipped": True, "rejected": True, "reason": reason,
-                "record": f"engine=cpu-int8 rejected: {reason}", "quality": quality}
+                "record": f"engine=cpu-int8 rejected: {reason}", "quality": quality,
+                "quantization": manifest["build_config"].get("quantization")}
+    recorded = manifest.get("benchmark") or {}
+    if recorded.get("figures") != gate["benchmark"]:  # passed: its speed here ranks it for `--engine auto`
+        engine_store.record_benchmark(manifest["engine_dir"], gate["benchmark"], passed="quality gate")
     return manifest | {"quality": quality, "benchmark": gate["benchmark"]}
 
 
@@ -159,6 +165,9 @@ def version_tags(results: dict[str, dict[str, Any]], artifact_uris: dict[str, st
                 tags[f"{p}.quality.{key}"] = f"{quality[key]:.4g}"
             tags[f"{p}.quality.agreement.identical_rate"] = f"{quality['agreement']['identical_rate']:.4g}"
             tags[f"{p}.quality.passed"] = str(bool(quality["passed"])).lower()
+        quant = r.get("quantization") or (r.get("build_config") or {}).get("quantization")
+        if quant:  # the per-host settings it was quantised with (serving/engines/int8.py settings_for)
+            tags[f"{p}.quantization.reduce_range"] = str(bool(quant.get("reduce_range"))).lower()
         if r.get("skipped"):
             tags[p] = f"{'rejected' if r.get('rejected') else 'skipped'}: {r['reason']}"
             if r.get("equivalence"):

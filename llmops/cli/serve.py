@@ -78,6 +78,8 @@ def serve(
     which = info.get("engine") or info.get("name") or info.get("kind")  # the built engine, e.g. onnxruntime-int8-…
     console.print(f"serving {resolved.label} with engine {which} on http://{host}:{port}/v1 ({auth}); "
                   f"/ready turns 200 after warmup")
+    if (selection := getattr(eng, "selection", None)) is not None:  # which engine and why (also on /ready)
+        console.print(f"engine choice: {selection.reason}")
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
     finally:

@@ -3,7 +3,9 @@
 An engine is available for a checkpoint only when `llmops engine build` (or the compile_engine step) has
 built one for exactly these weights, this runtime version and this CPU; the probe says so otherwise. An int8
 engine is offered only once its quality gate (serving/quality_gate.py) passed within params.yaml tolerances.
-Priorities follow the measurement in benchmarks/README.md (ONNX Runtime fastest here, then OpenVINO).
+All built CPU engines are one class for `--engine auto`: it ranks them by the short benchmark the build
+recorded on this host (engine_store.record_benchmark). PREFERENCE only orders engines built before that was
+recorded; it follows benchmarks/README.md as measured on one AVX-512 host (int8, then fp32, then OpenVINO).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Any
 
 from serving.engines import register_engine
 
-# int8 first: measured fastest (benchmarks/README.md), and offered only after passing its quality gate
-PRIORITY = {"onnxruntime-int8": 25, "onnxruntime": 20, "openvino": 15}
+CPU_CLASS = 20  # built CPU engines: above eager (0), below a GPU engine (cuda-graph, 40)
+# Fallback order for engines with no benchmark recorded on this host (benchmarks/README.md, AVX-512 host)
+PREFERENCE = {"onnxruntime-int8": 3, "onnxruntime": 2, "openvino": 1}
 
 
 @functools.lru_cache(maxsize=8)
@@ -69,6 +72,17 @@ def _probe(name: str):
     return probe
 
 
+def _speed(name: str):
+    def speed(model_dir: Path) -> dict[str, Any] | None:
+        from serving import engine_store
+
+        manifest = find_built(model_dir, name)
+        bench = engine_store.recorded_benchmark(manifest) if manifest else None
+        return bench if engine_store.measured_here(bench) else None
+
+    return speed
+
+
 def _factory(name: str):
     def factory(model_dir: Path, params):
         from llmops.errors import LlmopsError
@@ -85,5 +99,6 @@ def _factory(name: str):
     return factory
 
 
-for _name, _priority in PRIORITY.items():
-    register_engine(_name, _factory(_name), priority=_priority, probe=_probe(_name))
+for _name, _preference in PREFERENCE.items():
+    register_engine(_name, _factory(_name), priority=CPU_CLASS, probe=_probe(_name), speed=_speed(_name),
+                    preference=_preference)

@@ -24,25 +24,52 @@ DTYPE = "int8"
 CONFIG = {"method": "onnxruntime.quantize_dynamic", "weight_type": "QInt8", "per_channel": True,
           "op_types": ["MatMul"], "keep_float": ["down", "qkv"]}
 QUALITY_FILE = "quality.json"  # the gate's result, written beside the manifest
+# x86 int8 dot products without saturation: VNNI (vpdpbusd) accumulates u8*s8 pairs straight into int32.
+# Without it MLAS's u8s8 kernel sums pairs with vpmaddubsw into int16, which saturates for 8-bit weights
+# (255*127*2 > 32767); ONNX Runtime's guidance for such CPUs is `reduce_range` (7-bit weights: 255*64*2 fits).
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+X86 = ("x86_64", "amd64", "i386", "i686")
 
 
-def quantize(src_dir: Path, out_dir: Path, graph_file: str = "decoder.onnx") -> dict[str, Any]:
-    """Write `out_dir/graph_file` with int8 MatMul weights from the fp32 graph in `src_dir`."""
+def settings_for(flags: set[str] | frozenset[str], machine: str, reduce_range: bool | str = "auto") -> dict[str, Any]:
+    """The quantisation settings for a CPU with these ISA `flags` (CONFIG plus `reduce_range`): 7-bit weights
+    on x86 without VNNI, full 8-bit elsewhere; `reduce_range` True/False overrides (params.yaml
+    engine.quantized.reduce_range). The choice and its cause are recorded in the engine's build config."""
+    x86 = machine.lower() in X86
+    vnni = sorted(set(flags) & set(VNNI_FLAGS))
+    if reduce_range != "auto":
+        rr = bool(reduce_range)
+        why = f"set by params.yaml engine.quantized.reduce_range: {str(rr).lower()}"
+    elif not x86:
+        rr, why = False, f"{machine}: no x86 u8s8 saturation (int8 dot products accumulate in int32)"
+    elif vnni:
+        rr, why = False, f"VNNI ({'+'.join(vnni)}): u8s8 products accumulate in int32 without saturation"
+    else:
+        rr, why = True, "x86 without VNNI: u8s8 pairs sum in int16 (vpmaddubsw) and saturate; 7-bit weights fit"
+    return CONFIG | {"reduce_range": rr, "reduce_range_why": why}
+
+
+def quantize(src_dir: Path, out_dir: Path, graph_file: str = "decoder.onnx",
+             settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write `out_dir/graph_file` with int8 MatMul weights from the fp32 graph in `src_dir`, quantised with
+    `settings` (`settings_for` this host; CONFIG with full 8-bit weights when None)."""
     import logging
 
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    settings = settings or CONFIG
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     graph = onnx.load(str(src_dir / graph_file), load_external_data=False).graph
-    keep = tuple(f"{name}." for name in CONFIG["keep_float"])  # weight initializers are named `<proj>.<layer>`
+    keep = tuple(f"{name}." for name in settings["keep_float"])  # weight initializers are named `<proj>.<layer>`
     exclude = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1].startswith(keep)]
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # its "consider pre-processing" advice is for static/QDQ flows
     try:
         quantize_dynamic(str(src_dir / graph_file), str(out_dir / graph_file), weight_type=QuantType.QInt8,
-                         per_channel=CONFIG["per_channel"], op_types_to_quantize=CONFIG["op_types"],
+                         per_channel=settings["per_channel"], op_types_to_quantize=settings["op_types"],
+                         reduce_range=bool(settings.get("reduce_range", False)),
                          use_external_data_format=True, nodes_to_exclude=exclude,
                          # GroupQueryAttention is a contrib op ONNX shape inference cannot type: its
                          # outputs are fp32 like everything it feeds
