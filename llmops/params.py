@@ -140,6 +140,19 @@ class EvalParams(_Section):
     gate: GateParams
 
 
+class DriftEffectParams(_Section):
+    """Effect sizes a Holm-significant detector must reach for `drift` (below them: `watch`); calibrated on
+    paraphrased in-domain windows vs shifted ones (monitoring/drift/calibration.py, benchmarks/README.md)."""
+
+    prompt_mmd2: float = 0.06  # MMD^2 of prompt embeddings (paraphrased in-domain ~0.02, shifts >= 0.12)
+    prompt_novel_share: float = 0.25  # window share of prompts with no near reference prompt, above the ref's own
+    length_psi: float = 0.25  # PSI "major change" band (lengths are watch-only: they move with phrasing)
+    logprob_shift: float = 0.5  # |window - reference| mean token log-probability, nats per token
+    refusal_rate_diff: float = 0.05  # window rate minus the reference rate
+    error_rate_diff: float = 0.05
+    negative_feedback_diff: float = 0.10
+
+
 class DriftParams(_Section):
     """Drift monitors (monitoring/drift): one family-wise false-alarm rate `alpha` shared by all detectors (Holm)."""
 
@@ -156,6 +169,12 @@ class DriftParams(_Section):
     refusal_rate_floor: float = 0.01
     embed_batch_size: int = 64
     seed: int = 0
+    effect: DriftEffectParams = DriftEffectParams()  # practical significance: what makes a window `drift`
+    watch_only: list[str] = ["prompt_length", "response_length", "error_rate"]  # never above `watch`
+    novel_similarity: float = 0.5  # a prompt whose nearest reference prompt is less cosine-similar is "new"
+    cluster_min_share: float = 0.03  # the report's new-prompt clusters: at least this share of the window
+    max_clusters: int = 6
+    cluster_examples: int = 3
 
 
 class AlertParams(_Section):
@@ -185,6 +204,9 @@ class TriggerParams(_Section):
 
     cooldown_s: int = 21600
     command: list[str] = ["llmops", "run", "retrain"]  # + --reason TEXT --drift-report PATH
+    persist_windows: int = 2  # consecutive `drift` windows (per reference) before a drift counts
+    min_new_data_coverage: float = 0.2  # share of the drifted window's new prompts the new data must cover
+    label_sample: int = 50  # drifted prompts queued for labelling when there is nothing new to learn
 
 
 class InferenceLogParams(_Section):
