@@ -274,7 +274,7 @@ class CanaryAnalysisParams(_Section):
 
 class CanaryQualityParams(_Section):
     golden_source: str  # "champion" or a JSONL path
-    golden_size: int
+    golden_size: int | Literal["auto"]  # auto: as many as the calibrated stable server answers in the probe budget
     seed: int
     max_tokens: int
     concurrency: int
@@ -284,12 +284,28 @@ class CanaryQualityParams(_Section):
 
 
 class LoadgenParams(_Section):
-    rate: float
+    rate: float | Literal["auto"]  # auto: from the calibration on the stable server (canary.calibration)
     source: str  # "heldout" or a JSONL path
     max_tokens: int
     max_in_flight: int
     stream: bool
     seed: int
+
+
+class CanaryCalibrationParams(_Section):
+    """Bounds and targets for the values a rollout derives from measuring the stable server before its first
+    step (serving/rollout/config.py `derive`): the load generator's rate, the golden-set size, step lengths."""
+
+    seconds: float  # closed-loop measurement on the stable server
+    concurrency: int  # requests in flight while measuring
+    target_utilisation: float  # the load generator's share of the measured sustainable rate
+    min_rate: float  # requests/s bounds of the derived rate
+    max_rate: float
+    probe_budget: float  # share of max_step_duration_s the golden-set probe may take
+    golden_min: int
+    golden_max: int
+    step_margin: float  # a step's expected time to min_requests per side, times this, must fit max_step_duration_s
+    max_step_duration_s: float  # ceiling for a step lengthened to reach min_requests on a slow host
 
 
 class CanaryParams(_Section):
@@ -305,6 +321,7 @@ class CanaryParams(_Section):
     analysis: CanaryAnalysisParams
     quality: CanaryQualityParams
     loadgen: LoadgenParams
+    calibration: CanaryCalibrationParams | None = None  # None only in rollout states stored before it existed
 
 
 class RegistryParams(_Section):

@@ -59,6 +59,8 @@ class _Recorder:
                   f"{a['canary']['requests']} -> {a['verdict']}  {figures}", flush=True)
         elif event.get("kind") == "done":
             print(f"[canary] {event.get('status')}: {event.get('reason')}", flush=True)
+        elif event.get("kind") == "calibration":  # `auto` load rate / golden-set size, measured on stable
+            print(f"[canary] {event.get('summary')}", flush=True)
 
 
 def _fmt(v: Any) -> str:
@@ -210,6 +212,13 @@ def log_to_mlflow(settings: Settings, parent_run_id: str | None, result: dict[st
         for key, value in (outcome.get("load") or {}).items():
             if isinstance(value, int | float):
                 mlflow.log_metric(f"canary.load.{key}", value)
+        for e in events:
+            if e.get("kind") == "calibration":  # what the host measured and what the rollout derived from it
+                measured = e.get("measured") or {}
+                values = {"requests_per_s": measured.get("requests_per_s"), "tokens_per_s": measured.get(
+                    "tokens_per_s"), "rate": e.get("rate"), "golden_size": e.get("golden_size"),
+                    "max_step_duration_s": e.get("max_step_duration_s")}
+                mlflow.log_metrics({f"canary.calibration.{k}": float(v) for k, v in values.items() if v is not None})
         analyses = [e for e in events if e.get("kind") == "analysis"]
         for i, e in enumerate(analyses):
             ts = int((time.time() - (analyses[-1]["t"] - e["t"])) * 1000)

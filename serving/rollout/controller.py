@@ -30,7 +30,7 @@ from llmops.registry import Registry, default_actor
 from llmops.settings import Settings
 from serving.rollout.actuators.base import Actuator, SideStats, WindowStats
 from serving.rollout.analysis import Analysis, QualityScores, analyse
-from serving.rollout.config import RolloutConfig, resolve
+from serving.rollout.config import RolloutConfig, calibrate, resolve
 from serving.rollout.errors import RolloutError
 from serving.rollout.loadgen import LoadGenerator
 from serving.rollout.state import ACTIVE, Rollout, RolloutStore
@@ -362,7 +362,6 @@ def start_rollout(settings: Settings, name: str, version: str, actuator: Actuato
     from llmops.registry import normalize_version
 
     params = params or settings.params()
-    cfg = resolve(params.canary, weights)
     version = normalize_version(version)
     registry = Registry(settings)
     registry.show(f"{name}/{version}")  # NotFound for an unknown name/version
@@ -373,6 +372,11 @@ def start_rollout(settings: Settings, name: str, version: str, actuator: Actuato
                            f"{version} --reason ...`")
     if champion == version:
         raise RolloutError(f"{name}/{version} is already the champion", "roll out a newer version")
+    # `auto` load rate / golden-set size: measured on the stable server (the traffic URL, no canary yet)
+    params, calibration = calibrate(params, traffic_url, list(params.engine.prompts), weights)
+    if calibration is not None and progress is not None:
+        progress({"kind": "calibration", **calibration})
+    cfg = resolve(params.canary, weights)
     probe = prepare_probe(settings, params, registry, name, champion)
     store = open_store(settings)
     rollout, token = store.create(model=name, version=version, stable_version=champion, config=cfg.to_json(),
@@ -380,7 +384,7 @@ def start_rollout(settings: Settings, name: str, version: str, actuator: Actuato
                                   actor=actor or default_actor(), stale_after_s=cfg.params.stale_after_s)
     store.record(rollout.id, -1, 0, "start", message=f"{name}/{version} vs champion {champion}; steps "
                  + ",".join(f"{s.weight}%" for s in cfg.steps) + f"; golden set {len(probe['golden'])} from "
-                 f"{probe['source']}")
+                 f"{probe['source']}" + (f"; {calibration['summary']}" if calibration else ""))
     try:
         if prepare is not None:
             prepare()

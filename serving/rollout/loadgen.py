@@ -141,12 +141,12 @@ def measure_capacity(url: str, prompts: list[str], *, max_tokens: int, seconds: 
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from serving.rollout.quality import served_model
+    from serving.rollout.quality import auth_headers, served_model
 
     if not prompts:
         raise RolloutError("calibration has no prompts", "check engine.prompts in params.yaml")
     base = url.rstrip("/").removesuffix("/v1")
-    with httpx.Client(timeout=timeout_s) as client:
+    with httpx.Client(timeout=timeout_s, headers=auth_headers()) as client:
         try:
             model = served_model(client, base)
         except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:

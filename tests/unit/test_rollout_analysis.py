@@ -74,7 +74,8 @@ def test_unmeasured_ttft_on_both_sides_is_no_data_not_a_failure(bounds) -> None:
 
 
 def test_config_steps_resolve_and_round_trip(settings: Settings) -> None:
-    params = settings.params()
+    # params.yaml's rate/golden size are `auto` (calibrated at rollout start): resolve takes concrete values
+    params = settings.params(["canary.loadgen.rate=1.5", "canary.quality.golden_size=8"])
     cfg = resolve(params.canary, parse_weights("10, 25,50,100"))
     assert [s.weight for s in cfg.steps] == [10, 25, 50, 100]
     assert all(s.min_requests == params.canary.step_defaults.min_requests for s in cfg.steps)
