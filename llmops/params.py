@@ -388,6 +388,9 @@ class ServeParams(_Section):
     request_timeout_s: float
     threads: int
     gpu_fuse: bool = True
+    max_connections: int = 512  # open connections at most (uvicorn limit_concurrency); beyond: 503
+    header_timeout_s: float = 10.0  # a connection must send a request's headers within this (slowloris)
+    keep_alive_timeout_s: float = 5.0  # an idle keep-alive connection is closed after this
     auto_rank_by: str = "batch1_tokens_per_s"  # the short-benchmark figure `--engine auto` ranks built engines by
 
     @model_validator(mode="after")

@@ -1,11 +1,22 @@
-"""OpenAI request bodies, validated: every field we accept is typed, every field we do not support is a 400
-that names it (never a silent ignore), and every error is OpenAI's error shape with a one-line cause."""
+"""OpenAI request bodies, validated: every field we accept is typed and bounded as OpenAI bounds it, every
+field we do not support is a 400 that names it (never a silent ignore), and every error is OpenAI's error
+shape with a one-line cause. A client's malformed body is a 400 here, before any work is done for it."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from serving.http.errors import error_body
+
+# Protocol bounds (OpenAI's where it documents one). Not tunables: they keep one request's cost bounded.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # seed is a signed 64-bit integer
+MAX_STOP = 4  # stop sequences per request
+MAX_STOP_CHARS = 256  # characters per stop sequence (the stream holds back len - 1 characters)
+MAX_MESSAGES = 2048  # messages / input items per request
+MAX_TOOLS = 128  # tools per request
+MAX_NAME_CHARS = 256  # model, tool and function names
 
 
 class ApiError(Exception):
@@ -17,9 +28,7 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
     def body(self) -> dict[str, Any]:
-        kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}.get(
-            self.status, "invalid_request_error" if self.status < 500 else "server_error")
-        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+        return error_body(self.status, self.message, self.param, self.code)
 
 
 class _Body(BaseModel):
@@ -80,10 +89,53 @@ class Tool(BaseModel):
     function: FunctionDef
 
 
+class ToolChoiceFunction(BaseModel):
+    name: str = Field(max_length=MAX_NAME_CHARS)
+
+
+class ToolChoice(BaseModel):
+    """`{"type": "function", "function": {"name": ...}}`: the one forced-call form."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: ToolChoiceFunction
+
+
+class JsonSchemaSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str | None = Field(None, max_length=MAX_NAME_CHARS)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """chat's `response_format` and responses' `text.format` (which puts the json_schema fields inline)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+    name: str | None = Field(None, max_length=MAX_NAME_CHARS)
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+    def schema_object(self) -> Any:
+        return self.json_schema.schema_ if self.json_schema is not None else self.schema_
+
+
+class TextConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    format: ResponseFormat | None = None
+
+
+Stop = str | Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]],
+                       Field(max_length=MAX_STOP)]
+
+
 class SamplingFields(_Body):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     user: str | None = None
@@ -97,13 +149,13 @@ class SamplingFields(_Body):
 
 class ChatRequest(SamplingFields):
     model: str
-    messages: list[ChatMessage]
+    messages: list[ChatMessage] = Field(max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
-    response_format: dict[str, Any] | None = None
-    tools: list[Tool] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    stop: Stop | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | ToolChoice | None = None
     parallel_tool_calls: bool | None = None
 
 
@@ -111,7 +163,7 @@ class CompletionRequest(SamplingFields):
     model: str
     prompt: str | list[str] | list[int]
     max_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
+    stop: Stop | None = None
     echo: bool | None = None
     suffix: str | None = None
     best_of: int | None = None
@@ -119,13 +171,13 @@ class CompletionRequest(SamplingFields):
 
 class ResponsesRequest(_Body):
     model: str
-    input: str | list[dict[str, Any]]
+    input: str | list[dict[str, Any]] = Field(max_length=MAX_MESSAGES * 64)  # str: characters; list: items
     instructions: str | None = None
     max_output_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stream: bool = False
-    text: dict[str, Any] | None = None
+    text: TextConfig | None = None
     store: bool | None = None
     metadata: dict[str, str] | None = None
     user: str | None = None
@@ -137,15 +189,24 @@ class ResponsesRequest(_Body):
     background: bool | None = None
 
 
+def _param(loc: tuple[Any, ...]) -> str:
+    """A pydantic error location as the request parameter it names (union branch tags dropped)."""
+    parts = [str(p) for p in loc if isinstance(p, int) or not (
+        "[" in str(p) or str(p)[:1].isupper() or str(p) in ("str", "int", "float", "bool", "list", "dict"))]
+    return ".".join(parts)
+
+
 def parse(model: type[BaseModel], data: Any) -> Any:
-    """Validate a JSON body; the first problem becomes a 400 naming its parameter."""
+    """Validate a JSON body; the most specific problem becomes a 400 naming its parameter."""
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
+        errors = exc.errors(include_url=False, include_input=False)
+        # in a union, the branch that got furthest; a bound broken beats "wrong type"
+        err = max(errors, key=lambda e: (len(e["loc"]), not e["type"].endswith("_type")))
+        loc = _param(err["loc"])
         raise ApiError(400, f"invalid {loc}: {err['msg']}", loc) from None
 
 

@@ -6,12 +6,17 @@ requests into free slots (prefill + first token), then decodes every running seq
 So a short request never waits for a long one, and a new one starts without the batch draining.
 Requests come from the asyncio server through `submit`; results go back as events on an asyncio queue.
 The wait queue is bounded: `submit` raises `QueueFull` (the server's 429) instead of letting callers hang.
+
+A fault while admitting or sampling one request (a bad seed, a NaN) fails that request alone and frees its
+slot; the loop's last-resort handler frees every slot it cannot account for. `health()` reports a dead
+thread, leaked slots and a failing engine, so /health and /ready tell the truth.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import itertools
 import logging
 import threading
@@ -37,11 +42,48 @@ class QueueFull(Exception):
         self.retry_after = retry_after
 
 
+class EventKind(enum.StrEnum):
+    DELTA = "delta"  # text
+    DONE = "done"  # finish_reason
+    ERROR = "error"  # message in text, cause in finish_reason
+
+
+class FinishReason(enum.StrEnum):
+    STOP = "stop"
+    LENGTH = "length"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+
+
 @dataclass
 class Event:
-    kind: str  # "delta" (text), "done" (finish_reason), "error" (message)
+    kind: EventKind
     text: str = ""
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
+
+
+class Detokenizer:
+    """Incremental detokenization: each token's text once (tokenizers' DecodeStream), instead of decoding
+    the whole answer again per token (quadratic in its length). A tokenizer without a Rust backend falls
+    back to decoding the whole answer."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._stream = None
+        if self._backend is not None:
+            from tokenizers.decoders import DecodeStream
+
+            self._stream = DecodeStream(skip_special_tokens=True)
+        self._ids: list[int] = []
+
+    def step(self, token: int, text: str) -> str:
+        """The answer's text after `token` (given the text before it)."""
+        if self._stream is not None:
+            return text + (self._stream.step(self._backend, token) or "")
+        self._ids.append(token)
+        return self._tokenizer.decode(self._ids, skip_special_tokens=True)
 
 
 @dataclass
@@ -58,10 +100,11 @@ class Sequence:
     seq_id: int = 0
     slot: int | None = None
     sampler: Sampler | None = None
+    detokenizer: Detokenizer | None = None
     generated: list[int] = field(default_factory=list)
     text: str = ""  # decoded text of `generated` (stop strings cut)
     emitted: int = 0  # characters of `text` already sent
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     cancelled: bool = False
     t_submit: float = field(default_factory=time.perf_counter)
     t_first: float | None = None
@@ -79,21 +122,27 @@ class Sequence:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, metrics: Metrics, *, queue_size: int, model_label: str = "") -> None:
+    def __init__(self, engine: Engine, metrics: Metrics, *, queue_size: int, model_label: str = "",
+                 stall_s: float = 300.0) -> None:
         self.engine = engine
         self.metrics = metrics
         self.queue_size = queue_size
         self.model_label = model_label
+        self.stall_s = stall_s  # an iteration with work running longer than this is a hung engine
         self.eos = engine.eos_token_ids
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._running: list[Sequence] = []
+        self._admitting: list[Sequence] = []  # popped from the queue, holding slots, not yet running
         self._free = list(range(engine.max_slots))
         self._cv = threading.Condition()
         self._stop = False
         self._ids = itertools.count(1)
         self._thread = threading.Thread(target=self._loop, name="llmops-scheduler", daemon=True)
         self.steps = 0
-        self.fault: str | None = None
+        self.fault: str | None = None  # the engine's last error, cleared by its next successful step
+        self.loop_faults = 0  # iterations that hit the last-resort handler
+        self.leaked_slots = 0  # slots neither free nor held by a sequence, at the last idle check
+        self._busy_since: float | None = None  # start of the iteration in progress (stall detection)
 
     # -- called from the server (any thread) -----------------------------------------------------------
     def start(self) -> None:
@@ -103,7 +152,8 @@ class Scheduler:
         with self._cv:
             self._stop = True
             self._cv.notify_all()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
 
     def submit(self, seq: Sequence) -> Sequence:
         with self._cv:
@@ -123,7 +173,20 @@ class Scheduler:
     def snapshot(self) -> dict[str, Any]:
         with self._cv:
             return {"running": len(self._running), "waiting": len(self._waiting), "free_slots": len(self._free),
-                    "max_slots": self.engine.max_slots, "queue_size": self.queue_size, "steps": self.steps}
+                    "max_slots": self.engine.max_slots, "queue_size": self.queue_size, "steps": self.steps,
+                    "leaked_slots": self.leaked_slots, "loop_faults": self.loop_faults}
+
+    def health(self) -> dict[str, str]:
+        """Liveness problems by check name (empty = healthy): thread dead, slots leaked, an iteration hung."""
+        problems: dict[str, str] = {}
+        if self._thread.ident is not None and not self._thread.is_alive() and not self._stop:
+            problems["scheduler"] = "the scheduler thread has died: no request can be answered"
+        if self.leaked_slots:
+            problems["slots"] = f"{self.leaked_slots} of {self.engine.max_slots} KV-cache slots leaked"
+        busy = self._busy_since
+        if busy is not None and time.perf_counter() - busy > self.stall_s:
+            problems["engine"] = f"one scheduler iteration has run for over {self.stall_s:g}s"
+        return problems
 
     def _retry_after(self) -> int:
         """Seconds until a queue place is likely free: one sequence's expected remaining time, at least 1."""
@@ -133,17 +196,32 @@ class Scheduler:
     def _emit(self, seq: Sequence, event: Event) -> None:
         seq.loop.call_soon_threadsafe(seq.events.put_nowait, event)
 
-    def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
-        if seq.slot is not None:
-            self.engine.release(seq.slot)
-            self._free.append(seq.slot)
-            seq.slot = None
+    def _free_slot(self, seq: Sequence) -> None:
+        if seq.slot is None:
+            return
+        slot, seq.slot = seq.slot, None
+        try:
+            self.engine.release(slot)
+        except Exception:  # the slot goes back to the pool regardless: the next prefill overwrites it
+            log.exception("engine.release(%s) failed", slot)
+        with self._cv:
+            if slot not in self._free:
+                self._free.append(slot)
+
+    def _finish(self, seq: Sequence, reason: FinishReason, error: str | None = None) -> None:
+        self._free_slot(seq)
         seq.finish_reason = reason
         if error is not None:
-            self._emit(seq, Event("error", text=error, finish_reason=reason))
+            self._emit(seq, Event(EventKind.ERROR, text=error, finish_reason=reason))
         else:
             self._flush_text(seq, final=True)
-            self._emit(seq, Event("done", finish_reason=reason))
+            self._emit(seq, Event(EventKind.DONE, finish_reason=reason))
+
+    def _fail(self, seq: Sequence, what: str, exc: BaseException) -> None:
+        """One request's fault: log it, answer it, free its slot; nobody else is touched."""
+        log.error("%s failed for sequence %s: %s: %s", what, seq.seq_id, type(exc).__name__, exc,
+                  exc_info=not isinstance(exc, (ValueError, OverflowError)))
+        self._finish(seq, FinishReason.ERROR, error=f"{what} failed: {type(exc).__name__}: {exc}")
 
     def _flush_text(self, seq: Sequence, final: bool = False) -> None:
         """Send the text that can no longer change: hold back a partial UTF-8 char or a possible stop prefix."""
@@ -155,11 +233,11 @@ class Scheduler:
             hold = max((len(s) - 1 for s in seq.sampling.stop), default=0)
             upto = min(upto, len(text) - hold) if hold else upto
         if upto > seq.emitted:
-            self._emit(seq, Event("delta", text=text[seq.emitted:upto]))
+            self._emit(seq, Event(EventKind.DELTA, text=text[seq.emitted:upto]))
             seq.emitted = upto
 
-    def _accept(self, seq: Sequence, logits: torch.Tensor, now: float) -> None:
-        """Mask, sample and record one token for `seq`; decide whether it is finished."""
+    def _sample(self, seq: Sequence, logits: torch.Tensor, now: float) -> int:
+        """Mask, sample and account one token for `seq` (log-probability, TTFT/ITL metrics)."""
         raw = logits
         if seq.constraint is not None:
             logits = seq.constraint.mask(logits)
@@ -176,22 +254,29 @@ class Scheduler:
         seq.t_last = now
         if seq.constraint is not None:
             seq.constraint.advance(token)
+        return token
+
+    def _accept(self, seq: Sequence, logits: torch.Tensor, now: float) -> None:
+        """Sample one token for `seq`, extend its text, and decide whether it is finished."""
+        token = self._sample(seq, logits, now)
         if token in self.eos:
-            self._finish(seq, "stop")
+            self._finish(seq, FinishReason.STOP)
             return
         seq.generated.append(token)
-        seq.text = self.engine.tokenizer.decode(seq.generated, skip_special_tokens=True)
-        for stop in seq.sampling.stop:
-            at = seq.text.find(stop)
+        before = len(seq.text)
+        assert seq.detokenizer is not None
+        seq.text = seq.detokenizer.step(token, seq.text)
+        for stop in seq.sampling.stop:  # only where the new text can complete a stop string
+            at = seq.text.find(stop, max(0, before - len(stop) + 1))
             if at >= 0:
                 seq.text = seq.text[:at]
-                self._finish(seq, "stop")
+                self._finish(seq, FinishReason.STOP)
                 return
         if seq.constraint is not None and seq.constraint.done:
-            self._finish(seq, "stop")
+            self._finish(seq, FinishReason.STOP)
         elif (len(seq.generated) >= seq.sampling.max_tokens
               or len(seq.prompt_ids) + len(seq.generated) >= self.engine.max_len):
-            self._finish(seq, "length")
+            self._finish(seq, FinishReason.LENGTH)
         else:
             self._flush_text(seq)
 
@@ -200,56 +285,74 @@ class Scheduler:
         now = time.perf_counter()
         for seq in list(self._running):
             if seq.cancelled:
-                self._finish(seq, "cancelled", error="cancelled")
+                self._finish(seq, FinishReason.CANCELLED, error="cancelled")
             elif now > seq.deadline:
-                self._finish(seq, "timeout", error="request timed out")
+                self._finish(seq, FinishReason.TIMEOUT, error="request timed out")
         self._running = [s for s in self._running if s.finish_reason is None]
         with self._cv:
-            kept = collections.deque()
+            kept: collections.deque[Sequence] = collections.deque()
+            gone: list[tuple[Sequence, FinishReason, str]] = []
             for seq in self._waiting:
                 if seq.cancelled:
-                    self._finish(seq, "cancelled", error="cancelled")
+                    gone.append((seq, FinishReason.CANCELLED, "cancelled"))
                 elif now > seq.deadline:
-                    self._finish(seq, "timeout", error="request timed out in the queue")
+                    gone.append((seq, FinishReason.TIMEOUT, "request timed out in the queue"))
                 else:
                     kept.append(seq)
             self._waiting = kept
+        for seq, reason, why in gone:
+            self._finish(seq, reason, error=why)
+
+    def _prepare(self, seq: Sequence) -> bool:
+        """Per-request setup inside the request's own error boundary: a bad parameter fails it alone."""
+        try:
+            seq.sampler = Sampler(seq.sampling)
+            seq.detokenizer = Detokenizer(self.engine.tokenizer)
+            return True
+        except Exception as exc:
+            self._fail(seq, "request setup", exc)
+            return False
+
+    def _prefill(self, admitted: list[Sequence]) -> list[torch.Tensor | None]:
+        """Prefill the admitted batch; on a fault, one by one so only the request at fault fails."""
+        try:
+            rows = list(self.engine.prefill_many([s.slot for s in admitted], [s.prompt_ids for s in admitted]))
+            self.fault = None
+            return rows
+        except Exception:
+            log.exception("batched prefill of %d sequences failed; retrying one at a time", len(admitted))
+        out: list[torch.Tensor | None] = []
+        for seq in admitted:
+            try:
+                out.append(self.engine.prefill(seq.slot, seq.prompt_ids))  # type: ignore[arg-type]
+                self.fault = None
+            except Exception as exc:
+                self.fault = f"prefill: {type(exc).__name__}: {exc}"
+                self._fail(seq, "engine prefill", exc)
+                out.append(None)
+        return out
 
     def _admit(self) -> None:
         """Move waiting requests into free slots; those admitted together are prefilled as one batch."""
         with self._cv:
-            admitted: list[Sequence] = []
             while self._free and self._waiting:
                 seq = self._waiting.popleft()
                 seq.slot = self._free.pop()
-                admitted.append(seq)
+                self._admitting.append(seq)
             self.metrics.queue_depth.set(len(self._waiting))
-        if not admitted:
-            return
-        for seq in admitted:
-            seq.sampler = Sampler(seq.sampling)
-        try:
-            rows = list(self.engine.prefill_many([s.slot for s in admitted], [s.prompt_ids for s in admitted]))
-        except Exception:  # find the request at fault: prefill one by one, so only it fails
-            log.exception("batched prefill of %d sequences failed; retrying one at a time", len(admitted))
-            rows = []
-            for seq in admitted:
+        admitted = [seq for seq in self._admitting if self._prepare(seq)]
+        if admitted:
+            rows = self._prefill(admitted)
+            now = time.perf_counter()
+            for seq, logits in zip(admitted, rows, strict=True):
+                if logits is None:
+                    continue
+                self._running.append(seq)
                 try:
-                    rows.append(self.engine.prefill(seq.slot, seq.prompt_ids))
-                except Exception as exc:  # a fault in one request fails that request, never the server
-                    log.exception("prefill failed for sequence %s", seq.seq_id)
-                    self._finish(seq, "error", error=f"engine error: {type(exc).__name__}: {exc}")
-                    rows.append(None)
-        now = time.perf_counter()
-        for seq, logits in zip(admitted, rows, strict=True):
-            if logits is None:
-                continue
-            self._running.append(seq)
-            try:
-                self._accept(seq, logits, now)
-            except Exception as exc:
-                log.exception("sampling failed for sequence %s", seq.seq_id)
-                self._finish(seq, "error", error=f"{type(exc).__name__}: {exc}")
+                    self._accept(seq, logits, now)
+                except Exception as exc:
+                    self._fail(seq, "sampling", exc)
+        self._admitting = []
         self._running = [s for s in self._running if s.finish_reason is None]
         self.metrics.running.set(len(self._running))
 
@@ -259,10 +362,12 @@ class Scheduler:
         tokens = [s.generated[-1] if s.generated else s.prompt_ids[-1] for s in batch]
         try:
             logits = self.engine.decode(slots, tokens)  # type: ignore[arg-type]
+            self.fault = None
         except Exception as exc:
             log.exception("decode step failed; failing its %d sequences", len(batch))
+            self.fault = f"decode: {type(exc).__name__}: {exc}"
             for seq in batch:
-                self._finish(seq, "error", error=f"engine error: {type(exc).__name__}: {exc}")
+                self._finish(seq, FinishReason.ERROR, error=f"engine error: {type(exc).__name__}: {exc}")
             self._running = []
             return
         self.steps += 1
@@ -272,9 +377,56 @@ class Scheduler:
             try:
                 self._accept(seq, logits[i], now)
             except Exception as exc:
-                log.exception("sampling failed for sequence %s", seq.seq_id)
-                self._finish(seq, "error", error=f"{type(exc).__name__}: {exc}")
+                self._fail(seq, "sampling", exc)
         self._running = [s for s in self._running if s.finish_reason is None]
+
+    def _recover(self) -> None:
+        """Last resort after an unexpected fault in an iteration: fail what was in flight, free every slot."""
+        self.loop_faults += 1
+        for seq in [*self._running, *self._admitting]:
+            if seq.finish_reason is None:
+                self._finish(seq, FinishReason.ERROR, error="scheduler fault")
+            self._free_slot(seq)
+        self._running, self._admitting = [], []
+        self._check_slots()
+
+    def _check_slots(self) -> None:
+        """Slot accounting at an iteration's end: every slot is free or held by a running sequence."""
+        with self._cv:
+            held = sum(1 for s in self._running if s.slot is not None)
+            self.leaked_slots = self.engine.max_slots - len(self._free) - held
+
+    def _iterate(self) -> None:
+        self._busy_since = time.perf_counter()
+        try:
+            self._retire()
+            self._admit()
+            if self._running:
+                self._step()
+            self.metrics.running.set(len(self._running))
+            self._check_slots()
+        except Exception:  # never let the loop die: the server would hang every later request
+            log.exception("scheduler iteration failed")
+            self._recover()
+        finally:
+            self._busy_since = None
+
+    def _probe_engine(self) -> None:
+        """While idle after an engine fault: one tiny prefill on a free slot; success clears the fault (so
+        /ready recovers without traffic), failure keeps it; at most once a second."""
+        with self._cv:
+            if not self._free:
+                return
+            slot = self._free.pop()
+        try:
+            self.engine.prefill(slot, [next(iter(self.eos), 0)])
+            self.fault = None
+        except Exception as exc:
+            self.fault = f"probe: {type(exc).__name__}: {exc}"
+            time.sleep(1.0)
+        finally:
+            probe = Sequence([], SamplingParams(max_tokens=1), None, None, slot=slot)  # type: ignore[arg-type]
+            self._free_slot(probe)
 
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
@@ -282,18 +434,13 @@ class Scheduler:
             with self._cv:
                 while not self._stop and not self._running and not self._waiting:
                     self._cv.wait(timeout=1.0)
+                    if self.fault and not self._waiting:
+                        break
                 if self._stop:
                     break
-            try:
-                self._retire()
-                self._admit()
-                if self._running:
-                    self._step()
-                self.metrics.running.set(len(self._running))
-            except Exception:  # never let the loop die: the server would hang every later request
-                log.exception("scheduler iteration failed")
-                for seq in self._running:
-                    self._finish(seq, "error", error="scheduler fault")
-                self._running = []
-        for seq in list(self._running) + list(self._waiting):
-            self._finish(seq, "cancelled", error="server shutting down")
+            if self.fault and not self._running and not self._waiting:
+                self._probe_engine()
+            else:
+                self._iterate()
+        for seq in [*self._running, *self._waiting]:
+            self._finish(seq, FinishReason.CANCELLED, error="server shutting down")

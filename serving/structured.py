@@ -10,6 +10,8 @@ sampling and advances with each chosen token, so even a tiny random model return
 
 from __future__ import annotations
 
+import collections
+import json
 import threading
 from typing import Any
 
@@ -32,19 +34,47 @@ def ll_tokenizer(tokenizer: Any) -> Any:
         return _TOKENIZERS[key]
 
 
-def check_schema(schema: Any) -> None:
-    """A request's schema must compile; a bad one is the client's error (400), never a 500 mid-generation."""
+MAX_SCHEMA_BYTES = 65536  # a schema bigger than this (serialised) is refused before compiling it
+_GRAMMARS: collections.OrderedDict[str, str] = collections.OrderedDict()  # schema JSON -> compiled grammar
+_GRAMMAR_CACHE = 256
+
+
+def compile_schema(schema: Any) -> str:
+    """A request's JSON schema -> llguidance grammar, validated once and cached by its JSON text, so a
+    schema is compiled once (not once to check and again to build), and repeated schemas not at all. A bad
+    or oversized schema is the client's error (LlmopsError -> 400), never a 500 mid-generation."""
     import llguidance
 
     if not isinstance(schema, dict):
         raise LlmopsError("json_schema.schema must be an object", "pass a JSON Schema object")
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
+        key = json.dumps(schema, separators=(",", ":"))  # key order kept: it orders the output
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise LlmopsError(f"unsupported JSON schema: {type(exc).__name__}", "pass plain JSON") from None
+    if len(key) > MAX_SCHEMA_BYTES:
+        raise LlmopsError(f"JSON schema of {len(key)} bytes is over the {MAX_SCHEMA_BYTES}-byte limit",
+                          "simplify the schema")
+    with _LOCK:
+        if key in _GRAMMARS:
+            _GRAMMARS.move_to_end(key)
+            return _GRAMMARS[key]
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(key, defaults={"whitespace_flexible": False})
         error = llguidance.LLMatcher.validate_grammar(grammar)  # "" when the grammar compiles
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         error = str(exc) or type(exc).__name__
     if error:
         raise LlmopsError(f"unsupported JSON schema: {str(error).splitlines()[0]}", "simplify the schema")
+    with _LOCK:
+        _GRAMMARS[key] = grammar
+        while len(_GRAMMARS) > _GRAMMAR_CACHE:
+            _GRAMMARS.popitem(last=False)
+    return grammar
+
+
+def check_schema(schema: Any) -> None:
+    """Raise LlmopsError when `schema` does not compile (kept for callers that only validate)."""
+    compile_schema(schema)
 
 
 class Constraint:
@@ -63,10 +93,7 @@ class Constraint:
 
     @classmethod
     def json_schema(cls, tokenizer: Any, schema: dict[str, Any], vocab: int) -> Constraint:
-        import llguidance
-
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
-        return cls(tokenizer, grammar, vocab)
+        return cls(tokenizer, compile_schema(schema), vocab)
 
     @classmethod
     def json_object(cls, tokenizer: Any, vocab: int) -> Constraint:

@@ -45,12 +45,11 @@ def serve(
                                 "on unless LLMOPS_INFERENCE_LOG_ENABLED=false); also drops POST /v1/feedback."),
 ) -> None:
     """Serve MODEL over the OpenAI API (chat, completions, responses, models) with continuous batching."""
-    import uvicorn
-
     from llmops.settings import get_settings
     from serving.engines import load_engine
     from serving.model_source import resolve_model
     from serving.server import create_app
+    from serving.server import serve as serve_app
 
     settings = get_settings()
     if max_slots is not None:
@@ -81,7 +80,7 @@ def serve(
     if (selection := getattr(eng, "selection", None)) is not None:  # which engine and why (also on /ready)
         console.print(f"engine choice: {selection.reason}")
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+        serve_app(app, params, host, port, log_level=log_level)  # with connection limits (slowloris-safe)
     finally:
         if ilog:
             ilog.close()

@@ -1,0 +1,19 @@
+"""GET /v1/models: the one model this server serves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+router = APIRouter()
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> dict[str, Any]:
+    state = request.app.state.llmops
+    model = state.model
+    return {"object": "list", "data": [{
+        "id": model.name, "object": "model", "created": state.created, "owned_by": "llmops",
+        "version": model.version, "source": model.source, "engine": state.engine.info().get("kind"),
+    }]}
