@@ -51,7 +51,7 @@ def _human_build(result: dict[str, Any]) -> None:
 @handle_errors
 def build(
     model: str = MODEL_ARG,
-    kind: str = typer.Option("all", "--kind", help="cpu, tensorrt-llm, or all (params.yaml engine.kinds)."),
+    kind: str = typer.Option("all", "--kind", help="cpu, cpu-int8, tensorrt-llm, or all (params.yaml engine.kinds)."),
     overrides: list[str] = SET_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -61,8 +61,8 @@ def build(
     from llmops.errors import LlmopsError
     from llmops.settings import get_settings
 
-    if kind not in ("all", "cpu", "tensorrt-llm"):
-        raise LlmopsError(f"unknown engine kind {kind!r}", "use --kind cpu, tensorrt-llm or all")
+    if kind not in ("all", "cpu", "cpu-int8", "tensorrt-llm"):
+        raise LlmopsError(f"unknown engine kind {kind!r}", "use --kind cpu, cpu-int8, tensorrt-llm or all")
     settings = get_settings()
     extra = [] if kind == "all" else [f"engine.kinds=[{kind}]"]
     params = settings.params([*overrides, *extra])
@@ -86,7 +86,8 @@ def _build_local(settings, params, model_dir: Path) -> dict[str, Any]:
 @app.command("list")
 @handle_errors
 def list_engines(model: str = MODEL_ARG, as_json: bool = JSON_OPTION) -> None:
-    """Engines built for MODEL's weights on this machine's store, and the engine tags on its version."""
+    """Engines built for MODEL's weights on this machine's store (with the speed measured here), the engine
+    `--engine auto` would pick and why, and the engine tags on its version."""
     from llmops.modeling.hashing import weights_digest
     from llmops.settings import get_settings
     from serving import engine_store
@@ -96,6 +97,7 @@ def list_engines(model: str = MODEL_ARG, as_json: bool = JSON_OPTION) -> None:
     digest = weights_digest(model_dir)
     rows = [{k: m.get(k) for k in ("name", "kind", "runtime", "runtime_version", "hardware", "build_config_hash",
                                     "build_seconds", "created", "engine_dir")}
+            | {"benchmark": (engine_store.recorded_benchmark(m) or {}).get("figures")}
             for m in engine_store.list_engines(settings, digest)]
     tags: dict[str, str] = {}
     if ref is not None:
@@ -103,7 +105,11 @@ def list_engines(model: str = MODEL_ARG, as_json: bool = JSON_OPTION) -> None:
 
         mv = Registry(settings).client.get_model_version(ref[0], ref[1])
         tags = {k: v for k, v in sorted(mv.tags.items()) if k.startswith("engine.")}
-    payload = {"model": model, "weights_digest": digest, "engines": rows, "version_tags": tags}
+    from serving.engines import select_engine
+
+    auto = select_engine("auto", model_dir, settings.params().serve.auto_rank_by)
+    payload = {"model": model, "weights_digest": digest, "engines": rows, "version_tags": tags,
+               "auto": {"name": auto.name, "reason": auto.reason}}
 
     def human(p: dict[str, Any]) -> None:
         from rich.console import Console
@@ -115,6 +121,9 @@ def list_engines(model: str = MODEL_ARG, as_json: bool = JSON_OPTION) -> None:
             out.print(f"[bold]{r['name']}[/]  {r['runtime']} {r['runtime_version']}  {r['hardware']}\n"
                       f"  built {r['created']} in {r['build_seconds']} s  config {r['build_config_hash']}\n"
                       f"  {r['engine_dir']}")
+            if r["benchmark"]:
+                out.print("  measured here: " + ", ".join(f"{k}={v}" for k, v in r["benchmark"].items()))
+        out.print(f"--engine auto: {p['auto']['reason']}")
         for k, v in p["version_tags"].items():
             out.print(f"  {k} = {v}")
 

@@ -128,3 +128,17 @@ def test_eager_is_the_fallback_and_the_server_shows_the_choice(settings: Setting
         assert selection["requested"] == "auto" and resp.json()["engine"]["kind"] == "eager"
         assert selection["reason"].startswith("eager: no built engine can serve this model here")
         assert "onnxruntime no onnxruntime engine built" in selection["reason"]
+
+
+def test_engine_list_says_what_auto_would_pick(settings: Settings, tiny_model_dir: Path) -> None:
+    from typer.testing import CliRunner
+
+    from llmops.cli.main import app
+
+    result = CliRunner().invoke(app, ["engine", "list", str(tiny_model_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert payload["engines"] == [] and payload["auto"]["name"] == "eager"
+    assert payload["auto"]["reason"].startswith("eager: no built engine can serve this model here")
+    bad = CliRunner().invoke(app, ["engine", "build", str(tiny_model_dir), "--kind", "gpu-int4"])
+    assert bad.exit_code != 0 and "cpu-int8" in bad.output  # the int8 engine can be built on its own
