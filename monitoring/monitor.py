@@ -1,6 +1,8 @@
 """One monitor run (`llmops monitor run`): the latest window of the inference log (C6) scored by the drift
 monitors (C5), the report written under the state dir and logged to MLflow, the gauges refreshed, and on a
-drift verdict the retraining trigger (monitoring/triggers.py)."""
+`drift` verdict the retraining trigger (monitoring/triggers.py): only once the drift has persisted over
+`monitoring.trigger.persist_windows` windows and only when data new since the champion's covers it
+(monitoring/retrain_gate.py); otherwise the decision is recorded and the drifted prompts queued for labelling."""
 
 from __future__ import annotations
 
@@ -90,7 +92,7 @@ def run_monitor(
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "drift-report.json"
     json_path.write_text(report.to_json())
-    html_path = report.to_html(out_dir / "drift-report.html")
+    html_path = report.to_html(out_dir / "drift-report.html", calibration=load_calibration(settings))
 
     ref_id, win_id = reference_identity(reference), window_identity(rows)
     times = [t for t in (_field(r, "time") for r in rows) if t]
@@ -101,19 +103,24 @@ def run_monitor(
 
     run_id = _log_mlflow(settings, report, ref_id, win_id, window_stats)
 
-    decision = None
+    consecutive = triggers.record_window(settings.state_dir, reference_id=ref_id, window_id=win_id,
+                                         severity=report.severity.value, now=now)
+    decision, queued = None, None
     if report.drifted and trigger:
-        decision = triggers.decide_and_start(
-            settings.state_dir, reference_id=ref_id, window_id=win_id,
-            command=list(params.monitoring.trigger.command), cooldown_s=params.monitoring.trigger.cooldown_s,
-            report_path=json_path, mlflow_run_id=run_id, fired=report.fired, cwd=settings.project_dir, now=now)
+        decision, queued = _trigger(settings, params, report, embedder, ref_id=ref_id, win_id=win_id,
+                                    consecutive=consecutive, json_path=json_path, run_id=run_id, now=now)
         say(f"trigger: {decision.outcome} ({decision.reason})")
 
+    held = decision is not None and decision.outcome == "held"
     prom = exposition.write_textfile(
         exposition.textfile_path(settings.state_dir),
-        exposition.render(report.prometheus_lines(), window_stats, triggers.counts(settings.state_dir), now))
+        exposition.render(report.prometheus_lines() + trigger_gauges(consecutive, held), window_stats,
+                          triggers.counts(settings.state_dir), now))
     summary = {
+        "severity": report.severity.value,
         "drifted": report.drifted,
+        "consecutive_drift_windows": consecutive,
+        "clusters": [{k: c[k] for k in ("share", "prompts", "examples")} for c in report.clusters],
         "fired": report.fired,
         "note": report.note,
         "window": window_stats,
@@ -124,9 +131,58 @@ def run_monitor(
         "metrics_file": str(prom),
         "mlflow_run_id": run_id,
         "trigger": decision.to_dict() if decision else None,
+        "labelling": queued,
     }
     (monitor_dir(settings) / "latest.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def trigger_gauges(consecutive: int, held: bool) -> str:
+    """The persistence count and whether the latest drift was held for want of new data (an alert reads it)."""
+    return "\n".join([
+        "# HELP llmops_drift_consecutive_windows Consecutive windows (this reference) with severity drift.",
+        "# TYPE llmops_drift_consecutive_windows gauge", f"llmops_drift_consecutive_windows {consecutive}",
+        "# HELP llmops_monitor_retrain_held 1 if the latest drift verdict started no retraining because no data "
+        "new since the champion's covers the drifted traffic (its prompts are queued for labelling).",
+        "# TYPE llmops_monitor_retrain_held gauge", f"llmops_monitor_retrain_held {int(held)}",
+    ]) + "\n"
+
+
+def load_calibration(settings: Settings) -> dict[str, Any] | None:
+    """The latest calibration (`python -m monitoring.drift.calibration --out-dir <state>/drift/calibration`), so
+    the report can draw the window's effects on its distributions; None when never run."""
+    path = settings.state_dir / "drift" / "calibration" / "calibration.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _trigger(settings: Settings, params: Params, report: Any, embedder: Any, *, ref_id: str, win_id: str,
+             consecutive: int, json_path: Path, run_id: str, now: float) -> tuple[Any, dict[str, Any] | None]:
+    """A drift verdict -> the trigger's decision; the new-data check runs only once the drift has persisted."""
+    from monitoring import retrain_gate
+
+    t = params.monitoring.trigger
+    learnable = None
+    if consecutive >= t.persist_windows:
+        if embedder is None:
+            from monitoring.drift.features import embedder_for
+
+            embedder = embedder_for(settings)
+        gate = retrain_gate.check(settings, params, report.new_prompts, embedder)
+        learnable = (gate.ok, gate.reason)
+    decision = triggers.decide_and_start(
+        settings.state_dir, reference_id=ref_id, window_id=win_id, command=list(t.command),
+        cooldown_s=t.cooldown_s, report_path=json_path, mlflow_run_id=run_id, fired=report.fired,
+        cwd=settings.project_dir, now=now, consecutive=consecutive, persist_windows=t.persist_windows,
+        learnable=learnable)
+    queued = None
+    if decision.outcome == "held":
+        queued = retrain_gate.queue_for_labelling(
+            settings.state_dir, report.new_prompts or [], n=t.label_sample, seed=win_id, window_id=win_id,
+            report_path=str(json_path), reason=decision.reason)
+    return decision, queued
 
 
 def _log_mlflow(settings: Settings, report: Any, ref_id: str, win_id: str, window: dict[str, Any]) -> str:

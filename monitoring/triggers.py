@@ -7,10 +7,14 @@ records it are one `BEGIN IMMEDIATE` transaction: two monitors racing on the sam
 A shift is identified by the reference it drifted from (the training data of the serving model): after a retrain
 the new model has a new reference, so the next shift triggers again. Within one reference:
 - the same window (same first/last request and size) never starts a second run (`duplicate`),
-- another drifted window within `monitoring.trigger.cooldown_s` of the last start is `suppressed` (cooldown).
-Every decision is a row: started (with the command, its pid and log), suppressed (with why), failed (could not
-start). The retraining command gets `--reason` and `--drift-report PATH` (`llmops run retrain` attaches the report
-to its MLflow run), and in its environment the monitor's MLflow run id (`LLMOPS_TRIGGER_RUN_ID`).
+- another drifted window within `monitoring.trigger.cooldown_s` of the last start is `suppressed` (cooldown),
+- a drift that has not yet held over `monitoring.trigger.persist_windows` consecutive windows is `pending`
+  (every scored window's severity is a row of the `windows` table),
+- a drift with nothing new to learn (no data since the champion's training data that covers the drifted
+  prompts: monitoring/retrain_gate.py) is `held`: the same data would train the same model.
+Every decision is a row: started (with the command, its pid and log), suppressed / pending / held (with why),
+failed (could not start). The retraining command gets `--reason` and `--drift-report PATH` (`llmops run retrain`
+attaches the report to its MLflow run), and in its environment the monitor's MLflow run id (`LLMOPS_TRIGGER_RUN_ID`).
 """
 
 from __future__ import annotations
@@ -32,13 +36,13 @@ REPORT_ENV = "LLMOPS_TRIGGER_REPORT"
 RUN_ID_ENV = "LLMOPS_TRIGGER_RUN_ID"
 TRIGGER_ID_ENV = "LLMOPS_TRIGGER_ID"
 
-_SCHEMA = """
+_TRIGGERS = """
 CREATE TABLE IF NOT EXISTS triggers (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     created REAL NOT NULL,
     reference_id TEXT NOT NULL,
     window_id TEXT NOT NULL,
-    outcome TEXT NOT NULL CHECK (outcome IN ('started', 'suppressed', 'failed')),
+    outcome TEXT NOT NULL CHECK (outcome IN ('started', 'suppressed', 'failed', 'pending', 'held')),
     reason TEXT NOT NULL,
     report_path TEXT,
     mlflow_run_id TEXT,
@@ -47,14 +51,27 @@ CREATE TABLE IF NOT EXISTS triggers (
     log_path TEXT,
     fired TEXT
 );
-CREATE INDEX IF NOT EXISTS triggers_reference ON triggers (reference_id, outcome, created);
 """
+_COLUMNS = ("id, created, reference_id, window_id, outcome, reason, report_path, mlflow_run_id, command, pid, "
+            "log_path, fired")
+_SCHEMA = """
+CREATE INDEX IF NOT EXISTS triggers_reference ON triggers (reference_id, outcome, created);
+CREATE TABLE IF NOT EXISTS windows (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created REAL NOT NULL,
+    reference_id TEXT NOT NULL,
+    window_id TEXT NOT NULL,
+    severity TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS windows_reference ON windows (reference_id, id);
+"""
+OUTCOMES = ("started", "suppressed", "failed", "pending", "held")
 
 
 @dataclass(frozen=True)
 class TriggerDecision:
     id: int
-    outcome: str  # started | suppressed | failed
+    outcome: str  # started | suppressed | failed | pending (drift not yet persistent) | held (nothing new to learn)
     reason: str
     reference_id: str
     window_id: str
@@ -80,8 +97,55 @@ def _connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=30, isolation_level=None)  # autocommit; transactions are explicit
     enable_wal(conn)
-    conn.executescript(_SCHEMA)
+    _migrate(conn)
+    conn.executescript(_TRIGGERS + _SCHEMA)
     return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """A triggers table from before `pending`/`held` (its CHECK rejects them): copy it into the new schema."""
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='triggers'").fetchone()
+    if not row or "'held'" in row[0]:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("DROP INDEX IF EXISTS triggers_reference")
+        conn.execute("ALTER TABLE triggers RENAME TO triggers_v1")
+        conn.execute(_TRIGGERS)
+        conn.execute(f"INSERT INTO triggers ({_COLUMNS}) SELECT {_COLUMNS} FROM triggers_v1")
+        conn.execute("DROP TABLE triggers_v1")
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def record_window(state_dir: Path, *, reference_id: str, window_id: str, severity: str,
+                  now: float | None = None) -> int:
+    """Record a scored window's severity; returns how many consecutive windows (this one included, same
+    reference) were `drift`. The same window scored again is not counted twice."""
+    conn = _connect(db_path(state_dir))
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        last = conn.execute("SELECT window_id FROM windows WHERE reference_id=? ORDER BY id DESC LIMIT 1",
+                            (reference_id,)).fetchone()
+        if not last or last[0] != window_id:
+            conn.execute("INSERT INTO windows (created, reference_id, window_id, severity) VALUES (?, ?, ?, ?)",
+                         (time.time() if now is None else now, reference_id, window_id, severity))
+        else:
+            conn.execute("UPDATE windows SET severity=? WHERE id=(SELECT MAX(id) FROM windows WHERE reference_id=?)",
+                         (severity, reference_id))
+        rows = conn.execute("SELECT severity FROM windows WHERE reference_id=? ORDER BY id DESC LIMIT 1000",
+                            (reference_id,)).fetchall()
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    run = 0
+    for (sev,) in rows:
+        if sev != "drift":
+            break
+        run += 1
+    return run
 
 
 def decide_and_start(
@@ -96,9 +160,16 @@ def decide_and_start(
     fired: list[str] | None = None,
     cwd: Path | None = None,
     now: float | None = None,
+    consecutive: int = 1,
+    persist_windows: int = 1,
+    learnable: tuple[bool, str] | None = None,
 ) -> TriggerDecision:
     """Record the decision for a drifted window and, if it is the first of its shift, start `command` detached
-    (its output goes to a log file beside the trigger db). Returns what was decided."""
+    (its output goes to a log file beside the trigger db). Returns what was decided.
+
+    Before a start: the drift must have held over `persist_windows` consecutive windows (`consecutive` so far;
+    else `pending`), and `learnable` (whether data arrived since the champion's training data, and why) must
+    allow it (else `held`: retraining on the same data would give the same model)."""
     if not command:
         raise LlmopsError("monitoring.trigger.command is empty", "set it in params.yaml, e.g. [llmops, run, retrain]")
     now = time.time() if now is None else now
@@ -116,8 +187,16 @@ def decide_and_start(
             outcome = "suppressed"
             reason = (f"cooldown: trigger #{last[0]} started a run for this shift {now - last[1]:.0f} s ago "
                       f"(monitoring.trigger.cooldown_s={cooldown_s:g})")
+        elif consecutive < persist_windows:
+            outcome = "pending"
+            reason = (f"persistence: drift in {consecutive} consecutive window(s), "
+                      f"monitoring.trigger.persist_windows={persist_windows} needed")
+        elif learnable is not None and not learnable[0]:
+            outcome, reason = "held", f"nothing new to learn: {learnable[1]}"
         else:
             outcome, reason = "started", "drift detected: " + (", ".join(fired or []) or "verdict drifted")
+            if learnable is not None:
+                reason += f"; {learnable[1]}"
         cur = conn.execute(
             "INSERT INTO triggers (created, reference_id, window_id, outcome, reason, report_path, mlflow_run_id, "
             "command, fired) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -169,7 +248,7 @@ def history(state_dir: Path, limit: int = 50) -> list[dict[str, Any]]:
 
 def counts(state_dir: Path) -> dict[str, int]:
     """Decisions so far by outcome (the monitor exports them as gauges)."""
-    out = {"started": 0, "suppressed": 0, "failed": 0}
+    out = dict.fromkeys(OUTCOMES, 0)
     path = db_path(state_dir)
     if not path.is_file():
         return out

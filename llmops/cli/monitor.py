@@ -1,6 +1,7 @@
 """`llmops monitor ...`: score the latest logged traffic for drift, act on it, and expose the result.
 
     llmops monitor run [--since 1h] [--window 200] [--json]   # report + MLflow + gauges; drift -> retrain trigger
+    llmops monitor calibrate [--windows 40]                   # severity rates on paraphrased traffic and shifts
     llmops monitor serve-metrics                              # Prometheus job llmops-monitor scrapes this
     llmops monitor triggers                                   # what the trigger decided, and why
     llmops monitor rules                                      # re-render the alert rules from params.yaml
@@ -44,8 +45,10 @@ def run(
     overrides: list[str] = typer.Option([], "--set", help="Override params, e.g. --set drift.alpha=0.01."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Score the latest window of the inference log against the training reference; on drift, start one
-    retraining run per shift (cooldown and de-duplication in <state>/monitor/triggers.db)."""
+    """Score the latest window of the inference log against the training reference (severity none | watch |
+    drift); a drift that persists over monitoring.trigger.persist_windows windows starts one retraining run per
+    shift when data new since the champion's covers it, else it is held and its prompts queued for labelling
+    (decisions in <state>/monitor/triggers.db)."""
     from llmops.settings import get_settings
     from monitoring.monitor import run_monitor
 
@@ -57,14 +60,54 @@ def run(
                           progress=lambda msg: status.update(msg))
 
     def human(d: dict) -> None:
-        verdict = "[bold red]DRIFT[/]" if d["drifted"] else "[green]no drift[/]"
-        console.print(f"{verdict} on {d['window']['requests']} requests"
-                      + (f": {', '.join(d['fired'])}" if d["fired"] else "") + (f" ({d['note']})" if d["note"] else ""))
+        verdict = {"drift": "[bold red]DRIFT[/]", "watch": "[yellow]watch[/]"}.get(d["severity"], "[green]none[/]")
+        console.print(f"severity {verdict} on {d['window']['requests']} requests"
+                      + (f": {', '.join(d['fired'])}" if d["fired"] else "") + (f" ({d['note']})" if d["note"] else "")
+                      + (f"; drift in {d['consecutive_drift_windows']} consecutive window(s)" if d["drifted"] else ""))
+        for c in d.get("clusters") or []:
+            console.print(f"  new prompts, {c['share']:.0%} of the window: {c['examples'][0][:100]!r}", highlight=False)
         console.print(f"report {d['report_html']}\nmlflow run {d['mlflow_run_id']}")
         if t := d["trigger"]:
             colour = "green" if t["outcome"] == "started" else "yellow"
             console.print(f"retrain trigger #{t['id']}: [{colour}]{t['outcome']}[/] ({t['reason']})"
                           + (f"; log {t['log_path']}" if t.get("log_path") else ""))
+        if q := d.get("labelling"):
+            console.print(f"{q['queued']} drifted prompts queued for labelling in {q['path']}")
+
+    emit(out, as_json, human)
+
+
+@app.command("calibrate")
+@handle_errors
+def calibrate_cmd(
+    windows: int = typer.Option(40, "--windows", min=1, help="Paraphrased in-domain (no-shift) windows."),
+    shift_windows: int = typer.Option(None, "--shift-windows", min=1, help="Windows per shift (default --windows)."),
+    size: int = typer.Option(None, "--size", min=2, help="Requests per window (default drift.window_size)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override params, e.g. --set drift.effect.prompt_mmd2=0.05."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Measure the severity verdict: how often paraphrased in-domain windows reach drift (with a 95% interval)
+    and how often each shift (SQL, Spanish, cooking) does; writes calibration.json/.html under
+    <state>/drift/calibration (the drift report then draws each window on these distributions)."""
+    from llmops.settings import get_settings
+    from monitoring.drift.calibration import calibrate
+    from monitoring.drift.html import write_calibration
+
+    settings = get_settings()
+    with console.status("calibrating (embedding the reference and the slices)"):
+        result = calibrate(settings, settings.params(overrides), windows=windows, size=size,
+                           shift_windows=shift_windows)
+    files = write_calibration(result, settings.state_dir / "drift" / "calibration")
+    out = {"files": files, "window_size": result["window_size"], "separation": result["separation"],
+           "kinds": {k: {kk: v[kk] for kk in ("windows", "severity", "drift_rate", "drift_wilson95")}
+                     for k, v in result["kinds"].items()}}
+
+    def human(d: dict) -> None:
+        for kind, v in d["kinds"].items():
+            lo, hi = v["drift_wilson95"]
+            console.print(f"{kind:>10}: drift in {v['severity']['drift']}/{v['windows']} windows "
+                          f"({v['drift_rate']:.1%}, 95% CI {lo:.1%}-{hi:.1%}); watch {v['severity']['watch']}")
+        console.print(f"report {d['files']['html']}")
 
     emit(out, as_json, human)
 

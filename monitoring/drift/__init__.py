@@ -2,7 +2,8 @@
 
     reference = ensure_reference(settings, params)          # built once from data/splits/train.jsonl
     report = evaluate_window(reference, window_from_logged(rows), params)
-    report.drifted, report.to_json(), report.to_html(path), report.log_to_mlflow(run_id), report.prometheus_lines()
+    report.severity (none | watch | drift), report.drifted (severity drift), report.to_json(),
+    report.to_html(path), report.log_to_mlflow(run_id), report.prometheus_lines()
 """
 
 from monitoring.drift.detect import evaluate_window
@@ -14,10 +15,20 @@ from monitoring.drift.reference import (
     ensure_reference,
     reference_from_splits,
 )
-from monitoring.drift.report import DetectorResult, DriftReport
+from monitoring.drift.report import DetectorResult, DriftReport, Severity
 
 __all__ = [
-    "DetectorResult", "DriftReport", "Reference", "WindowRecord", "build_reference", "default_reference_dir",
-    "ensure_reference", "evaluate_window", "prompt_text", "reference_from_splits", "window_from_dataset",
+    "DetectorResult",
+    "DriftReport",
+    "Reference",
+    "Severity",
+    "WindowRecord",
+    "build_reference",
+    "default_reference_dir",
+    "ensure_reference",
+    "evaluate_window",
+    "prompt_text",
+    "reference_from_splits",
+    "window_from_dataset",
     "window_from_logged",
 ]

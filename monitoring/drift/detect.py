@@ -1,34 +1,52 @@
-"""Score one window of traffic against the reference: every detector's test, then one family-wise verdict.
+"""Score one window of traffic against the reference: every detector's test and effect size, then one verdict.
 
-Each detector yields a p-value valid when the window comes from the reference distribution; Holm's
-procedure over the detectors that had data decides which fired, so the monitor as a whole raises a false
-alarm in at most `drift.alpha` of no-drift windows (measured: monitoring/README.md). Detectors:
+Each detector yields a p-value valid when the window comes from the reference distribution, and an effect size
+with a meaning. Holm's procedure over the detectors that had data decides which are statistically significant
+(family-wise false-alarm rate `drift.alpha`); a significant detector is `drift` only when its effect also
+reaches `drift.effect.*` (practical significance), `watch` otherwise, and watch-only detectors (lengths, errors:
+they move with phrasing, the client or the servers, and retraining does not fix them) never exceed `watch`.
+The window's severity is the highest detector's. Detectors:
 
-- prompt_embedding_mmd: MMD (RBF, median bandwidth) between MiniLM embeddings of distinct prompts,
-  permutation p-value
-- prompt_length_ks / prompt_length_psi, response_length_ks / response_length_psi: token lengths
-- response_logprob_ks: mean token log-probability of answers, when both the log and the reference have it
-- empty_or_refusal_rate, error_rate, negative_feedback_rate: one-sided exact binomial tests
+- prompt_embedding_mmd: MMD^2 (RBF, median bandwidth) between MiniLM embeddings of distinct prompts, permutation
+  p-value; effect = MMD^2 (a classifier two-sample test's AUC was measured and rejected: it reads 0.93-0.96 on
+  paraphrased in-domain traffic, i.e. it detects phrasing, not a change of subject; benchmarks/README.md)
+- prompt_novel_share: share of window prompts with no reference prompt within `drift.novel_similarity` cosine,
+  one-sided binomial vs the reference's own (leave-one-out) share; effect = the difference
+- prompt_length_ks / _psi, response_length_ks / _psi: token lengths (watch-only); effect = KS D / PSI
+- response_logprob_ks: mean token log-probability of answers; effect = |shift of the mean| in nats/token
+- empty_or_refusal_rate, error_rate, negative_feedback_rate: one-sided exact binomial tests; effect = the rate
+  minus its baseline
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from llmops.errors import LlmopsError
-from llmops.params import Params
+from llmops.params import DriftParams, Params
 from llmops.settings import Settings, get_settings
 from monitoring.drift import stats
 from monitoring.drift.features import embed, embedder_for, token_lengths
-from monitoring.drift.records import WindowRecord, is_negative, is_refusal
+from monitoring.drift.records import WindowRecord, is_negative, is_refusal, logprob_missing_reason
 from monitoring.drift.reference import Reference, embedder_identity
-from monitoring.drift.report import DetectorResult, DriftReport
+from monitoring.drift.report import DetectorResult, DriftReport, Severity
 
-_Pending = tuple[str, str, "stats.TestResult | None", "float | None", "str | None"]
+
+@dataclass
+class _Test:
+    name: str
+    description: str
+    result: stats.TestResult | None = None
+    skipped: str | None = None
+    effect: float | None = None
+    effect_name: str = ""
+    effect_threshold: float | None = None
+    min_effect: float | None = None
 
 
 def _subsample(n: int, cap: int, seed: int) -> np.ndarray:
@@ -37,18 +55,139 @@ def _subsample(n: int, cap: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
 
 
-def _length_tests(name: str, what: str, ref: np.ndarray | None, win: np.ndarray, bins: int,
-                  missing: str) -> list[_Pending]:
-    if ref is None or len(ref) == 0:
-        return [(f"{name}_ks", f"KS on {what}", None, None, missing), (f"{name}_psi", f"PSI on {what}", None, None,
-                                                                       missing)]
-    if len(win) < 2:
-        reason = f"fewer than 2 {what} in the window"
-        return [(f"{name}_ks", f"KS on {what}", None, None, reason), (f"{name}_psi", f"PSI on {what}", None, None,
-                                                                      reason)]
-    return [(f"{name}_ks", f"Kolmogorov-Smirnov D on {what}", stats.ks_test(ref, win), None, None),
-            (f"{name}_psi", f"PSI on {what} ({bins} reference-quantile bins)", stats.psi_test(ref, win, bins),
-             None, None)]
+def _length_tests(name: str, what: str, ref: np.ndarray | None, win: np.ndarray, p: DriftParams,
+                  missing: str) -> list[_Test]:
+    ks = _Test(f"{name}_ks", f"Kolmogorov-Smirnov D on {what}", effect_name="KS D")
+    psi = _Test(f"{name}_psi", f"PSI on {what} ({p.psi_bins} reference-quantile bins)", effect_name="PSI",
+                effect_threshold=p.effect.length_psi, min_effect=p.psi_min)
+    if ref is None or len(ref) == 0 or len(win) < 2:
+        reason = missing if ref is None or len(ref) == 0 else f"fewer than 2 {what} in the window"
+        ks.skipped = psi.skipped = reason
+        return [ks, psi]
+    ks.result, psi.result = stats.ks_test(ref, win), stats.psi_test(ref, win, p.psi_bins)
+    ks.effect, psi.effect = ks.result.statistic, psi.result.statistic
+    return [ks, psi]
+
+
+def novel_mask(ref_emb: np.ndarray, win_emb: np.ndarray, similarity: float) -> tuple[np.ndarray, np.ndarray]:
+    """(window prompts with no reference prompt within `similarity` cosine, nearest similarity of each)."""
+    nearest = (np.asarray(win_emb, np.float32) @ np.asarray(ref_emb, np.float32).T).max(axis=1)
+    return nearest < similarity, nearest
+
+
+def reference_novel_rate(ref_emb: np.ndarray, similarity: float) -> float:
+    """The reference's own share of "new" prompts, leave-one-out (each against the others)."""
+    sims = np.asarray(ref_emb, np.float32) @ np.asarray(ref_emb, np.float32).T
+    np.fill_diagonal(sims, -1.0)
+    return float(np.mean(sims.max(axis=1) < similarity))
+
+
+def _prompt_tests(reference: Reference, distinct: list[str], p: DriftParams, embedder: Any,
+                  timings: dict[str, float], plots: dict[str, np.ndarray]) -> tuple[list[_Test], dict[str, Any]]:
+    """Embedding MMD and the share of new prompts; returns the tests and what the clusters need."""
+    t = time.perf_counter()
+    ref_emb = reference.prompt_embeddings[_subsample(len(reference.prompt_embeddings), p.mmd_reference_size, p.seed)]
+    win_idx = _subsample(len(distinct), p.mmd_max_window, p.seed + 1)
+    texts = [distinct[i] for i in win_idx]
+    win_emb = embed(embedder, texts, p.embed_batch_size)
+    timings["embed_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    mmd = _Test("prompt_embedding_mmd", f"MMD^2 of MiniLM prompt embeddings (RBF, median bandwidth, {p.permutations} "
+                f"permutations; {len(ref_emb)} reference vs {len(win_emb)} distinct window prompts)",
+                effect_name="MMD^2", effect_threshold=p.effect.prompt_mmd2)
+    novel = _Test("prompt_novel_share", f"share of prompts with no reference prompt within cosine "
+                  f"{p.novel_similarity:g}, minus the reference's own share (one-sided binomial)",
+                  effect_name="share difference", effect_threshold=p.effect.prompt_novel_share)
+    extra: dict[str, Any] = {"texts": texts, "emb": win_emb, "novel": np.zeros(len(texts), bool)}
+    if len(win_emb) < 2:
+        mmd.skipped = novel.skipped = "fewer than 2 distinct prompts"
+        return [mmd, novel], extra
+    mmd.result = stats.mmd_permutation_test(ref_emb, win_emb, p.permutations, p.seed)
+    mmd.effect = mmd.result.statistic
+    timings["mmd_s"] = time.perf_counter() - t
+    mask, nearest = novel_mask(ref_emb, win_emb, p.novel_similarity)
+    base = max(reference_novel_rate(ref_emb, p.novel_similarity), 0.01)
+    novel.result = stats.binomial_greater(int(mask.sum()), len(mask), base)
+    novel.effect = float(mask.mean()) - base
+    extra.update(novel=mask, nearest=nearest, base_novel_rate=base)
+    mean, axes = reference.projection()
+    plots["proj_ref"], plots["proj_win"] = (ref_emb - mean) @ axes, (win_emb - mean) @ axes
+    return [mmd, novel], extra
+
+
+def _logprob_test(reference: Reference, ok: list[WindowRecord], p: DriftParams) -> tuple[_Test, float | None]:
+    test = _Test("response_logprob_ks", "KS on the mean token log-probability of answers; effect = shift of the "
+                 "mean (window - reference)", effect_name="|mean shift| nats/token",
+                 effect_threshold=p.effect.logprob_shift)
+    logprobs = np.asarray([r.mean_logprob for r in ok if r.mean_logprob is not None], dtype=np.float64)
+    mean = float(logprobs.mean()) if len(logprobs) else None
+    if reference.response_logprobs is None or len(reference.response_logprobs) == 0:
+        test.skipped = ("reference has no log-probabilities: build it with the champion's answers and their "
+                        "mean_logprob (as `llmops demo drift` does: build_reference(..., response_logprobs=...))")
+    elif len(logprobs) < p.min_window:
+        test.skipped = logprob_missing_reason(ok, p.min_window)
+    else:
+        test.result = stats.ks_test(reference.response_logprobs, logprobs)
+        test.effect = abs(mean - float(np.mean(reference.response_logprobs)))
+    return test, mean
+
+
+def _rate_test(name: str, what: str, hits: int, trials: int, base: float, threshold: float,
+               skipped: str | None) -> _Test:
+    test = _Test(name, f"{what} vs {base:.3g} (one-sided binomial); effect = rate - {base:.3g}",
+                 effect_name="rate difference", effect_threshold=threshold, skipped=skipped)
+    if skipped is None:
+        test.result = stats.binomial_greater(hits, trials, base)
+        test.effect = (hits / trials if trials else 0.0) - base
+    return test
+
+
+def _rate_tests(reference: Reference, window: list[WindowRecord], ok: list[WindowRecord],
+                p: DriftParams) -> list[_Test]:
+    base = max(reference.refusal_rate or 0.0, p.refusal_rate_floor)
+    rated = [r for r in window if r.feedback is not None]
+    return [
+        _rate_test("empty_or_refusal_rate", "empty/refusal answers", sum(is_refusal(r.response) for r in ok), len(ok),
+                   base, p.effect.refusal_rate_diff, None if ok else "no successful requests"),
+        _rate_test("error_rate", "error responses", len(window) - len(ok), len(window), p.error_rate_baseline,
+                   p.effect.error_rate_diff, None),
+        _rate_test("negative_feedback_rate", "negative ratings", sum(is_negative(r.feedback) for r in rated),
+                   len(rated), p.negative_feedback_baseline, p.effect.negative_feedback_diff,
+                   None if rated else "no rated requests"),
+    ]
+
+
+def _severity(test: _Test, significant: bool, watch_only: bool) -> Severity:
+    if not significant or test.effect is None:
+        return Severity.NONE
+    if test.min_effect is not None and test.effect < test.min_effect:
+        return Severity.NONE
+    if not watch_only and test.effect_threshold is not None and test.effect >= test.effect_threshold:
+        return Severity.DRIFT
+    return Severity.WATCH
+
+
+def verdict(tests: list[_Test], p: DriftParams) -> tuple[list[DetectorResult], Severity]:
+    """Holm over the detectors that ran, then each one's severity; the window's is the highest."""
+    active = [i for i, t in enumerate(tests) if t.skipped is None and t.result is not None]
+    rejected, levels = stats.holm([tests[i].result.p_value for i in active], p.alpha)  # type: ignore[union-attr]
+    level_of = {i: (rej, lev) for i, rej, lev in zip(active, rejected, levels, strict=True)}
+    results, worst = [], Severity.NONE
+    for i, t in enumerate(tests):
+        watch_only = any(t.name.startswith(prefix) for prefix in p.watch_only)
+        cap = Severity.WATCH if watch_only else Severity.DRIFT
+        common = dict(description=t.description, min_effect=t.min_effect, effect_name=t.effect_name,
+                      effect_threshold=t.effect_threshold, cap=cap)
+        if i not in level_of:
+            results.append(DetectorResult(t.name, None if t.result is None else t.result.statistic, None, None,
+                                          False, skipped=t.skipped or "no data", **common))
+            continue
+        rej, lev = level_of[i]
+        sev = _severity(t, rej, watch_only)
+        worst = sev if sev.rank > worst.rank else worst
+        results.append(DetectorResult(t.name, t.result.statistic, t.result.p_value, lev, sev is Severity.DRIFT,
+                                      effect=t.effect, severity=sev, **common))
+    return results, worst
 
 
 def evaluate_window(
@@ -60,18 +199,19 @@ def evaluate_window(
     embedder: Any = None,
     progress: Callable[[str], None] | None = None,
 ) -> DriftReport:
-    """Run every detector on `window` and return the report (plots' data included for `to_html`)."""
+    """Run every detector on `window` and return the report (plots' data and new-prompt clusters included)."""
+    from monitoring.drift.clusters import new_prompt_clusters
+
     p = params.drift
     t0 = time.perf_counter()
     say = progress or (lambda _msg: None)
     window = list(window)
     ok = [r for r in window if r.ok]
     summary: dict[str, Any] = {
-        "requests": len(window),
-        "ok": len(ok),
-        "errors": len(window) - len(ok),
+        "requests": len(window), "ok": len(ok), "errors": len(window) - len(ok),
         "rated": sum(r.feedback is not None for r in window),
         "with_logprob": sum(r.mean_logprob is not None for r in ok),
+        "via_router": sum(r.via_router for r in window),
         "logged_prompt_tokens_mean": float(np.mean([r.prompt_tokens for r in window])) if window else None,
         "logged_completion_tokens_mean": float(np.mean([r.completion_tokens for r in ok])) if ok else None,
     }
@@ -80,9 +220,8 @@ def evaluate_window(
     if len(window) < p.min_window:
         note = (f"{len(window)} requests in the window, fewer than drift.min_window={p.min_window}: "
                 "no verdict (too little evidence)")
-        return DriftReport(False, [], p.alpha, summary, ref_meta, time.time(), note=note,
+        return DriftReport(Severity.NONE, [], p.alpha, summary, ref_meta, time.time(), note=note,
                            timings={"total_s": time.perf_counter() - t0})
-
     embedder = embedder or embedder_for(settings or get_settings())
     want, have = reference.meta.get("embedder"), embedder_identity(embedder)
     if want and want != have:
@@ -90,35 +229,15 @@ def evaluate_window(
                           "rebuild the reference (ensure_reference(..., rebuild=True)) with the pinned embedder")
 
     timings: dict[str, float] = {}
-    pending: list[_Pending] = []
     plots: dict[str, np.ndarray] = {}
-
-    # Prompt embeddings of the window's DISTINCT prompts (the reference, a training split, is deduplicated
-    # too): a burst of one repeated prompt (retries, a load test, a popular question) is volume, not a change
-    # of topic, and as exact duplicates it would dominate the kernel means and read as drift (measured: a
-    # 10,000-row window resampled from 757 held-out prompts fired the MMD). A seeded subsample of each side
-    # then bounds the O(N^2) kernel and the embedding time.
+    # Distinct prompts only (the reference, a training split, is deduplicated too): a burst of one repeated
+    # prompt (retries, a load test, a popular question) is volume, not a change of topic (measured: a 10,000-row
+    # window resampled from 757 held-out prompts fired the MMD). Seeded subsamples bound the O(N^2) kernel.
     distinct = list(dict.fromkeys(r.prompt for r in window))
     summary["distinct_prompts"] = len(distinct)
-    say(f"embedding prompts ({min(len(distinct), p.mmd_max_window or len(distinct))} of {len(distinct)} distinct)")
-    t = time.perf_counter()
-    ref_idx = _subsample(len(reference.prompt_embeddings), p.mmd_reference_size, p.seed)
-    win_idx = _subsample(len(distinct), p.mmd_max_window, p.seed + 1)
-    ref_emb = reference.prompt_embeddings[ref_idx]
-    win_emb = embed(embedder, [distinct[i] for i in win_idx], p.embed_batch_size)
-    timings["embed_s"] = time.perf_counter() - t
-    say("MMD permutation test")
-    t = time.perf_counter()
-    mmd_desc = (f"MMD^2 of MiniLM prompt embeddings (RBF, median bandwidth, {p.permutations} permutations; "
-                f"{len(ref_emb)} reference vs {len(win_emb)} distinct window prompts)")
-    if len(win_emb) < 2:
-        pending.append(("prompt_embedding_mmd", mmd_desc, None, None, "fewer than 2 distinct prompts"))
-    else:
-        pending.append(("prompt_embedding_mmd", mmd_desc,
-                        stats.mmd_permutation_test(ref_emb, win_emb, p.permutations, p.seed), None, None))
-    timings["mmd_s"] = time.perf_counter() - t
-    mean, axes = reference.projection()
-    plots["proj_ref"], plots["proj_win"] = (ref_emb - mean) @ axes, (win_emb - mean) @ axes
+    say(f"embedding prompts and MMD ({min(len(distinct), p.mmd_max_window or len(distinct))} distinct)")
+    tests, emb = _prompt_tests(reference, distinct, p, embedder, timings, plots)
+    summary["novel_prompts"] = int(emb["novel"].sum())
 
     t = time.perf_counter()
     prompt_len = token_lengths(embedder, [r.prompt for r in window])
@@ -127,48 +246,20 @@ def evaluate_window(
     plots["prompt_len_ref"], plots["prompt_len_win"] = reference.prompt_lengths, prompt_len
     if reference.response_lengths is not None:
         plots["response_len_ref"], plots["response_len_win"] = reference.response_lengths, resp_len
-    pending += _length_tests("prompt_length", "prompt tokens", reference.prompt_lengths, prompt_len, p.psi_bins,
-                             "reference has no prompt lengths")
-    pending += _length_tests("response_length", "response tokens", reference.response_lengths, resp_len,
-                             p.psi_bins, "reference has no responses")
+    tests += _length_tests("prompt_length", "prompt tokens", reference.prompt_lengths, prompt_len, p,
+                           "reference has no prompt lengths")
+    tests += _length_tests("response_length", "response tokens", reference.response_lengths, resp_len, p,
+                           "reference has no responses")
+    lp_test, summary["mean_logprob"] = _logprob_test(reference, ok, p)
+    tests += [lp_test, *_rate_tests(reference, window, ok, p)]
 
-    logprobs = np.asarray([r.mean_logprob for r in ok if r.mean_logprob is not None], dtype=np.float64)
-    summary["mean_logprob"] = float(logprobs.mean()) if len(logprobs) else None
-    lp_name, lp_desc = "response_logprob_ks", "KS on the mean token log-probability of answers"
-    if reference.response_logprobs is None or len(reference.response_logprobs) == 0:
-        pending.append((lp_name, lp_desc, None, None, "reference has no log-probabilities"))
-    elif len(logprobs) < p.min_window:
-        pending.append((lp_name, lp_desc, None, None, f"{len(logprobs)} answers with a log-probability"))
-    else:
-        pending.append((lp_name, lp_desc, stats.ks_test(reference.response_logprobs, logprobs), None, None))
-
-    refusals = sum(is_refusal(r.response) for r in ok)
-    base = max(reference.refusal_rate or 0.0, p.refusal_rate_floor)
-    pending.append(("empty_or_refusal_rate", f"empty/refusal answers vs {base:.3f} (one-sided binomial)",
-                    stats.binomial_greater(refusals, len(ok), base), None,
-                    None if ok else "no successful requests"))
-    pending.append(("error_rate", f"error responses vs baseline {p.error_rate_baseline} (one-sided binomial)",
-                    stats.binomial_greater(len(window) - len(ok), len(window), p.error_rate_baseline), None, None))
-    rated = [r for r in window if r.feedback is not None]
-    negative = sum(is_negative(r.feedback) for r in rated)
-    pending.append(("negative_feedback_rate",
-                    f"negative ratings vs baseline {p.negative_feedback_baseline} (one-sided binomial)",
-                    stats.binomial_greater(negative, len(rated), p.negative_feedback_baseline), None,
-                    None if rated else "no rated requests"))
-
-    active = [i for i, item in enumerate(pending) if item[4] is None and item[2] is not None]
-    rejected, levels = stats.holm([pending[i][2].p_value for i in active], p.alpha)  # type: ignore[union-attr]
-    level_of = {i: (rej, lev) for i, rej, lev in zip(active, rejected, levels, strict=True)}
-    results = []
-    for i, (name, desc, res, _unused, skipped) in enumerate(pending):
-        if i not in level_of:
-            results.append(DetectorResult(name, None if res is None else res.statistic, None, None, False, desc,
-                                          skipped=skipped or "no data"))
-            continue
-        rej, lev = level_of[i]
-        min_effect = p.psi_min if name.endswith("_psi") else None
-        fired = rej and (min_effect is None or res.statistic >= min_effect)
-        results.append(DetectorResult(name, res.statistic, res.p_value, lev, fired, desc, min_effect=min_effect))
+    results, severity = verdict(tests, p)
+    clusters = []
+    if severity is not Severity.NONE and emb["novel"].any():
+        t = time.perf_counter()
+        clusters = new_prompt_clusters(emb["texts"], emb["emb"], emb["novel"], emb["nearest"], p)
+        timings["clusters_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
-    return DriftReport(any(d.fired for d in results), results, p.alpha, summary, ref_meta, time.time(),
-                       timings=timings, plots=plots)
+    return DriftReport(severity, results, p.alpha, summary, ref_meta, time.time(), timings=timings,
+                       clusters=clusters, plots=plots,
+                       new_prompts=[t for t, m in zip(emb["texts"], emb["novel"], strict=True) if m])

@@ -34,6 +34,7 @@ class WindowRecord:
     status: int = 200
     mean_logprob: float | None = None
     feedback: float | None = None
+    via_router: bool = False  # logged by (or through) `llmops router`: the row names a side or a backend
 
     @property
     def ok(self) -> bool:
@@ -68,6 +69,28 @@ def is_refusal(response: str) -> bool:
     return not text or bool(_REFUSAL.match(text))
 
 
+def logprob_missing_reason(ok: list[WindowRecord], needed: int) -> str:
+    """Why too few answers carry a mean log-probability, and what the serving side must send (issue 21: through
+    the router the detector reported null on 200 answered requests without saying why)."""
+    missing = [r for r in ok if r.mean_logprob is None]
+    have = len(ok) - len(missing)
+    head = f"{have} of {len(ok)} answered requests carry a mean log-probability (the test needs {needed})"
+    if not missing:
+        return head
+    routed = sum(r.via_router for r in missing)
+    parts = []
+    if routed:
+        parts.append(f"{routed} were logged by the router with no model-server record merged in: the router cannot "
+                     "see token log-probabilities, only the model server can; run the server with the same "
+                     "inference log as the router (LLMOPS_INFERENCE_LOG_URI; the log merges the two records by "
+                     "request id and keeps the server's mean_logprob), or have the server return its mean "
+                     "log-probability with the answer for the router to log (extra.mean_logprob)")
+    if len(missing) - routed:
+        parts.append(f"{len(missing) - routed} came straight from a server whose engine reported no token "
+                     "log-probabilities (the server records extra.mean_logprob only when the engine returns them)")
+    return head + ": " + "; ".join(parts)
+
+
 def is_negative(rating: float | None) -> bool:
     return rating is not None and rating < 0
 
@@ -96,6 +119,8 @@ def window_from_logged(rows: Iterable[Any]) -> list[WindowRecord]:
                 rating = rating.get("rating")
             elif isinstance(rating, list):
                 rating = _field(rating[-1], "rating") if rating else None
+        side = _field(row, "side")
+        via_router = bool(side) or (isinstance(extra, Mapping) and "backend" in extra)
         out.append(WindowRecord(
             prompt=prompt_text(_field(row, "prompt", "")),
             response=str(_field(row, "response", "") or ""),
@@ -104,6 +129,7 @@ def window_from_logged(rows: Iterable[Any]) -> list[WindowRecord]:
             status=int(_field(row, "status", 200) or 0),
             mean_logprob=None if logprob is None else float(logprob),
             feedback=None if rating is None else float(rating),
+            via_router=via_router,
         ))
     return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import tempfile
@@ -14,10 +15,26 @@ import numpy as np
 from llmops.settings import Settings
 
 
+class Severity(enum.StrEnum):
+    """How much a window's drift matters. `watch`: statistically different but below the practical-significance
+    threshold (or a watch-only signal such as lengths), worth a look; `drift`: significant AND large: the only
+    level that may start retraining."""
+
+    NONE = "none"
+    WATCH = "watch"
+    DRIFT = "drift"
+
+    @property
+    def rank(self) -> int:
+        return {"none": 0, "watch": 1, "drift": 2}[self.value]
+
+
 @dataclass(frozen=True)
 class DetectorResult:
     """One detector. `threshold` is the level its p-value is compared with (its Holm level within the
-    family); `min_effect`, where set, is a size the statistic must also reach. A skipped detector (no data
+    family); `effect` the effect size with a meaning (`effect_name`), `effect_threshold` the size it must
+    reach for `drift`; `min_effect`, where set, the size it must reach to count at all (`watch`). `cap` is the
+    highest severity the detector may give (`watch` for length and error signals). A skipped detector (no data
     for it in this window or the reference) has `skipped` set and takes no part in the family."""
 
     name: str
@@ -28,11 +45,16 @@ class DetectorResult:
     description: str = ""
     min_effect: float | None = None
     skipped: str | None = None
+    effect: float | None = None
+    effect_name: str = ""
+    effect_threshold: float | None = None
+    severity: Severity = Severity.NONE
+    cap: Severity = Severity.DRIFT
 
 
 @dataclass
 class DriftReport:
-    drifted: bool
+    severity: Severity
     detectors: list[DetectorResult]
     alpha: float
     window: dict[str, Any]
@@ -40,7 +62,26 @@ class DriftReport:
     created: float
     timings: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    clusters: list[dict[str, Any]] = field(default_factory=list)  # new prompt clusters (what changed)
     plots: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # HTML only, never serialised
+    new_prompts: list[str] = field(default_factory=list, repr=False)  # no near reference prompt (the trigger's)
+
+    @property
+    def drifted(self) -> bool:
+        """True only for a `drift` verdict (the level that may start retraining)."""
+        return self.severity is Severity.DRIFT
+
+    @property
+    def moved(self) -> list[dict[str, Any]]:
+        """Detectors above `none`, largest effect relative to its drift threshold first: what moved, how much."""
+        out = []
+        for d in self.detectors:
+            if d.severity is Severity.NONE or d.effect is None:
+                continue
+            ratio = d.effect / d.effect_threshold if d.effect_threshold else None
+            out.append({"detector": d.name, "severity": d.severity.value, "effect": d.effect,
+                        "effect_name": d.effect_name, "effect_threshold": d.effect_threshold, "x_threshold": ratio})
+        return sorted(out, key=lambda m: -(m["x_threshold"] or 0.0))
 
     @property
     def fired(self) -> list[str]:
@@ -48,10 +89,13 @@ class DriftReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "severity": self.severity.value,
             "drifted": self.drifted,
             "fired": self.fired,
             "alpha": self.alpha,
-            "detectors": [{k: _finite(v) for k, v in asdict(d).items()} for d in self.detectors],
+            "detectors": [{k: _plain(v) for k, v in asdict(d).items()} for d in self.detectors],
+            "moved": self.moved,
+            "clusters": self.clusters,
             "window": self.window,
             "reference": self.reference,
             "created": self.created,
@@ -62,23 +106,26 @@ class DriftReport:
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
 
-    def to_html(self, path: Path | str) -> Path:
+    def to_html(self, path: Path | str, calibration: dict[str, Any] | None = None) -> Path:
+        """The HTML page; with `calibration` (calibration.json) the window's effects are drawn on its plot."""
         from monitoring.drift.html import render_html
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render_html(self), encoding="utf-8")
+        path.write_text(render_html(self, calibration), encoding="utf-8")
         return path
 
     def metrics(self) -> dict[str, float]:
         """Flat metric names for MLflow: drift_detected, drift_<detector>_statistic / _p_value."""
-        out: dict[str, float] = {"drift_detected": float(self.drifted),
+        out: dict[str, float] = {"drift_detected": float(self.drifted), "drift_severity": float(self.severity.rank),
                                  "drift_window_requests": float(self.window.get("requests", 0))}
         for d in self.detectors:
             if d.statistic is not None and math.isfinite(d.statistic):
                 out[f"drift_{d.name}_statistic"] = float(d.statistic)
             if d.p_value is not None:
                 out[f"drift_{d.name}_p_value"] = float(d.p_value)
+            if d.effect is not None and math.isfinite(d.effect):
+                out[f"drift_{d.name}_effect"] = float(d.effect)
         return out
 
     def log_to_mlflow(self, run_id: str, settings: Settings | None = None) -> None:
@@ -95,6 +142,7 @@ class DriftReport:
         for key, value in self.metrics().items():
             client.log_metric(run_id, key, value, timestamp=int(self.created * 1000), step=step)
         client.set_tag(run_id, "llmops.drift.detected", str(self.drifted).lower())
+        client.set_tag(run_id, "llmops.drift.severity", self.severity.value)
         client.set_tag(run_id, "llmops.drift.fired", ",".join(self.fired) or "-")
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "drift-report.json").write_text(self.to_json())
@@ -102,23 +150,24 @@ class DriftReport:
             client.log_artifacts(run_id, tmp, artifact_path="drift")
 
     def prometheus_lines(self) -> str:
-        """Text exposition of the gauges: score and p-value per detector, and the verdict."""
-        lines = [
-            "# HELP llmops_drift_score Drift statistic of each detector on the latest window.",
-            "# TYPE llmops_drift_score gauge",
-        ]
-        for d in self.detectors:
-            if d.statistic is not None and d.skipped is None:
-                lines.append(f'llmops_drift_score{{detector="{d.name}"}} {_fmt(d.statistic)}')
+        """Text exposition of the gauges: score, p-value, effect and severity per detector, and the verdict."""
+        lines = _family("llmops_drift_score", "Drift statistic of each detector on the latest window.",
+                        [(d.name, d.statistic) for d in self.detectors if d.statistic is not None and not d.skipped])
+        lines += _family("llmops_drift_p_value", "p-value of each detector on the latest window.",
+                         [(d.name, d.p_value) for d in self.detectors if d.p_value is not None])
+        lines += _family("llmops_drift_effect", "Effect size of each detector on the latest window (its meaning: "
+                         "the report's effect_name; MMD^2, share, PSI, nats/token, rate difference).",
+                         [(d.name, d.effect) for d in self.detectors if d.effect is not None and not d.skipped])
+        lines += _family("llmops_drift_effect_threshold", "Effect a detector must reach for severity drift.",
+                         [(d.name, d.effect_threshold) for d in self.detectors if d.effect_threshold is not None])
+        lines += _family("llmops_drift_detector_severity", "Severity of each detector: 0 none, 1 watch, 2 drift.",
+                         [(d.name, d.severity.rank) for d in self.detectors if not d.skipped])
         lines += [
-            "# HELP llmops_drift_p_value p-value of each detector on the latest window.",
-            "# TYPE llmops_drift_p_value gauge",
-        ]
-        for d in self.detectors:
-            if d.p_value is not None:
-                lines.append(f'llmops_drift_p_value{{detector="{d.name}"}} {_fmt(d.p_value)}')
-        lines += [
-            "# HELP llmops_drift_detected 1 if any detector fired on the latest window (family-wise level alpha).",
+            "# HELP llmops_drift_severity Verdict on the latest window: 0 none, 1 watch, 2 drift (only drift may "
+            "start retraining).",
+            "# TYPE llmops_drift_severity gauge",
+            f"llmops_drift_severity {self.severity.rank}",
+            "# HELP llmops_drift_detected 1 if the latest window's verdict is drift (significant and large).",
             "# TYPE llmops_drift_detected gauge",
             f"llmops_drift_detected {int(self.drifted)}",
             "# HELP llmops_drift_window_requests Requests in the latest scored window.",
@@ -128,12 +177,19 @@ class DriftReport:
         return "\n".join(lines) + "\n"
 
 
+def _family(name: str, help_: str, samples: list[tuple[str, float]]) -> list[str]:
+    lines = [f"# HELP {name} {help_}", f"# TYPE {name} gauge"]
+    return lines + [f'{name}{{detector="{det}"}} {_fmt(value)}' for det, value in samples]
+
+
 def _fmt(value: float) -> str:
     return repr(float(value)) if math.isfinite(value) else ("+Inf" if value > 0 else "-Inf" if value < 0 else "NaN")
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN/Infinity: write them as null."""
+def _plain(value: Any) -> Any:
+    """JSON has no NaN/Infinity (null instead); severities as their names."""
+    if isinstance(value, Severity):
+        return value.value
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value

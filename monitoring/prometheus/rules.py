@@ -91,10 +91,22 @@ def groups(m: MonitoringParams) -> list[dict[str, Any]]:
         _alert("LlmopsSlowTimeToFirstToken", f"llmops:ttft_seconds:p95_{w} > {_num(a.ttft_p95_s)}", hold, "ticket",
                f"{WHO}: p95 time to first token above {a.ttft_p95_s:g} s",
                "Queueing: scale the predictor (maxReplicas) or check the accelerator's utilisation."),
-        _alert("LlmopsDriftDetected", "max by (job) (llmops_drift_detected) == 1", "0m", "ticket",
-               "The drift monitor's latest window differs from the training reference",
-               "Open the report under <state>/monitor/ (`llmops monitor run --json` names it); the trigger "
-               "starts one retraining run per shift."),
+        _alert("LlmopsDriftDetected", "max by (job) (llmops_drift_severity) >= 2", "0m", "ticket",
+               "The drift monitor's latest window differs from the training reference: severity drift "
+               "(significant and above the effect thresholds)",
+               "Open the report under <state>/monitor/ (`llmops monitor run --json` names it): its 'What changed' "
+               "section shows the new prompt clusters and which detectors moved; after monitoring.trigger."
+               "persist_windows such windows the trigger starts one retraining run per shift if there is new data."),
+        _alert("LlmopsDriftWatch", "max by (job) (llmops_drift_severity) == 1", hold, "info",
+               "The drift monitor's latest window is statistically different from the training reference but "
+               "below the drift thresholds (severity watch)",
+               "Nothing to do unless it persists or grows: read the report's detector table (watch-only signals "
+               "such as lengths move with phrasing and clients)."),
+        _alert("LlmopsDriftNothingNewToLearn", "max by (job) (llmops_monitor_retrain_held) == 1", "0m", "ticket",
+               "Persistent drift, but no retraining started: no data new since the champion's covers it",
+               "Label the drifted prompts queued in <state>/monitor/labelling/queue.jsonl and add them "
+               "(`llmops data add`), or export reviewed feedback (`llmops log export --dvc`); the next drifted "
+               "window then starts the retrain."),
         _alert("LlmopsNegativeFeedbackRate",
                f"llmops_monitor_negative_feedback_ratio > {_num(a.negative_feedback_rate)}\n"
                f"  and on (job, instance) llmops_monitor_rated_requests >= {a.min_rated}",

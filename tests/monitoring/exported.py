@@ -60,13 +60,16 @@ def router_names() -> set[str]:
 
 def monitor_names() -> set[str]:
     """The monitor's exposition as `llmops monitor run` renders it, from a drift report built by H5's types."""
-    from monitoring.drift import DetectorResult, DriftReport
+    from monitoring.drift import DetectorResult, DriftReport, Severity
     from monitoring.exposition import render
+    from monitoring.monitor import trigger_gauges
+    from monitoring.triggers import OUTCOMES
 
-    report = DriftReport(drifted=True, detectors=[DetectorResult("prompt_embedding_mmd", 0.1, 0.01, 0.05, True)],
+    report = DriftReport(Severity.DRIFT, [DetectorResult("prompt_embedding_mmd", 0.1, 0.01, 0.05, True, effect=0.1,
+                                                         effect_threshold=0.06, severity=Severity.DRIFT)],
                          alpha=0.05, window={"requests": 10}, reference={}, created=0.0)
-    return _from_text(render(report.prometheus_lines(), {"requests": 10, "rated": 2, "negative": 1},
-                             {"started": 1, "suppressed": 0, "failed": 0}, 0.0))
+    return _from_text(render(report.prometheus_lines() + trigger_gauges(2, True),
+                             {"requests": 10, "rated": 2, "negative": 1}, dict.fromkeys(OUTCOMES, 1), 0.0))
 
 
 def exported_names() -> set[str]:

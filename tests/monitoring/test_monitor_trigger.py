@@ -51,7 +51,9 @@ def monitored(settings, tmp_path):
     script, out = tmp_path / "record.py", tmp_path / "started.jsonl"
     script.write_text(RECORDER)
     command = json.dumps([sys.executable, str(script), str(out)])
-    return settings, [f"monitoring.trigger.command={command}", "drift.permutations=200"], out
+    # one drifted window counts at once here (persistence has its own test); no champion: every dataset is new
+    return settings, [f"monitoring.trigger.command={command}", "drift.permutations=200",
+                      "monitoring.trigger.persist_windows=1"], out
 
 
 def _log(settings, records: list[dict], start: float) -> None:
@@ -97,7 +99,7 @@ def test_one_shift_starts_one_retrain_run_then_cooldown(monitored):
     _log(settings, holdout[:80], time.time() - 600)  # reference-like traffic: no verdict of drift, no trigger
     quiet = _monitor(sets)
     assert not quiet["drifted"], json.loads(Path(quiet["report_json"]).read_text())["detectors"]
-    assert quiet["trigger"] is None and quiet["window"]["requests"] == 80
+    assert quiet["trigger"] is None and quiet["window"]["requests"] == 80 and quiet["severity"] != "drift"
 
     _log(settings, shifted[:80], time.time() - 300)
     first = _monitor(sets)
@@ -139,7 +141,8 @@ def test_one_shift_starts_one_retrain_run_then_cooldown(monitored):
 
     history = triggers.history(settings.state_dir)
     assert [h["outcome"] for h in history] == ["started", "suppressed", "suppressed", "started"]
-    assert triggers.counts(settings.state_dir) == {"started": 2, "suppressed": 2, "failed": 0}
+    assert triggers.counts(settings.state_dir) == {"started": 2, "suppressed": 2, "failed": 0, "pending": 0,
+                                                   "held": 0}
     listed = CliRunner().invoke(app, ["monitor", "triggers", "--json"])
     assert [r["id"] for r in json.loads(listed.stdout)] == [h["id"] for h in history]
 

@@ -22,7 +22,7 @@ import yaml
 
 from llmops.settings import get_settings
 from monitoring import exposition
-from monitoring.drift import DetectorResult, DriftReport
+from monitoring.drift import DetectorResult, DriftReport, Severity
 from monitoring.prometheus.rules import render_rules
 from serving.local_stack import LocalStack
 from tests.monitoring.exported import DASHBOARDS, dashboard_exprs, fill_grafana_vars
@@ -70,7 +70,8 @@ def test_prometheus_fires_error_rate_and_drift_alerts(settings, tiny_model_dir, 
 
     state = settings.state_dir
     # the monitor's gauges as `llmops monitor run` writes them, from a drift report of the drift library's type
-    report = DriftReport(drifted=True, detectors=[DetectorResult("prompt_embedding_mmd", 0.2, 0.002, 0.01, True)],
+    report = DriftReport(Severity.DRIFT, [DetectorResult("prompt_embedding_mmd", 0.2, 0.002, 0.01, True, effect=0.2,
+                                                         effect_threshold=0.06, severity=Severity.DRIFT)],
                          alpha=0.05, window={"requests": 200}, reference={}, created=time.time())
     exposition.write_textfile(exposition.textfile_path(state), exposition.render(
         report.prometheus_lines(), {"requests": 200, "rated": 0, "negative": 0}, {"started": 1}, time.time()))

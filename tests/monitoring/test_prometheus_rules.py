@@ -81,7 +81,7 @@ def test_rules_query_only_exported_series():
     queried = queried_names([r["expr"] for g in groups for r in g["rules"]])
     exported = exported_names()
     assert queried and queried <= exported, f"not exported: {sorted(queried - exported)}"
-    assert {"llmops_router_upstream_errors_total", "llmops_drift_detected",
+    assert {"llmops_router_upstream_errors_total", "llmops_drift_severity", "llmops_monitor_retrain_held",
             "llmops_monitor_negative_feedback_ratio"} <= queried
 
 
