@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="params override (canary.*)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    from llmops import host
+
+    host_fp = host.for_benchmark()  # the machine these timings come from (printed on stderr, recorded below)
     faults = [f for f in args.faults.split(",") if f]
     if unknown := sorted(set(faults) - set(FAULTS)):
         ap.error(f"unknown faults {unknown}; choose from {sorted(FAULTS)}")
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     flagger_documented = FLAGGER_INTERVAL_S * FLAGGER_THRESHOLD_DOCUMENTED
     flagger_unset = FLAGGER_INTERVAL_S * FLAGGER_THRESHOLD_UNSET
     summary: dict[str, Any] = {
-        "model": args.model, "cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2),
+        "model": args.model, "host": host_fp, "cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2),
         "rollout": {"steps": [s.weight for s in c.steps], "interval_s": c.interval_s,
                     "min_requests": c.step_defaults.min_requests, "loadgen_rate": c.loadgen.rate},
         "flagger_computed_s": {"documented_interval_1m_threshold_5": flagger_documented,

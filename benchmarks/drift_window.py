@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
                              "3,457 distinct prompts, enough to fill the default 2,000-prompt MMD sample")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    from llmops import host
+
+    host_fp = host.for_benchmark()  # the machine these timings come from (printed on stderr, recorded below)
 
     import torch
 
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     built = not (default_reference_dir(settings) / "reference.json").is_file()
     reference = ensure_reference(settings, params)  # the monitor's own: built once from the train split, saved
-    results: dict = {"requests": args.requests, "threads": args.threads, "cores": os.cpu_count(),
+    results: dict = {"host": host_fp, "requests": args.requests, "threads": args.threads, "cores": os.cpu_count(),
                      ("reference_build_s" if built else "reference_load_s"): round(time.perf_counter() - t, 1),
                      "reference_prompts": reference.meta["prompts"]}
     window = _window(args.requests, args.seed, args.traffic)

@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    from llmops import host
+
+    host_fp = host.for_benchmark()  # the machine these timings come from (printed on stderr, recorded below)
 
     import torch
     import transformers
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             fastest_ttft = min(best["eager-generate"][bs]["ttft_s"], best["eager-engine"][bs]["ttft_s"])
             ratios[f"{rt}/eager batch{bs} TTFT"] = round(best[rt][bs]["ttft_s"] / fastest_ttft, 2)
     report = {"model": str(model_dir), "new_tokens": args.new_tokens, "hardware": engine_store.cpu_hardware(),
-              "rows": rows, "ratios": ratios,
+              "host": host_fp, "rows": rows, "ratios": ratios,
               "build_seconds": {rt: builds[rt].get("build_seconds") for rt in runtimes},
               "equivalence": {rt: {k: eq[k] for k in ("identical", "prompts", "identical_rate", "new_tokens")}
                               for rt, eq in equivalence.items()}}

@@ -149,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = random_model_dir(args.model_dir, Path("/tmp/llmops-random-model"))
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     slots = max(sizes)
-    report: dict[str, Any] = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+    from llmops import host
+
+    report: dict[str, Any] = {"gpu": torch.cuda.get_device_name(), "host": host.for_benchmark(),
+                              "torch": torch.__version__,
                               "weights": "random (architecture from config.json)" if args.random_init else "real",
                               "new_tokens": args.new_tokens, "dtype": "bfloat16", "sides": {}}
     print(f"gpu={report['gpu']} torch={report['torch']} weights={report['weights']}", flush=True)

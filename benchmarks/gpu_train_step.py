@@ -161,7 +161,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     peak = bf16_matmul_flops()
     n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
                    .parameters())
-    results: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+    from llmops import host
+
+    results: dict[str, Any] = {"device": torch.cuda.get_device_name(), "host": host.for_benchmark(),
+                               "torch": torch.__version__,
                                "strategy": args.strategy, "random_init": args.random_init,
                                "params": n_params, "bf16_matmul_tflops": peak / 1e12}
     for name, batches in (("ours_packed", ours), ("baseline_pad256", base)):

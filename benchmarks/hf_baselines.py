@@ -9,8 +9,8 @@
 
 Every side gets the same tokenised examples (`encode_example`: chat template, prompt labels -100), the same
 PEFT LoRA init (`build_lora_model`, same seed), AdamW (weight decay 0), our LR schedule (`lr_factor`),
-gradient clipping and bf16 autocast (`bf16=True, use_cpu=True`). Step time is the interval between
-consecutive `on_step_end` callbacks (it includes collation and the loss logging, as ours does).
+gradient clipping and the run's resolved precision (`bf16=True, use_cpu=True` for bf16). Step time is the
+interval between consecutive `on_step_end` callbacks (it includes collation and the loss logging, as ours does).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def _model_and_optim(base_dir: Path, lora: dict, tp, steps: int):
 
 def _common_args(tp, out_dir: Path, micro: int, accum: int, steps: int) -> dict[str, Any]:
     return dict(output_dir=str(out_dir), per_device_train_batch_size=micro, gradient_accumulation_steps=accum,
-                max_steps=steps, bf16=bool(tp.bf16), use_cpu=True, max_grad_norm=tp.max_grad_norm or 1e9,
+                max_steps=steps, bf16=tp.precision == "bf16", use_cpu=True, max_grad_norm=tp.max_grad_norm or 1e9,
                 seed=tp.seed, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
                 dataloader_num_workers=0)
 

@@ -178,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         normal = run_per_record(Path(tmp) / "per-record-normal.db", args.baseline_records, args.concurrency,
                                 "per-record-normal", NormalSyncStore)
     strongest = max(base, normal, key=lambda s: s["records_per_s"])
-    out = {"params": params.model_dump(), "concurrency": args.concurrency, "threads": args.threads,
+    from llmops import host
+
+    out = {"host": host.for_benchmark(), "params": params.model_dump(), "concurrency": args.concurrency,
+           "threads": args.threads,
            "sides": [ours, base, normal], "strongest_baseline": strongest["side"],
            "ratio_ours_vs_strongest": round(ours["records_per_s"] / strongest["records_per_s"], 2),
            "ratio_ours_vs_per_record": round(ours["records_per_s"] / base["records_per_s"], 2),

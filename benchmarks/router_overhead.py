@@ -198,6 +198,9 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--stub", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    from llmops import host
+
+    host_fp = host.for_benchmark()  # the machine these timings come from (printed on stderr, recorded below)
     if args.stub:
         run_stub(args.stub)
         return
@@ -247,7 +250,7 @@ def main() -> None:
 
     report: dict[str, Any] = {"rate_per_s": args.rate, "seconds_per_phase": args.seconds * 2,
                               "loadavg_1m": [round(load0[0], 2), round(load1[0], 2)], "cores": os.cpu_count(),
-                              "uvicorn_http_loop": _uvicorn_flavour()}
+                              "uvicorn_http_loop": _uvicorn_flavour(), "host": host_fp}
     for name, got in results.items():
         report[name] = {**_summary(got["latency"]), "errors": len(got["errors"])}
         if "stream" in name:

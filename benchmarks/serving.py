@@ -228,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--json", action="store_true", help="print the results as JSON only")
     args = ap.parse_args(argv)
+    from llmops import host
+
+    host_fp = host.for_benchmark()  # the machine these timings come from (printed on stderr, recorded below)
     if not (args.model / "config.json").is_file():
         raise SystemExit(f"no checkpoint at {args.model}: run `make setup` (it pulls the base model)")
     levels = [int(x) for x in args.concurrency.split(",")]
@@ -256,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                 ratios[f"{a}/{b} tokens/s @c={c}"] = round(by[(a, c)].tokens_per_s / by[(b, c)].tokens_per_s, 2)
             if (a, c) in by and (b, c) in by and by[(a, c)].ttft_p50_s > 0:
                 ratios[f"{b}/{a} ttft p50 @c={c}"] = round(by[(b, c)].ttft_p50_s / by[(a, c)].ttft_p50_s, 2)
-    report = {"model": str(args.model), "max_tokens": args.max_tokens, "startup_s": startups,
+    report = {"model": str(args.model), "host": host_fp, "max_tokens": args.max_tokens, "startup_s": startups,
               "results": [asdict(r) for r in results], "ratios": ratios}
     if args.json:
         print(json.dumps(report, indent=2))

@@ -22,7 +22,10 @@ PROMPTS = ["Explain what a Python list comprehension is.", "Write a haiku about 
 def main(n: int = 64, model_dir: Path = ROOT / ".llmops/models/smollm2-135m-instruct") -> dict:
     from transformers import GenerationConfig
 
+    from llmops import host
     from serving.engines.eager import EagerEngine
+
+    host_fp = host.for_benchmark()  # the machine these timings come from (printed on stderr, recorded below)
 
     eng = EagerEngine(model_dir, max_slots=len(PROMPTS))
     tok, model = eng.tokenizer, eng.model
@@ -58,6 +61,7 @@ def main(n: int = 64, model_dir: Path = ROOT / ".llmops/models/smollm2-135m-inst
     dt = time.perf_counter() - t0
     res["ours_eager_batched"] = {"tokens": n * len(ids), "s": round(dt, 2), "tok_per_s": round(n * len(ids) / dt, 1)}
     res["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
+    res["host"] = host_fp
     return res
 
 

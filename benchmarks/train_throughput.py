@@ -10,7 +10,8 @@ Sides, in one run, one after the other, on the same machine (see `benchmarks/REA
 
 Same for every side: the first E tokenised training examples (chat template, loss on the answer only), the
 LoRA config and init seed, AdamW, `lr_factor` schedule over `--steps + 1` optimizer steps, gradient clipping,
-bf16 autocast. The first step of every side is warm-up and excluded; step time is the mean over the other
+the precision `train.precision` resolves to on this host (llmops.precision; bf16 autocast where the CPU has native
+bf16). The first step of every side is warm-up and excluded; step time is the mean over the other
 `--steps`. Tokens per optimizer step are matched as closely as each side allows and printed.
 
 FLOPs are counted per step from the layout each side really ran (`benchmarks/flops.py`: frozen base forward +
@@ -205,9 +206,9 @@ def profile_ours(params, base_dir: Path, tokenizer, train_path: Path, val_path: 
 
     from components.train._attention import register as packed_attention
     from components.train._model import build_lora_model
-    from components.train._worker import autocast
     from components.train.data import BlockStream, collate, loss_sum
     from components.train.logic import prepare_data
+    from llmops.precision import autocast
 
     tp = params.train
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // tp.num_workers))
@@ -219,7 +220,7 @@ def profile_ours(params, base_dir: Path, tokenizer, train_path: Path, val_path: 
 
     def one(step: int) -> None:
         batch = collate([data.blocks[i] for i in stream.step_indices(step, tp.batch_size)], data.pad_id)
-        with autocast("cpu", bool(tp.bf16)):
+        with autocast("cpu", tp.precision):
             loss, n = loss_sum(model, batch)
         (loss / n).backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
@@ -304,6 +305,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     total_steps = args.steps + 1
     params = settings.params([*args.set, f"train.max_steps={total_steps}"])
     tp = params.train
+    from llmops import host
+    from llmops.precision import probe_shape, resolve
+
+    host_fp = host.for_benchmark()
+    # every side trains in the precision `auto` (or the --set value) resolves to on this host
+    choice = resolve(tp.precision, "cpu", settings.state_dir, probe_shape(tp.batch_size, tp.seq_len, base_dir))
+    log(f"{choice.line()}")
+    args.set = [*args.set, f"train.precision={choice.precision}"]
+    params = settings.params([*args.set, f"train.max_steps={total_steps}"])
+    tp = params.train
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     examples_all, _ = encode_records(tokenizer, read_records(args.train), tp.seq_len)
     global_batch = tp.batch_size * tp.num_workers
@@ -363,7 +374,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                 "tokens_per_s": o["tokens_per_s"] / r["tokens_per_s"],
                                 "eval_loss_delta": o["eval_loss"] - r["eval_loss"]}
     report: dict[str, Any] = {
-        "model": args.model, "overrides": args.set, "precision": "bf16" if tp.bf16 else "fp32",
+        "model": args.model, "overrides": args.set, "precision": tp.precision, "host": host_fp,
         "threads": torch.get_num_threads(),
         "measured_steps": args.steps, "warmup_steps_excluded": 1, "examples": n_examples,
         "val_examples": len(val_records), "matmul_peak_flops_per_s": peak, "flops_formula": FORMULA,

@@ -227,3 +227,13 @@ def lineage_tags(fp: dict[str, Any]) -> dict[str, str]:
         if k in fp:
             tags[f"host.{k}"] = str(fp[k])
     return tags
+
+
+def for_benchmark() -> dict[str, Any]:
+    """describe() with the project's per-host cache, said as one line on stderr (stdout stays the benchmark's
+    report): every benchmark calls it and records the result with its timings."""
+    import sys
+
+    fp = describe(default_cache_dir())
+    print(host_line(fp), file=sys.stderr, flush=True)
+    return fp

@@ -81,7 +81,7 @@ def choose(requested: str, device_type: str, *, flags: set[str] | None = None,
     if result is None:
         return PrecisionChoice("fp32", "auto", device_type, "native bf16 flag but no probe ran: fp32 to be safe")
     ratio = result["bf16_gflops"] / result["fp32_gflops"]
-    measured = (f"probe bf16 {result['bf16_gflops']:.0f} vs fp32 {result['fp32_gflops']:.0f} GFLOP/s "
+    measured = (f"probe bf16 {result['bf16_gflops']:.3g} vs fp32 {result['fp32_gflops']:.3g} GFLOP/s "
                 f"({ratio:.2f}x, {result['threads']} thread(s))")
     if ratio >= MIN_SPEEDUP:
         return PrecisionChoice("bf16", "auto", device_type, f"native bf16 ({_bf16_flag(flags)}) and {measured}",
