@@ -25,7 +25,7 @@ from llmops.settings import Settings
 
 MANIFEST = "manifest.json"
 # bump when the graph a runtime runs changes (serving/engines/gqa_graph.py, decoder_graph.py)
-GRAPH_VERSIONS = {"onnxruntime": "llmops-gqa-graph/1", "openvino": "llmops-decoder-graph/1"}
+GRAPH_VERSIONS = {"onnxruntime": "llmops-gqa-graph/2", "openvino": "llmops-decoder-graph/2"}
 CHECKS_FILE = "checks.json"  # equivalence + benchmark of a full-precision engine (compile_engine), beside the manifest
 
 
@@ -128,7 +128,7 @@ def build_cpu_engine(settings: Settings, model_dir: Path, runtime: str,
     version = runtime_version(runtime)
     say = progress or (lambda _msg: None)
     model_dir = Path(model_dir)
-    check_supported(model_dir)
+    architecture = check_supported(model_dir).fingerprint()  # config settings the weights digest misses
     weights = weights_digest(model_dir)
     hardware = cpu_hardware()
     quantization = None
@@ -136,7 +136,7 @@ def build_cpu_engine(settings: Settings, model_dir: Path, runtime: str,
         from serving.engines import int8
 
         quantization = int8.settings_for(cpu_flags(), platform.machine(), reduce_range)
-    config = cpu_build_config(runtime, dtype, quantization)
+    config = cpu_build_config(runtime, dtype, quantization) | {"architecture": architecture}
     config_hash = short_hash(config)
     key = cache_key(weights, runtime, version, hardware, config_hash)
     name = engine_name(runtime, dtype)

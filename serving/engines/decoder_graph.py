@@ -1,11 +1,13 @@
-"""Export a Llama-architecture checkpoint as one ONNX decoder-with-past graph that CPU runtimes execute.
+"""Export a decoder checkpoint (any family `graph_spec.py` reads) as one ONNX decoder-with-past graph.
 
 Why our own graph rather than exporting the transformers module: the scheduler drives prefill and decode
 steps with per-slot KV caches, so the graph must take the KV cache as an input and hand the grown cache
 back. transformers 5's cache objects and mask builders do not trace cleanly; this module re-expresses the
-same maths (RMSNorm, rotary embeddings, grouped-query attention, SwiGLU, tied head) from the checkpoint's
-own weights in plain tensor ops that the exporter keeps exact. Equivalence with the transformers model is
-checked token for token on every build (`serving.engine_store`), so a mismatch never ships.
+same maths (RMSNorm, rotary embeddings, grouped-query attention, gated MLP, head, and each family's
+differences: biases, q/k norms, Gemma's scaled embeddings, sandwich norms and soft-capping, sliding windows)
+from the checkpoint's own weights in plain tensor ops that the exporter keeps exact. Equivalence with the
+transformers model is checked token for token on every build (`serving.engine_store`), so a mismatch never
+ships.
 
 Graph contract (all float32, KV packed in one tensor so a step has three inputs and two outputs):
     input_ids       int64 [B, T]
@@ -18,140 +20,134 @@ Graph contract (all float32, KV packed in one tensor so a step has three inputs 
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-from llmops.errors import ModelError
+from serving.engines.graph_spec import DecoderSpec, load_weights, read_spec
 
 OPSET = 17
 GRAPH_FILE = "decoder.onnx"
-SUPPORTED_MODEL_TYPES = ("llama",)
 
 
-def _config(model_dir: Path) -> dict[str, Any]:
-    path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        raise ModelError(f"no config.json in {model_dir}", "pass a Hugging Face checkpoint directory")
-    return json.loads(path.read_text())
+def check_supported(model_dir: Path) -> DecoderSpec:
+    """The checkpoint's spec when the graphs can express it exactly; a ModelError naming the family otherwise."""
+    return read_spec(model_dir)
 
 
-def check_supported(model_dir: Path) -> dict[str, Any]:
-    """The checkpoint's config when the graph can express it exactly; a clear error otherwise."""
-    cfg = _config(model_dir)
-    if cfg.get("model_type") not in SUPPORTED_MODEL_TYPES:
-        raise ModelError(f"the CPU engine graph supports {SUPPORTED_MODEL_TYPES}, not {cfg.get('model_type')!r}",
-                         "serve this model with --engine eager")
-    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    if rope.get("rope_type", "default") != "default":
-        raise ModelError(f"rope type {rope.get('rope_type')!r} is not supported by the CPU engine graph",
-                         "serve this model with --engine eager")
-    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
-        raise ModelError("attention/MLP biases are not supported by the CPU engine graph",
-                         "serve this model with --engine eager")
-    return cfg
+def _mask_bias(attention_mask, p: int, t: int, window: int | None):
+    """Additive mask [B, 1, T, P+T]: causal, left padding, and (when set) the sliding window. Rows are left
+    padded, so index distances equal position distances and the window applies in index space."""
+    import torch
 
-
-def _rope_theta(cfg: dict[str, Any]) -> float:
-    rope = cfg.get("rope_parameters") or {}
-    return float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    keys = torch.arange(p + t, device=attention_mask.device)
+    queries = torch.arange(t, device=attention_mask.device) + p
+    allowed = keys.unsqueeze(0) <= queries.unsqueeze(1)
+    if window:
+        allowed = allowed & (keys.unsqueeze(0) > queries.unsqueeze(1) - window)
+    allowed = allowed.unsqueeze(0).unsqueeze(0) & attention_mask.bool().unsqueeze(1).unsqueeze(1)
+    return torch.where(allowed, torch.zeros((), dtype=torch.float32),
+                       torch.full((), torch.finfo(torch.float32).min, dtype=torch.float32))
 
 
 def build_module(model_dir: Path):
     """The decoder-with-past as a torch module holding the checkpoint's weights (fp32, eval mode)."""
     import torch
-    from safetensors.torch import load_file
 
-    cfg = check_supported(model_dir)
-    weights: dict[str, torch.Tensor] = {}
-    for f in sorted(Path(model_dir).glob("*.safetensors")):
-        weights.update(load_file(str(f)))
-    if not weights:
-        raise ModelError(f"no safetensors weights in {model_dir}", "save the model with safe_serialization=True")
-
-    n_layers, n_heads = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
-    n_kv = int(cfg.get("num_key_value_heads", n_heads))
-    hidden = int(cfg["hidden_size"])
-    head_dim = int(cfg.get("head_dim") or hidden // n_heads)
-    eps = float(cfg.get("rms_norm_eps", 1e-6))
-    theta = _rope_theta(cfg)
-
-    def w(name: str) -> torch.Tensor:
-        if name not in weights:
-            raise ModelError(f"weight {name} missing from {model_dir}", "pass a complete (merged) checkpoint")
-        return weights[name].float()
+    spec = check_supported(model_dir)
+    weights = load_weights(model_dir, spec)
+    frozen = lambda x: torch.nn.Parameter(x, requires_grad=False)  # noqa: E731
 
     class Decoder(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.embed = torch.nn.Parameter(w("model.embed_tokens.weight"), requires_grad=False)
-            head = weights.get("lm_head.weight")
-            self.head = self.embed if head is None or cfg.get("tie_word_embeddings") else \
-                torch.nn.Parameter(head.float(), requires_grad=False)
-            self.norm = torch.nn.Parameter(w("model.norm.weight"), requires_grad=False)
-            names = ("input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
-                     "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
-                     "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")
-            self.layers = torch.nn.ParameterList(
-                torch.nn.Parameter(w(f"model.layers.{i}.{n}"), requires_grad=False)
-                for i in range(n_layers) for n in names)
-            inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-            self.register_buffer("inv_freq", inv, persistent=False)
+            self.embed = frozen(weights["embed"])
+            self.head = self.embed if weights["head"] is weights["embed"] else frozen(weights["head"])
+            self.norm = frozen(weights["norm"])
+            self.layers = torch.nn.ModuleList(torch.nn.ParameterDict(
+                {k.split(".", 1)[1]: frozen(v) for k, v in weights.items() if k.startswith(f"{i}.")})
+                for i in range(spec.layers))
+            for lt, (inv, _scaling) in spec.rope.items():
+                self.register_buffer(f"inv_freq_{lt}", inv, persistent=False)
+            self.scaling = {lt: scaling for lt, (_inv, scaling) in spec.rope.items()}
+            if spec.embed_scale is not None:  # an fp32 scalar, as transformers multiplies it
+                self.register_buffer("embed_scale", torch.tensor(spec.embed_scale, dtype=torch.float32),
+                                     persistent=False)
 
-        @staticmethod
-        def _rms(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-            var = x.pow(2).mean(-1, keepdim=True)
-            return weight * (x * torch.rsqrt(var + eps))
+        forward = _forward
 
-        @staticmethod
-        def _rotate(x: torch.Tensor) -> torch.Tensor:
-            half = x.shape[-1] // 2
-            return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    module = Decoder().eval()
+    module.spec = spec
+    return module, spec.shapes()
 
-        def forward(self, input_ids, position_ids, attention_mask, past):
-            bsz, t = input_ids.shape[0], input_ids.shape[1]
-            p = past.shape[4]
-            h = self.embed[input_ids]
-            freqs = position_ids.unsqueeze(-1).float() * self.inv_freq  # [B, T, D/2]
-            emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)      # [B, 1, T, D]
-            cos, sin = emb.cos(), emb.sin()
-            keys = torch.arange(p + t, device=input_ids.device)
-            queries = torch.arange(t, device=input_ids.device) + p
-            allowed = (keys.unsqueeze(0) <= queries.unsqueeze(1)).unsqueeze(0).unsqueeze(0) \
-                & attention_mask.bool().unsqueeze(1).unsqueeze(1)      # [B, 1, T, P+T]
-            bias = torch.where(allowed, torch.zeros((), dtype=torch.float32),
-                               torch.full((), torch.finfo(torch.float32).min, dtype=torch.float32))
-            scale = head_dim ** -0.5
-            presents = []
-            for i in range(n_layers):
-                ln1, ln2, wq, wk, wv, wo, wg, wu, wd = self.layers[i * 9:(i + 1) * 9]
-                x = self._rms(h, ln1)
-                lin = torch.nn.functional.linear
-                q = (lin(x, wq)).view(bsz, t, n_heads, head_dim).transpose(1, 2)
-                k = (lin(x, wk)).view(bsz, t, n_kv, head_dim).transpose(1, 2)
-                v = (lin(x, wv)).view(bsz, t, n_kv, head_dim).transpose(1, 2)
-                q = q * cos + self._rotate(q) * sin
-                k = k * cos + self._rotate(k) * sin
-                k = torch.cat((past[i, 0], k), dim=2)
-                v = torch.cat((past[i, 1], v), dim=2)
-                presents.append(torch.stack((k, v)))
-                groups = n_heads // n_kv
-                kk = k.repeat_interleave(groups, dim=1)
-                vv = v.repeat_interleave(groups, dim=1)
-                scores = (q @ kk.transpose(2, 3)) * scale + bias
-                attn = torch.softmax(scores, dim=-1) @ vv                # [B, H, T, D]
-                h_attn = attn.transpose(1, 2).reshape(bsz, t, n_heads * head_dim)
-                h = h + lin(h_attn, wo)
-                x = self._rms(h, ln2)
-                h = h + lin(torch.nn.functional.silu(lin(x, wg)) * lin(x, wu), wd)
-            last = self._rms(h[:, -1, :], self.norm)
-            return torch.nn.functional.linear(last, self.head), torch.stack(presents)
 
-    return Decoder().eval(), {"layers": n_layers, "kv_heads": n_kv, "head_dim": head_dim,
-                              "vocab": int(cfg["vocab_size"]), "max_position_embeddings":
-                              int(cfg.get("max_position_embeddings", 2048))}
+def _rms(x, weight, eps: float):
+    import torch
+
+    return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def _rotate(x):
+    import torch
+
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _proj(x, layer, name: str):
+    import torch
+
+    return torch.nn.functional.linear(x, layer[name], layer.get(f"{name}_bias"))
+
+
+def _forward(self, input_ids, position_ids, attention_mask, past):
+    """One prefill or decode step (see the module docstring for the contract); `self.spec` decides the family."""
+    import torch
+
+    spec: DecoderSpec = self.spec
+    bsz, t, p = input_ids.shape[0], input_ids.shape[1], past.shape[4]
+    h = self.embed[input_ids]
+    if spec.embed_scale is not None:
+        h = h * self.embed_scale
+    rot = {}
+    for lt in spec.rope:
+        freqs = position_ids.unsqueeze(-1).float() * getattr(self, f"inv_freq_{lt}")  # [B, T, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)                          # [B, 1, T, D]
+        rot[lt] = (emb.cos() * self.scaling[lt], emb.sin() * self.scaling[lt])
+    biases = {w: _mask_bias(attention_mask, p, t, w) for w in set(spec.windows)}
+    groups = spec.heads // spec.kv_heads
+    presents = []
+    for i, layer in enumerate(self.layers):
+        x = _rms(h, layer["attn_in"], spec.eps)
+        q = _proj(x, layer, "q").view(bsz, t, spec.heads, spec.head_dim)
+        k = _proj(x, layer, "k").view(bsz, t, spec.kv_heads, spec.head_dim)
+        v = _proj(x, layer, "v").view(bsz, t, spec.kv_heads, spec.head_dim).transpose(1, 2)
+        if "q_norm" in layer:
+            q, k = _rms(q, layer["q_norm"], spec.eps), _rms(k, layer["k_norm"], spec.eps)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        cos, sin = rot[spec.layer_types[i]]
+        q = q * cos + _rotate(q) * sin
+        k = k * cos + _rotate(k) * sin
+        k = torch.cat((past[i, 0], k), dim=2)
+        v = torch.cat((past[i, 1], v), dim=2)
+        presents.append(torch.stack((k, v)))
+        scores = (q @ k.repeat_interleave(groups, dim=1).transpose(2, 3)) * spec.scale
+        if spec.attn_softcap:
+            scores = torch.tanh(scores / spec.attn_softcap) * spec.attn_softcap
+        attn = torch.softmax(scores + biases[spec.windows[i]], dim=-1) @ v.repeat_interleave(groups, dim=1)
+        out = _proj(attn.transpose(1, 2).reshape(bsz, t, spec.heads * spec.head_dim), layer, "o")
+        h = h + (_rms(out, layer["attn_out"], spec.eps) if "attn_out" in layer else out)
+        x = _rms(h, layer["mlp_in"], spec.eps)
+        gate = _proj(x, layer, "gate")
+        gate = torch.nn.functional.silu(gate) if spec.activation == "silu" else \
+            torch.nn.functional.gelu(gate, approximate="tanh")
+        out = _proj(gate * _proj(x, layer, "up"), layer, "down")
+        h = h + (_rms(out, layer["mlp_out"], spec.eps) if "mlp_out" in layer else out)
+    logits = torch.nn.functional.linear(_rms(h[:, -1, :], self.norm, spec.eps), self.head)
+    if spec.final_softcap:
+        logits = torch.tanh(logits / spec.final_softcap) * spec.final_softcap
+    return logits, torch.stack(presents)
 
 
 def export_onnx(model_dir: Path, out_dir: Path) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Build the ONNX Runtime decoder graph: Llama maths on ORT's fused GroupQueryAttention, KV cache updated in place.
+"""Build the ONNX Runtime decoder graph: a decoder family's maths (`graph_spec.py`) on ORT's fused
+GroupQueryAttention, KV cache updated in place.
 
 Why a second graph next to `decoder_graph.py` (which OpenVINO runs): that graph takes the whole past and
 returns past + new as a fresh tensor, so every decode step copies the entire KV cache of the batch
@@ -8,7 +9,10 @@ applies the rotary embedding itself and, when a step's `past_key` and `present_k
 binding), writes only the new token's K/V into it. The graph is written node by node with `onnx.helper` from
 the checkpoint's safetensors (no tracing), so every weight is a MatMul initializer in [in, out] layout —
 which ONNX Runtime's int8 quantiser rewrites as-is — and the tied embedding is stored once: the head is a
-`Gemm(transB=1)` over the embedding table itself (the traced graph stored it twice).
+`Gemm(transB=1)` over the embedding table itself (the traced graph stored it twice). The families' differences
+map onto the kernel's own attributes where it has them (sliding window: `local_window_size`; Gemma's
+`softcap`; the q/k norms of Qwen3 and Gemma 3: `q_norm_weight`/`k_norm_weight`; a rotary table per layer type)
+and onto plain nodes otherwise (biases, Gemma's sandwich norms, embedding scale and final soft-capping).
 
 Graph contract (per layer i: `past_key.i`/`past_value.i` in, `present_key.i`/`present_value.i` out):
     input_ids              int64 [B, T]
@@ -25,125 +29,187 @@ import time
 from pathlib import Path
 from typing import Any
 
-from serving.engines.decoder_graph import _rope_theta, check_supported
+from serving.engines.graph_spec import DecoderSpec, load_weights, read_spec
 
 GRAPH_FILE = "decoder.onnx"
 OPSET = 17
 MS_OPSET = 1
 
 
-def _weights(model_dir: Path) -> dict[str, Any]:
-    from safetensors.torch import load_file
+class _Builder:
+    """Collects initializers and nodes; `init`/`node` return the names they define."""
 
-    from llmops.errors import ModelError
+    def __init__(self) -> None:
+        self.inits: list[Any] = []
+        self.nodes: list[Any] = []
 
-    weights: dict[str, Any] = {}
-    for f in sorted(Path(model_dir).glob("*.safetensors")):
-        weights.update(load_file(str(f)))
-    if not weights:
-        raise ModelError(f"no safetensors weights in {model_dir}", "save the model with safe_serialization=True")
-    return weights
+    def init(self, name: str, array) -> str:
+        import numpy as np
+        from onnx import numpy_helper
+
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, domain: str = "", outputs: list[str] | None = None,
+             **attrs) -> str:
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, inputs, outputs or [output], name=f"{op}_{len(self.nodes)}",
+                                           domain=domain, **attrs))
+        return output
+
+    def rms(self, x: str, weight, name: str, eps: float) -> str:
+        return self.node("SimplifiedLayerNormalization", [x, self.init(name, weight)], f"{name}_out",
+                         axis=-1, epsilon=eps, stash_type=1)
+
+    def linear(self, x: str, name: str, weight, bias=None) -> str:
+        """x @ weight.T (+ bias); the initializer is `name` (int8 keeps some of them float by this name)."""
+        out = self.node("MatMul", [x, self.init(name, weight.T)], f"{name}_out")
+        if bias is not None:
+            out = self.node("Add", [out, self.init(f"{name}_bias", bias)], f"{name}_biased")
+        return out
+
+
+def _rope_tables(b: _Builder, spec: DecoderSpec) -> dict[str, tuple[str, str]]:
+    """cos/sin [max_positions, D/2] per layer type, computed as transformers does (fp32 outer product, scaled)."""
+    import torch
+
+    out = {}
+    for lt, (inv, scaling) in spec.rope.items():
+        freqs = torch.outer(torch.arange(spec.max_positions, dtype=torch.int64).float(), inv)
+        out[lt] = (b.init(f"cos_cache.{lt}", (freqs.cos() * scaling).numpy()),
+                   b.init(f"sin_cache.{lt}", (freqs.sin() * scaling).numpy()))
+    return out
+
+
+def _concat_bias(layer: dict[str, Any], names: tuple[str, ...], sizes: list[int]):
+    """One bias for a fused projection (zeros for the parts without one); None when no part has one."""
+    import torch
+
+    if not any(f"{n}_bias" in layer for n in names):
+        return None
+    return torch.cat([layer.get(f"{n}_bias", torch.zeros(size)) for n, size in zip(names, sizes, strict=True)]).numpy()
+
+
+def _layer(b: _Builder, spec: DecoderSpec, i: int, layer: dict[str, Any], h: str, rope: tuple[str, str]) -> str:
+    """One decoder layer on hidden state `h`; returns the new hidden state's name."""
+    import numpy as np
+
+    q_out, kv_out = spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim
+    x = b.rms(h, layer["attn_in"], f"ln1.{i}", spec.eps)
+    qkv_w = np.concatenate([layer["q"].numpy(), layer["k"].numpy(), layer["v"].numpy()], axis=0)
+    qkv = b.linear(x, f"qkv.{i}", qkv_w, _concat_bias(layer, ("q", "k", "v"), [q_out, kv_out, kv_out]))
+    attrs: dict[str, Any] = {}
+    query = [qkv, "", ""]  # packed QKV, unless the q/k norms need the heads apart
+    if "q_norm" in layer:  # Qwen3, Gemma 3: RMSNorm per head before the rotary embedding (ORT's CPU kernel
+        query = _qk_norm(b, spec, i, layer, qkv)  # has no q/k-norm prologue, so plain nodes do it)
+    if spec.windows[i]:
+        # ORT and transformers alike: key visible iff q_pos - k_pos < window (checked against eager in tests)
+        attrs["local_window_size"] = spec.windows[i]
+    if spec.attn_softcap:
+        attrs["softcap"] = float(spec.attn_softcap)
+    b.node("GroupQueryAttention",
+           [*query, f"past_key.{i}", f"past_value.{i}", "seqlens_k", "total_sequence_length", *rope],
+           f"attn.{i}", domain="com.microsoft", outputs=[f"attn.{i}", f"present_key.{i}", f"present_value.{i}"],
+           num_heads=spec.heads, kv_num_heads=spec.kv_heads, do_rotary=1, rotary_interleaved=0,
+           scale=spec.scale, **attrs)
+    out = b.linear(f"attn.{i}", f"o.{i}", layer["o"].numpy(), _bias(layer, "o"))
+    if "attn_out" in layer:
+        out = b.rms(out, layer["attn_out"], f"ln1_post.{i}", spec.eps)
+    h = b.node("Add", [h, out], f"h_attn.{i}")
+    x = b.rms(h, layer["mlp_in"], f"ln2.{i}", spec.eps)
+    gu_w = np.concatenate([layer["gate"].numpy(), layer["up"].numpy()], axis=0)
+    gu = b.linear(x, f"gate_up.{i}", gu_w, _concat_bias(layer, ("gate", "up"), [spec.intermediate] * 2))
+    b.node("Split", [gu, "mlp_split"], "", outputs=[f"gate.{i}", f"up.{i}"], axis=-1)
+    if spec.activation == "silu":
+        act = b.node("Mul", [f"gate.{i}", b.node("Sigmoid", [f"gate.{i}"], f"sig.{i}")], f"silu.{i}")
+    else:  # gelu_tanh: ORT's FastGelu is exactly the tanh approximation
+        act = b.node("FastGelu", [f"gate.{i}"], f"gelu.{i}", domain="com.microsoft")
+    act = b.node("Mul", [act, f"up.{i}"], f"act.{i}")
+    out = b.linear(act, f"down.{i}", layer["down"].numpy(), _bias(layer, "down"))
+    if "mlp_out" in layer:
+        out = b.rms(out, layer["mlp_out"], f"ln2_post.{i}", spec.eps)
+    return b.node("Add", [h, out], f"h.{i}")
+
+
+def _qk_norm(b: _Builder, spec: DecoderSpec, i: int, layer: dict[str, Any], qkv: str) -> list[str]:
+    """Split packed QKV, RMS-normalise each head of q and k over head_dim; returns [query, key, value]."""
+    import numpy as np
+
+    q_out, kv_out = spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim
+    split = b.init(f"qkv_split.{i}", np.array([q_out, kv_out, kv_out], dtype=np.int64))
+    b.node("Split", [qkv, split], "", outputs=[f"q.{i}", f"k.{i}", f"v.{i}"], axis=-1)
+    out = []
+    for name, heads, width in (("q", spec.heads, q_out), ("k", spec.kv_heads, kv_out)):
+        per_head = b.init(f"{name}_heads_shape.{i}", np.array([0, 0, heads, spec.head_dim], dtype=np.int64))
+        flat = b.init(f"{name}_flat_shape.{i}", np.array([0, 0, width], dtype=np.int64))
+        x = b.node("Reshape", [f"{name}.{i}", per_head], f"{name}_heads.{i}")
+        x = b.rms(x, layer[f"{name}_norm"].numpy(), f"{name}_norm.{i}", spec.eps)
+        out.append(b.node("Reshape", [x, flat], f"{name}_normed.{i}"))
+    return [*out, f"v.{i}"]
+
+
+def _bias(layer: dict[str, Any], name: str):
+    bias = layer.get(f"{name}_bias")
+    return None if bias is None else bias.numpy()
+
+
+def _head(b: _Builder, spec: DecoderSpec, weights: dict[str, Any], h: str, embed: str) -> None:
+    """Last position -> final norm -> logits (the tied head reads the embedding table) -> soft-capping."""
+    import numpy as np
+
+    b.init("last_start", np.array([-1], dtype=np.int64))
+    b.init("last_end", np.array([np.iinfo(np.int64).max], dtype=np.int64))
+    b.init("one_axis", np.array([1], dtype=np.int64))
+    b.init("flat_shape", np.array([0, spec.hidden], dtype=np.int64))
+    b.node("Slice", [h, "last_start", "last_end", "one_axis"], "h_last")
+    x = b.node("Reshape", [b.rms("h_last", weights["norm"].numpy(), "norm", spec.eps), "flat_shape"], "h_flat")
+    head = embed if weights["head"] is weights["embed"] else b.init("lm_head", weights["head"].numpy())
+    if not spec.final_softcap:
+        b.node("Gemm", [x, head], "logits", transB=1)
+        return
+    cap = b.init("final_softcap", np.array(spec.final_softcap, dtype=np.float32))
+    raw = b.node("Gemm", [x, head], "raw_logits", transB=1)
+    tanh = b.node("Tanh", [b.node("Div", [raw, cap], "capped")], "capped_tanh")
+    b.node("Mul", [tanh, cap], "logits")
 
 
 def build_graph(model_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Write `out_dir/decoder.onnx` (+ `.data`) for the checkpoint; returns the graph's shape facts."""
     import numpy as np
     import onnx
-    import torch
-    from onnx import TensorProto, helper, numpy_helper
-
-    from llmops.errors import ModelError
+    from onnx import TensorProto, helper
 
     t0 = time.perf_counter()
-    cfg = check_supported(model_dir)
-    raw = _weights(model_dir)
-    n_layers, n_heads = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
-    n_kv = int(cfg.get("num_key_value_heads", n_heads))
-    hidden = int(cfg["hidden_size"])
-    head_dim = int(cfg.get("head_dim") or hidden // n_heads)
-    eps = float(cfg.get("rms_norm_eps", 1e-6))
-    max_pos = int(cfg.get("max_position_embeddings", 2048))
-    vocab = int(cfg["vocab_size"])
-
-    def w(name: str) -> np.ndarray:
-        if name not in raw:  # loaded through torch: numpy has no bfloat16
-            raise ModelError(f"weight {name} missing from {model_dir}", "pass a complete (merged) checkpoint")
-        return np.ascontiguousarray(raw[name].float().numpy())
-
-    inits: list[onnx.TensorProto] = []
-    nodes: list[onnx.NodeProto] = []
-
-    def init(name: str, array: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
-        return name
-
-    def node(op: str, inputs: list[str], outputs: list[str], domain: str = "", **attrs) -> None:
-        nodes.append(helper.make_node(op, inputs, outputs, name=f"{op}_{len(nodes)}", domain=domain, **attrs))
-
-    # Rotary tables exactly as the reference computes them (fp32 inv_freq, fp32 outer product).
-    inv = 1.0 / (_rope_theta(cfg) ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-    freqs = torch.outer(torch.arange(max_pos, dtype=torch.int64).float(), inv)
-    init("cos_cache", freqs.cos().numpy())
-    init("sin_cache", freqs.sin().numpy())
-    embed = init("embed", w("model.embed_tokens.weight"))
-    tied = "lm_head.weight" not in raw or bool(cfg.get("tie_word_embeddings"))
-    head = embed if tied else init("lm_head", w("lm_head.weight"))
-    init("last_start", np.array([-1], dtype=np.int64))
-    init("last_end", np.array([np.iinfo(np.int64).max], dtype=np.int64))
-    init("one_axis", np.array([1], dtype=np.int64))
-    init("flat_shape", np.array([0, hidden], dtype=np.int64))
-    inter = int(cfg["intermediate_size"])
-    init("mlp_split", np.array([inter, inter], dtype=np.int64))
-
-    node("Gather", [embed, "input_ids"], ["h0"])
-    h = "h0"
+    spec = read_spec(model_dir)
+    weights = load_weights(model_dir, spec)
+    b = _Builder()
+    rope = _rope_tables(b, spec)
+    embed = b.init("embed", weights["embed"].numpy())
+    b.init("mlp_split", np.array([spec.intermediate, spec.intermediate], dtype=np.int64))
+    h = b.node("Gather", [embed, "input_ids"], "h0")
+    if spec.embed_scale is not None:  # Gemma: the scale as an fp32 scalar, as transformers multiplies it
+        h = b.node("Mul", [h, b.init("embed_scale", np.array(spec.embed_scale, dtype=np.float32))], "h0_scaled")
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "new"]),
               helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
               helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, [])]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", vocab])]
-    for i in range(n_layers):
-        p = f"model.layers.{i}."
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", spec.vocab])]
+    for i in range(spec.layers):
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_{kind}.{i}", TensorProto.FLOAT,
-                                                        ["batch", n_kv, "past", head_dim]))
+                                                        ["batch", spec.kv_heads, "past", spec.head_dim]))
             outputs.append(helper.make_tensor_value_info(f"present_{kind}.{i}", TensorProto.FLOAT,
-                                                         ["batch", n_kv, "present", head_dim]))
-        ln1 = init(f"ln1.{i}", w(p + "input_layernorm.weight"))
-        node("SimplifiedLayerNormalization", [h, ln1], [f"x1.{i}"], axis=-1, epsilon=eps, stash_type=1)
-        qkv_w = np.concatenate([w(p + "self_attn.q_proj.weight"), w(p + "self_attn.k_proj.weight"),
-                                w(p + "self_attn.v_proj.weight")], axis=0).T
-        node("MatMul", [f"x1.{i}", init(f"qkv.{i}", qkv_w)], [f"qkv_out.{i}"])
-        node("GroupQueryAttention",
-             [f"qkv_out.{i}", "", "", f"past_key.{i}", f"past_value.{i}", "seqlens_k", "total_sequence_length",
-              "cos_cache", "sin_cache"],
-             [f"attn.{i}", f"present_key.{i}", f"present_value.{i}"], domain="com.microsoft",
-             num_heads=n_heads, kv_num_heads=n_kv, do_rotary=1, rotary_interleaved=0, scale=head_dim ** -0.5)
-        node("MatMul", [f"attn.{i}", init(f"o.{i}", w(p + "self_attn.o_proj.weight").T)], [f"o_out.{i}"])
-        node("Add", [h, f"o_out.{i}"], [f"h_attn.{i}"])
-        ln2 = init(f"ln2.{i}", w(p + "post_attention_layernorm.weight"))
-        node("SimplifiedLayerNormalization", [f"h_attn.{i}", ln2], [f"x2.{i}"], axis=-1, epsilon=eps, stash_type=1)
-        gu_w = np.concatenate([w(p + "mlp.gate_proj.weight"), w(p + "mlp.up_proj.weight")], axis=0).T
-        node("MatMul", [f"x2.{i}", init(f"gate_up.{i}", gu_w)], [f"gu.{i}"])
-        node("Split", [f"gu.{i}", "mlp_split"], [f"gate.{i}", f"up.{i}"], axis=-1)
-        node("Sigmoid", [f"gate.{i}"], [f"sig.{i}"])
-        node("Mul", [f"gate.{i}", f"sig.{i}"], [f"silu.{i}"])
-        node("Mul", [f"silu.{i}", f"up.{i}"], [f"act.{i}"])
-        node("MatMul", [f"act.{i}", init(f"down.{i}", w(p + "mlp.down_proj.weight").T)], [f"down_out.{i}"])
-        node("Add", [f"h_attn.{i}", f"down_out.{i}"], [f"h.{i}"])
-        h = f"h.{i}"
-    node("Slice", [h, "last_start", "last_end", "one_axis"], ["h_last"])
-    node("SimplifiedLayerNormalization", ["h_last", init("norm", w("model.norm.weight"))], ["h_norm"],
-         axis=-1, epsilon=eps, stash_type=1)
-    node("Reshape", ["h_norm", "flat_shape"], ["h_flat"])
-    node("Gemm", ["h_flat", head], ["logits"], transB=1)
+                                                         ["batch", spec.kv_heads, "present", spec.head_dim]))
+        layer = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith(f"{i}.")}
+        h = _layer(b, spec, i, layer, h, rope[spec.layer_types[i]])
+    _head(b, spec, weights, h, embed)
 
-    graph = helper.make_graph(nodes, "llmops-decoder-gqa", inputs, outputs, inits)
+    graph = helper.make_graph(b.nodes, "llmops-decoder-gqa", inputs, outputs, b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
                                                     helper.make_opsetid("com.microsoft", MS_OPSET)],
                               producer_name="llmops")
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, str(out_dir / GRAPH_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=GRAPH_FILE + ".data", size_threshold=1024)
-    return {"layers": n_layers, "kv_heads": n_kv, "head_dim": head_dim, "vocab": vocab,
-            "max_position_embeddings": max_pos, "export_seconds": round(time.perf_counter() - t0, 2),
-            "opset": OPSET, "tied_head_stored_once": tied}
+    return spec.shapes() | {"export_seconds": round(time.perf_counter() - t0, 2), "opset": OPSET,
+                            "tied_head_stored_once": weights["head"] is weights["embed"]}
