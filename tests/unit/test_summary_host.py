@@ -9,7 +9,7 @@ from llmops.tracking import start_pipeline_run
 from pipelines.summary import summarize
 
 
-def test_summary_reads_precision_and_host_from_the_train_step(settings: Settings) -> None:
+def test_summary_reads_precision_and_host_from_the_train_step_else_names_this_machine(settings: Settings) -> None:
     from mlflow.tracking import MlflowClient
 
     parent = start_pipeline_run(settings, "run-1")
@@ -26,8 +26,7 @@ def test_summary_reads_precision_and_host_from_the_train_step(settings: Settings
     assert out["host"]["cpu"] == fp["cpu"] and out["host"]["isa"] == host.isa_tag(fp)
     assert out["host"]["mem_bw_1t_gbs"] == "12.5" and out["host"]["cores"] == str(fp["cores"])
 
-
-def test_summary_of_a_run_that_never_trained_names_this_machine(settings: Settings) -> None:
+    # a run that never trained (one MLflow store for both cases: its setup is most of this test's time)
     out = summarize(settings, start_pipeline_run(settings, "run-2"))
     assert "precision" not in out
     assert out["host"]["cpu"] == host.cpu_model() and out["host"]["source"].startswith("this machine")
