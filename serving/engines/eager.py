@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from llmops.errors import LlmopsError
+from llmops.modeling.prompts import stop_token_ids
 from serving.engines import register_engine
 from serving.engines.base import Engine
 
@@ -54,8 +55,8 @@ class EagerEngine(Engine):
         cfg = self.model.config
         self.max_slots = max_slots
         self.max_len = min(max_len, int(getattr(cfg, "max_position_embeddings", max_len) or max_len))
-        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
-        self.extra_eos_ids = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
+        # the family's end of turn: eos, the generation config's eos ids, the chat template's end-of-turn token
+        self.extra_eos_ids = stop_token_ids(self.tokenizer, self.model.generation_config)
         self._kv: dict[int, KV] = {}  # slot -> per-layer caches [1, Hkv, len, D] (absent while in the view)
         self._len: dict[int, int] = {}  # slot -> tokens in its cache
         self._view: _BatchView | None = None
