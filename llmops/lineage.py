@@ -6,7 +6,9 @@ unreproducible build is visible), the md5 of every data file the train and evalu
 (`data.<split>.md5`) with the DVC-tracked version it matches or `untracked` (`data.<split>.dvc`), the
 datasets the splits were merged from (`data.sources`, `data.source.<entry>.*`), the params digest, the pipeline
 run ids and the base model's weights digest (hashed when it was trained on
-and again at registration: they must agree). Nothing is looked up from what a file *should* hold.
+and again at registration: they must agree), and how and where train ran (`train.precision`, `host.cpu`,
+`host.isa`, ...: the same params give different numbers on different silicon). Nothing is looked up from what a
+file *should* hold.
 """
 
 from __future__ import annotations

@@ -187,6 +187,7 @@ def test_collect_lineage(settings: Settings, repo: Path, monkeypatch: pytest.Mon
     params = settings.params()
     local = settings.model_copy(update={"project_dir": repo})
     read = {"data.train.md5": "a" * 32, "data.train.dvc": "untracked", "base_model.sha256": "f" * 64,
+            "train.precision": "bf16", "host.cpu": "AMD EPYC", "host.isa": "avx2+avx512f+avx512_bf16",
             "format": "peft-lora-safetensors", "test.perplexity": 3.5}  # artifact metadata: only lineage kept
     tags = collect_lineage(local, params, kfp_run_id="kfp-7", mlflow_run_id="abc123",
                            base_model_id="smollm2-135m-instruct", base_model_sha256="f" * 64, step_lineage=read)
@@ -194,6 +195,9 @@ def test_collect_lineage(settings: Settings, repo: Path, monkeypatch: pytest.Mon
         "git.commit": _git(repo, "rev-parse", "HEAD").strip(),  # dvc.lock's md5s are not lineage: what was read is
         "data.train.md5": "a" * 32,
         "data.train.dvc": "untracked",
+        "train.precision": "bf16",  # how and where train ran: two runs on different hosts are told apart
+        "host.cpu": "AMD EPYC",
+        "host.isa": "avx2+avx512f+avx512_bf16",
         "params.hash": params.digest(),
         "pipeline.kfp_run_id": "kfp-7",
         "pipeline.mlflow_run_id": "abc123",
