@@ -14,6 +14,10 @@ from typing import Any
 _TERMINAL_RESPONSES = ("response.completed", "response.incomplete", "response.failed")
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def usage_of(data: dict[str, Any]) -> dict[str, int] | None:
     """`usage` as prompt/completion tokens, from chat/completions (`prompt_tokens`) or Responses (`input_tokens`)."""
     usage = data.get("usage")
@@ -81,24 +85,31 @@ class StreamParser:
             return False, True
         try:
             obj = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             return True, False
         if not isinstance(obj, dict):
             return True, False
         if self.route == "/v1/responses":
-            kind = obj.get("type")
-            if kind == "response.output_text.delta":
-                self._add(obj.get("delta"))
-            elif kind in _TERMINAL_RESPONSES:
-                response = obj.get("response") or {}
-                self.finish = response.get("status")
-                self.usage = usage_of(response)
-                if kind == "response.failed":
-                    self.error = str((response.get("error") or {}).get("message") or "response failed")
-                return False, True
-            elif kind == "error":
-                self.error = str(obj.get("message") or (obj.get("error") or {}).get("message") or "stream error")
-            return True, False
+            return self._responses_event(obj)
+        return self._chunk(obj)
+
+    def _responses_event(self, obj: dict[str, Any]) -> tuple[bool, bool]:
+        kind = obj.get("type")
+        if kind == "response.output_text.delta":
+            self._add(obj.get("delta"))
+        elif kind in _TERMINAL_RESPONSES:
+            response = obj.get("response") if isinstance(obj.get("response"), dict) else {}
+            self.finish = response.get("status")
+            self.usage = usage_of(response)
+            if kind == "response.failed":
+                self.error = str(_dict(response.get("error")).get("message") or "response failed")
+            return False, True
+        elif kind == "error":
+            self.error = str(obj.get("message") or _dict(obj.get("error")).get("message") or "stream error")
+        return True, False
+
+    def _chunk(self, obj: dict[str, Any]) -> tuple[bool, bool]:
+        """A chat/completions chunk: its text (or tool-call arguments), finish reason, usage, or an error."""
         if isinstance(obj.get("error"), dict):
             self.error = str(obj["error"].get("message") or "stream error")
             return True, False
@@ -106,16 +117,16 @@ class StreamParser:
         if usage is not None:
             self.usage = usage
         choices = obj.get("choices")
-        if not choices:
+        if not choices or not isinstance(choices, list):
             return not (self.drop_usage_chunk and usage is not None), False
-        choice = choices[0]
+        choice = _dict(choices[0])
         if self.route == "/v1/completions":
             self._add(choice.get("text"))
         else:
-            delta = choice.get("delta") or {}
+            delta = _dict(choice.get("delta"))
             self._add(delta.get("content"))
             for call in delta.get("tool_calls") or []:
-                self._add((call.get("function") or {}).get("arguments"))
+                self._add(_dict(_dict(call).get("function")).get("arguments"))
         if choice.get("finish_reason"):
             self.finish = choice["finish_reason"]
         return True, False
