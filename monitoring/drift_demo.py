@@ -3,15 +3,19 @@
 1. serve the champion behind the router (`serving/local_stack.py`; the server writes the inference log);
 2. reference: the training prompts, and the champion's own answers to held-out validation prompts (sent
    through the router) as the response side, saved where `llmops monitor run` looks for it;
-3. reference-like traffic (test-split prompts) -> `monitor run`: no drift expected;
-4. shifted traffic (data/drift/shifted.jsonl), a corrected answer for some of it through POST /v1/feedback,
-   exported as a DVC dataset in the feedback source (`llmops log export --dvc`) -> `monitor run`: drift fires
-   and the trigger starts `llmops run retrain --drift-report ...` detached;
-5. the servers stop (the retrain's canary starts its own), and the demo waits for the retrain to finish and
+3. paraphrased in-domain traffic (data/drift/paraphrased.jsonl: the training facts in people's words) ->
+   `monitor run`: below `drift` expected (often `watch`: it is phrased differently, but nothing new is asked);
+4. shifted traffic (data/drift/shifted.jsonl) over `monitoring.trigger.persist_windows` windows with no new
+   data: the first windows are `pending` (persistence), then the drift is `held` (nothing new to learn since
+   the champion's training data) and its prompts are queued for labelling;
+5. corrected answers for some shifted requests through POST /v1/feedback, exported as a DVC dataset in the
+   feedback source (`llmops log export --dvc`) -> one more shifted window -> `monitor run`: drift, new data
+   that covers it, and the trigger starts `llmops run retrain --drift-report ...` detached;
+6. the servers stop (the retrain's canary starts its own), and the demo waits for the retrain to finish and
    reads back what it did: refreshed data (with the feedback), gate, registered version, canary decision.
 
-Traffic is greedy (temperature 0) on a fixed seeded sample, so a run's verdicts repeat; the detectors' false
-alarm rate on reference-like windows is `drift.alpha` (calibrated, monitoring/README.md).
+Traffic is greedy (temperature 0) on a fixed seeded sample, so a run's verdicts repeat; the severity's false
+`drift` rate on paraphrased windows is measured by `llmops monitor calibrate` (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -122,14 +126,53 @@ def _wait(pid: int, timeout_s: float, say: Callable[[str], None], log_path: str 
         time.sleep(2)
 
 
+def _said(say: Callable[[str], None], res: dict[str, Any]) -> None:
+    trigger = res.get("trigger") or {}
+    say(f"  severity={res['severity']} fired={res['fired']}"
+        + (f" trigger={trigger['outcome']} ({trigger['reason']})" if trigger else ""))
+
+
+def _shift_phases(settings: Settings, params: Params, cfg: DemoConfig, server_url: str, router_url: str,
+                  reference: Any, stamp: str, out: dict[str, Any], say: Callable[[str], None]) -> None:
+    """Shifted windows with no new data (pending, then held), the feedback export, one more shifted window."""
+    from monitoring.inference_log import open_log
+    from monitoring.inference_log.export import export_feedback
+    from monitoring.monitor import run_monitor
+
+    persist = params.monitoring.trigger.persist_windows
+    n = cfg.requests
+    shifted = _sample(settings.project_dir / "data" / "drift" / "shifted.jsonl", n * (persist + 1), cfg.seed)
+    sent: list[tuple[dict[str, str], str]] = []
+    out["shifted_without_new_data"] = []
+    t_first = time.time()
+    for k in range(persist):
+        say(f"phase 2.{k + 1}: {n} shifted requests (SQL questions), no new data yet")
+        t = time.time()
+        batch = shifted[k * n:(k + 1) * n]
+        sent += list(zip(batch, replay(router_url, batch, f"shift{k}{stamp}", cfg), strict=True))
+        res = run_monitor(settings, params, since=t, window=n, reference=reference, progress=say)
+        out["shifted_without_new_data"].append(res)
+        _said(say, res)
+    for rec, rid in sent[: cfg.feedback]:
+        _post_feedback(server_url, rid, rec["output"])
+    if cfg.feedback:
+        with open_log(settings, params, start_writer=False) as log:
+            exported = export_feedback(log, settings, params, since=t_first, dvc=True, push=False, data_docs=False)
+        out["feedback_export"] = {"rows": exported.rows, "path": exported.path, "md5": exported.md5}
+        say(f"  exported {exported.rows} corrected answers to the feedback source (DVC)")
+    say(f"phase 3: {n} more shifted requests, now with corrected answers for this kind of traffic")
+    t = time.time()
+    replay(router_url, shifted[persist * n:], f"shift{persist}{stamp}", cfg)
+    out["shifted"] = run_monitor(settings, params, since=t, window=n, reference=reference, progress=say)
+    _said(say, out["shifted"])
+
+
 def run_drift_demo(settings: Settings, params: Params, cfg: DemoConfig,
                    say: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     from llmops.modeling.prompts import user_message
     from llmops.registry.client import NotFound, Registry
     from monitoring.drift import build_reference
     from monitoring.drift.reference import default_reference_dir
-    from monitoring.inference_log import open_log
-    from monitoring.inference_log.export import export_feedback
     from monitoring.monitor import run_monitor
     from pipelines.summary import latest_parent_run, summarize
     from serving.local_stack import LocalStack
@@ -145,7 +188,7 @@ def run_drift_demo(settings: Settings, params: Params, cfg: DemoConfig,
     if champion is None:
         raise LlmopsError(f"model {name!r} has no champion to serve", "train one first: `make run`")
     splits = settings.project_dir / "data" / "splits"
-    shifted_path = settings.project_dir / "data" / "drift" / "shifted.jsonl"
+    paraphrased_path = settings.project_dir / "data" / "drift" / "paraphrased.jsonl"
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out: dict[str, Any] = {"champion": f"{name}/{champion}", "requests_per_phase": cfg.requests}
     with LocalStack(settings.state_dir / "demo" / stamp, overrides=tuple(cfg.overrides)) as stack:
@@ -169,27 +212,13 @@ def run_drift_demo(settings: Settings, params: Params, cfg: DemoConfig,
             response_source=f"{name}/{champion} greedy answers to {len(answered)} validation prompts")
         reference.save(default_reference_dir(settings))
 
-        say(f"phase 1: {cfg.requests} reference-like requests (test split)")
+        say(f"phase 1: {cfg.requests} paraphrased in-domain requests (the training facts in people's words)")
         t1 = time.time()
-        replay(router.url, _sample(splits / "test.jsonl", cfg.requests, cfg.seed), f"ok{stamp}", cfg)
+        replay(router.url, _sample(paraphrased_path, cfg.requests, cfg.seed), f"para{stamp}", cfg)
         out["reference_like"] = run_monitor(settings, params, since=t1, window=cfg.requests, reference=reference,
                                             progress=say)
-        say(f"  drifted={out['reference_like']['drifted']} fired={out['reference_like']['fired']}")
-
-        say(f"phase 2: {cfg.requests} requests from the shifted slice, {cfg.feedback} corrected by feedback")
-        t2 = time.time()
-        shifted = _sample(shifted_path, cfg.requests, cfg.seed)
-        ids = replay(router.url, shifted, f"shift{stamp}", cfg)
-        for rec, rid in list(zip(shifted, ids, strict=True))[: cfg.feedback]:
-            _post_feedback(server.url, rid, rec["output"])
-        if cfg.feedback:
-            with open_log(settings, params, start_writer=False) as log:
-                exported = export_feedback(log, settings, params, since=t2, dvc=True, push=False, data_docs=False)
-            out["feedback_export"] = {"rows": exported.rows, "path": exported.path, "md5": exported.md5}
-            say(f"  exported {exported.rows} corrected answers to the feedback source (DVC)")
-        out["shifted"] = run_monitor(settings, params, since=t2, window=cfg.requests, reference=reference,
-                                     progress=say)
-        say(f"  drifted={out['shifted']['drifted']} fired={out['shifted']['fired']}")
+        _said(say, out["reference_like"])
+        _shift_phases(settings, params, cfg, server.url, router.url, reference, stamp, out, say)
     trigger = (out["shifted"] or {}).get("trigger")
     if not out["shifted"]["drifted"] or not trigger or trigger["outcome"] != "started":
         out["retrain"] = None

@@ -1,6 +1,7 @@
 """The drift loop closed on the tiny model, every piece real: `llmops demo drift`'s logic serves the champion behind
-the router (server writing the inference log), builds the reference, replays reference-like traffic (no drift),
-then the shifted slice with feedback corrections exported as a DVC dataset (drift fires), the trigger starts
+the router (server writing the inference log), builds the reference, replays paraphrased in-domain traffic (below
+drift), shifted windows with no new data (pending, then held: nothing new to learn), then feedback corrections
+exported as a DVC dataset and one more shifted window (drift with new data that covers it), the trigger starts
 `llmops run retrain` as its own process, which refreshes the data (the feedback export merged in by the DVC split
 stage), trains the champion's recipe, registers, and takes the candidate through the canary.
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 NAME = "llmops-smollm2"
 COPY = ["dvc.yaml", "dvc.lock", "params.yaml", "data/expectations", "data/sample", "data/splits", "data/metrics",
-        "data/user/README.md", "data/feedback/README.md", "data/drift/shifted.jsonl",
+        "data/user/README.md", "data/feedback/README.md", "data/drift/shifted.jsonl", "data/drift/paraphrased.jsonl",
         # whole: the trigger starts `python -m llmops.cli.main` in the project, where a partial copy would shadow it
         "llmops"]
 
@@ -100,11 +101,17 @@ def test_shift_fires_drift_and_the_trigger_retrains_through_the_canary(project: 
     out = run_drift_demo(settings, params, cfg, said.append)
 
     quiet, shifted = out["reference_like"], out["shifted"]
-    assert quiet["window"]["requests"] == n and not quiet["drifted"], quiet
+    assert quiet["window"]["requests"] == n and quiet["severity"] != "drift", quiet  # paraphrased in-domain
     assert quiet["trigger"] is None
+    # shifted with no new data: pending until persist_windows, then held (nothing to learn) and queued
+    *pending, held = out["shifted_without_new_data"]
+    assert len(pending) + 1 == params.monitoring.trigger.persist_windows
+    assert all(p["trigger"]["outcome"] == "pending" for p in pending)
+    assert held["drifted"] and held["trigger"]["outcome"] == "held", held["trigger"]
+    assert "nothing new to learn" in held["trigger"]["reason"] and held["labelling"]["queued"] > 0
     assert shifted["window"]["requests"] == n and shifted["drifted"], shifted
     assert "prompt_embedding_mmd" in shifted["fired"]
-    assert shifted["trigger"]["outcome"] == "started"
+    assert shifted["trigger"]["outcome"] == "started" and "feedback/" in shifted["trigger"]["reason"]
     export = out["feedback_export"]
     assert export["rows"] == 20 and export["path"].startswith("data/feedback/")
 

@@ -184,3 +184,88 @@ def test_since_parsing_and_bad_input():
     assert parse_since(None) is None
     with pytest.raises(LlmopsError, match="bad --since"):
         parse_since("yesterday")
+
+
+def _register_champion(settings, sources: str) -> None:
+    """A champion version whose lineage names the datasets it was trained on (`data.sources`, as register does)."""
+    from mlflow.tracking import MlflowClient
+
+    from llmops import tracking
+
+    tracking.configure(settings)
+    client = MlflowClient(settings.tracking_uri)
+    run_id = tracking.start_pipeline_run(settings, "champion")
+    name = settings.registered_model
+    client.create_registered_model(name)
+    mv = client.create_model_version(name, f"runs:/{run_id}/model", run_id=run_id, tags={"data.sources": sources})
+    client.set_registered_model_alias(name, "champion", mv.version)
+
+
+@pytest.mark.slow  # four monitor runs with the embedder and MLflow: about 1-2 min on 2 busy cores
+def test_drift_persists_then_holds_without_new_data_then_retrains_with_it(monitored, tmp_path):
+    """persist_windows=2: the first drifted window is `pending`; the second finds no data new since the
+    champion's training data and is `held` (an alert gauge, a labelling queue of the drifted prompts); once a
+    dataset covering the drifted traffic is added, the next drifted window starts the retrain."""
+    from llmops.lineage import file_md5
+    from llmops.settings import get_settings
+    from monitoring.retrain_gate import labelling_queue
+
+    settings, sets, out = monitored
+    user = tmp_path / "user"
+    user.mkdir()
+    sample = REPO / "data" / "sample" / "base.jsonl"
+    sets = [s for s in sets if not s.startswith("monitoring.trigger.persist_windows")] + [
+        "monitoring.trigger.persist_windows=2", "monitoring.trigger.cooldown_s=0",
+        f"data.sources=[{{name: sample, path: {sample}}}, {{name: user, path: {user}}}]"]
+    _register_champion(get_settings(), f"sample@{file_md5(sample)}")
+    cooking = _sample(REPO / "data" / "drift" / "cooking.jsonl", 300)
+
+    _log(settings, cooking[:80], time.time() - 900)
+    first = _monitor(sets)
+    assert first["severity"] == "drift" and first["consecutive_drift_windows"] == 1
+    assert first["trigger"]["outcome"] == "pending" and "persist_windows=2" in first["trigger"]["reason"]
+
+    _log(settings, cooking[80:160], time.time() - 600)
+    second = _monitor(sets)
+    assert second["consecutive_drift_windows"] == 2 and second["trigger"]["outcome"] == "held"
+    assert "nothing new to learn" in second["trigger"]["reason"] and "no dataset" in second["trigger"]["reason"]
+    queued = [json.loads(line) for line in labelling_queue(settings.state_dir).read_text().splitlines()]
+    assert 0 < len(queued) <= 50 and second["labelling"]["queued"] == len(queued)
+    assert {q["prompt"] for q in queued} <= {user_message(r) for r in cooking[80:160]}
+    assert "llmops_monitor_retrain_held 1" in Path(second["metrics_file"]).read_text()
+    assert not out.exists()  # nothing was started
+
+    from llmops.data.records import write_jsonl
+
+    write_jsonl(cooking[160:220], user / "kitchen.jsonl")  # reviewed answers for this kind of traffic
+    _log(settings, cooking[220:300], time.time() - 300)
+    third = _monitor(sets)
+    assert third["trigger"]["outcome"] == "started", third["trigger"]
+    assert "user/kitchen" in third["trigger"]["reason"] and "covering" in third["trigger"]["reason"]
+    assert len(_started(out, 1)) == 1
+    assert "llmops_monitor_retrain_held 0" in Path(third["metrics_file"]).read_text()
+    assert [h["outcome"] for h in triggers.history(settings.state_dir)] == ["started", "held", "pending"]
+
+
+def test_old_trigger_table_is_migrated(tmp_path):
+    """A triggers.db written before `pending`/`held` existed keeps its rows and accepts the new outcomes."""
+    import sqlite3
+
+    path = triggers.db_path(tmp_path)
+    path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(path)
+    conn.executescript("""CREATE TABLE triggers (id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL,
+        reference_id TEXT NOT NULL, window_id TEXT NOT NULL,
+        outcome TEXT NOT NULL CHECK (outcome IN ('started', 'suppressed', 'failed')), reason TEXT NOT NULL,
+        report_path TEXT, mlflow_run_id TEXT, command TEXT, pid INTEGER, log_path TEXT, fired TEXT);
+        INSERT INTO triggers (created, reference_id, window_id, outcome, reason)
+        VALUES (1, 'r', 'w', 'started', 'x');""")
+    conn.close()
+    held = triggers.decide_and_start(tmp_path, reference_id="r2", window_id="w2", cooldown_s=0,
+                                     command=[sys.executable, "-c", "pass"], learnable=(False, "no data"))
+    assert held.outcome == "held"
+    assert triggers.counts(tmp_path)["started"] == 1 and triggers.counts(tmp_path)["held"] == 1
+    assert triggers.record_window(tmp_path, reference_id="r", window_id="a", severity="drift") == 1
+    assert triggers.record_window(tmp_path, reference_id="r", window_id="a", severity="drift") == 1  # same window
+    assert triggers.record_window(tmp_path, reference_id="r", window_id="b", severity="drift") == 2
+    assert triggers.record_window(tmp_path, reference_id="r", window_id="c", severity="watch") == 0
