@@ -215,6 +215,21 @@ def test_shifted_slice_is_deterministic_and_shipped() -> None:
     assert len(shipped) >= 40 * 25  # enough for many disjoint windows
 
 
+def test_paraphrase_and_shift_slices_are_deterministic_and_shipped() -> None:
+    """The calibration slices are what their generators write (same facts as the training set, new phrasing)."""
+    from llmops.data.records import dumps_record
+    from monitoring.drift.paraphrase import DEFAULT_OUT as PARAPHRASED
+    from monitoring.drift.paraphrase import build_paraphrased
+    from monitoring.drift.shifts import COOKING_OUT, SPANISH_OUT, build_cooking, build_spanish
+
+    for path, records in ((PARAPHRASED, build_paraphrased()), (SPANISH_OUT, build_spanish()),
+                          (COOKING_OUT, build_cooking())):
+        assert [dumps_record(r) for r in records] == (REPO / path).read_text(encoding="utf-8").splitlines(), path
+        assert len(records) >= 1000
+    train = {user_message(r) for r in _records(SPLITS / "train.jsonl")}
+    assert not train & {user_message(r) for r in _records(REPO / PARAPHRASED)}  # rephrased, never a training prompt
+
+
 def test_held_out_windows_never_reach_drift(reference, holdout, drift_params, memo) -> None:
     """Windows of the training generator's own held-out prompts: the classic no-drift control."""
     null = severity_rates(reference, draw_windows(holdout, 10, 100, seed=11, params=drift_params), drift_params, memo)
