@@ -53,7 +53,7 @@ def _eager_answer_nll(model, examples: list[tuple[list[int], int]]) -> tuple[flo
     return nll, count
 
 
-def _engine_answer_nll(engine, examples: list[tuple[list[int], int]]) -> tuple[float, int]:
+def engine_answer_nll(engine, examples: list[tuple[list[int], int]]) -> tuple[float, int]:
     """Teacher-forced: prefill the prompt, then decode the true answer tokens, batched over free slots."""
     import torch
 
@@ -94,7 +94,7 @@ def quality_gate(engine, model, tokenizer, records: list[dict[str, str]], cfg: Q
         ids, labels = encode_example(tokenizer, r)
         examples.append((ids, sum(1 for x in labels if x == -100)))
     e_nll, n = _eager_answer_nll(model, examples)
-    q_nll, n_q = _engine_answer_nll(engine, examples)
+    q_nll, n_q = engine_answer_nll(engine, examples)
     ppl_eager, ppl_engine = math.exp(e_nll / n), math.exp(q_nll / n_q)
 
     prompts = [tokenizer(format_prompt(tokenizer, r), add_special_tokens=False)["input_ids"] for r in records]

@@ -1,0 +1,66 @@
+"""The int8 engine's held-out answer perplexity on a CPU without VNNI, emulated: reproduces the u8s8 saturation.
+
+ONNX Runtime picks its int8 kernel by CPUID. Under QEMU user mode with `-cpu Haswell` (AVX2, no AVX-512, no
+VNNI) it runs the AVX2 u8s8 kernel, whose vpmaddubsw sums pairs of u8*s8 products into int16 and saturates
+for full 8-bit weights; `reduce_range` (7-bit weights) keeps the sums in range. Run it natively and emulated
+on the engines `benchmarks/int8_settings.py` built, and compare with eager's perplexity from that run:
+
+    .venv/bin/python -m benchmarks.int8_saturation ENGINE_DIR... --json
+    qemu-x86_64 -cpu Haswell .venv/bin/python -m benchmarks.int8_saturation ENGINE_DIR... --json --emulated Haswell
+
+(/proc/cpuinfo is not emulated by QEMU user mode: `--emulated` names the CPU model for the report.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+from llmops.settings import get_settings
+from serving import engine_store
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("engine_dirs", nargs="+", type=Path)
+    ap.add_argument("--model", type=Path, default=None, help="merged checkpoint dir (default: the base model)")
+    ap.add_argument("--emulated", default=None, help="the QEMU -cpu model this runs under, for the report")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    from llmops.modeling.prompts import encode_example
+    from serving import quality_gate
+
+    settings = get_settings()
+    cfg = settings.params().engine.quantized
+    model_dir = args.model or settings.base_model_dir
+    records = quality_gate.heldout_records(settings.project_dir, cfg)
+    rows = {}
+    for engine_dir in args.engine_dirs:
+        manifest = engine_store.read_manifest(engine_dir) | {"engine_dir": str(engine_dir)}
+        engine = engine_store.load_engine(manifest, model_dir, max_slots=8)
+        examples = []
+        for r in records:
+            ids, labels = encode_example(engine.tokenizer, r)
+            examples.append((ids, sum(1 for x in labels if x == -100)))
+        t0 = time.perf_counter()
+        nll, n = quality_gate.engine_answer_nll(engine, examples)
+        quant = manifest["build_config"].get("quantization") or {}
+        rows[manifest["name"]] = {"reduce_range": quant.get("reduce_range"), "perplexity_engine": math.exp(nll / n),
+                                  "answer_tokens": n, "seconds": round(time.perf_counter() - t0, 1)}
+    host = engine_store.host_summary()
+    if args.emulated:
+        host = {"emulated_cpu": f"qemu-x86_64 -cpu {args.emulated}", "real_host": host}
+    report = {"host": host, "records": len(records), "rows": rows,
+              "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    lines = [f"{name}: reduce_range={r['reduce_range']} perplexity {r['perplexity_engine']:.3f}"
+             for name, r in rows.items()]
+    print(json.dumps(report, indent=2) if args.json else "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
