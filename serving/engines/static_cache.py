@@ -7,11 +7,13 @@ write into their row's last column, which no sequence ever reads, and their logi
 step is captured once per attention-width bucket as a CUDA graph and replayed: one launch per token for the
 whole batch.
 
-The decode step is written out for Llama-family decoders (SmolLM2, Llama, Mistral without sliding
-window) from the transformers model's own modules (projections, norms, MLP, rotary table), so the weights
-are exactly those the eager engine loads. Prefill runs the transformers model once per prompt and copies
-its keys/values into the slot. On CPU (no graphs) the same math runs, which is how CI checks it against
-the eager engine; on a GPU it is the engine `--engine auto` prefers.
+The decode step is written out for Llama-family decoders (SmolLM2, Llama, Qwen2, Mistral) from the
+transformers model's own modules (projections with their biases, norms, MLP, rotary table), so the weights are
+exactly those the eager engine loads. Mistral's sliding window is exact by bounding max_len by the window
+(every key is then inside it); families whose maths differ (Qwen3's q/k norms, Gemma, Phi-3's fused
+projections) are refused with a ModelError naming the family, never served wrong. Prefill runs the
+transformers model once per prompt and copies its keys/values into the slot. On CPU (no graphs) the same math
+runs, which is how CI checks it against the eager engine; on a GPU it is the engine `--engine auto` prefers.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from llmops.errors import LlmopsError
+from llmops.errors import LlmopsError, ModelError
 from serving.engines import register_engine
 from serving.engines.base import Engine, check_decode, check_prefill
 
@@ -30,6 +32,16 @@ if TYPE_CHECKING:
 
 SUPPORTED_MODEL_TYPES = {"llama", "mistral", "qwen2"}
 WIDTH_BUCKET = 256  # attention width rounds up to a multiple of this: few graphs, little wasted attention
+
+
+def unsupported(cfg: Any) -> str | None:
+    """Why this engine's decode step cannot express the model exactly (None when it can)."""
+    if cfg.model_type not in SUPPORTED_MODEL_TYPES:
+        return (f"the static-cache GPU engine does not support the {cfg.model_type!r} family "
+                f"(supported: {', '.join(sorted(SUPPORTED_MODEL_TYPES))})")
+    if "sliding_attention" in (getattr(cfg, "layer_types", None) or []):
+        return f"the static-cache GPU engine does not support {cfg.model_type!r} with per-layer sliding windows"
+    return None
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -50,17 +62,19 @@ class StaticCacheEngine(Engine):
                               "serve a checkpoint saved with safe_serialization=True (pickled weights never load)")
         self.device = torch.device(device)
         self.graphs = (self.device.type == "cuda") if graphs is None else graphs
+        from transformers import AutoConfig
+
+        if (why := unsupported(AutoConfig.from_pretrained(model_dir))) is not None:
+            raise ModelError(why, "serve with --engine eager")
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True)
         cfg = model.config
-        if cfg.model_type not in SUPPORTED_MODEL_TYPES or getattr(cfg, "sliding_window", None):
-            raise LlmopsError(f"the static-cache engine supports {sorted(SUPPORTED_MODEL_TYPES)} decoders without "
-                              f"sliding window, not {cfg.model_type!r}", "serve this model with --engine eager")
         self.model = model.to(self.device).eval()
         self.dtype = dtype
         self.max_slots = max_slots
         cap = int(getattr(cfg, "max_position_embeddings", max_len) or max_len)
-        self.max_len = min(max_len, cap)
+        # Mistral: within the window every key is visible, so the unwindowed decode step is exact there
+        self.max_len = min(max_len, cap, int(getattr(cfg, "sliding_window", None) or cap))
         gen_eos = getattr(model.generation_config, "eos_token_id", None)
         self.extra_eos_ids = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
 
@@ -230,15 +244,13 @@ class StaticCacheEngine(Engine):
 def _probe(model_dir: Path) -> str | None:
     if not torch.cuda.is_available():
         return "no CUDA GPU here"
-    try:
-        import json
+    from transformers import AutoConfig
 
-        cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    except (OSError, ValueError) as exc:
+    try:
+        cfg = AutoConfig.from_pretrained(str(model_dir))
+    except (OSError, ValueError, KeyError) as exc:
         return f"unreadable config.json: {exc}"
-    if cfg.get("model_type") not in SUPPORTED_MODEL_TYPES or cfg.get("sliding_window"):
-        return f"model type {cfg.get('model_type')!r} is not a supported Llama-family decoder"
-    return None
+    return unsupported(cfg)
 
 
 def _factory(model_dir: Path, params: ServeParams) -> StaticCacheEngine:

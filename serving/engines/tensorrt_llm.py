@@ -145,10 +145,16 @@ def preflight(min_compute_capability: float = 8.0, *, find_spec=importlib.util.f
 
 
 def check_model(model_dir: Path) -> None:
+    """Refuse, naming the family, a checkpoint whose architecture has no converter wired here (before any GPU
+    time is spent): Qwen3, Gemma and Phi-3 are served by the eager or CPU engines instead."""
+    from llmops.errors import ModelError  # standard library only (see the module docstring)
+
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
     archs = cfg.get("architectures") or []
     if not set(archs) & set(GRAPH_ARCHS):
-        raise ValueError(f"architecture {archs} has no TensorRT-LLM converter wired here (supported {GRAPH_ARCHS})")
+        raise ModelError(f"the TensorRT-LLM engine has no converter wired here for the {cfg.get('model_type')!r} "
+                         f"family (architectures {archs}; supported {', '.join(GRAPH_ARCHS)})",
+                         "serve with --engine eager (or build a CPU engine: llmops engine build MODEL)")
 
 
 def build(model_dir: Path, out_dir: Path, config: TrtllmBuildConfig, *, weights_digest: str,
