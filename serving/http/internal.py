@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 
 SECRET_ENV = "LLMOPS_INTERNAL_SECRET"
@@ -52,3 +53,9 @@ def verify(secret: bytes | None, request_id: str, value: str | None) -> str | No
     flag = value.split(".", 1)[0]
     return flag if hmac.compare_digest(sign(secret, request_id, flag).encode(), value.encode("utf-8", "replace")) \
         else None
+
+
+def is_shadow(secret: bytes | None, request_id: str, headers: Mapping[str, str]) -> bool:
+    """Whether a server should treat this request as the router's shadow copy: only with a valid signed
+    marker for its own request id (`x-llmops-shadow` alone, which any client can send, is not enough)."""
+    return verify(secret, request_id, headers.get(MARKER_HEADER)) == "shadow"

@@ -146,7 +146,7 @@ def test_session_sides_are_keyed() -> None:
 
 
 def test_internal_marker_is_signed_per_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from serving.http.internal import SECRET_ENV, internal_secret, sign, verify
+    from serving.http.internal import SECRET_ENV, internal_secret, is_shadow, sign, verify
 
     monkeypatch.delenv(SECRET_ENV, raising=False)
     secret = internal_secret(tmp_path)
@@ -156,6 +156,8 @@ def test_internal_marker_is_signed_per_request(tmp_path: Path, monkeypatch: pyte
     assert verify(secret, "req-2-shadow", marker) is None  # replayed onto another request
     assert verify(b"other", "req-1-shadow", marker) is None and verify(secret, "req-1-shadow", "1") is None
     assert verify(None, "req-1-shadow", marker) is None
+    assert is_shadow(secret, "req-1-shadow", {"x-llmops-internal": marker})
+    assert not is_shadow(secret, "req-1-shadow", {"x-llmops-shadow": "1"})  # what any client can send
 
 
 def test_stream_error_event_shapes() -> None:
