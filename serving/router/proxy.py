@@ -81,8 +81,8 @@ class Proxy:
             return
         exists = state.config.id_exists
         if ctx.client_rid and state.hooks and exists is not None and await exists(ctx.rid):
-            await self.reject(send, ctx, 409, f"x-request-id {ctx.rid!r} was already used for a logged request",
-                              "request_id_conflict", "conflict")
+            await self.reject(send, ctx, 409, f"x-request-id {ctx.rid!r} is already taken by a logged request: send "
+                              "a new id, or none and the router makes one", "request_id_conflict", "conflict")
             return
         self.choose_side(ctx)
         mirrored = self.mirror.wanted(ctx)
