@@ -128,8 +128,8 @@ class TextConfig(BaseModel):
     format: ResponseFormat | None = None
 
 
-Stop = str | Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]],
-                       Field(max_length=MAX_STOP)]
+StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+Stop = StopString | Annotated[list[StopString], Field(max_length=MAX_STOP)]
 
 
 class SamplingFields(_Body):
@@ -189,11 +189,14 @@ class ResponsesRequest(_Body):
     background: bool | None = None
 
 
+_TYPE_TAGS = ("str", "int", "float", "bool", "list", "dict")
+
+
 def _param(loc: tuple[Any, ...]) -> str:
     """A pydantic error location as the request parameter it names (union branch tags dropped)."""
-    parts = [str(p) for p in loc if isinstance(p, int) or not (
-        "[" in str(p) or str(p)[:1].isupper() or str(p) in ("str", "int", "float", "bool", "list", "dict"))]
-    return ".".join(parts)
+    def is_tag(part: str) -> bool:
+        return "[" in part or "-" in part or part[:1].isupper() or part in _TYPE_TAGS
+    return ".".join(str(p) for p in loc if isinstance(p, int) or not is_tag(str(p)))
 
 
 def parse(model: type[BaseModel], data: Any) -> Any:
