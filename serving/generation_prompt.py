@@ -14,8 +14,6 @@ import re
 import uuid
 from typing import Any
 
-from serving.api import ApiError
-
 _SPECIALS: dict[int, list[str]] = {}  # id(tokenizer) -> its special-token strings (a server has one or two)
 
 
@@ -27,15 +25,6 @@ def _specials(tok: Any) -> list[str]:
         found.update(str(t) for t in decoder.values() if getattr(t, "special", False))
         cached = _SPECIALS[id(tok)] = sorted((s for s in found if s), key=len, reverse=True)
     return cached
-
-
-def check_text(text: str, param: str) -> None:
-    """Text that cannot be UTF-8 (a lone surrogate from a `\\ud800` escape) is the client's 400."""
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ApiError(400, f"{param} holds a lone surrogate (invalid Unicode)", param) from None
 
 
 def has_control_text(tok: Any, texts: list[str]) -> bool:

@@ -72,11 +72,6 @@ def compile_schema(schema: Any) -> str:
     return grammar
 
 
-def check_schema(schema: Any) -> None:
-    """Raise LlmopsError when `schema` does not compile (kept for callers that only validate)."""
-    compile_schema(schema)
-
-
 class Constraint:
     """A grammar the next tokens must follow; `mask` before sampling, `advance` after."""
 
