@@ -6,7 +6,8 @@ as one batch through prefill/decode); the int8 engine stays within a few percent
 (its greedy tokens are the quality gate's business: on a random model the top two logits are often closer
 than int8 noise); a family or feature an engine cannot express is refused by name, never served wrong.
 Config edits make each family's differences bite on ~30-token sequences: a sliding window of 5 (Mistral,
-Gemma 2 and 3 alternate windowed and global layers) and soft-capping small enough to change scores (Gemma 2).
+Gemma 2 and 3 alternate windowed and global layers), soft-capping small enough to change scores (Gemma 2) and
+Llama 3.1's rope scaling.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from llmops.errors import ModelError
 from llmops.settings import Settings
 from serving import engine_store
 
-FAMILIES = ("qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3")
-TWEAKS = {"mistral": {"sliding_window": 5},
+FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3")
+TWEAKS = {"llama": {"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,  # Llama 3.1+
+                                        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                        "original_max_position_embeddings": 64}},
+          "mistral": {"sliding_window": 5},
           "gemma2": {"sliding_window": 5, "attn_logit_softcapping": 1.0, "final_logit_softcapping": 2.0},
           "gemma3": {"sliding_window": 5}}
 PROMPTS = ["What is a list?", "Reverse a string in Python.", "Explain json.", "What does os.path.join do?",
@@ -93,11 +97,11 @@ def test_int8_engine_stays_close_to_fp32(family: Family) -> None:
 
 
 def test_static_cache_engine_refuses_what_it_cannot_express(family: Family) -> None:
-    """The GPU engine's decode step (run on CPU here) serves Qwen2 exactly, bounds Mistral by its window and
+    """The GPU engine's decode step (run on CPU here) serves Llama and Qwen2 exactly, bounds Mistral by its window and
     refuses the families whose maths it does not write out, naming them."""
     from serving.engines.static_cache import StaticCacheEngine
 
-    if family.name in ("qwen2", "mistral"):
+    if family.name in ("llama", "qwen2", "mistral"):
         engine = StaticCacheEngine(family.model_dir, max_slots=len(PROMPTS), device="cpu", dtype=torch.float32)
         window = TWEAKS.get(family.name, {}).get("sliding_window")
         assert engine.max_len == (window or engine.max_len)
