@@ -117,7 +117,7 @@ def separation_png(result: dict, marks: dict[str, float] | None = None) -> str:
             ax.axvline(marks[det], color="#d9534f", lw=2, label="this window")
         ax.set_title(det)
         ax.legend(fontsize=8)
-    fig.suptitle(f"effect sizes per window ({result['window_size']} requests each)")
+    fig.suptitle(f"effect sizes per window ({result['window_size']} requests each)", y=1.03)
     return _png(fig)
 
 
