@@ -10,9 +10,18 @@ binding), writes only the new token's K/V into it. The graph is written node by 
 the checkpoint's safetensors (no tracing), so every weight is a MatMul initializer in [in, out] layout —
 which ONNX Runtime's int8 quantiser rewrites as-is — and the tied embedding is stored once: the head is a
 `Gemm(transB=1)` over the embedding table itself (the traced graph stored it twice). The families' differences
-map onto the kernel's own attributes where it has them (sliding window: `local_window_size`; Gemma's
-`softcap`; the q/k norms of Qwen3 and Gemma 3: `q_norm_weight`/`k_norm_weight`; a rotary table per layer type)
-and onto plain nodes otherwise (biases, Gemma's sandwich norms, embedding scale and final soft-capping).
+map onto the kernel's own attributes where it has them (sliding window: `local_window_size`, which counts the
+current token as transformers' window does; Gemma's `softcap`; a rotary table per layer type) and onto plain
+nodes otherwise (biases, per-head q/k norms -- the CPU kernel has no q/k-norm prologue --, Gemma's sandwich
+norms, embedding scale and final soft-capping).
+
+Why not onnxruntime-genai's model builder, which writes GroupQueryAttention graphs for these families too: its
+runtime (`og.Generator`) owns the loop, sampling and KV cache of a batch fixed at creation, so it cannot serve
+the scheduler's per-slot prefill/decode (requests joining and leaving, logit masks for structured output);
+its graph alone returns logits for every prompt position, derives lengths from an attention mask and keeps
+window-sized caches for sliding layers, so driving it would be a second engine plus a dependency pinned to
+ONNX Runtime, with OpenVINO still needing our portable graph. Its greedy tokens matched ours on SmolLM2 (0.18,
+2026-12); whether its graph runs faster is not settled (a busy shared host gave no conclusive timing).
 
 Graph contract (per layer i: `past_key.i`/`past_value.i` in, `present_key.i`/`present_value.i` out):
     input_ids              int64 [B, T]
