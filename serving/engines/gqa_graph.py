@@ -15,7 +15,7 @@ current token as transformers' window does; Gemma's `softcap`; a rotary table pe
 nodes otherwise (biases, per-head q/k norms -- the CPU kernel has no q/k-norm prologue --, Gemma's sandwich
 norms, embedding scale and final soft-capping).
 
-Why not onnxruntime-genai's model builder, which writes GroupQueryAttention graphs for these families too: its
+Why not onnxruntime-genai's model builder, which writes GroupQueryAttention graphs for most of these families: its
 runtime (`og.Generator`) owns the loop, sampling and KV cache of a batch fixed at creation, so it cannot serve
 the scheduler's per-slot prefill/decode (requests joining and leaving, logit masks for structured output);
 its graph alone returns logits for every prompt position, derives lengths from an attention mask and keeps
