@@ -54,6 +54,27 @@ def process_group():
     dist.destroy_process_group()
 
 
+@pytest.fixture(scope="module")
+def _registry_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("registry") / "state"
+
+
+@pytest.fixture
+def shared_settings(_registry_state: Path, monkeypatch: pytest.MonkeyPatch):
+    """Settings over one state dir for the whole module: one MLflow store (created once) for every family's
+    registered versions."""
+    from llmops.settings import get_settings
+    from tests.conftest import REPO
+
+    monkeypatch.setenv("LLMOPS_STATE_DIR", str(_registry_state))
+    monkeypatch.setenv("LLMOPS_PROJECT_DIR", str(REPO))
+    get_settings.cache_clear()
+    settings = get_settings()
+    settings.ensure_state_dir()
+    yield settings
+    get_settings.cache_clear()
+
+
 def _tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
@@ -154,7 +175,7 @@ def _train(model_dir: Path, steps: int) -> tuple[float, float, object]:
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_lora_trains_and_the_merged_model_generates_the_adapters_tokens(
-        family: str, family_dirs: dict[str, Path], process_group, tmp_path: Path) -> None:
+        family: str, family_dirs: dict[str, Path], process_group, shared_settings, tmp_path: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -165,7 +186,7 @@ def test_lora_trains_and_the_merged_model_generates_the_adapters_tokens(
     from llmops.modeling.prompts import format_prompt
 
     base = family_dirs[family]
-    before, after, model = _train(base, steps=6)
+    before, after, model = _train(base, steps=4)
     assert after < before - 0.1, (before, after)  # the loss over every training block falls
     adapter = _model.save_peft_adapter(model, _model.trainable_state(model), tmp_path / "adapter")
     config = json.loads((adapter / "adapter_config.json").read_text())
@@ -182,6 +203,24 @@ def test_lora_trains_and_the_merged_model_generates_the_adapters_tokens(
     assert scored > 0 and ppl < answer_perplexity(bare, tok, RECORDS[:4])[0]  # it learned the answers
     out = generate(merged, merged_tok, [format_prompt(merged_tok, r) for r in RECORDS[:3]], max_new_tokens=4)
     assert len(out.texts) == 3 and all(0 < n <= 4 for n in out.new_tokens)
+
+    # the register step: the logged merged model must answer like base + adapter, and the checkpoint a server
+    # resolves from the registry keeps the family's chat template and stop tokens
+    from transformers import GenerationConfig
+
+    from components.register.logic import register_candidate
+    from llmops.modeling.prompts import stop_token_ids
+    from serving.model_source import resolve_model
+
+    settings = shared_settings
+    reg = register_candidate(settings, settings.params(), adapter_dir=adapter, base_model_dir=base, metrics={},
+                             lineage={"base_model.family": family}, parent_run_id=None)
+    assert reg["greedy_match"] and reg["verify_tokens"] > 0
+    served_dir = resolve_model(settings, f"{reg['name']}/{reg['version']}").model_dir
+    served = _tokenizer(served_dir)
+    assert format_prompt(served, RECORDS[0]) == format_prompt(tok, RECORDS[0])
+    assert stop_token_ids(served, GenerationConfig.from_pretrained(served_dir)) == stop_token_ids(
+        tok, GenerationConfig.from_pretrained(base))
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
