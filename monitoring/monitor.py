@@ -108,7 +108,8 @@ def run_monitor(
     decision, queued = None, None
     if report.drifted and trigger:
         decision, queued = _trigger(settings, params, report, embedder, ref_id=ref_id, win_id=win_id,
-                                    consecutive=consecutive, json_path=json_path, run_id=run_id, now=now)
+                                    consecutive=consecutive, json_path=json_path, run_id=run_id, now=now,
+                                    window_prompts=[r.prompt for r in records])
         say(f"trigger: {decision.outcome} ({decision.reason})")
 
     held = decision is not None and decision.outcome == "held"
@@ -159,7 +160,8 @@ def load_calibration(settings: Settings) -> dict[str, Any] | None:
 
 
 def _trigger(settings: Settings, params: Params, report: Any, embedder: Any, *, ref_id: str, win_id: str,
-             consecutive: int, json_path: Path, run_id: str, now: float) -> tuple[Any, dict[str, Any] | None]:
+             consecutive: int, json_path: Path, run_id: str, now: float,
+             window_prompts: list[str]) -> tuple[Any, dict[str, Any] | None]:
     """A drift verdict -> the trigger's decision; the new-data check runs only once the drift has persisted."""
     from monitoring import retrain_gate
 
@@ -178,9 +180,9 @@ def _trigger(settings: Settings, params: Params, report: Any, embedder: Any, *, 
         cwd=settings.project_dir, now=now, consecutive=consecutive, persist_windows=t.persist_windows,
         learnable=learnable)
     queued = None
-    if decision.outcome == "held":
+    if decision.outcome == "held":  # the new prompts; the window's when the drift is in the outputs
         queued = retrain_gate.queue_for_labelling(
-            settings.state_dir, report.new_prompts or [], n=t.label_sample, seed=win_id, window_id=win_id,
+            settings.state_dir, report.new_prompts or window_prompts, n=t.label_sample, seed=win_id, window_id=win_id,
             report_path=str(json_path), reason=decision.reason)
     return decision, queued
 
