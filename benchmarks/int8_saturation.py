@@ -6,6 +6,7 @@ for full 8-bit weights; `reduce_range` (7-bit weights) keeps the sums in range. 
 on the engines `benchmarks/int8_settings.py` built, and compare with eager's perplexity from that run:
 
     .venv/bin/python -m benchmarks.int8_saturation ENGINE_DIR... --json
+    qemu-x86_64 -cpu Haswell .venv/bin/python -m benchmarks.int8_saturation --kernel-check --emulated Haswell
     qemu-x86_64 -cpu Haswell .venv/bin/python -m benchmarks.int8_saturation ENGINE_DIR... --json --emulated Haswell
 
 (/proc/cpuinfo is not emulated by QEMU user mode: `--emulated` names the CPU model for the report.)
@@ -23,14 +24,42 @@ from llmops.settings import get_settings
 from serving import engine_store
 
 
+def kernel_check(k: int = 64, n: int = 16) -> dict[str, float]:
+    """ONNX Runtime's u8s8 MatMulInteger on worst-case inputs (activations 255) vs the exact int32 product, with
+    full 8-bit weights (100..127) and 7-bit ones (50..63, what reduce_range gives): the max relative error."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    a = np.full((4, k), 255, dtype=np.uint8)
+    out = {}
+    for name, (lo, hi) in {"8-bit weights": (100, 128), "7-bit weights": (50, 64)}.items():
+        b = rng.integers(lo, hi, size=(k, n), dtype=np.int8)
+        graph = helper.make_graph([helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "g",
+                                  [helper.make_tensor_value_info("A", TensorProto.UINT8, [4, k])],
+                                  [helper.make_tensor_value_info("Y", TensorProto.INT32, [4, n])],
+                                  [helper.make_tensor("B", TensorProto.INT8, [k, n], b.tobytes(), raw=True)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"A": a})[0]
+        exact = a.astype(np.int32) @ b.astype(np.int32)
+        out[name] = float(np.abs(got - exact).max() / np.abs(exact).max())
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("engine_dirs", nargs="+", type=Path)
+    ap.add_argument("engine_dirs", nargs="*", type=Path)
+    ap.add_argument("--kernel-check", action="store_true", help="only the worst-case MatMulInteger check (seconds)")
     ap.add_argument("--model", type=Path, default=None, help="merged checkpoint dir (default: the base model)")
     ap.add_argument("--emulated", default=None, help="the QEMU -cpu model this runs under, for the report")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
+    if args.kernel_check:
+        print(json.dumps({"emulated": args.emulated, "max_relative_error": kernel_check()}))
+        return 0
     from llmops.modeling.prompts import encode_example
     from serving import quality_gate
 

@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=None, help="merged checkpoint dir (default: the base model)")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--store", type=Path, default=None, help="engine store state dir to build in / reuse (default: a "
+                    "fresh temporary one)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = params.engine
     model_dir = args.model or settings.base_model_dir
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    store = Settings(state_dir=Path(tempfile.mkdtemp(prefix="llmops-int8-settings-")))
+    store = Settings(state_dir=args.store or Path(tempfile.mkdtemp(prefix="llmops-int8-settings-")))
     slots = max([*cfg.benchmark.batch_sizes, 8])
     engines: dict[str, Any] = {}
     rows: dict[str, dict[str, Any]] = {}
