@@ -98,6 +98,25 @@ def test_lora_targets_and_fsdp_units_come_from_the_model(family: str, family_dir
     assert "auto" in str(err.value.fix)
 
 
+def test_auto_targets_stay_in_the_language_model_of_a_multimodal_gemma3() -> None:
+    """AutoModelForCausalLM loads a Gemma 3 4B+ checkpoint as Gemma3ForConditionalGeneration, whose vision
+    tower has q/k/v_proj too: `auto` must put LoRA on the language model's attention only."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    from llmops.modeling.families import decoder_layers, resolve_target_modules
+
+    text = Gemma3TextConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=28, patch_size=14)
+    model = Gemma3ForConditionalGeneration(Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4))
+    assert {type(m).__name__ for m in decoder_layers(model)} >= {"Gemma3DecoderLayer", "SiglipEncoderLayer"}
+    peft = get_peft_model(model, LoraConfig(r=2, target_modules=resolve_target_modules(model, "auto")))
+    wrapped = {n.split(".lora_A")[0] for n, _ in peft.named_parameters() if "lora_A" in n}
+    assert len(wrapped) == 2 * 4 and all(".language_model.layers." in n for n in wrapped), wrapped
+
+
 def test_target_modules_param_accepts_auto_or_a_list() -> None:
     from llmops.params import load_params
     from tests.conftest import REPO
