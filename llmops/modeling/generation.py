@@ -8,6 +8,7 @@ right edge), decoding is greedy so a rerun gives the same texts, and each batch 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,16 @@ class GenerationResult:
 
     def __post_init__(self) -> None:
         self.tokens_per_s = sum(self.new_tokens) / self.seconds if self.seconds > 0 else 0.0
+
+
+# A leading reasoning block (Qwen3 writes `<think>...</think>` before every answer, empty in non-thinking
+# mode; its template trains it that way): not part of the answer that is scored.
+_REASONING = re.compile(r"^\s*<think>.*?</think>", re.S)
+
+
+def answer_text(decoded: str) -> str:
+    """The answer in a decoded generation: stripped, without a leading reasoning block."""
+    return _REASONING.sub("", decoded, count=1).strip()
 
 
 def load_model(base_dir: Path, adapter_dir: Path | None = None, dtype: str = "float32", device: str | None = None):
@@ -132,6 +143,6 @@ def generate(
                 row = new[j].tolist()
                 stop = next((k + 1 for k, t in enumerate(row) if t in stops), len(row))
                 counts[i] = stop
-                texts[i] = tokenizer.decode(row[:stop], skip_special_tokens=True).strip()
+                texts[i] = answer_text(tokenizer.decode(row[:stop], skip_special_tokens=True))
                 latencies[i] = elapsed * 1000.0
     return GenerationResult(texts, latencies, counts, total, batch_size)

@@ -74,7 +74,12 @@ def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
     add(getattr(tokenizer, "eos_token_id", None))
     add(getattr(generation_config, "eos_token_id", None))
     if getattr(tokenizer, "chat_template", None):
-        end = turn_end(tokenizer)
+        from jinja2 import TemplateError
+
+        try:
+            end = turn_end(tokenizer)
+        except (ModelError, TemplateError, ValueError, TypeError):  # a template refusing the probe turn
+            end = ""
         first = tokenizer(end, add_special_tokens=False)["input_ids"][:1] if end.strip() else []
         if first and tokenizer.convert_ids_to_tokens(first[0]) in set(tokenizer.all_special_tokens):
             add(first[0])

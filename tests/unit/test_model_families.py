@@ -287,3 +287,20 @@ def test_eager_engine_decodes_in_batches_and_serves_schema_json(family: str, fam
     choice = r.json()["choices"][0]
     assert choice["finish_reason"] == "stop", choice
     jsonschema.validate(json.loads(choice["message"]["content"]), schema)
+
+
+def test_a_leading_reasoning_block_is_not_scored_as_the_answer() -> None:
+    """Qwen3's template trains `<think>...</think>` before every answer (empty in non-thinking mode)."""
+    from llmops.modeling.generation import answer_text
+
+    assert answer_text("<think>\n\n</think>\n\njson ") == "json"
+    assert answer_text("<think>pick a module</think>json") == "json"
+    assert answer_text("json, not <think>x</think>") == "json, not <think>x</think>"
+
+
+def test_a_template_that_refuses_the_probe_turn_still_stops_at_eos(family_dirs: dict[str, Path]) -> None:
+    from llmops.modeling.prompts import stop_token_ids
+
+    tok = _tokenizer(family_dirs["gemma2"])
+    tok.chat_template = "{{ raise_exception('a system turn is required') }}"
+    assert stop_token_ids(tok) == [tok.eos_token_id]
