@@ -279,6 +279,9 @@ def train_adapter(
     # What this run really trains on: the base weights hashed now (and checked against the pull), the
     # md5 of the exact split files read.
     lineage = verify_base_model(base_model_dir)
+    from llmops.modeling.families import resolve_for_checkpoint
+
+    resolve_for_checkpoint(base_model_dir, params.lora.target_modules)  # a bad LoRA target fails here, not in Ray
 
     import torch
     from transformers import AutoTokenizer

@@ -124,3 +124,14 @@ def resolve_target_modules(model: nn.Module, spec: str | Sequence[str]) -> list[
                          f"use lora.target_modules={AUTO} (the attention projections: "
                          f"{', '.join(attention_projections(model))}) or names from that list")
     return _inside_decoder_only(model, wanted)
+
+
+def resolve_for_checkpoint(model_dir, spec: str | Sequence[str]) -> list[str] | str:
+    """`resolve_target_modules` on a weightless (meta-device) copy of the checkpoint: a bad name fails in
+    the driver within a second, before any training worker starts."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    return resolve_target_modules(model, spec)

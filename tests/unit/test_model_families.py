@@ -304,3 +304,15 @@ def test_a_template_that_refuses_the_probe_turn_still_stops_at_eos(family_dirs: 
     tok = _tokenizer(family_dirs["gemma2"])
     tok.chat_template = "{{ raise_exception('a system turn is required') }}"
     assert stop_token_ids(tok) == [tok.eos_token_id]
+
+
+def test_train_step_rejects_an_unknown_lora_target_before_any_worker_starts(settings, family_dirs: dict[str, Path],
+                                                                              tmp_path: Path) -> None:
+    from components.train.logic import train_adapter
+    from tests.conftest import REPO
+
+    params = settings.params(["lora.target_modules=[q_proj,v_proj]"])
+    with pytest.raises(ModelError, match=r"Phi3ForCausalLM does not have.*qkv_proj"):
+        train_adapter(settings, params, train_path=REPO / "data/splits/train.jsonl",
+                      validation_path=REPO / "data/splits/validation.jsonl", base_model_dir=family_dirs["phi3"],
+                      out_dir=tmp_path / "adapter")
