@@ -26,7 +26,8 @@ from serving import engine_store
 
 def kernel_check(k: int = 64, n: int = 16) -> dict[str, float]:
     """ONNX Runtime's u8s8 MatMulInteger on worst-case inputs (activations 255) vs the exact int32 product, with
-    full 8-bit weights (100..127) and 7-bit ones (50..63, what reduce_range gives): the max relative error."""
+    full 8-bit weights (100..127), 7-bit ones (50..63, what reduce_range gives) and unsigned 8-bit ones (U8U8):
+    the max relative error."""
     import numpy as np
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -34,12 +35,15 @@ def kernel_check(k: int = 64, n: int = 16) -> dict[str, float]:
     rng = np.random.default_rng(0)
     a = np.full((4, k), 255, dtype=np.uint8)
     out = {}
-    for name, (lo, hi) in {"8-bit weights": (100, 128), "7-bit weights": (50, 64)}.items():
-        b = rng.integers(lo, hi, size=(k, n), dtype=np.int8)
+    cases = {"8-bit weights": (100, 128, np.int8), "7-bit weights": (50, 64, np.int8),
+             "8-bit u8 weights (U8U8)": (200, 256, np.uint8)}
+    for name, (lo, hi, dtype) in cases.items():
+        b = rng.integers(lo, hi, size=(k, n), dtype=dtype)
+        btype = TensorProto.INT8 if dtype == np.int8 else TensorProto.UINT8
         graph = helper.make_graph([helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "g",
                                   [helper.make_tensor_value_info("A", TensorProto.UINT8, [4, k])],
                                   [helper.make_tensor_value_info("Y", TensorProto.INT32, [4, n])],
-                                  [helper.make_tensor("B", TensorProto.INT8, [k, n], b.tobytes(), raw=True)])
+                                  [helper.make_tensor("B", btype, [k, n], b.tobytes(), raw=True)])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
         got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
             None, {"A": a})[0]

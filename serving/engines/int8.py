@@ -67,7 +67,8 @@ def quantize(src_dir: Path, out_dir: Path, graph_file: str = "decoder.onnx",
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # its "consider pre-processing" advice is for static/QDQ flows
     try:
-        quantize_dynamic(str(src_dir / graph_file), str(out_dir / graph_file), weight_type=QuantType.QInt8,
+        quantize_dynamic(str(src_dir / graph_file), str(out_dir / graph_file),
+                         weight_type=QuantType.QUInt8 if settings["weight_type"] == "QUInt8" else QuantType.QInt8,
                          per_channel=settings["per_channel"], op_types_to_quantize=settings["op_types"],
                          reduce_range=bool(settings.get("reduce_range", False)),
                          use_external_data_format=True, nodes_to_exclude=exclude,
