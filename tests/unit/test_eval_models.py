@@ -167,7 +167,9 @@ def test_evaluate_candidate_end_to_end(settings: Settings, tmp_path: Path, tiny_
     from llmops import tracking
 
     params = settings.params(["eval.max_examples=8", "eval.gen_examples=4", "eval.max_new_tokens=6",
-                              "eval.batch_size=4", "eval.report_examples=2"])
+                              "eval.batch_size=4", "eval.report_examples=2",
+                              # the expected perplexities below are computed in fp32
+                              "train.precision=fp32"])
     test_path = _write_jsonl(tmp_path / "test.jsonl", RECORDS)
     parent = tracking.start_pipeline_run(settings, "test-eval")
     out = tmp_path / "eval-out"
