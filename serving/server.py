@@ -48,8 +48,9 @@ class ServerState:
     """What the routes share: the model, the generation service, metrics and the API key."""
 
     def __init__(self, engine: Engine, model: ResolvedModel, params: ServeParams, api_key: str | None,
-                 hooks: list[RequestHook]) -> None:
+                 hooks: list[RequestHook], internal_secret: bytes | None = None) -> None:
         self.engine, self.model, self.params, self.api_key = engine, model, params, api_key
+        self.internal_secret = internal_secret  # verifies the router's signed markers (serving.http.internal)
         self.metrics = Metrics()
         self.service = GenerationService(engine, model, params, self.metrics, hooks)
         self.created = int(time.time())
@@ -134,9 +135,11 @@ def _add_probes(app: FastAPI, state: ServerState) -> None:
 
 
 def create_app(engine: Engine, model: ResolvedModel, params: ServeParams, *, api_key: str | None = None,
-               hooks: list[RequestHook] | None = None) -> FastAPI:
-    """The app over a loaded engine; the engine warms up and the scheduler thread starts in its lifespan."""
-    state = ServerState(engine, model, params, api_key, list(hooks or []))
+               hooks: list[RequestHook] | None = None, internal_secret: bytes | None = None) -> FastAPI:
+    """The app over a loaded engine; the engine warms up and the scheduler thread starts in its lifespan.
+    `internal_secret`: the deployment's secret shared with the router, so a request is treated as the router's
+    shadow copy only with its signed marker (without one, every request is logged)."""
+    state = ServerState(engine, model, params, api_key, list(hooks or []), internal_secret)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

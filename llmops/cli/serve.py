@@ -65,7 +65,10 @@ def serve(
     from monitoring.inference_log.wiring import inference_log_for
 
     ilog = inference_log_for(settings, overrides, enabled=not no_log)
-    app = create_app(eng, resolved, params, api_key=key, hooks=[ilog.hook] if ilog else [])
+    from serving.http.internal import internal_secret
+
+    app = create_app(eng, resolved, params, api_key=key, hooks=[ilog.hook] if ilog else [],
+                     internal_secret=internal_secret(settings.state_dir))  # the router's, to verify its shadows
     if ilog:
         from monitoring.inference_log import add_feedback_route
 

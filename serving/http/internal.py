@@ -1,10 +1,11 @@
-"""Headers that only the router may set on a request to a model server (`x-llmops-shadow`: a mirrored copy,
-answered to no one, so the server's inference log skips it), made unforgeable by clients.
+"""Markers that only the router may set on a request to a model server (`shadow`: a mirrored copy, answered to
+no one, so the server's inference log skips it), made unforgeable by clients.
 
 The router signs each internal flag for one request id with a secret shared by the router and the servers of
 one deployment (`LLMOPS_INTERNAL_SECRET`, else `<state_dir>/internal-secret`, created 0600 by whichever
 process starts first); a server honours an internal header only when `verify` accepts its signature. A client
-that sends `x-llmops-shadow: 1` is ignored by the server and stripped by the router.
+that sends the old bare `x-llmops-shadow: 1` (or a forged marker) is ignored by the server and stripped by the
+router; the router itself sends only the signed `x-llmops-internal` marker.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from fastapi.responses import StreamingResponse
 
 from serving.api import ApiError, parse, reject_unsupported
 from serving.generation import GenerationService, Job
+from serving.http.internal import is_shadow
 from serving.scheduler import EventKind, Sequence
 
 MAX_JSON_DEPTH = 64  # nesting of a request body (JSON schemas included); json.loads recurses per level
@@ -88,7 +89,8 @@ async def prepare(request: Request, schema: type[Any], build: Callable[[Generati
 
     req, job = await service.offload(work)
     job.request_id = request.state.request_id
-    job.shadow = bool(request.headers.get("x-llmops-shadow"))
+    # the router's mirrored copy only with its signed marker: a client's bare x-llmops-shadow is ignored
+    job.shadow = is_shadow(request.app.state.llmops.internal_secret, job.request_id, request.headers)
     return req, job
 
 

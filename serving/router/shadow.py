@@ -1,6 +1,7 @@
 """Shadow mode: mirror a share of stable requests to the canary in the background (non-streaming), score its
-answer against the stable one (ROUGE-L), never return it. The mirrored copy carries `x-llmops-shadow` with a
-marker signed by the router (serving/http/internal.py), so the server can tell it from a client's header."""
+answer against the stable one (ROUGE-L), never return it. The mirrored copy carries a marker signed by the
+router for its request id (`x-llmops-internal`, serving/http/internal.py), which a client cannot forge; the
+server's inference log skips only such copies."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from serving.http.internal import MARKER_HEADER, SHADOW_HEADER, sign
+from serving.http.internal import MARKER_HEADER, sign
 from serving.router.context import RequestContext
 from serving.router.split import STABLE
 from serving.router.state import Backend, RouterState
@@ -44,7 +45,7 @@ class Mirror:
         body = {k: v for k, v in request_json.items() if k not in ("stream", "stream_options")}
         try:
             async with state.session.post(canary.url + path, json=body, headers={
-                    **headers, "x-request-id": shadow_rid, SHADOW_HEADER: "1", MARKER_HEADER: marker}) as resp:
+                    **headers, "x-request-id": shadow_rid, MARKER_HEADER: marker}) as resp:
                 return await resp.json(content_type=None) if resp.status == 200 else None
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return None

@@ -32,14 +32,14 @@ def engine(tiny_model_dir: Path, serve_params):
     return load_engine("eager", tiny_model_dir, serve_params)
 
 
-def _client(engine, tiny_model_dir: Path, serve_params, hooks):
+def _client(engine, tiny_model_dir: Path, serve_params, hooks, internal_secret: bytes | None = None):
     from starlette.testclient import TestClient
 
     from serving.model_source import ResolvedModel
     from serving.server import create_app
 
     resolved = ResolvedModel(name="tiny", version="3", model_dir=tiny_model_dir, ref="tiny/3", source="local")
-    app = create_app(engine, resolved, serve_params, hooks=hooks)
+    app = create_app(engine, resolved, serve_params, hooks=hooks, internal_secret=internal_secret)
     return app, TestClient(app)
 
 
@@ -112,3 +112,25 @@ def test_fault_setting_fails_and_delays(engine, tiny_model_dir: Path, serve_para
         assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
         assert time.perf_counter() - t0 >= 0.4
     assert records[-1].status == 200 and records[-1].latency_s >= 0.4
+
+
+def test_only_the_routers_signed_marker_makes_a_shadow_copy(engine, tiny_model_dir: Path, serve_params) -> None:
+    """A client talking to a server directly cannot keep its request out of the inference log with
+    `x-llmops-shadow: 1` (nor with a forged or replayed marker); the router's signed marker still works."""
+    from serving.http.internal import sign
+
+    records: list[RequestRecord] = []
+    secret = b"deployment-secret"
+    app, client = _client(engine, tiny_model_dir, serve_params, [records.append], internal_secret=secret)
+    marker = sign(secret, "req-1-shadow", "shadow")
+    sent = {"client-bare": {"x-llmops-shadow": "1"},
+            "client-forged": {"x-llmops-shadow": "1", "x-llmops-internal": "shadow.forged"},
+            "client-replayed": {"x-llmops-internal": marker},  # a real marker, for another request id
+            "req-1-shadow": {"x-llmops-internal": marker}}  # what the router's Mirror sends
+    with client:
+        assert app.state.llmops.ready.wait(120)
+        for rid, headers in sent.items():
+            r = client.post("/v1/chat/completions", json=CHAT, headers={**headers, "x-request-id": rid})
+            assert r.status_code == 200 and r.headers["x-request-id"] == rid
+    shadow = {rec.request_id: bool((rec.extra or {}).get("shadow")) for rec in records}
+    assert shadow == {"client-bare": False, "client-forged": False, "client-replayed": False, "req-1-shadow": True}
