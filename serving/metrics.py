@@ -18,7 +18,8 @@ class Metrics:
         r = self.registry
         self.requests = Counter("llmops_requests", "Requests answered, by route, HTTP status and model version",
                                 ["route", "status", "model"], registry=r)
-        self.latency = Histogram("llmops_request_latency_seconds", "End-to-end request latency",
+        self.latency = Histogram("llmops_request_latency_seconds", "End-to-end request latency (client-caused 4xx "
+                                 "left out: they would pull p95 down)",
                                  ["route", "model"], buckets=LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram("llmops_time_to_first_token_seconds", "Submit to first generated token (queue included)",
                               ["model"], buckets=LATENCY_BUCKETS, registry=r)

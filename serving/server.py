@@ -30,6 +30,7 @@ from serving.engines.base import Engine
 from serving.generation import FAULTS_ENV, Faults, GenerationService
 from serving.http import AUTH_HEADERS, Health, health_response, is_authorized, ready_response, request_id_from
 from serving.http.auth import UNAUTHORIZED
+from serving.http.errors import client_caused
 from serving.http.limits import run_server
 from serving.metrics import Metrics
 from serving.model_source import ResolvedModel
@@ -108,7 +109,8 @@ class _Context:
         finally:
             label, route = self.state.model.label, path if path in ROUTES else "other"
             self.state.metrics.requests.labels(route=route, status=str(status), model=label).inc()
-            self.state.metrics.latency.labels(route=route, model=label).observe(time.perf_counter() - t0)
+            if not client_caused(status):  # a client's 4xx is fast and says nothing of this server's latency
+                self.state.metrics.latency.labels(route=route, model=label).observe(time.perf_counter() - t0)
 
 
 def _add_probes(app: FastAPI, state: ServerState) -> None:

@@ -11,7 +11,9 @@ are told apart by one label, over the same [since, until) window:
   neither as requests nor as errors, so cheap client failures cannot dilute or inflate a side's error rate.
   Prometheus extrapolates `increase()` to the window's edges, so counts are
   estimates (rounded), good to about one scrape interval's worth of traffic.
-- p95 latency and TTFT: `histogram_quantile(0.95, ...)` over the `increase()` of the histogram buckets.
+- p95 latency and TTFT: `histogram_quantile(0.95, ...)` over the `increase()` of the histogram buckets; the
+  server leaves client-caused 4xx out of its latency histogram (serving.http.errors.client_caused), so fast
+  401/400s cannot pull a side's p95 down either.
 
 A window shorter than two scrape intervals holds fewer than two samples per series and reads as no data
 (0 requests): the controller treats that as inconclusive, never as a pass.

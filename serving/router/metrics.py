@@ -19,6 +19,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from serving.http.errors import SIDE_FAULTS
 from serving.metrics import LATENCY_BUCKETS
 from serving.router.split import CANARY, STABLE
 
@@ -52,22 +53,13 @@ class RouterMetrics:
         return generate_latest(self.registry)
 
 
-# The statuses that are the side's fault although below 500: it timed out or shed load.
-_SIDE_FAULTS = {408: "timeout", 429: "rate_limited"}
-
-
 def error_kind(status: int, broke: bool) -> str | None:
     """The failure kind a side is charged with (None: it served, or the client caused the status)."""
     if broke:
         return "broken_stream"
     if status >= 500:
         return {502: "unreachable", 504: "timeout"}.get(status, "5xx")
-    return _SIDE_FAULTS.get(status)
-
-
-def client_caused(status: int) -> bool:
-    """A 4xx the client caused (bad input, too large, disconnected): neither an error nor a latency sample."""
-    return 400 <= status < 500 and status not in _SIDE_FAULTS
+    return SIDE_FAULTS.get(status)
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,10 @@ import aiohttp
 from fastapi import FastAPI
 
 from serving.http.auth import AUTH_HEADERS, is_authorized
+from serving.http.errors import client_caused
 from serving.records import RequestRecord, run_hooks
 from serving.router.context import RequestContext
-from serving.router.metrics import Observation, client_caused, error_kind
+from serving.router.metrics import Observation, error_kind
 from serving.router.respond import JSON_HEADERS, error, response_headers, send_simple, upstream_error
 from serving.router.shadow import Mirror
 from serving.router.split import CANARY, STABLE

@@ -122,7 +122,8 @@ def test_an_old_table_gains_the_key_column(tmp_path: Path) -> None:
 
 
 def test_what_a_side_is_charged_with() -> None:
-    from serving.router.metrics import Observation, Window, client_caused, error_kind
+    from serving.http.errors import client_caused
+    from serving.router.metrics import Observation, Window, error_kind
 
     assert error_kind(429, False) == "rate_limited" and error_kind(408, False) == "timeout"
     assert error_kind(504, False) == "timeout" and error_kind(200, True) == "broken_stream"

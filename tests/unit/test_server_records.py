@@ -134,3 +134,29 @@ def test_only_the_routers_signed_marker_makes_a_shadow_copy(engine, tiny_model_d
             assert r.status_code == 200 and r.headers["x-request-id"] == rid
     shadow = {rec.request_id: bool((rec.extra or {}).get("shadow")) for rec in records}
     assert shadow == {"client-bare": False, "client-forged": False, "client-replayed": False, "req-1-shadow": True}
+
+
+def test_client_errors_stay_out_of_the_latency_histogram(engine, tiny_model_dir: Path, serve_params) -> None:
+    """On KServe the canary's p95 comes from this histogram (serving/rollout/prometheus.py): a client's fast
+    401s and 400s must not pull it down, while they are still counted by status."""
+    from starlette.testclient import TestClient
+
+    from serving.model_source import ResolvedModel
+    from serving.server import create_app
+
+    resolved = ResolvedModel(name="tiny", version="3", model_dir=tiny_model_dir, ref="tiny/3", source="local")
+    app = create_app(engine, resolved, serve_params, api_key="k")
+    route = "/v1/chat/completions"
+    with TestClient(app) as client:
+        assert app.state.llmops.ready.wait(120)
+        assert client.post(route, json=CHAT).status_code == 401  # no key
+        auth = {"Authorization": "Bearer k"}
+        assert client.post(route, json={**CHAT, "temperature": 7}, headers=auth).status_code == 400
+        assert client.post(route, json=CHAT, headers=auth).status_code == 200
+    metrics = app.state.llmops.metrics
+    count = metrics.registry.get_sample_value("llmops_request_latency_seconds_count",
+                                              {"route": route, "model": resolved.label})
+    assert count == 1  # the 200 only
+    for status in ("401", "400", "200"):
+        assert metrics.registry.get_sample_value("llmops_requests_total", {"route": route, "status": status,
+                                                                           "model": resolved.label}) == 1
