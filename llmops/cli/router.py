@@ -38,11 +38,10 @@ def router(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Route OpenAI traffic between a stable and a canary model server (weights changeable live)."""
-    import uvicorn
-
     from llmops.settings import get_settings
     from serving.http.auth import read_api_key
     from serving.http.internal import internal_secret
+    from serving.http.limits import run_server
     from serving.router import TOKEN_ENV, admin_token, create_router_app
 
     settings = get_settings()
@@ -75,7 +74,10 @@ def router(
 
     emit(info, as_json, human)
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+        # the servers' connection limits (params.yaml serve:): limit_concurrency, keep-alive, header deadline
+        limits = settings.params(overrides).serve
+        run_server(app, host, port, max_connections=limits.max_connections, header_timeout_s=limits.header_timeout_s,
+                   keep_alive_s=limits.keep_alive_timeout_s, log_level=log_level)
     finally:
         if ilog:
             ilog.close()

@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from llmops.errors import LlmopsError
 from monitoring.inference_log.log import RATINGS, InferenceLog, UnknownRequest
+from serving.http.request_id import valid_request_id
 
 PATH = "/v1/feedback"
 _FIELDS = {"request_id", "rating", "correction", "comment"}
@@ -47,8 +48,8 @@ def parse_feedback(raw: bytes) -> dict[str, Any]:
     if unknown := sorted(set(body) - _FIELDS):
         raise ValueError(f"{unknown[0]}: unknown field (send request_id, rating, correction, comment)")
     rid = body.get("request_id")
-    if not isinstance(rid, str) or not rid.strip() or len(rid) > 128:
-        raise ValueError("request_id: must be the response's x-request-id (a non-empty string)")
+    if not isinstance(rid, str) or not valid_request_id(rid):  # the servers' and router's own rule
+        raise ValueError("request_id: must be the response's x-request-id (letters, digits, ._:- up to 128)")
     rating = body.get("rating")
     if rating is not None and (isinstance(rating, bool) or rating not in RATINGS):
         raise ValueError(f"rating: must be -1 (bad), 0 (neutral) or 1 (good), got {rating!r}")

@@ -78,6 +78,12 @@ def _authorization(headers: Mapping[str, str] | Iterable[tuple[bytes, bytes]] | 
     return ""
 
 
+def token_matches(token: str, expected: str) -> bool:
+    """Constant-time `token == expected` (a bearer token against the API key or the router's admin token);
+    an empty token never matches."""
+    return bool(token) and hmac.compare_digest(token.encode("utf-8", "surrogatepass"), expected.encode())
+
+
 def is_authorized(headers: Mapping[str, str] | Iterable[tuple[bytes, bytes]] | str | None,
                   key: str | None) -> bool:
     """True when no key is configured or the request's bearer token equals it (constant-time compare).
@@ -86,5 +92,4 @@ def is_authorized(headers: Mapping[str, str] | Iterable[tuple[bytes, bytes]] | s
     Authorization value itself."""
     if not key:
         return True
-    token = bearer_token(_authorization(headers))
-    return bool(token) and hmac.compare_digest(token.encode("utf-8", "surrogatepass"), key.encode())
+    return token_matches(bearer_token(_authorization(headers)), key)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from llmops.errors import LlmopsError
 from llmops.params import RouterParams
-from serving.http.auth import bearer_token
+from serving.http.auth import bearer_token, token_matches
 from serving.http.errors import error_body
 from serving.http.health import Health, health_response
 from serving.records import RequestHook
@@ -98,7 +97,7 @@ def _add_admin(app: FastAPI, state: RouterState) -> None:
         if not token:
             raise HTTPException(401, "admin routes need Authorization: Bearer <admin token> (LLMOPS_ROUTER_ADMIN_"
                                 "TOKEN or <state_dir>/router/admin-token)", headers={"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(token.encode("utf-8", "surrogatepass"), state.token.encode()):
+        if not token_matches(token, state.token):
             raise HTTPException(403, "wrong admin token")
 
     admin = [Depends(require_admin)]

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 from fastapi import FastAPI
 
-from serving.http.auth import AUTH_HEADERS, is_authorized
+from serving.http.auth import AUTH_HEADERS, UNAUTHORIZED, is_authorized
 from serving.http.errors import client_caused
 from serving.records import RequestRecord, run_hooks
 from serving.router.context import RequestContext
@@ -71,9 +71,8 @@ class Proxy:
     async def handle(self, scope: dict, receive: Callable, send: Callable) -> None:
         state = self.state
         ctx = RequestContext.from_scope(scope)
-        if not is_authorized(ctx.authorization, state.api_key):  # before the body is read: an anonymous
-            await self.reject(send, ctx, 401, "missing or wrong API key: send Authorization: Bearer <key>",
-                              "invalid_api_key", "unauthorized")  # client costs nothing and is logged nowhere
+        if not is_authorized(ctx.authorization, state.api_key):  # before the body is read: an anonymous client
+            await self.reject(send, ctx, 401, UNAUTHORIZED, "invalid_api_key", "unauthorized")  # costs nothing
             return
         if not await self.read_body(ctx, receive, send):
             return

@@ -185,3 +185,27 @@ def test_probe_and_load_generator_send_the_key(tmp_path: Path, monkeypatch: pyte
     key_file.write_text("s3cret\n")
     monkeypatch.setenv("LLMOPS_API_KEY_FILE", str(key_file))
     assert auth_headers() == {"Authorization": "Bearer s3cret"}
+
+
+def test_one_bearer_check_and_one_request_id_rule(tmp_path: Path) -> None:
+    """The router's admin routes and the feedback route use serving.http's token compare and request-id rule
+    (whole match: a trailing newline or a space is not an id), not their own."""
+    from starlette.testclient import TestClient
+
+    from llmops.settings import get_settings
+    from monitoring.inference_log.feedback import parse_feedback
+    from serving.http.auth import token_matches
+    from serving.router import create_router_app
+
+    assert token_matches("k", "k") and not token_matches("", "") and not token_matches("k\n", "k")
+    assert not token_matches("\udcff", "k")  # a lone surrogate from a header is a mismatch, not a 500
+    for rid in ("req-1\n", "a b", "x" * 129, ""):
+        with pytest.raises(ValueError, match="request_id"):
+            parse_feedback(json.dumps({"request_id": rid, "rating": 1}).encode())
+    assert parse_feedback(b'{"request_id": "req_1-shadow", "rating": 1}')["request_id"] == "req_1-shadow"
+    params = get_settings().params([]).router
+    app = create_router_app(params, stable="http://127.0.0.1:9", token="admin-t")
+    with TestClient(app) as client:
+        assert client.get("/admin/state").status_code == 401
+        assert client.get("/admin/state", headers={"Authorization": "Bearer nope"}).status_code == 403
+        assert client.get("/admin/state", headers={"Authorization": "Bearer admin-t"}).status_code == 200
