@@ -76,7 +76,7 @@ class Job:
     constraint: Constraint | None = None
     tool_name: str | None = None
     request_id: str = ""
-    shadow: bool = False  # the router's mirrored copy (x-llmops-shadow), answered to no one
+    shadow: bool = False  # the router's mirrored copy (its signed x-llmops-internal marker), answered to no one
     t0: float = field(default_factory=time.perf_counter)
 
 
