@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         nll, n = quality_gate.engine_answer_nll(engine, examples)
         quant = manifest["build_config"].get("quantization") or {}
-        rows[manifest["name"]] = {"reduce_range": quant.get("reduce_range"), "perplexity_engine": math.exp(nll / n),
+        rows[manifest["name"]] = {"weights": quant.get("weights"), "reduce_range": quant.get("reduce_range"),
+                                  "perplexity_engine": math.exp(nll / n),
                                   "answer_tokens": n, "seconds": round(time.perf_counter() - t0, 1)}
     host = engine_store.host_summary()
     if args.emulated:

@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None, help="merged checkpoint dir (default: the base model)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--settings", default="s8,s8-7bit", help="comma-separated: s8 (QInt8 weights), s8-7bit "
-                    "(QInt8, reduce_range), u8u8 (QUInt8 weights: no u8s8 kernel, so no saturation)")
+                    "(QInt8, reduce_range), u8u8 (QUInt8 weights: no u8s8 kernel, so no saturation); "
+                    "serving/engines/int8.py WEIGHTS")
     ap.add_argument("--no-fp32", action="store_true", help="skip the fp32 engine's timing")
     ap.add_argument("--store", type=Path, default=None, help="engine store state dir to build in / reuse (default: a "
                     "fresh temporary one)")
@@ -54,14 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         engines["onnxruntime fp32"] = engine_store.load_engine(fp32, model_dir, max_slots=slots)
         rows["onnxruntime fp32"] = {"build_seconds": fp32["build_seconds"]}
     records = quality_gate.heldout_records(settings.project_dir, cfg.quantized)
-    from serving.engines import int8
-
-    variants = {"s8": {"weight_type": "QInt8", "reduce_range": False}, "s8-7bit": {"weight_type": "QInt8",
-                "reduce_range": True}, "u8u8": {"weight_type": "QUInt8", "reduce_range": False}}
     for key in args.settings.split(","):
         name = f"int8 {key}"
-        quant = int8.CONFIG | variants[key] | {"reduce_range_why": f"benchmark setting {key}"}
-        m = engine_store.build_cpu_engine(store, model_dir, "onnxruntime", dtype="int8", quantization=quant)
+        m = engine_store.build_cpu_engine(store, model_dir, "onnxruntime", dtype="int8", int8_weights=key)
         engine = engine_store.load_engine(m, model_dir, max_slots=slots)
         eos = set(engine.eos_token_ids) | engine_store.model_eos_ids(model)
         gate = quality_gate.quality_gate(engine, model, engine.tokenizer, records, cfg.quantized, eos)

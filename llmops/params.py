@@ -444,8 +444,8 @@ class QuantizedParams(_Section):
     new_tokens: int  # greedy tokens per answer for ROUGE-L (and the agreement rate)
     max_perplexity_increase: float  # relative: engine answer perplexity / eager's - 1
     max_rouge_l_drop: float  # absolute: eager ROUGE-L F1 - engine's
-    # 7-bit weights: auto = only on x86 without VNNI (serving/engines/int8.py settings_for); true/false forces it
-    reduce_range: bool | Literal["auto"] = "auto"
+    # int8 weights: auto = s8 with VNNI (or off x86), u8u8 on x86 without VNNI (serving/engines/int8.py settings_for)
+    weights: Literal["auto", "s8", "s8-7bit", "u8u8"] = "auto"
 
 
 class EngineParams(_Section):

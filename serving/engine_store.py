@@ -117,12 +117,12 @@ def list_engines(settings: Settings, weights: str | None = None) -> list[dict[st
 
 def build_cpu_engine(settings: Settings, model_dir: Path, runtime: str,
                      progress: Callable[[str], None] | None = None, dtype: str = "float32",
-                     reduce_range: bool | str = "auto", quantization: dict[str, Any] | None = None
+                     int8_weights: str = "auto", quantization: dict[str, Any] | None = None
                      ) -> dict[str, Any]:
     """Build (or find in the cache) the CPU engine for `model_dir` on `runtime` (`dtype` int8: weights
-    quantised with the settings for this CPU, see serving/engines/int8.py `settings_for`; `reduce_range`
-    overrides its choice, `quantization` replaces the settings altogether: benchmarks); returns its manifest plus
-    `cache_hit` and `engine_dir`."""
+    quantised with the settings for this CPU, see serving/engines/int8.py `settings_for`; `int8_weights`
+    overrides its choice, `quantization` replaces the settings altogether: benchmarks); returns its manifest
+    plus `cache_hit` and `engine_dir`."""
     from llmops.modeling.hashing import weights_digest
     from serving.engines.decoder_graph import check_supported
 
@@ -136,7 +136,7 @@ def build_cpu_engine(settings: Settings, model_dir: Path, runtime: str,
     if dtype != "float32" and quantization is None:
         from serving.engines import int8
 
-        quantization = int8.settings_for(cpu_flags(), platform.machine(), reduce_range)
+        quantization = int8.settings_for(cpu_flags(), platform.machine(), int8_weights)
     config = cpu_build_config(runtime, dtype, quantization) | {"architecture": architecture}
     config_hash = short_hash(config)
     key = cache_key(weights, runtime, version, hardware, config_hash)

@@ -92,7 +92,7 @@ def _cpu_int8_engine(settings: Settings, params: Params, model_dir: Path) -> dic
 
     cfg = params.engine
     manifest = engine_store.build_cpu_engine(
-        settings, model_dir, int8.RUNTIME, dtype=int8.DTYPE, reduce_range=cfg.quantized.reduce_range,
+        settings, model_dir, int8.RUNTIME, dtype=int8.DTYPE, int8_weights=cfg.quantized.weights,
         progress=lambda m: print(f"[compile_engine] {m}", file=sys.stderr, flush=True))
     gate_path = Path(manifest["engine_dir"]) / int8.QUALITY_FILE
     wanted = {"quantized": cfg.quantized.model_dump(), "benchmark": cfg.benchmark.model_dump(),
@@ -167,6 +167,7 @@ def version_tags(results: dict[str, dict[str, Any]], artifact_uris: dict[str, st
             tags[f"{p}.quality.passed"] = str(bool(quality["passed"])).lower()
         quant = r.get("quantization") or (r.get("build_config") or {}).get("quantization")
         if quant:  # the per-host settings it was quantised with (serving/engines/int8.py settings_for)
+            tags[f"{p}.quantization.weights"] = str(quant.get("weights") or quant.get("weight_type"))
             tags[f"{p}.quantization.reduce_range"] = str(bool(quant.get("reduce_range"))).lower()
         if r.get("skipped"):
             tags[p] = f"{'rejected' if r.get('rejected') else 'skipped'}: {r['reason']}"

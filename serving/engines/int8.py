@@ -25,28 +25,39 @@ CONFIG = {"method": "onnxruntime.quantize_dynamic", "weight_type": "QInt8", "per
           "op_types": ["MatMul"], "keep_float": ["down", "qkv"]}
 QUALITY_FILE = "quality.json"  # the gate's result, written beside the manifest
 # x86 int8 dot products without saturation: VNNI (vpdpbusd) accumulates u8*s8 pairs straight into int32.
-# Without it MLAS's u8s8 kernel sums pairs with vpmaddubsw into int16, which saturates for 8-bit weights
-# (255*127*2 > 32767); ONNX Runtime's guidance for such CPUs is `reduce_range` (7-bit weights: 255*64*2 fits).
+# Without it MLAS's u8s8 kernel sums pairs with vpmaddubsw into int16, which saturates for 8-bit s8 weights
+# (255*127*2 > 32767). ONNX Runtime's guidance for such CPUs: 7-bit weights (reduce_range) or U8U8. Measured
+# (benchmarks/README.md, int8 per host): 7-bit weights cost +6.05% answer perplexity on SmolLM2 (over the 5%
+# gate) even without saturation; U8U8 (u8 weights: the kernel widens to 16 bits, cannot saturate) +2.36%,
+# s8 8-bit +3.76%; on this VNNI host s8 was the fastest (25 vs 21 tok/s at batch 1), so VNNI hosts keep s8.
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 X86 = ("x86_64", "amd64", "i386", "i686")
+WEIGHTS = {"s8": {"weight_type": "QInt8", "reduce_range": False},  # 8-bit signed: the u8s8 kernel
+           "s8-7bit": {"weight_type": "QInt8", "reduce_range": True},  # ORT's reduce_range
+           "u8u8": {"weight_type": "QUInt8", "reduce_range": False}}  # 8-bit unsigned: the u8u8 kernel
 
 
-def settings_for(flags: set[str] | frozenset[str], machine: str, reduce_range: bool | str = "auto") -> dict[str, Any]:
-    """The quantisation settings for a CPU with these ISA `flags` (CONFIG plus `reduce_range`): 7-bit weights
-    on x86 without VNNI, full 8-bit elsewhere; `reduce_range` True/False overrides (params.yaml
-    engine.quantized.reduce_range). The choice and its cause are recorded in the engine's build config."""
+def settings_for(flags: set[str] | frozenset[str], machine: str, weights: str = "auto") -> dict[str, Any]:
+    """The quantisation settings for a CPU with these ISA `flags`: CONFIG with s8 weights where u8s8 cannot
+    saturate (VNNI, or not x86), U8U8 on x86 without VNNI; `weights` (params.yaml engine.quantized.weights:
+    s8 | s8-7bit | u8u8) overrides. The choice and its cause go into the engine's build config."""
     x86 = machine.lower() in X86
     vnni = sorted(set(flags) & set(VNNI_FLAGS))
-    if reduce_range != "auto":
-        rr = bool(reduce_range)
-        why = f"set by params.yaml engine.quantized.reduce_range: {str(rr).lower()}"
+    if weights != "auto":
+        if weights not in WEIGHTS:
+            from llmops.errors import LlmopsError
+
+            raise LlmopsError(f"unknown int8 weights setting {weights!r}",
+                              f"set engine.quantized.weights to auto or one of {sorted(WEIGHTS)}")
+        key, why = weights, f"set by params.yaml engine.quantized.weights: {weights}"
     elif not x86:
-        rr, why = False, f"{machine}: no x86 u8s8 saturation (int8 dot products accumulate in int32)"
+        key, why = "s8", f"{machine}: no x86 u8s8 saturation (int8 dot products accumulate in int32)"
     elif vnni:
-        rr, why = False, f"VNNI ({'+'.join(vnni)}): u8s8 products accumulate in int32 without saturation"
+        key, why = "s8", f"VNNI ({'+'.join(vnni)}): u8s8 products accumulate in int32 without saturation"
     else:
-        rr, why = True, "x86 without VNNI: u8s8 pairs sum in int16 (vpmaddubsw) and saturate; 7-bit weights fit"
-    return CONFIG | {"reduce_range": rr, "reduce_range_why": why}
+        key, why = "u8u8", ("x86 without VNNI: u8s8 pairs sum in int16 (vpmaddubsw) and saturate; u8 weights use "
+                            "the u8u8 kernel, which cannot")
+    return CONFIG | WEIGHTS[key] | {"weights": key, "why": why}
 
 
 def quantize(src_dir: Path, out_dir: Path, graph_file: str = "decoder.onnx",

@@ -23,25 +23,32 @@ QUICK = ["engine.kinds=[cpu,cpu-int8]", "engine.quantized.records=2", "engine.qu
          "engine.benchmark.batch_sizes=[1,2]", "engine.benchmark.new_tokens=3"]
 
 
-@pytest.mark.parametrize(("flags", "machine", "reduce_range"), [
-    ({"avx2", "fma"}, "x86_64", True),  # AVX2-only laptop / cloud CPU: u8s8 saturates, 7-bit weights
-    ({"avx2", "avx512f", "avx512bw"}, "x86_64", True),  # Skylake-X: AVX-512 but no VNNI, same saturation
-    ({"avx2", "avx512f", "avx512_vnni"}, "x86_64", False),  # Cascade Lake+, Zen 4+ (this host)
-    ({"avx2", "avx_vnni"}, "x86_64", False),  # Alder Lake: VEX-encoded VNNI
-    ({"avx2", "amx_int8", "amx_tile"}, "x86_64", False),
-    ({"asimd", "asimddp"}, "aarch64", False),  # Arm: int8 dot products accumulate in int32
+@pytest.mark.parametrize(("flags", "machine", "weights"), [
+    ({"avx2", "fma"}, "x86_64", "u8u8"),  # AVX2-only laptop / cloud CPU: u8s8 saturates, u8 weights cannot
+    ({"avx2", "avx512f", "avx512bw"}, "x86_64", "u8u8"),  # Skylake-X: AVX-512 but no VNNI, same saturation
+    ({"avx2", "avx512f", "avx512_vnni"}, "x86_64", "s8"),  # Cascade Lake+, Zen 4+ (this host)
+    ({"avx2", "avx_vnni"}, "x86_64", "s8"),  # Alder Lake: VEX-encoded VNNI
+    ({"avx2", "amx_int8", "amx_tile"}, "x86_64", "s8"),
+    ({"asimd", "asimddp"}, "aarch64", "s8"),  # Arm: int8 dot products accumulate in int32
 ])
-def test_quantisation_settings_follow_the_host_flags(flags: set[str], machine: str, reduce_range: bool) -> None:
+def test_quantisation_settings_follow_the_host_flags(flags: set[str], machine: str, weights: str) -> None:
     got = int8.settings_for(flags, machine)
-    assert got["reduce_range"] is reduce_range and got["reduce_range_why"]
-    assert {k: got[k] for k in int8.CONFIG} == int8.CONFIG  # the measured recipe itself is unchanged
-    assert int8.settings_for(flags, machine, reduce_range=not reduce_range)["reduce_range"] is (not reduce_range)
+    assert got["weights"] == weights and got["why"]
+    assert got["weight_type"] == ("QUInt8" if weights == "u8u8" else "QInt8") and got["reduce_range"] is False
+    assert {k: got[k] for k in ("per_channel", "op_types", "keep_float")} == \
+        {k: int8.CONFIG[k] for k in ("per_channel", "op_types", "keep_float")}  # the measured recipe is kept
+    forced = int8.settings_for(flags, machine, weights="s8-7bit")
+    assert forced["reduce_range"] is True and "engine.quantized.weights" in forced["why"]
+    from llmops.errors import LlmopsError
+
+    with pytest.raises(LlmopsError, match="weights setting"):
+        int8.settings_for(flags, machine, weights="int4")
 
 
 def test_the_settings_are_part_of_the_build_config_and_its_hash() -> None:
     avx2 = engine_store.cpu_build_config("onnxruntime", "int8", int8.settings_for({"avx2"}, "x86_64"))
     vnni = engine_store.cpu_build_config("onnxruntime", "int8", int8.settings_for({"avx512_vnni"}, "x86_64"))
-    assert avx2["quantization"]["reduce_range"] and not vnni["quantization"]["reduce_range"]
+    assert avx2["quantization"]["weight_type"] == "QUInt8" and vnni["quantization"]["weight_type"] == "QInt8"
     assert engine_store.short_hash(avx2) != engine_store.short_hash(vnni)
 
 

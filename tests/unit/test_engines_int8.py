@@ -34,7 +34,7 @@ def test_int8_engine_gated_then_offered_and_a_breach_keeps_it_out(settings: Sett
     assert q["perplexity_eager"] > 1 and q["perplexity_engine"] > 1 and 0 <= q["agreement"]["identical_rate"] <= 1
     assert abs(q["perplexity_increase"] - (q["perplexity_engine"] / q["perplexity_eager"] - 1)) < 1e-9
     manifest = r["build_config"]
-    assert manifest["dtype"] == "int8" and manifest["quantization"]["weight_type"] == "QInt8"
+    assert manifest["dtype"] == "int8" and manifest["quantization"]["weight_type"] in ("QInt8", "QUInt8")  # per host
     graph = (Path(r["engine_dir"]) / "decoder.onnx").read_bytes()
     assert b"MatMulInteger" in graph or b"DynamicQuantizeMatMul" in graph  # really quantised
     tags = version_tags(result, {})
