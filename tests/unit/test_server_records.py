@@ -160,3 +160,39 @@ def test_client_errors_stay_out_of_the_latency_histogram(engine, tiny_model_dir:
     for status in ("401", "400", "200"):
         assert metrics.registry.get_sample_value("llmops_requests_total", {"route": route, "status": status,
                                                                            "model": resolved.label}) == 1
+
+
+def test_the_routers_shadow_copy_is_recognised_end_to_end(engine, tiny_model_dir: Path, serve_params) -> None:
+    """Router -> server over real sockets, one deployment secret: the mirrored copy (shadow 100%, the canary
+    being the same server here) is marked shadow by the server, the client's own request is not, even though
+    the client sent `x-llmops-shadow: 1` itself."""
+    import uvicorn
+
+    from llmops.settings import get_settings
+    from serving.router import create_router_app
+    from tests.serve_process import free_port
+
+    records: list[RequestRecord] = []
+    secret = b"deployment-secret"
+    app, _ = _client(engine, tiny_model_dir, serve_params, [records.append], internal_secret=secret)
+    with _served(app) as url:
+        router_app = create_router_app(get_settings().params().router, stable=url, canary=url, canary_percent=0,
+                                       shadow_percent=100, token="admin", internal_secret=secret)
+        port = free_port()
+        router = uvicorn.Server(uvicorn.Config(router_app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=router.run, daemon=True)
+        thread.start()
+        try:
+            while not router.started:
+                time.sleep(0.05)
+            r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT, timeout=60,
+                           headers={"x-request-id": "e2e-1", "x-llmops-shadow": "1"})
+            assert r.status_code == 200 and r.headers["x-llmops-side"] == "stable"
+            deadline = time.monotonic() + 30
+            while len(records) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            router.should_exit = True
+            thread.join(timeout=15)
+    shadow = {rec.request_id: bool((rec.extra or {}).get("shadow")) for rec in records}
+    assert shadow == {"e2e-1": False, "e2e-1-shadow": True}
