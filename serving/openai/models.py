@@ -13,7 +13,9 @@ router = APIRouter()
 async def models(request: Request) -> dict[str, Any]:
     state = request.app.state.llmops
     model = state.model
+    info = state.engine.info()
     return {"object": "list", "data": [{
         "id": model.name, "object": "model", "created": state.created, "owned_by": "llmops",
-        "version": model.version, "source": model.source, "engine": state.engine.info().get("kind"),
+        "version": model.version, "source": model.source, "engine": info.get("kind"),
+        "engine_selection": (info.get("selection") or {}).get("reason"),  # which engine and why (load_engine)
     }]}

@@ -131,6 +131,8 @@ def test_eager_is_the_fallback_and_the_server_shows_the_choice(settings: Setting
         deadline = time.monotonic() + 60  # let warmup finish: the app's shutdown expects a started scheduler
         while (resp := client.get("/ready")).status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.1)
+        reason = client.get("/v1/models").json()["data"][0]["engine_selection"]
+        assert reason.startswith("eager: no built engine can serve this model here")
         selection = resp.json()["engine"]["selection"]
         assert selection["requested"] == "auto" and resp.json()["engine"]["kind"] == "eager"
         assert selection["reason"].startswith("eager: no built engine can serve this model here")
