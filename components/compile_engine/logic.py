@@ -147,10 +147,26 @@ def _trtllm_engine(settings: Settings, params: Params, model_dir: Path) -> dict[
     return json.loads(done.stdout) | {"cache_hit": False, "engine_dir": str(out)}
 
 
+def _unsupported(kind: str, model_dir: Path) -> dict[str, Any] | None:
+    """A skip record when the CPU graphs cannot express this model (another family, partial rotary...): the
+    model itself is fine and serves with the eager engine, so the step goes on, as a TensorRT-LLM skip does."""
+    if kind not in ("cpu", "cpu-int8"):
+        return None
+    from serving.engines.decoder_graph import check_supported
+
+    try:
+        check_supported(model_dir)
+    except ModelError as exc:
+        reason = str(exc)
+        return {"kind": kind, "skipped": True, "reason": reason, "record": f"engine={kind} skipped: {reason}"}
+    return None
+
+
 def build_engines(settings: Settings, params: Params, model_dir: Path) -> dict[str, dict[str, Any]]:
     """{kind: result} for every kind in `engine.kinds`: a checked CPU engine, a TRT-LLM engine or its skip."""
     builders = {"cpu": _cpu_engine, "cpu-int8": _cpu_int8_engine, "tensorrt-llm": _trtllm_engine}
-    return {kind: builders[kind](settings, params, model_dir) for kind in params.engine.kinds}
+    return {kind: _unsupported(kind, model_dir) or builders[kind](settings, params, model_dir)
+            for kind in params.engine.kinds}
 
 
 def version_tags(results: dict[str, dict[str, Any]], artifact_uris: dict[str, str]) -> dict[str, str]:

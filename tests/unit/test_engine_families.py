@@ -178,3 +178,19 @@ def test_tensorrt_llm_refuses_families_without_a_converter(tmp_path: Path) -> No
         tensorrt_llm.check_model(model_dir)
     assert "serve with --engine eager" in str(err.value)
     tensorrt_llm.check_model(_config_only(tmp_path, model_type="qwen2", architectures=["Qwen2ForCausalLM"]))
+
+
+def test_compile_step_records_a_skip_for_a_model_the_graphs_cannot_express(tmp_path: Path,
+                                                                               settings: Settings) -> None:
+    """The model is fine (it serves with eager): the compile step goes on with a skip record naming the
+    family, as for a TensorRT-LLM skip, instead of failing the pipeline."""
+    from components.compile_engine.logic import build_engines
+
+    model_dir = _config_only(tmp_path, model_type="gpt2", architectures=["GPT2LMHeadModel"])
+    params = settings.params(["engine.kinds=[cpu, cpu-int8]"])
+    results = build_engines(settings, params, model_dir)
+    for kind in ("cpu", "cpu-int8"):
+        assert results[kind]["skipped"] and "'gpt2'" in results[kind]["reason"]
+        assert results[kind]["record"].startswith(f"engine={kind} skipped:")
+        assert "serve with --engine eager" in results[kind]["reason"]
+    assert not list(settings.engines_dir.glob("*"))
