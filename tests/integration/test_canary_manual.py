@@ -24,6 +24,9 @@ from tests.registry_setup import registry_with_versions
 from tests.serve_process import REPO, free_port
 
 pytestmark = pytest.mark.slow
+# params.yaml's canary rate and golden size are `auto` (calibrated when a rollout starts); a rollout record
+# written by hand takes concrete values
+CALIBRATED = ["canary.loadgen.rate=1.5", "canary.quality.golden_size=8"]
 
 
 def _json_docs(path) -> list[dict]:
@@ -67,7 +70,7 @@ def test_promote_by_hand_skips_the_remaining_steps_audited(settings: Settings, m
         act.set_canary_weight(25)
         store = RolloutStore(settings.audit_db_uri)
         r, _ = store.create(model=name, version="2", stable_version="1",
-                            config=resolve(settings.params().canary).to_json(), actuator=act.spec(),
+                            config=resolve(settings.params(CALIBRATED).canary).to_json(), actuator=act.spec(),
                             traffic_url=url, probe={}, actor="test", stale_after_s=20)
         store.set_step(r.id, 0, 25)
         # `status --watch` (its own process) follows the rollout until it ends: running first, promoted last
