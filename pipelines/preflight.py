@@ -37,22 +37,24 @@ def bound_mlflow_http() -> None:
         os.environ.setdefault(key, value)
 
 
-def preflight_finetune(settings: Settings, overrides: list[str], data_dir: str) -> Params:
-    """Every check that needs no step to have run; raises PreflightError (cause + fix) at the first failure."""
+def preflight_finetune(settings: Settings, overrides: list[str], data_dir: str, *, quiet: bool = False) -> Params:
+    """Every check that needs no step to have run; raises PreflightError (cause + fix) at the first failure.
+    `quiet` (--json): the precision and host lines are not printed (the JSON summary carries both)."""
     bound_mlflow_http()
     params = settings.params(overrides)  # raises with the bad key/value
     if settings.profile == "cluster":
         # The steps run in pods: the data dir is a path in their image, the base model and the tracking/audit
         # URIs are what the pods resolve and reach, not this machine (often outside the cluster network).
         # Submitting checks the KFP API itself.
-        _say(f"precision: train.precision={params.train.precision}, chosen by each training worker on its own "
-             "device (recorded as the train.precision tag)")
+        if not quiet:
+            _say(f"precision: train.precision={params.train.precision}, chosen by each training worker on its "
+                 "own device (recorded as the train.precision tag)")
         return params
     base = check_base_model(settings, params)
     check_data_dir(settings, data_dir)
     check_tracking(settings)
     check_audit_store(settings)
-    report_precision(settings, params, base)
+    report_precision(settings, params, base, quiet=quiet)
     return params
 
 
@@ -60,7 +62,7 @@ def _say(line: str) -> None:
     print(f"preflight: {line}", file=sys.stderr, flush=True)  # stderr: --json keeps stdout for its JSON
 
 
-def report_precision(settings: Settings, params: Params, base_model_dir: Path | None):
+def report_precision(settings: Settings, params: Params, base_model_dir: Path | None, *, quiet: bool = False):
     """Choose the precision for this machine's device (the probe runs here once per host, into the state dir's
     cache the train workers and evaluate read) and say it, with the host, before any step starts."""
     from llmops import host
@@ -68,8 +70,9 @@ def report_precision(settings: Settings, params: Params, base_model_dir: Path | 
 
     shape = probe_shape(params.train.batch_size, params.train.seq_len, base_model_dir)
     choice = resolve(params.train.precision, local_device(), settings.state_dir, shape)
-    _say(choice.line())
-    _say(host.host_line(host.describe(settings.state_dir)))
+    if not quiet:
+        _say(choice.line())
+        _say(host.host_line(host.describe(settings.state_dir)))
     return choice
 
 

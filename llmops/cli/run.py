@@ -38,7 +38,7 @@ def finetune(
     if datasets:
         data_dir = _dataset_dir(settings, overrides, datasets, data_dir)
     # Everything checkable before the DAG starts fails here, in seconds, with cause and fix (exit 2).
-    preflight_finetune(settings, overrides, data_dir)
+    preflight_finetune(settings, overrides, data_dir, quiet=as_json)
     if settings.profile == "cluster":
         from pipelines.runner import submit_finetune_cluster
 
@@ -95,7 +95,7 @@ def retrain(
 
     # the same checks as finetune, on the champion's recipe (no champion, a changed base: exit 2 in seconds)
     recipe = champion_recipe(settings, overrides)
-    preflight_finetune(settings, recipe.overrides, "data/splits")
+    preflight_finetune(settings, recipe.overrides, "data/splits", quiet=as_json)
     if not as_json:
         console.print(f"retraining champion {recipe.champion}: {reason or 'on demand'}", soft_wrap=True,
                       highlight=False)
