@@ -141,7 +141,7 @@ def measure_capacity(url: str, prompts: list[str], *, max_tokens: int, seconds: 
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from serving.rollout.quality import auth_headers, served_model
+    from serving.rollout.quality import auth_headers, greedy_chat, served_model
 
     if not prompts:
         raise RolloutError("calibration has no prompts", "check engine.prompts in params.yaml")
@@ -155,15 +155,8 @@ def measure_capacity(url: str, prompts: list[str], *, max_tokens: int, seconds: 
                                "canary.quality.golden_size as numbers") from None
 
         def one(prompt: str) -> int | None:
-            body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-                    "temperature": 0}
-            try:
-                resp = client.post(f"{base}/v1/chat/completions", json=body)
-            except httpx.HTTPError:
-                return None
-            if resp.status_code != 200:
-                return None
-            return int((resp.json().get("usage") or {}).get("completion_tokens") or 0)
+            done = greedy_chat(client, base, model, prompt, max_tokens)
+            return None if done is None else int((done.get("usage") or {}).get("completion_tokens") or 0)
 
         one(prompts[0])  # warm-up: first-request costs are not the server's rate
         t0 = time.perf_counter()

@@ -124,9 +124,9 @@ def served_model(client: httpx.Client, base_url: str) -> str:
     return data["data"][0]["id"]
 
 
-def _chat(client: httpx.Client, base_url: str, model: str, content: str, max_tokens: int,
-          response_format: dict[str, Any] | None = None) -> str | None:
-    """Greedy answer text, or None when the request failed (status, transport)."""
+def greedy_chat(client: httpx.Client, base_url: str, model: str, content: str, max_tokens: int,
+                response_format: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The chat completion (JSON) of one greedy user turn, or None when the request failed (status, transport)."""
     body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": content}],
                             "max_tokens": max_tokens, "temperature": 0}
     if response_format:
@@ -137,7 +137,14 @@ def _chat(client: httpx.Client, base_url: str, model: str, content: str, max_tok
         return None
     if resp.status_code != 200:
         return None
-    return resp.json()["choices"][0]["message"].get("content") or ""
+    return resp.json()
+
+
+def _chat(client: httpx.Client, base_url: str, model: str, content: str, max_tokens: int,
+          response_format: dict[str, Any] | None = None) -> str | None:
+    """Greedy answer text, or None when the request failed (status, transport)."""
+    done = greedy_chat(client, base_url, model, content, max_tokens, response_format)
+    return None if done is None else done["choices"][0]["message"].get("content") or ""
 
 
 def parse_score(text: str | None) -> float | None:
