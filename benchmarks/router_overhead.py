@@ -213,7 +213,7 @@ def main() -> None:
     try:
         stub = f"http://127.0.0.1:{stub_port}"
         _wait(f"{stub}/ready", procs[0])
-        procs.append(subprocess.Popen([sys.executable, "-m", "llmops.cli.main", "router", "--stable", stub,
+        procs.append(subprocess.Popen([sys.executable, "-m", "cli.main", "router", "--stable", stub,
                                        "--port", str(router_port), "--log-level", "warning", "--no-log"],
                                       cwd=REPO, env=env,
                                       stdout=subprocess.DEVNULL))

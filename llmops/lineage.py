@@ -13,11 +13,11 @@ file *should* hold.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from pathlib import Path
 
 from llmops.errors import ModelError
+from llmops.modeling.hashing import file_md5
 from llmops.params import Params
 from llmops.settings import Settings
 
@@ -43,15 +43,6 @@ def git_commit(project_dir: Path) -> str:
     if status is None:
         return UNKNOWN
     return sha.strip() + ("-dirty" if status.strip() else "")
-
-
-def file_md5(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex md5 of a file's bytes: what DVC 3 records for a file output (`hash: md5`)."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def data_lineage(project_dir: Path, files: dict[str, Path]) -> dict[str, str]:

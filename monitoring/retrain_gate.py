@@ -56,7 +56,7 @@ def champion_source_md5s(settings: Settings) -> tuple[set[str] | None, str]:
 def new_datasets(settings: Settings, params: Params, known: set[str] | None) -> list[dict[str, Any]]:
     """The datasets `data.sources` names now whose bytes are not among `known` (None: every dataset is new)."""
     from llmops.data.sources import source_files
-    from llmops.lineage import file_md5
+    from llmops.modeling.hashing import file_md5
 
     out = []
     for entry, _src, path in source_files(settings.project_dir, params.data.sources):

@@ -86,7 +86,7 @@ class TriggerDecision:
 
 def resolve_command(command: list[str]) -> list[str]:
     """`llmops ...` runs with this interpreter's installation (a cron/daemon PATH may lack the venv)."""
-    return [sys.executable, "-m", "llmops.cli.main", *command[1:]] if command[:1] == ["llmops"] else list(command)
+    return [sys.executable, "-m", "cli.main", *command[1:]] if command[:1] == ["llmops"] else list(command)
 
 
 def db_path(state_dir: Path) -> Path:

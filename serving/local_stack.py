@@ -68,7 +68,7 @@ class LocalStack:
         full_env = {**os.environ, **self.env, **(env or {})}
         for key in [k for k, v in full_env.items() if v is None]:
             del full_env[key]
-        cmd = [sys.executable, "-m", "llmops.cli.main", *args, "--host", "127.0.0.1", "--port", str(port),
+        cmd = [sys.executable, "-m", "cli.main", *args, "--host", "127.0.0.1", "--port", str(port),
                "--log-level", "warning", *[a for s in self.overrides for a in ("--set", s)]]
         with open(log, "wb") as fh:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)

@@ -37,7 +37,7 @@ def running_server(model: str, log_path: Path, *, sets: tuple[str, ...] = (), en
     if "LLMOPS_INFERENCE_LOG_URI" not in full_env and "LLMOPS_STATE_DIR" not in full_env:
         # a test server never writes the user's .llmops/inference-log.db
         full_env["LLMOPS_INFERENCE_LOG_URI"] = f"sqlite:///{log_path.parent / f'inference-log-{port}.db'}"
-    cmd = [sys.executable, "-m", "llmops.cli.main", "serve", model, "--port", str(port), "--engine", "eager",
+    cmd = [sys.executable, "-m", "cli.main", "serve", model, "--port", str(port), "--engine", "eager",
            "--log-level", "warning", *[a for s in sets for a in ("--set", s)], *args]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO)

@@ -86,7 +86,7 @@ def merge(project_dir: Path, sources: list[SourceParams]) -> tuple[Any, list[Sou
     each dataset (`kept`: its records in the merge)."""
     import pandas as pd
 
-    from llmops.lineage import file_md5
+    from llmops.modeling.hashing import file_md5
 
     files = source_files(project_dir, sources)
     frames = [read_jsonl(path) for _, _, path in files]
@@ -110,7 +110,7 @@ def merge_and_split(project_dir: Path, params: Params, out_dir: Path,
                     sources: list[SourceParams] | None = None) -> dict[str, Any]:
     """Merge `sources` (default: params `data.sources`), split, write `<out_dir>/{train,validation,test}.jsonl`
     and `<out_dir>/sources.json`; returns the manifest. Files are replaced only after all were written."""
-    from llmops.lineage import file_md5
+    from llmops.modeling.hashing import file_md5
 
     merged, read = merge(project_dir, list(sources if sources is not None else params.data.sources))
     parts = split_frame(merged, params.data.split)
@@ -181,7 +181,7 @@ def user_dataset_splits(settings: Any, params: Params, names: list[str]) -> Path
                             "add it with `llmops data add FILE --name NAME`"
                             + (f"; added so far: {', '.join(added)}" if added else ""))
         sources.append(SourceParams(name=f"user/{name}", path=str(path)))
-    from llmops.lineage import file_md5
+    from llmops.modeling.hashing import file_md5
 
     key = hashlib.sha256(json.dumps([[s.name, file_md5(Path(s.path))] for s in sources]
                                     + [params.data.split.model_dump()], sort_keys=True).encode()).hexdigest()[:12]

@@ -41,3 +41,12 @@ def weights_digest(model_dir: Path) -> str:
     if not hashes:
         raise FileNotFoundError(f"no weight files under {model_dir}")
     return digest_of(hashes)
+
+
+def file_md5(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex md5 of a file's bytes: what DVC 3 records for a file output (`hash: md5`)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

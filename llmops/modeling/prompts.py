@@ -9,6 +9,7 @@ trained model learns to stop the way its family stops. No turn format is assumed
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -92,3 +93,25 @@ def encode_example(tokenizer, record: Mapping[str, Any]) -> tuple[list[int], lis
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
     return prompt_ids + target_ids, [-100] * len(prompt_ids) + target_ids
+
+
+def prompt_text(prompt: Any) -> str:
+    """The user's text of a logged prompt: a plain string as is; chat messages (a list, or its JSON) -> the
+    last user turn, which is what the training reference holds (`user_message` of a record)."""
+    if isinstance(prompt, str):
+        stripped = prompt.lstrip()
+        if not stripped.startswith("["):
+            return prompt
+        try:
+            prompt = json.loads(stripped)
+        except json.JSONDecodeError:
+            return prompt
+    if isinstance(prompt, list):
+        for message in reversed(prompt):
+            if isinstance(message, Mapping) and message.get("role") == "user":
+                content = message.get("content")
+                if isinstance(content, list):  # OpenAI content parts
+                    return " ".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
+                return str(content or "")
+        return ""
+    return str(prompt)

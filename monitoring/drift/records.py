@@ -6,13 +6,12 @@ package depends on no storage layer, and tests build `WindowRecord`s directly.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from llmops.modeling.prompts import user_message
+from llmops.modeling.prompts import prompt_text, user_message
 
 # Openings of a refusal or a non-answer. Matched at the start of the stripped response, case-insensitively:
 # a later "I cannot" inside an explanation is not a refusal.
@@ -39,28 +38,6 @@ class WindowRecord:
     @property
     def ok(self) -> bool:
         return 200 <= self.status < 400
-
-
-def prompt_text(prompt: Any) -> str:
-    """The user's text of a logged prompt: a plain string as is; chat messages (a list, or its JSON) -> the
-    last user turn, which is what the training reference holds (`user_message` of a record)."""
-    if isinstance(prompt, str):
-        stripped = prompt.lstrip()
-        if not stripped.startswith("["):
-            return prompt
-        try:
-            prompt = json.loads(stripped)
-        except json.JSONDecodeError:
-            return prompt
-    if isinstance(prompt, list):
-        for message in reversed(prompt):
-            if isinstance(message, Mapping) and message.get("role") == "user":
-                content = message.get("content")
-                if isinstance(content, list):  # OpenAI content parts
-                    return " ".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
-                return str(content or "")
-        return ""
-    return str(prompt)
 
 
 def is_refusal(response: str) -> bool:

@@ -27,8 +27,10 @@ def read_prompts(path: Path) -> list[str]:
     """Prompts from a JSONL file of logged traffic or a split: `prompt` (text, or the chat messages as the
     inference log keeps them: `llmops log tail -n N --json`), `messages` (last user turn), or `instruction`
     (+ `input`), whichever each line has."""
-    from llmops.modeling.prompts import user_message
-    from monitoring.drift.records import prompt_text  # how the drift monitor reads the same logged prompts
+    from llmops.modeling.prompts import (
+        prompt_text,  # how the drift monitor reads the same logged prompts
+        user_message,
+    )
 
     prompts = []
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):

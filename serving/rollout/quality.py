@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx2 as httpx
 
-from llmops.lineage import file_md5
+from llmops.modeling.hashing import file_md5
 from llmops.params import CanaryQualityParams
 from llmops.settings import Settings
 from serving.rollout.analysis import QualityScores

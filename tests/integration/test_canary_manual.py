@@ -46,14 +46,14 @@ def _json_docs(path) -> list[dict]:
 
 
 def test_promote_by_hand_skips_the_remaining_steps_audited(settings: Settings, monkeypatch) -> None:
-    from llmops.cli.main import app
+    from cli.main import app
 
     name, token = f"m-{uuid.uuid4().hex[:8]}", "t0ken"
     monkeypatch.setenv("LLMOPS_ROUTER_ADMIN_TOKEN", token)
     reg = registry_with_versions(settings, 2, name)
     reg.promote(name, "1", reason="first")
     port, stable, canary = free_port(), f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
-    proc = subprocess.Popen([sys.executable, "-m", "llmops.cli.main", "router", "--stable", stable, "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "router", "--stable", stable, "--port",
                              str(port)], cwd=REPO, env=dict(os.environ), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -76,7 +76,7 @@ def test_promote_by_hand_skips_the_remaining_steps_audited(settings: Settings, m
         # `status --watch` (its own process) follows the rollout until it ends: running first, promoted last
         watch_out = settings.state_dir / "watch.json"
         with open(watch_out, "wb") as fh:
-            watcher = subprocess.Popen([sys.executable, "-m", "llmops.cli.main", "canary", "status", name, "--watch",
+            watcher = subprocess.Popen([sys.executable, "-m", "cli.main", "canary", "status", name, "--watch",
                                         "--json"], cwd=REPO, env=dict(os.environ), stdout=fh,
                                        stderr=subprocess.STDOUT)
         for _ in range(300):

@@ -114,7 +114,7 @@ def _corrupt(model_dir: Path, out: Path) -> Path:
 def _router(stable: str, log: Path) -> Iterator[str]:
     port = free_port()
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "llmops.cli.main", "router", "--stable", stable, "--port",
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "router", "--stable", stable, "--port",
                                  str(port)], stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=dict(os.environ))
     url = f"http://127.0.0.1:{port}"
     try:
@@ -249,7 +249,7 @@ def test_judge_through_our_own_server_returns_a_parseable_score(stack) -> None:
 
 def _start_cli(stack, version: str, canary: str) -> subprocess.Popen:
     sets = [a for s in stack["sets"] for a in ("--set", s)]
-    return subprocess.Popen([sys.executable, "-m", "llmops.cli.main", "canary", "start", NAME, version, "--router",
+    return subprocess.Popen([sys.executable, "-m", "cli.main", "canary", "start", NAME, version, "--router",
                              stack["router"], "--canary-url", canary, *sets], cwd=REPO, env=dict(os.environ),
                             stdout=subprocess.DEVNULL, stderr=open(stack["tmp"] / "controller.log", "ab"))
 
@@ -304,7 +304,7 @@ def test_killed_controller_is_seen_dead_blocks_a_second_rollout_and_is_aborted_o
 
     from typer.testing import CliRunner
 
-    from llmops.cli.main import app
+    from cli.main import app
 
     runner = CliRunner()
     status = runner.invoke(app, ["canary", "status", NAME, "--json"])

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 NAME = "llmops-smollm2"
 COPY = ["dvc.yaml", "dvc.lock", "params.yaml", "data/expectations", "data/sample", "data/splits", "data/metrics",
         "data/user/README.md", "data/feedback/README.md", "data/drift/shifted.jsonl", "data/drift/paraphrased.jsonl",
-        # whole: the trigger starts `python -m llmops.cli.main` in the project, where a partial copy would shadow it
+        # whole: the trigger starts `python -m cli.main` in the project, where a partial copy would shadow it
         "llmops"]
 
 
@@ -88,8 +88,8 @@ def _champion(settings: Settings, tiny_model_dir: Path) -> str:
 
 def test_shift_fires_drift_and_the_trigger_retrains_through_the_canary(project: Settings,
                                                                        tiny_model_dir: Path) -> None:
+    from cli.drift_demo import DemoConfig, run_drift_demo
     from llmops.registry import Registry
-    from monitoring.drift_demo import DemoConfig, run_drift_demo
 
     settings = project
     champion = _champion(settings, tiny_model_dir)

@@ -38,7 +38,7 @@ def llmops(*args: str, repo: Path) -> subprocess.CompletedProcess[str]:
     """The CLI on the temporary repo (LLMOPS_PROJECT_DIR). It runs from outside it: `python -m` puts the
     working directory first on sys.path, and the repo's partial copy of llmops/ would shadow the package."""
     env = dict(os.environ, COLUMNS="250", LLMOPS_PROJECT_DIR=str(repo))
-    return subprocess.run([sys.executable, "-m", "llmops.cli.main", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True,
                           env=env, cwd=repo.parent, check=False, timeout=300)
 
 

@@ -73,8 +73,8 @@ def test_pipeline_registers_passing_candidate_then_gate_blocks_a_bad_one(setting
     assert registry.alias_version(name, "challenger") == registry.alias_version(name, "champion")
     tags = version["tags"]
     from llmops.data.dvc import data_hashes
-    from llmops.lineage import file_md5, git_commit
-    from llmops.modeling.hashing import file_hashes, weights_digest
+    from llmops.lineage import git_commit
+    from llmops.modeling.hashing import file_hashes, file_md5, weights_digest
 
     assert tags["pipeline.mlflow_run_id"] == first["mlflow_run_id"]
     assert tags["params.hash"] == first["params_hash"]

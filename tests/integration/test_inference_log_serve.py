@@ -153,7 +153,7 @@ def test_router_logs_feedback_and_lineage_of_a_registered_tiny_model(settings, t
 
     from typer.testing import CliRunner
 
-    from llmops.cli.main import app
+    from cli.main import app
     from serving.local_stack import LocalStack
 
     version, tags = _register_tiny(settings, tiny_model_dir, "lineage-tiny")

@@ -310,7 +310,7 @@ def test_cli_router_process_and_dead_backend(tmp_path: Path) -> None:
     env = {**os.environ, "LLMOPS_ROUTER_ADMIN_TOKEN": TOKEN, "LLMOPS_STATE_DIR": str(tmp_path)}
     log = tmp_path / "router.log"
     with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "llmops.cli.main", "router", "--stable", dead, "--port",
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "router", "--stable", dead, "--port",
                                  str(port), "--json"], stdout=subprocess.PIPE, stderr=err, cwd=REPO, env=env, text=True)
     try:
         lines = []

@@ -177,7 +177,7 @@ def test_router_cli_reads_the_key_file(stack, tmp_path: Path) -> None:
     env.update({"LLMOPS_API_KEY_FILE": str(key_file), "LLMOPS_STATE_DIR": str(tmp_path / "state"),
                 "LLMOPS_ROUTER_ADMIN_TOKEN": TOKEN})
     with open(tmp_path / "router.log", "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "llmops.cli.main", "router", "--stable", stack.server,
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "router", "--stable", stack.server,
                                  "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     url = f"http://127.0.0.1:{port}"
     try:

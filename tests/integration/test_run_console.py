@@ -23,7 +23,7 @@ MAX_CONSOLE_LINES = 45  # issue 7: `make run` within ~60 lines, setup included
 
 def _run_cli(settings: Settings, args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "LLMOPS_STATE_DIR": str(settings.state_dir), "COLUMNS": "120"}
-    return subprocess.run([sys.executable, "-m", "llmops.cli.main", "run", "finetune", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "cli.main", "run", "finetune", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=1200)
 
 

@@ -10,7 +10,7 @@ import httpx2 as httpx
 import openai
 import pytest
 
-from llmops.cli.serve import read_api_key
+from cli.serve import read_api_key
 from tests.serve_process import running_server
 
 pytestmark = pytest.mark.slow  # a real server process per module

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from llmops.cli.main import app
+from cli.main import app
 from llmops.data.records import read_jsonl
 from llmops.modeling.embedder import ensure_embedder
 from llmops.modeling.prompts import user_message
@@ -176,7 +176,7 @@ def test_a_command_that_cannot_start_is_recorded_and_retried(tmp_path):
 
 
 def test_since_parsing_and_bad_input():
-    from llmops.cli.monitor import parse_since
+    from cli.monitor import parse_since
     from llmops.errors import LlmopsError
 
     assert parse_since("2h", now=10_000.0) == 10_000.0 - 7200
@@ -206,7 +206,7 @@ def test_drift_persists_then_holds_without_new_data_then_retrains_with_it(monito
     """persist_windows=2: the first drifted window is `pending`; the second finds no data new since the
     champion's training data and is `held` (an alert gauge, a labelling queue of the drifted prompts); once a
     dataset covering the drifted traffic is added, the next drifted window starts the retrain."""
-    from llmops.lineage import file_md5
+    from llmops.modeling.hashing import file_md5
     from llmops.settings import get_settings
     from monitoring.retrain_gate import labelling_queue
 

@@ -86,7 +86,7 @@ def test_prometheus_fires_error_rate_and_drift_alerts(settings, tiny_model_dir, 
         stack.wait_ready(router)
         monitor_port = free_port()
         monitor_env = {**os.environ, "LLMOPS_STATE_DIR": str(state), "LLMOPS_PROJECT_DIR": str(REPO)}
-        with _process([sys.executable, "-m", "llmops.cli.main", "monitor", "serve-metrics", "--port",
+        with _process([sys.executable, "-m", "cli.main", "monitor", "serve-metrics", "--port",
                        str(monitor_port)], tmp_path / "monitor.log", monitor_env) as monitor:
             _wait(f"http://127.0.0.1:{monitor_port}/metrics", monitor, tmp_path / "monitor.log")
 

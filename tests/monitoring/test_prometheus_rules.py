@@ -89,7 +89,7 @@ def test_monitor_rules_check_reports_stale_files(settings, monkeypatch, tmp_path
     """`llmops monitor rules --check` (for CI/lint) exits 0 on the checked-in tree, 1 with a changed threshold."""
     from typer.testing import CliRunner
 
-    from llmops.cli.main import app
+    from cli.main import app
 
     assert CliRunner().invoke(app, ["monitor", "rules", "--check"]).exit_code == 0
     changed = tmp_path / "params.yaml"

@@ -17,7 +17,7 @@ from typing import ClassVar
 import pytest
 from typer.testing import CliRunner
 
-from llmops.cli.main import app
+from cli.main import app
 from monitoring import schedules
 from tests.unit.test_cluster_pipeline import _FakeKfpApi
 
@@ -33,7 +33,7 @@ def _cli(*args: str) -> dict | list:
 def _cli_process(settings, *args: str) -> subprocess.CompletedProcess:
     """The CLI in a new process (nothing shared with this one but the state dir on disk)."""
     env = {**os.environ, "LLMOPS_STATE_DIR": str(settings.state_dir), "LLMOPS_PROJECT_DIR": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "llmops.cli.main", "schedule", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli.main", "schedule", *args], capture_output=True,
                           text=True, env=env, cwd=REPO, timeout=120)
 
 
@@ -42,7 +42,7 @@ def test_local_schedule_lifecycle_persists_across_processes(settings):
     assert made["id"].startswith("retrain-") and made["cron"] == "0 3 * * 1" and not made["paused"]
     next_run = time.strptime(made["next_run"][:19], "%Y-%m-%dT%H:%M:%S")
     assert (next_run.tm_wday, next_run.tm_hour, next_run.tm_min) == (0, 3, 0)  # Monday 03:00
-    assert made["command"][1:] == ["-m", "llmops.cli.main", "run", "retrain", "--reason", "schedule weekly",
+    assert made["command"][1:] == ["-m", "cli.main", "run", "retrain", "--reason", "schedule weekly",
                                    "--set", "train.max_steps=5"]
 
     listed = _cli_process(settings, "list", "--json")  # a new process reads the same store
@@ -86,7 +86,7 @@ def test_daemon_runs_the_retrain_command_on_schedule(settings):
     `llmops run retrain` every 2 s; with no champion in this state dir the retrain command's preflight exits 2
     with its cause, which the run record and log show. Paused, it stops firing."""
     env = {**os.environ, "LLMOPS_STATE_DIR": str(settings.state_dir), "LLMOPS_PROJECT_DIR": str(REPO)}
-    daemon = subprocess.Popen([sys.executable, "-m", "llmops.cli.main", "schedule", "daemon", "--wake-s", "1"],
+    daemon = subprocess.Popen([sys.executable, "-m", "cli.main", "schedule", "daemon", "--wake-s", "1"],
                               env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               start_new_session=True)
     try:
@@ -206,5 +206,5 @@ def test_cluster_schedule_without_a_reachable_server_is_one_clear_line(settings)
 
 def test_schedule_monitor_runs_the_monitor(settings):
     made = _cli("monitor", "--cron", "*/15 * * * *")
-    assert made["kind"] == "monitor" and made["command"][1:] == ["-m", "llmops.cli.main", "monitor", "run"]
+    assert made["kind"] == "monitor" and made["command"][1:] == ["-m", "cli.main", "monitor", "run"]
     assert [s["id"] for s in _cli("list")] == [made["id"]]

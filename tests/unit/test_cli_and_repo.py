@@ -11,7 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from llmops.cli.main import app
+from cli.main import app
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from llmops.cli.main import app
+from cli.main import app
 from llmops.errors import LlmopsError
 from llmops.settings import Settings
 from pipelines._resources import step_settings

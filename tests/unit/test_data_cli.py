@@ -20,7 +20,7 @@ GOOD_LINE = '{"id": "r1", "instruction": "What is x?", "input": "", "output": "A
 
 def llmops(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, COLUMNS="250")  # no wrapping of causes and paths in the captured output
-    return subprocess.run([sys.executable, "-m", "llmops.cli.main", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True,
                           env=env, cwd=REPO, check=False, timeout=300)
 
 
@@ -108,7 +108,7 @@ def test_unreadable_input_exits_2_with_one_line_cause(settings: Settings, tmp_pa
 HEAVY = ("torch", "transformers", "mlflow", "great_expectations", "dvc", "pandas", "ray", "kfp", "peft")
 HELP_IMPORTS = """
 import sys
-from llmops.cli.main import app
+from cli.main import app
 try:
     app(["data", "--help"])
 except SystemExit as exc:

@@ -13,7 +13,8 @@ from llmops.data.sources import MANIFEST, check_stage_deps, merge_and_split, rea
 from llmops.data.split import SPLITS, split_file
 from llmops.data.text import group_key
 from llmops.errors import DataError
-from llmops.lineage import file_md5, source_lineage
+from llmops.lineage import source_lineage
+from llmops.modeling.hashing import file_md5
 from llmops.params import SourceParams
 from llmops.settings import Settings
 
@@ -158,7 +159,7 @@ def test_user_dataset_splits_names_the_dataset(settings: Settings, tmp_path: Pat
 def test_run_finetune_dataset_errors_name_the_fix(settings: Settings) -> None:
     from typer.testing import CliRunner
 
-    from llmops.cli.main import app
+    from cli.main import app
 
     missing = CliRunner().invoke(app, ["run", "finetune", "--dataset", "no-such-dataset"])
     assert missing.exit_code == 2 and "no dataset named 'no-such-dataset'" in missing.output

@@ -142,7 +142,7 @@ def test_eager_is_the_fallback_and_the_server_shows_the_choice(settings: Setting
 def test_engine_list_says_what_auto_would_pick(settings: Settings, tiny_model_dir: Path) -> None:
     from typer.testing import CliRunner
 
-    from llmops.cli.main import app
+    from cli.main import app
 
     result = CliRunner().invoke(app, ["engine", "list", str(tiny_model_dir), "--json"])
     assert result.exit_code == 0, result.output

@@ -101,7 +101,7 @@ def test_logged_traffic_feeds_the_canary_load_generator(settings: Settings, tmp_
     last user turn, completion prompts their text."""
     from typer.testing import CliRunner
 
-    from llmops.cli.main import app
+    from cli.main import app
     from serving.rollout.loadgen import read_prompts
 
     ilog = open_log(settings, InferenceLogParams(flush_interval_ms=1.0, batch_size=8))
@@ -220,7 +220,7 @@ def test_export_validates_then_tracks_with_dvc_and_refuses_a_bad_correction(dvc_
         assert not list((settings.project_dir / "data/feedback").glob("fb2*"))  # nothing written
     from typer.testing import CliRunner
 
-    from llmops.cli.main import app
+    from cli.main import app
 
     cli = CliRunner().invoke(app, ["log", "export", "--since", "1h", "--dvc", "--name", "fb3", "--no-docs"])
     assert cli.exit_code == 1 and "refused" in cli.output and "output" in cli.output

@@ -13,9 +13,9 @@ import pytest
 
 from llmops.data.dvc import data_hashes
 from llmops.errors import DataError, ModelError
-from llmops.lineage import collect_lineage, data_lineage, file_md5, git_commit
+from llmops.lineage import collect_lineage, data_lineage, git_commit
 from llmops.modeling.base import PROVENANCE, BaseModelInfo, base_model_sha256, verify_base_model
-from llmops.modeling.hashing import file_hashes, weights_digest
+from llmops.modeling.hashing import file_hashes, file_md5, weights_digest
 from llmops.settings import Settings
 
 GEN = """\

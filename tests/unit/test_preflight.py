@@ -24,7 +24,7 @@ BOUND_S = 15.0  # correctness bound (MLflow alone retries a dead server for minu
 
 def _llmops(args: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, float]:
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "llmops.cli.main", *args], cwd=REPO, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=120, env={**os.environ, **(env or {})})
     return proc, time.monotonic() - t0
 

@@ -15,7 +15,7 @@ NAME = "cli-test"
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "llmops.cli.main", "models", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "cli.main", "models", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
 
 

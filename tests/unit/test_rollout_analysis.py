@@ -91,7 +91,7 @@ def test_bad_steps_are_clear_errors(settings: Settings, text: str) -> None:
 
 
 def test_progress_line_shows_step_weight_requests_and_metrics_vs_thresholds(bounds) -> None:
-    from llmops.cli.canary import progress_line
+    from cli.canary import progress_line
 
     a = analyse(WindowStats(side(40), side(20, errors=4)), bounds, 10)
     line = progress_line({"kind": "analysis", "step": 1, "steps": 3, "weight": 25, "elapsed_s": 7.2,

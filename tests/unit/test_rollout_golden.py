@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from llmops.lineage import file_md5
+from llmops.modeling.hashing import file_md5
 from llmops.settings import Settings
 from serving.rollout.errors import RolloutError
 from serving.rollout.quality import champion_test_split, parse_score, pick_golden, read_records

@@ -7,7 +7,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from llmops.cli.main import app
+from cli.main import app
 from llmops.settings import Settings
 from llmops.tracking import ensure_experiment, start_pipeline_run
 from pipelines.summary import mark_interrupted

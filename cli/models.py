@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from llmops.cli._common import JSON_OPTION, emit, handle_errors
+from cli._common import JSON_OPTION, emit, handle_errors
 
 app = typer.Typer(no_args_is_help=True)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from llmops.cli._common import console, handle_errors
+from cli._common import console, handle_errors
 
 app = typer.Typer(no_args_is_help=True)
 

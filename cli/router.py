@@ -13,8 +13,8 @@ from pathlib import Path
 
 import typer
 
-from llmops.cli._common import JSON_OPTION, console, emit, handle_errors
-from llmops.cli.serve import LOOPBACK
+from cli._common import JSON_OPTION, console, emit, handle_errors
+from cli.serve import LOOPBACK
 
 
 @handle_errors
@@ -49,7 +49,7 @@ def router(
     host, port = host or params.host, port or params.port
     token = admin_token(settings.state_dir)
     key = read_api_key(api_key_env, api_key_file)  # the servers' key, from the same sources as theirs
-    from monitoring.inference_log.wiring import inference_log_for
+    from cli.log_wiring import inference_log_for
 
     ilog = inference_log_for(settings, overrides, enabled=not no_log)
     app = create_router_app(params, stable=stable, canary=canary, canary_percent=canary_percent,

@@ -14,7 +14,7 @@ import time
 
 import typer
 
-from llmops.cli._common import JSON_OPTION, console, emit, handle_errors
+from cli._common import JSON_OPTION, console, emit, handle_errors
 from llmops.errors import LlmopsError
 
 app = typer.Typer(no_args_is_help=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from llmops.cli._common import JSON_OPTION, console, emit, handle_errors
+from cli._common import JSON_OPTION, console, emit, handle_errors
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -156,7 +156,7 @@ def export(
             result = export_feedback(ilog, settings, params, since=start, until=end, dvc=dvc, out=out, name=name,
                                      push=not no_push, data_docs=not no_docs)
     except ExportRefused as exc:
-        from llmops.cli.data import _print_result
+        from cli.data import _print_result
 
         emit(exc.validation | {"exported": False}, as_json, _print_result)
         console.print(f"[red]refused:[/] {exc.cause}\n[dim]fix: {exc.fix}[/]")

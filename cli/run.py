@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from llmops.cli._common import JSON_OPTION, console, emit, handle_errors, profile_settings
+from cli._common import JSON_OPTION, console, emit, handle_errors, profile_settings
 
 app = typer.Typer(no_args_is_help=True)
 

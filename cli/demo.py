@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from llmops.cli._common import JSON_OPTION, console, emit, handle_errors
+from cli._common import JSON_OPTION, console, emit, handle_errors
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -29,8 +29,8 @@ def drift(
 ) -> None:
     """Serve the champion, replay reference-like then shifted traffic, watch drift fire and start the retrain,
     which goes through the gate and the canary; prints what each phase did."""
+    from cli.drift_demo import DemoConfig, run_drift_demo
     from llmops.settings import get_settings
-    from monitoring.drift_demo import DemoConfig, run_drift_demo
 
     settings = get_settings()
     params = settings.params(overrides)

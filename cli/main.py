@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from llmops.cli import canary, data, demo, engine, log, model, models, monitor, pipeline, router, run, schedule, serve
+from cli import canary, data, demo, engine, log, model, models, monitor, pipeline, router, run, schedule, serve
 
 app = typer.Typer(
     name="llmops",

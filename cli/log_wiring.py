@@ -11,7 +11,7 @@ def inference_log_for(settings: Settings, overrides: list[str] | tuple[str, ...]
                       enabled: bool = True) -> InferenceLog | None:
     if not (enabled and settings.inference_log_enabled):
         return None
-    from llmops.cli._common import console
+    from cli._common import console
     from monitoring.inference_log.store import safe_uri
 
     ilog = open_log(settings, settings.params(list(overrides)))

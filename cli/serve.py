@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from llmops.cli._common import console, handle_errors
+from cli._common import console, handle_errors
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -62,7 +62,7 @@ def serve(
     console.print(f"loading {resolved.label} from {resolved.model_dir} ...")
     eng = load_engine(engine or params.engine, resolved.model_dir, params)
     info = eng.info()
-    from monitoring.inference_log.wiring import inference_log_for
+    from cli.log_wiring import inference_log_for
 
     ilog = inference_log_for(settings, overrides, enabled=not no_log)
     from serving.http.internal import internal_secret

@@ -17,7 +17,7 @@ from typing import Any
 
 import typer
 
-from llmops.cli._common import JSON_OPTION, console, emit, handle_errors, profile_settings
+from cli._common import JSON_OPTION, console, emit, handle_errors, profile_settings
 from llmops.errors import LlmopsError
 
 app = typer.Typer(no_args_is_help=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from llmops.cli._common import JSON_OPTION, console, emit, handle_errors
+from cli._common import JSON_OPTION, console, emit, handle_errors
 
 app = typer.Typer(no_args_is_help=True)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from llmops.cli._common import JSON_OPTION, console, emit, handle_errors
+from cli._common import JSON_OPTION, console, emit, handle_errors
 
 app = typer.Typer(no_args_is_help=True)
 
