@@ -146,7 +146,8 @@ def export(
     Rule (latest feedback per answered request): a correction becomes the answer; else an answer rated 1 is kept;
     single-user-turn prompts only; a prompt answered twice keeps the later one."""
     from llmops.settings import get_settings
-    from monitoring.inference_log.export import ExportRefused, export_feedback, parse_time
+    from llmops.timeparse import parse_time
+    from monitoring.inference_log.export import ExportRefused, export_feedback
 
     settings = get_settings()
     params = settings.params()

@@ -9,35 +9,19 @@
 
 from __future__ import annotations
 
-import re
 import time
 
 import typer
 
 from cli._common import JSON_OPTION, console, emit, handle_errors
 from llmops.errors import LlmopsError
+from llmops.timeparse import parse_since
 
 app = typer.Typer(no_args_is_help=True)
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_since(value: str | None, now: float | None = None) -> float | None:
-    """'90m', '2h', '1d' (ago), or a unix time; None: no lower bound."""
-    if not value:
-        return None
-    now = time.time() if now is None else now
-    if m := re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value.strip()):
-        return now - float(m[1]) * _UNITS[m[2]]
-    try:
-        return float(value)
-    except ValueError:
-        raise LlmopsError(f"bad --since {value!r}", "give a duration ago (30m, 2h, 1d) or a unix time") from None
-
-
 @app.command("run")
 @handle_errors
 def run(
-    since: str = typer.Option(None, "--since", help="Only requests from this long ago on (30m, 2h, 1d) or a unix "
+    since: str = typer.Option(None, "--since", help="Only requests from this long ago on (30m, 2h, 1d, 1w), an ISO 8601 time or a unix "
                               "time; default: no bound (the latest --window requests)."),
     window: int = typer.Option(None, "--window", min=1, help="Requests in the window (default: params.yaml "
                                "drift.window_size)."),

@@ -7,6 +7,7 @@ lists keep their types. Unknown keys are an error, so a typo never silently runs
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import warnings
@@ -508,11 +509,20 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _parsed(path: Path, stamp: tuple[int, int]) -> dict[str, Any]:
+    """params.yaml parsed once per process and file version (`stamp`: mtime_ns, size); callers get copies."""
+    del stamp  # part of the cache key only: an edited file is parsed again
+    return yaml.safe_load(path.read_text()) or {}
+
+
 def load_params(path: Path, overrides: Iterable[str] = ()) -> Params:
-    """Read params.yaml, apply overrides and validate every value's type."""
+    """Read params.yaml (parsed once per process while the file is unchanged), apply overrides and validate every
+    value's type."""
     if not path.is_file():
         raise LlmopsError(f"params file not found: {path}", "run from the project root or set LLMOPS_PROJECT_DIR")
-    raw = yaml.safe_load(path.read_text()) or {}
+    st = path.resolve().stat()
+    raw = _parsed(path.resolve(), (st.st_mtime_ns, st.st_size))
     try:
         return Params.model_validate(apply_overrides(raw, overrides))
     except ValidationError as exc:

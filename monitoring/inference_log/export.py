@@ -33,7 +33,6 @@ from monitoring.inference_log.store import LoggedRequest
 
 SOURCE = "feedback"  # the data.sources entry exports go to, and every exported record's `source`
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 
 
 class ExportRefused(DataError):
@@ -55,23 +54,6 @@ class ExportResult:
     md5: str | None = None
     pushed: bool = False
     validation: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_time(text: str, now: float | None = None) -> float:
-    """Unix time from ISO 8601 (naive = UTC) or a duration back from now (`90m`, `24h`, `7d`)."""
-    now = dt.datetime.now(dt.UTC).timestamp() if now is None else now
-    if m := _DURATION.match(text.strip()):
-        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
-        return now - float(m.group(1)) * unit
-    try:
-        when = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise LlmopsError(f"cannot read the time {text!r}",
-                          "give ISO 8601 (2026-11-23 or 2026-11-23T10:00:00Z) or a duration back from now (24h, 7d)"
-                          ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.timestamp()
 
 
 def _user_text(req: LoggedRequest) -> tuple[str | None, str | None]:

@@ -176,13 +176,15 @@ def test_a_command_that_cannot_start_is_recorded_and_retried(tmp_path):
 
 
 def test_since_parsing_and_bad_input():
-    from cli.monitor import parse_since
     from llmops.errors import LlmopsError
+    from llmops.timeparse import parse_since
 
     assert parse_since("2h", now=10_000.0) == 10_000.0 - 7200
     assert parse_since("1700000000") == 1_700_000_000.0
     assert parse_since(None) is None
-    with pytest.raises(LlmopsError, match="bad --since"):
+    assert parse_since("1w", now=1e6) == 1e6 - 604800  # the same reading as `log export --since 1w`
+    assert parse_since("2026-11-23", now=0.0) == 1795392000.0
+    with pytest.raises(LlmopsError, match="cannot read the time 'yesterday'"):
         parse_since("yesterday")
 
 

@@ -17,8 +17,9 @@ import pytest
 
 from llmops.params import InferenceLogParams
 from llmops.settings import Settings, get_settings
+from llmops.timeparse import parse_time
 from monitoring.inference_log import InferenceLog, UnknownRequest, open_log
-from monitoring.inference_log.export import ExportRefused, export_feedback, feedback_records, parse_time
+from monitoring.inference_log.export import ExportRefused, export_feedback, feedback_records
 from monitoring.inference_log.store import open_store
 from serving.records import RequestRecord
 

@@ -86,3 +86,22 @@ def test_bad_overrides_name_the_cause(override: str, message: str) -> None:
 def test_missing_params_file(tmp_path: Path) -> None:
     with pytest.raises(LlmopsError, match="params file not found"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_params_parsed_once_per_file_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    import llmops.params as params_mod
+
+    path = tmp_path / "params.yaml"
+    path.write_text(Path("params.yaml").read_text())
+    calls: list[str] = []
+    real = yaml.safe_load
+    def counting(text: str):  # overrides' values are parsed too: count whole files only
+        return (len(text) > 200 and calls.append("file")) or real(text)
+
+    monkeypatch.setattr(params_mod.yaml, "safe_load", counting)
+    first, second = load_params(path), load_params(path, ["train.max_steps=3"])
+    assert len(calls) == 1 and second.train.max_steps == 3 and first.train.max_steps != 3  # copies, not shared
+    path.write_text(path.read_text().replace("  max_steps:", "  max_steps: 7 #", 1))  # edited: read again
+    assert load_params(path).train.max_steps == 7 and len(calls) == 2
