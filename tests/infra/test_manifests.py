@@ -103,12 +103,15 @@ def test_security_lint_flags_a_bad_pod():
 
 
 def test_canary_controller_may_only_patch_inferenceservices(rendered):
+    """...and label its tag routes' Services cluster-local (patch, nothing else on core resources)."""
     _, docs = rendered
     role = _find(docs, "Role", "llmops-canary")
     verbs = {(res, v) for rule in role["rules"] for res in rule["resources"] for v in rule["verbs"]}
-    assert ("inferenceservices", "patch") in verbs
+    assert ("inferenceservices", "patch") in verbs and ("services", "patch") in verbs
     assert not {v for _, v in verbs} & {"create", "delete", "deletecollection", "escalate", "bind", "*"}
-    assert all(rule["apiGroups"] == ["serving.kserve.io"] for rule in role["rules"])
+    core = [rule for rule in role["rules"] if rule["apiGroups"] == [""]]
+    assert core == [{"apiGroups": [""], "resources": ["services"], "verbs": ["patch"]}]
+    assert all(rule["apiGroups"] == ["serving.kserve.io"] for rule in role["rules"] if rule not in core)
     for isvc in (d for d in docs if d["kind"] == "InferenceService"):
         assert "canaryTrafficPercent" in isvc["spec"]["predictor"]
 

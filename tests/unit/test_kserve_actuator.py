@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 PATH = "/apis/serving.kserve.io/v1beta1/namespaces/llmops/inferenceservices/llmops-server"
 REV1, REV2 = "llmops-server-predictor-00001", "llmops-server-predictor-00002"
 DOMAIN = "llmops.example.com"
+SERVICES = "/api/v1/namespaces/llmops/services/"
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -63,6 +64,8 @@ class ApiRecorder:
 
     def __init__(self) -> None:
         self.obj = initial_isvc()
+        self.services: dict[str, dict[str, Any]] = {}  # the tag routes' Kubernetes Services, by name
+        self.forbid_services = False
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         recorder = self
@@ -96,6 +99,8 @@ class ApiRecorder:
                 with recorder.lock:
                     body = json.loads(raw)
                     self._record(body)
+                    if self.path.startswith(SERVICES):
+                        return self._patch_service(body)
                     if self.path != PATH:
                         return self._send(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
                     if self.headers.get("Content-Type") != "application/merge-patch+json":
@@ -114,6 +119,16 @@ class ApiRecorder:
                     recorder.obj = new
                     self._send(200, new)
 
+            def _patch_service(self, body: dict[str, Any]) -> None:
+                """Core v1 Service patch (merge or strategic merge: the same for a labels map)."""
+                name = self.path[len(SERVICES):]
+                if recorder.forbid_services:
+                    return self._send(403, {"kind": "Status", "code": 403, "reason": "Forbidden"})
+                if name not in recorder.services:
+                    return self._send(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
+                recorder.services[name] = merge_patch(recorder.services[name], body)
+                self._send(200, recorder.services[name])
+
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -128,6 +143,10 @@ class ApiRecorder:
             self.obj["status"]["observedGeneration"] = self.obj["metadata"]["generation"]
             pred["latestCreatedRevision"] = revision
             if ready:
+                for tag in ("latest", "prev"):  # Knative makes one Kubernetes Service per tag route
+                    self.services.setdefault(f"{tag}-llmops-server-predictor", {
+                        "apiVersion": "v1", "kind": "Service",
+                        "metadata": {"name": f"{tag}-llmops-server-predictor", "namespace": "llmops"}})
                 pred["latestReadyRevision"] = revision
                 pred["traffic"] = [
                     {"revisionName": revision, "latestRevision": True, "percent": percent, "tag": "latest",
@@ -211,8 +230,24 @@ def test_deploy_canary_patches_storage_uri_and_version_at_zero_percent(api):
     assert {k: v for k, v in after.items() if k not in ("containers", "canaryTrafficPercent", "annotations")} == \
         {k: v for k, v in before["spec"]["predictor"].items() if k not in ("containers", "canaryTrafficPercent")}
     assert act.revisions() == (REV1, REV2)
-    assert act.endpoints() == (f"http://prev-llmops-server-predictor.{DOMAIN}",
-                               f"http://latest-llmops-server-predictor.{DOMAIN}")
+    # The probe reaches each side through its tag route, made cluster-local first: a client outside the cluster
+    # can no longer choose the canary through the public `latest-` URL (issue 17).
+    assert act.endpoints() == ("http://prev-llmops-server-predictor.llmops.svc.cluster.local",
+                               "http://latest-llmops-server-predictor.llmops.svc.cluster.local")
+    for tag in ("prev", "latest"):
+        labels = api.services[f"{tag}-llmops-server-predictor"]["metadata"]["labels"]
+        assert labels == {"networking.knative.dev/visibility": "cluster-local"}
+
+
+def test_tag_routes_that_cannot_be_made_private_stop_the_probe(api):
+    act = actuator(api)
+    threading.Timer(0.2, api.knative_rolls_out, args=(REV2, 0)).start()
+    act.deploy_canary("s3://b/v2", "m/2")
+    api.forbid_services = True
+    with pytest.raises(RolloutError, match="cannot make the tag route prev-llmops-server-predictor cluster-local: "
+                       "HTTP 403") as err:
+        act.endpoints()
+    assert "llmops-canary" in err.value.fix
 
 
 def test_deploy_canary_on_a_model_format_predictor_sets_model_storage_uri(api):

@@ -14,13 +14,16 @@ actuator only executes what the rollout controller decides:
 - `promote()`: `canaryTrafficPercent: 100` -- the latest revision becomes the rolled-out one; the manifest in
   infra/k8s/base/kserve.yaml keeps the field at 100, so the cluster ends as declared there.
 - `window()`: PromQL per revision (serving/rollout/prometheus.py), revisions read from the ISVC's status.
-- `endpoints()`: the `prev` / `latest` tag URLs of the predictor's traffic (annotation
-  `serving.kserve.io/enable-tag-routing: "true"`), which reach one revision each, bypassing the split.
+- `endpoints()`: the `prev` / `latest` tag routes of the predictor's traffic (annotation
+  `serving.kserve.io/enable-tag-routing: "true"`), which reach one revision each, bypassing the split. A tag
+  route is public by default, which would let any client pick the canary (`latest-...`); the actuator labels
+  each tag's Kubernetes Service `networking.knative.dev/visibility: cluster-local` (Knative's per-tag
+  visibility) and probes through the cluster-local address, so only pods inside the cluster reach one side.
 
 All writes are JSON merge patches (RFC 7386) through the official client's CustomObjectsApi. The patch that
 replaces the containers list (a merge patch replaces lists whole) carries the object's resourceVersion, so a
 concurrent edit makes it fail with 409 instead of being overwritten. Needs the `llmops-canary` Role
-(infra/k8s/base/rbac.yaml: get/list/watch/patch on inferenceservices).
+(infra/k8s/base/rbac.yaml: get/list/watch/patch on inferenceservices, patch on services for the tag labels).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import copy
 import os
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from serving.rollout.actuators.base import Actuator, WindowStats
 from serving.rollout.errors import RolloutError
@@ -39,6 +43,7 @@ STORAGE_ENV = "STORAGE_URI"  # a custom container's model location (KServe's sto
 VERSION_ENV = "LLMOPS_MODEL_VERSION"  # name/version the server reports (metrics label, responses)
 VERSION_ANNOTATION = "llmops.io/model-version"  # on the predictor: lands on the revision, visible in kubectl
 TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
+VISIBILITY = "networking.knative.dev/visibility"  # on a tag's Kubernetes Service: cluster-local keeps it private
 RBAC_FIX = "run as the llmops-canary service account (infra/k8s/base/rbac.yaml) or fix the kubeconfig"
 
 
@@ -80,7 +85,8 @@ class KServeActuator(Actuator):
 
         self.isvc, self.namespace, self.prometheus = isvc, namespace, prometheus
         self.container, self.ready_timeout_s, self.poll_s = container, ready_timeout_s, poll_s
-        self.api = client.CustomObjectsApi(api_client or load_api_client())
+        api_client = api_client or load_api_client()
+        self.api, self.core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
         self._stable_rev: str | None = None  # pinned at deploy time: the revision the canary is compared with
         self._urls: tuple[str, str] | None = None
 
@@ -206,16 +212,36 @@ class KServeActuator(Actuator):
                            canary=self.prometheus.side_stats({**base, "revision": canary}, since, until))
 
     def endpoints(self) -> tuple[str, str]:
-        """(stable, canary) tag URLs; remembered once seen, since the `prev` target leaves the route at 100%."""
+        """(stable, canary) cluster-local addresses of the `prev` / `latest` tag routes, made private first;
+        remembered once seen, since the `prev` target leaves the route at 100%."""
         pred = ((self.get().get("status") or {}).get("components") or {}).get("predictor") or {}
         tags = {t.get("tag"): t.get("url") for t in pred.get("traffic") or [] if t.get("tag") and t.get("url")}
         if tags.get("prev") and tags.get("latest"):
-            self._urls = (tags["prev"], tags["latest"])
+            self._urls = (self._private(tags["prev"]), self._private(tags["latest"]))
         if self._urls is None:
             raise RolloutError(f"InferenceService {self.namespace}/{self.isvc} shows no prev/latest tag URLs "
                                f"(traffic tags: {sorted(tags)})",
                                f"set the {TAG_ROUTING}: \"true\" annotation and start the canary below 100%")
         return self._urls
+
+    def _private(self, tag_url: str) -> str:
+        """Label the tag route's Kubernetes Service cluster-local (Knative then drops it from the public gateway)
+        and return its in-cluster address. The Service is named like the first label of the tag's host."""
+        from kubernetes.client.exceptions import ApiException
+
+        parts = urlsplit(tag_url)
+        service = (parts.hostname or "").split(".")[0]
+        if not service:
+            raise RolloutError(f"tag URL {tag_url!r} of {self.namespace}/{self.isvc} names no host",
+                               "check the InferenceService's status.components.predictor.traffic")
+        try:
+            self.core.patch_namespaced_service(service, self.namespace,
+                                               {"metadata": {"labels": {VISIBILITY: "cluster-local"}}})
+        except ApiException as exc:
+            fixes = {401: RBAC_FIX, 403: RBAC_FIX, 404: "wait until Knative has created the tag route's Service"}
+            raise RolloutError(f"cannot make the tag route {service} cluster-local: HTTP {exc.status} {exc.reason}",
+                               fixes.get(exc.status, "check the API server")) from None
+        return f"{parts.scheme or 'http'}://{service}.{self.namespace}.svc.cluster.local"
 
 
 def from_settings(settings: Any, **kw: Any) -> KServeActuator:
