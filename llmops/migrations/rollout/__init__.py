@@ -1,0 +1,1 @@
+"""Revisions of the rollout store (llmops/db.py)."""

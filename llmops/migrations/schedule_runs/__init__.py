@@ -1,0 +1,1 @@
+"""Revisions of the schedule_runs store (llmops/db.py)."""

@@ -1,0 +1,1 @@
+"""Revisions of the triggers store (llmops/db.py)."""
