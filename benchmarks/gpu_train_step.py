@@ -1,7 +1,7 @@
 """GPU training throughput of our training step (packing + LoRA + FSDP2, bf16) vs padding every example to 256.
 
-Runs the worker's own pieces — `components.train.data` (encode, pack, collate, loss) and
-`components.train._model` (PEFT LoRA, FSDP2 `fully_shard`) — in one process on one CUDA device, without
+Runs the worker's own pieces — `llmops.training.data` (encode, pack, collate, loss) and
+`llmops.training.model` (PEFT LoRA, FSDP2 `fully_shard`) — in one process on one CUDA device, without
 Ray (Ray orchestration adds start-up, not per-step cost). The baseline is the same model, LoRA config,
 optimizer and precision with every example padded to 256 tokens, batched to the same number of examples
 per step. Both run the same number of optimizer steps over the same examples, one after the other.
@@ -61,13 +61,13 @@ def _init_dist() -> None:
 def _model(model_dir: Path, strategy: str):
     import torch
 
-    from components.train import _model
+    from llmops.training import model as lora
 
     device = torch.device("cuda")
-    model = _model.build_lora_model(model_dir, LORA, seed=42, device=device)
+    model = lora.build_lora_model(model_dir, LORA, seed=42, device=device)
     if strategy == "fsdp":
         _init_dist()
-        model = _model.wrap(model, "fsdp", device, world=1)
+        model = lora.wrap(model, "fsdp", device, world=1)
     return model
 
 
@@ -75,7 +75,7 @@ def run_steps(model, batches: list[dict], warmup: int = 3) -> dict[str, float]:
     """Optimizer steps over `batches` (after `warmup` untimed ones); returns useful tokens/s and loss."""
     import torch
 
-    from components.train.data import loss_sum
+    from llmops.training.data import loss_sum
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.0)
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {"skipped": "no CUDA device"}
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from components.train.data import collate, encode_records, pack_examples, single_blocks
+    from llmops.training.data import collate, encode_records, pack_examples, single_blocks
 
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     records = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.flops import MicroBatch, micro_batch, segment_lengths
+from llmops.training.flops import MicroBatch, micro_batch, segment_lengths
 
 
 class RecordingCollator:
@@ -76,8 +76,8 @@ class StepTimer:
 def _model_and_optim(base_dir: Path, lora: dict, tp, steps: int):
     import torch
 
-    from components.train._model import build_lora_model
-    from components.train._worker import lr_factor
+    from llmops.training.model import build_lora_model
+    from llmops.training.optim import lr_factor
 
     model = build_lora_model(base_dir, lora, tp.seed, torch.device("cpu"))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tp.lr, weight_decay=0.0)

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.flops import FORMULA, MicroBatch, ModelShape, micro_batch, segment_lengths, step_flops  # noqa: E402
+from llmops.training.flops import FORMULA, MicroBatch, ModelShape, micro_batch, segment_lengths, step_flops  # noqa: E402
 
 SIDES = ("ours", "pad", "flatten", "trl")
 LABELS = {
@@ -94,7 +94,7 @@ def matmul_peak(size: int = 2048, reps: int = 8) -> float:
 
 def choose_examples(examples: list, seq_len: int, n_blocks: int, seed: int) -> int:
     """Largest E such that our packing of the first E examples gives at most `n_blocks` blocks."""
-    from components.train.data import pack_examples
+    from llmops.training.data import pack_examples
 
     lo, hi = 1, len(examples)
     while lo < hi:
@@ -108,8 +108,7 @@ def choose_examples(examples: list, seq_len: int, n_blocks: int, seed: int) -> i
 
 def our_layouts(params, tokenizer, train_path: Path, val_path: Path, steps: int) -> list[list[MicroBatch]]:
     """The micro-batches each rank of ours ran at every step, rebuilt with the workers' own data functions."""
-    from components.train.data import BlockStream
-    from components.train.logic import prepare_data
+    from llmops.training.data import BlockStream, prepare_data
 
     tp = params.train
     data = prepare_data(params, tokenizer, train_path, val_path)
@@ -134,7 +133,7 @@ def eval_loss(base_dir: Path, adapter_dir: Path, tokenizer, records: list[dict],
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from components.train.data import collate, encode_records, loss_sum, pack_examples
+    from llmops.training.data import collate, encode_records, loss_sum, pack_examples
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), adapter_dir)
 
@@ -204,11 +203,10 @@ def profile_ours(params, base_dir: Path, tokenizer, train_path: Path, val_path: 
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from components.train._attention import register as packed_attention
-    from components.train._model import build_lora_model
-    from components.train.data import BlockStream, collate, loss_sum
-    from components.train.logic import prepare_data
     from llmops.precision import autocast
+    from llmops.training.attention import register as packed_attention
+    from llmops.training.data import BlockStream, collate, loss_sum, prepare_data
+    from llmops.training.model import build_lora_model
 
     tp = params.train
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // tp.num_workers))
@@ -291,9 +289,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from transformers import AutoConfig, AutoTokenizer
 
     from benchmarks import hf_baselines
-    from components.train.data import encode_records, read_records
     from llmops.modeling.tiny import build_tiny_model
     from llmops.settings import get_settings
+    from llmops.training.data import encode_records, read_records
 
     settings = get_settings()
     settings.ensure_state_dir()

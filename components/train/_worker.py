@@ -26,38 +26,6 @@ from typing import Any
 FAULT_MARKER = "fault-injected"
 
 
-def lr_factor(step: int, warmup_steps: int, max_steps: int) -> float:
-    """Linear warmup over `warmup_steps` (step 0 already trains), then cosine decay to 0 at `max_steps`."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def step_seed(seed: int, rank: int, step: int) -> int:
-    """Dropout RNG seed for one rank at one step: a resumed run draws the same masks as an uninterrupted one."""
-    return (seed * 1_000_003 + rank * 7_919 + step) % (2**63 - 1)
-
-
-def optimizer_step(loss, params, optimizer, scaler, max_grad_norm: float):
-    """Backward of `loss` (already scaled to the global token mean), clip, step, zero the grads; returns the
-    gradient norm before clipping. With an enabled scaler (fp16) the loss is multiplied up before backward and
-    the gradients divided back before clipping; a step whose gradients overflowed is skipped (the optimizer
-    does not move) and the scale halves. A disabled scaler passes every call straight through."""
-    import torch
-
-    scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)
-    # Global norm over all shards (DTensor-aware under FSDP2); inf = measure without clipping.
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
-    if hasattr(grad_norm, "full_tensor"):
-        grad_norm = grad_norm.full_tensor()
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return grad_norm
-
-
 def choose_precision(config: dict[str, Any], device, rank: int, world: int) -> dict[str, Any]:
     """This run's precision on this device (llmops.precision), rank 0's choice broadcast to every rank so all
     of them run the same one (a cold probe cache could otherwise decide differently per rank)."""
@@ -109,8 +77,8 @@ def evaluate_loss(model, blocks, batch_size: int, pad_id: int, device, precision
     import torch
     import torch.distributed as dist
 
-    from components.train.data import collate, loss_sum
     from llmops.precision import autocast
+    from llmops.training.data import collate, loss_sum
 
     per_rank = math.ceil(len(blocks) / world)
     mine = blocks[rank * per_rank : (rank + 1) * per_rank]
@@ -142,12 +110,14 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     import torch.distributed as dist
     from ray.train import Checkpoint
 
-    from components.train import _attention, _model
-    from components.train import _checkpoint as ck
-    from components.train._storage import worker_model_dir
-    from components.train.data import BlockStream, collate, loss_sum
     from llmops import host
     from llmops.precision import autocast, grad_scaler
+    from llmops.training import attention
+    from llmops.training import checkpoint as ck
+    from llmops.training import model as lora
+    from llmops.training.data import BlockStream, collate, loss_sum
+    from llmops.training.optim import lr_factor, optimizer_step, step_seed
+    from llmops.training.storage import worker_model_dir
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -167,10 +137,10 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     if rank == 0:
         print(f"[llmops.train] precision {precision} on {device.type}: {choice['reason']}", flush=True)
 
-    model = _model.wrap(
+    model = lora.wrap(
         # packed blocks: attention computed inside each example only (the same result as the block-diagonal mask)
-        _model.build_lora_model(worker_model_dir(config), config["lora"], tp["seed"], device,
-                                attn_implementation=_attention.NAME),
+        lora.build_lora_model(worker_model_dir(config), config["lora"], tp["seed"], device,
+                                attn_implementation=attention.NAME),
         tp["strategy"], device, world,
     )
     params = [p for p in model.parameters() if p.requires_grad]
@@ -187,8 +157,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     if checkpoint:
         with checkpoint.as_directory() as ckpt_dir:
             model_state, optim_state, saved = ck.load_trainer_state(Path(ckpt_dir))
-        _model.load_trainable_state(model, model_state)
-        _model.load_optimizer_state(model, optimizer, optim_state)
+        lora.load_trainable_state(model, model_state)
+        lora.load_optimizer_state(model, optimizer, optim_state)
         scheduler.load_state_dict(saved.pop("scheduler"))
         if saved.get("grad_scaler"):
             scaler.load_state_dict(saved["grad_scaler"])
@@ -204,8 +174,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             print(f"[llmops.train] step 0/{max_steps} val_loss {state['val_loss_before']:.4f}", flush=True)
 
     def save_checkpoint(metrics: dict[str, Any], final: bool) -> None:
-        model_state = _model.trainable_state(model)  # collectives: every rank
-        optim_state = _model.optimizer_state(model, optimizer)
+        model_state = lora.trainable_state(model)  # collectives: every rank
+        optim_state = lora.optimizer_state(model, optimizer)
         sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
         state["grad_scaler"] = scaler.state_dict()  # {} when disabled; the fp16 scale survives a restart
         with tempfile.TemporaryDirectory(prefix="llmops-ckpt-") as tmp:
@@ -213,7 +183,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             if rank == 0:
                 ck.save_trainer_state(Path(tmp), model_state, optim_state,
                                       {**state, "scheduler": {**sched, "lr_lambdas": [None]}})
-                _model.save_peft_adapter(model, model_state, Path(tmp) / ck.ADAPTER_DIR)
+                lora.save_peft_adapter(model, model_state, Path(tmp) / ck.ADAPTER_DIR)
                 ckpt = Checkpoint.from_directory(tmp)
             name = f"checkpoint-{state['step']:06d}" + ("-final" if final else "")
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)

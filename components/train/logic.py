@@ -24,10 +24,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from components.train.data import encode_records, pack_examples, read_records
-from llmops.errors import DataError, LlmopsError, ModelError
+from llmops.errors import LlmopsError, ModelError
 from llmops.params import Params
 from llmops.settings import Settings
+from llmops.training.data import prepare_data
 
 FAULT_ENV = "LLMOPS_FAULT_KILL_AT_STEP"
 # history key -> MLflow metric key (per step)
@@ -45,14 +45,6 @@ class TrainResult:
     run_id: str | None = None  # the MLflow child run
     checkpoint_dir: str | None = None  # Ray Train's final checkpoint (adapter + optimizer state)
     lineage: dict[str, str] = field(default_factory=dict)  # data.* and base_model.* of what was really read
-
-
-@dataclass
-class PreparedData:
-    blocks: list
-    val_blocks: list
-    pad_id: int
-    stats: dict[str, float]
 
 
 def _check_params(params: Params) -> None:
@@ -74,39 +66,6 @@ def _fault_step() -> int | None:
     except ValueError:
         raise LlmopsError(f"{FAULT_ENV}={raw!r} is not a step number", "unset it or set a positive integer") from None
     return value if value > 0 else None
-
-
-def prepare_data(params: Params, tokenizer, train_path: Path, validation_path: Path) -> PreparedData:
-    """Records -> encoded examples -> packed blocks for training and validation (driver side)."""
-    tp = params.train
-    train_records = read_records(train_path)
-    val_records = read_records(validation_path)
-    if tp.max_train_examples > 0:
-        train_records = train_records[: tp.max_train_examples]
-    if tp.max_val_examples > 0:
-        val_records = val_records[: tp.max_val_examples]
-    examples, enc = encode_records(tokenizer, train_records, tp.seq_len)
-    val_examples, val_enc = encode_records(tokenizer, val_records, tp.seq_len)
-    if not examples:
-        raise DataError(f"no usable training example in {train_path} (all prompts exceed seq_len {tp.seq_len})",
-                        "raise train.seq_len or shorten the prompts")
-    if not val_examples:
-        raise DataError(f"no usable validation example in {validation_path}", "check the validation split")
-    blocks = pack_examples(examples, tp.seq_len, seed=tp.seed)
-    val_blocks = pack_examples(val_examples, tp.seq_len)
-    real = sum(len(b) for b in blocks)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    stats = {
-        "examples": enc.examples,
-        "examples_truncated": enc.truncated,
-        "examples_dropped": enc.dropped,
-        "val_examples": val_enc.examples,
-        "blocks": len(blocks),
-        "val_blocks": len(val_blocks),
-        "pack_fill": real / (len(blocks) * tp.seq_len),
-        "tokens_per_example": real / len(examples),
-    }
-    return PreparedData(blocks, val_blocks, int(pad_id), stats)
 
 
 def _cpus_per_worker(params: Params, use_gpu: bool) -> int:
@@ -163,7 +122,7 @@ def _run_trainer(params: Params, config: dict[str, Any], run_name: str, storage:
 
 
 def _copy_adapter(result, out_dir: Path) -> None:
-    from components.train._checkpoint import ADAPTER_DIR
+    from llmops.training.checkpoint import ADAPTER_DIR
 
     if result.checkpoint is None:
         raise ModelError("training finished without a checkpoint", "check the worker log")
@@ -287,8 +246,8 @@ def train_adapter(
     from transformers import AutoTokenizer
 
     from components.train._ray import quiet_ray_env, ray_session
-    from components.train._storage import share_base_model
     from llmops.tracking import step_run
+    from llmops.training.storage import share_base_model
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     data = prepare_data(params, tokenizer, Path(train_path), Path(validation_path))
@@ -315,7 +274,7 @@ def train_adapter(
         _precheck_host(settings, params, use_gpu, shape)
         config = {
             "base_model_dir": str(base_model_dir),
-            # workers in other pods pull it from the shared Ray storage (components/train/_storage.py)
+            # workers in other pods pull it from the shared Ray storage (llmops/training/storage.py)
             "base_model_uri": share_base_model(storage, base_model_dir, lineage["base_model.sha256"]),
             "base_model_digest": lineage["base_model.sha256"],
             "lora": params.lora.model_dump(),

@@ -17,8 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from components.train._storage import copy as _copy
 from llmops.errors import LlmopsError
+from llmops.training.storage import copy as _copy
 
 RESULT_PREFIX = "llmops.train.result "
 

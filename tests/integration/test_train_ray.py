@@ -91,7 +91,7 @@ def test_fsdp_run_writes_a_loadable_adapter_that_lowers_val_loss(env, fsdp_run, 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from components.train.data import collate, encode_records, loss_sum, pack_examples, read_records
+    from llmops.training.data import collate, encode_records, loss_sum, pack_examples, read_records
 
     result, _ = fsdp_run
     m = result.metrics

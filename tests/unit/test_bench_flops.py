@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmarks.flops import ModelShape, micro_batch, segment_lengths, step_flops
+from llmops.training.flops import ModelShape, micro_batch, segment_lengths, step_flops
 
 
 def test_hand_count_packed_padded_and_causal_rows():
@@ -36,7 +36,7 @@ def test_formula_matches_torch_flop_counter_on_a_packed_lora_step():
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from components.train.data import Example, collate, loss_sum, make_block
+    from llmops.training.data import Example, collate, loss_sum, make_block
 
     config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,

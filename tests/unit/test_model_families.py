@@ -158,9 +158,10 @@ def test_a_checkpoint_without_chat_template_is_a_clear_error(family_dirs: dict[s
 def _train(model_dir: Path, steps: int) -> tuple[float, float, object]:
     """A few optimizer steps the way a Ray worker takes them: packed blocks from the seeded stream, the
     token-mean loss, FSDP2 over the family's decoder layers, packed attention."""
-    from components.train import _attention, _model
-    from components.train._worker import lr_factor
-    from components.train.data import BlockStream, collate, encode_records, loss_sum, pack_examples
+    from llmops.training import attention as _attention
+    from llmops.training import model as _model
+    from llmops.training.data import BlockStream, collate, encode_records, loss_sum, pack_examples
+    from llmops.training.optim import lr_factor
 
     tok = _tokenizer(model_dir)
     examples, stats = encode_records(tok, RECORDS, max_len=128)
@@ -200,9 +201,9 @@ def test_lora_trains_and_the_merged_model_generates_the_adapters_tokens(
 
     from components.evaluate.metrics import answer_perplexity
     from components.register.logic import greedy_tokens
-    from components.train import _model
     from llmops.modeling.generation import generate, load_model
     from llmops.modeling.prompts import format_prompt
+    from llmops.training import model as _model
 
     base = family_dirs[family]
     before, after, model = _train(base, steps=4)

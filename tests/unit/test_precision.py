@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.train._worker import optimizer_step
 from llmops import host, precision
 from llmops.precision import choose
+from llmops.training.optim import optimizer_step
 
 AVX2_ONLY = {"fpu", "sse2", "avx2", "fma"}
 ZEN4 = AVX2_ONLY | {"avx512f", "avx512_vnni", "avx512_bf16"}

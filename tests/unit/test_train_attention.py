@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.train import _attention
-from components.train._model import build_lora_model
-from components.train.data import collate, encode_records, loss_sum, pack_examples
+from llmops.training import attention as _attention
+from llmops.training.data import collate, encode_records, loss_sum, pack_examples
+from llmops.training.model import build_lora_model
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 RECORDS = [

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.train import _checkpoint as ck
-from components.train import _model
-from components.train._worker import lr_factor, step_seed
-from components.train.data import collate, encode_records, loss_sum, pack_examples
 from components.train.logic import FAULT_ENV, _fault_step, train_adapter
 from llmops.errors import DataError, LlmopsError, ModelError
+from llmops.training import checkpoint as ck
+from llmops.training import model as _model
+from llmops.training.data import collate, encode_records, loss_sum, pack_examples
+from llmops.training.optim import lr_factor, step_seed
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
 RECORDS = [{"id": str(i), "instruction": f"Count to {i + 2}.", "input": "",

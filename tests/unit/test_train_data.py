@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.train.data import (
+from llmops.errors import DataError
+from llmops.training.data import (
     IGNORE,
     BlockStream,
     Example,
@@ -21,7 +22,6 @@ from components.train.data import (
     read_records,
     single_blocks,
 )
-from llmops.errors import DataError
 
 RECORDS = [
     {"id": str(i), "instruction": f"Name {i + 1} colours." * (1 + i % 3), "input": "" if i % 2 else "in a list",
@@ -97,10 +97,10 @@ def test_collate_pads_only_to_the_longest_block_with_no_targets_on_padding():
 
 @pytest.fixture(scope="module")
 def tiny_packed(tiny_model_dir: Path, tiny):
-    """The tiny model with the packed attention training uses (components/train/_attention.py)."""
+    """The tiny model with the packed attention training uses (llmops/training/attention.py)."""
     from transformers import AutoModelForCausalLM
 
-    from components.train import _attention
+    from llmops.training import attention as _attention
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=_attention.register())
     model.eval()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from components.train._storage import MARKER, share_base_model, worker_model_dir
 from llmops.errors import ModelError
 from llmops.modeling.hashing import weights_digest
+from llmops.training.storage import MARKER, share_base_model, worker_model_dir
 
 
 def test_remote_storage_shares_the_checkpoint_and_workers_pull_a_verified_copy(tiny_model_dir: Path, tmp_path: Path,

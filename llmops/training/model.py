@@ -26,15 +26,15 @@ def build_lora_model(base_model_dir: Path, lora: dict[str, Any], seed: int, devi
     """Base model (fp32, frozen) with LoRA adapters; the seed makes the LoRA init identical on every rank.
 
     Packed training passes `attn_implementation=_attention.NAME` ("packed_sdpa"): the same attention,
-    computed only inside each example (components/train/_attention.py). A family whose attention that
+    computed only inside each example (llmops/training/attention.py). A family whose attention that
     kernel cannot compute (Gemma 2's soft-capped logits) trains with transformers' eager attention, which
     builds the same block-diagonal mask from the restarting position ids.
     """
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from components.train import _attention
     from llmops.modeling.families import resolve_target_modules
+    from llmops.training import attention as _attention
 
     if attn_implementation == _attention.NAME:
         if _attention.unsupported(AutoConfig.from_pretrained(base_model_dir)):

@@ -20,9 +20,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from llmops.errors import DataError
+
+if TYPE_CHECKING:
+    from llmops.params import Params
 
 IGNORE = -100
 
@@ -232,3 +237,46 @@ class BlockStream:
 
     def epoch_of(self, step: int, global_batch: int) -> float:
         return step * global_batch / self.n_blocks
+
+
+@dataclass
+class PreparedData:
+    """Packed training and validation blocks, the pad id collate uses, and packing statistics."""
+
+    blocks: list
+    val_blocks: list
+    pad_id: int
+    stats: dict[str, float]
+
+
+def prepare_data(params: Params, tokenizer, train_path: Path, validation_path: Path) -> PreparedData:
+    """Records -> encoded examples -> packed blocks for training and validation (driver side)."""
+    tp = params.train
+    train_records = read_records(train_path)
+    val_records = read_records(validation_path)
+    if tp.max_train_examples > 0:
+        train_records = train_records[: tp.max_train_examples]
+    if tp.max_val_examples > 0:
+        val_records = val_records[: tp.max_val_examples]
+    examples, enc = encode_records(tokenizer, train_records, tp.seq_len)
+    val_examples, val_enc = encode_records(tokenizer, val_records, tp.seq_len)
+    if not examples:
+        raise DataError(f"no usable training example in {train_path} (all prompts exceed seq_len {tp.seq_len})",
+                        "raise train.seq_len or shorten the prompts")
+    if not val_examples:
+        raise DataError(f"no usable validation example in {validation_path}", "check the validation split")
+    blocks = pack_examples(examples, tp.seq_len, seed=tp.seed)
+    val_blocks = pack_examples(val_examples, tp.seq_len)
+    real = sum(len(b) for b in blocks)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stats = {
+        "examples": enc.examples,
+        "examples_truncated": enc.truncated,
+        "examples_dropped": enc.dropped,
+        "val_examples": val_enc.examples,
+        "blocks": len(blocks),
+        "val_blocks": len(val_blocks),
+        "pack_fill": real / (len(blocks) * tp.seq_len),
+        "tokens_per_example": real / len(examples),
+    }
+    return PreparedData(blocks, val_blocks, int(pad_id), stats)

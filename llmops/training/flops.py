@@ -14,7 +14,7 @@ per (real query token, key) pair the attention kernel scores, per layer: 12 * n_
 (QK^T and PV forward = 4 * n_heads * head_dim, backward twice that). SDPA on CPU skips nothing when it gets an
 explicit mask (packed rows, padded rows): every real query is charged the full row width. Only a row that is
 one unpadded sequence runs the causal fast path (is_causal, no mask), charged l * (l + 1) / 2 pairs. Ours runs
-its packed attention (components/train/_attention.py: each example through SDPA with is_causal, grouped with
+its packed attention (llmops/training/attention.py: each example through SDPA with is_causal, grouped with
 examples of similar length): charged l * (l + 1) / 2 pairs per example; the padding inside its groups is waste,
 not credited.
 
