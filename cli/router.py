@@ -55,7 +55,8 @@ def router(
     app = create_router_app(params, stable=stable, canary=canary, canary_percent=canary_percent,
                             shadow_percent=shadow_percent, token=token, hooks=[ilog.hook] if ilog else [],
                             api_key=key, internal_secret=internal_secret(settings.state_dir),
-                            id_exists=ilog.exists_async if ilog else None)
+                            id_exists=ilog.exists_async if ilog else None,
+                            collectors=[ilog.metrics] if ilog else [])  # the log's failures and writer health
     if ilog:
         from monitoring.inference_log import add_feedback_route
 

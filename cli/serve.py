@@ -68,7 +68,8 @@ def serve(
     from serving.http.internal import internal_secret
 
     app = create_app(eng, resolved, params, api_key=key, hooks=[ilog.hook] if ilog else [],
-                     internal_secret=internal_secret(settings.state_dir))  # the router's, to verify its shadows
+                     internal_secret=internal_secret(settings.state_dir),  # the router's, to verify its shadows
+                     collectors=[ilog.metrics] if ilog else [])  # the log's failures and writer health
     if ilog:
         from monitoring.inference_log import add_feedback_route
 

@@ -224,6 +224,7 @@ class AlertParams(_Section):
     cost_increase: float = 0.20  # cost per request this share above the baseline
     hold_for: str = "5m"  # how long a condition must hold before the alert fires (the rules' `for:`)
     monitor_stale_after_s: int = 7200  # no `llmops monitor run` this long: the drift gauges are stale
+    log_writer_stall_s: int = 60  # the inference log's writer stuck in one commit this long (or down): page
 
 
 class CostParams(_Section):
@@ -250,10 +251,11 @@ class InferenceLogParams(_Section):
 
     batch_size: int = 256  # records committed together at most
     flush_interval_ms: float = 2.0  # the longest a record waits for others to share its commit
-    max_queue: int = 20000  # records waiting to be written; beyond it the request path waits
+    max_queue: int = 20000  # records waiting to be written; beyond it the request path waits (write_timeout_s)
+    write_timeout_s: float = 2.0  # the longest a response waits for its record's commit; then it is counted unlogged
     retention_days: float = 30.0  # `prune` deletes requests older than this...
     max_rows: int = 1_000_000  # ...and the oldest beyond this many
-    prune_interval_s: float = 3600.0  # how often the writer prunes while serving
+    prune_interval_s: float = 3600.0  # how often the pruning thread prunes while serving
     export_min_rows: int = 1  # `log export` validates with the records suite, min_rows = this
 
 

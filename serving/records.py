@@ -3,8 +3,9 @@ router so the inference log stores the same record whichever of them it is plugg
 
 A hook is `Callable[[RequestRecord], Awaitable[None] | None]`. The caller awaits an awaitable hook before the
 response completes (non-streaming: before the body is returned; streaming: before `data: [DONE]`), so a log
-that group-commits can guarantee every acknowledged request is durable. A hook's exception is logged and never
-fails the request.
+that group-commits can make every acknowledged request durable; such a hook bounds its own wait (the inference
+log: `write_timeout_s`, then the request is counted unlogged), so a stalled sink never holds a response. A hook's
+exception is logged and never fails the request.
 """
 
 from __future__ import annotations

@@ -17,12 +17,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client.registry import Collector
 
 from llmops.params import ServeParams
 from serving.api import ApiError
@@ -137,11 +138,15 @@ def _add_probes(app: FastAPI, state: ServerState) -> None:
 
 
 def create_app(engine: Engine, model: ResolvedModel, params: ServeParams, *, api_key: str | None = None,
-               hooks: list[RequestHook] | None = None, internal_secret: bytes | None = None) -> FastAPI:
+               hooks: list[RequestHook] | None = None, internal_secret: bytes | None = None,
+               collectors: Sequence[Collector] = ()) -> FastAPI:
     """The app over a loaded engine; the engine warms up and the scheduler thread starts in its lifespan.
     `internal_secret`: the deployment's secret shared with the router, so a request is treated as the router's
-    shadow copy only with its signed marker (without one, every request is logged)."""
+    shadow copy only with its signed marker (without one, every request is logged). `collectors`: more Prometheus
+    series for /metrics (a hook's own, e.g. the inference log's writer health)."""
     state = ServerState(engine, model, params, api_key, list(hooks or []), internal_secret)
+    for collector in collectors:
+        state.metrics.registry.register(collector)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -31,6 +31,11 @@ from llmops.errors import LlmopsError
 from llmops.sqlite_wal import enable_wal
 
 SCHEMA_VERSION = 2  # 2: key_id; rows never overwritten
+PRUNE_CHUNK = 5000  # rows deleted per transaction by `prune`
+# PostgreSQL: a dead connection or a statement stuck behind a lock fails (and is retried, then counted) instead of
+# holding the writer thread for ever; the request path never waits on it anyway (write_timeout_s).
+PG_CONNECT_TIMEOUT_S = 10
+PG_STATEMENT_TIMEOUT_MS = 30000
 metadata = sa.MetaData()
 
 requests_table = sa.Table(
@@ -67,6 +72,33 @@ feedback_table = sa.Table(
     sa.Column("rating", sa.Integer),  # -1 bad, 0 neutral, 1 good
     sa.Column("correction", sa.Text),  # the answer the model should have given
     sa.Column("comment", sa.Text),
+)
+
+# Review of feedback before it may become training data (monitoring/review): no row = pending. `correction` and
+# `rating` are what the reviewer let through (an edit changes them); every decision is also kept in review_audit.
+review_table = sa.Table(
+    "feedback_review", metadata,
+    sa.Column("feedback_id", sa.Integer, primary_key=True),  # feedback.id
+    sa.Column("request_id", sa.String(128), nullable=False, index=True),
+    sa.Column("status", sa.String(16), nullable=False),  # accepted | rejected (edited items are accepted)
+    sa.Column("rating", sa.Integer),
+    sa.Column("correction", sa.Text),
+    sa.Column("edited", sa.Boolean, nullable=False, default=False),
+    sa.Column("reviewer", sa.String(128), nullable=False),
+    sa.Column("time", sa.Float, nullable=False),
+)
+review_audit_table = sa.Table(
+    "review_audit", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("feedback_id", sa.Integer, nullable=False, index=True),
+    sa.Column("request_id", sa.String(128), nullable=False),
+    sa.Column("time", sa.Float, nullable=False),
+    sa.Column("reviewer", sa.String(128), nullable=False),  # who: the name given, plus how and with which key
+    sa.Column("via", sa.String(16), nullable=False),  # cli | web
+    sa.Column("key_id", sa.String(32)),
+    sa.Column("action", sa.String(16), nullable=False),  # accept | edit | reject
+    sa.Column("before", sa.Text, nullable=False),  # JSON: status, rating, correction before the decision
+    sa.Column("after", sa.Text, nullable=False),  # JSON: the same after it
 )
 
 _KEPT_FROM_EITHER = ("model_version", "session", "side", "mean_logprob")
@@ -152,6 +184,11 @@ class LogStore(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    def transient(self, exc: BaseException) -> bool:
+        """Whether `exc` is the database's state (locked, unreachable, full, timed out) rather than a row it
+        refuses: the writer retries a batch after a transient error and writes it row by row after any other."""
+        return False
 
 
 class SqlStore(LogStore):
@@ -290,15 +327,35 @@ class SqlStore(LogStore):
         t, f = requests_table, feedback_table
         now = time.time() if now is None else now
         by_age = by_size = 0
-        with self.engine.begin() as conn:
-            if max_age_days is not None:
-                by_age = conn.execute(t.delete().where(t.c.time < now - max_age_days * 86400)).rowcount
-            if max_rows is not None:
+        if max_age_days is not None:
+            by_age = self._delete_chunked(t.c.time < now - max_age_days * 86400)
+        if max_rows is not None:
+            with self.engine.connect() as conn:
                 cutoff = conn.execute(sa.select(t.c.id).order_by(t.c.id.desc()).offset(max_rows).limit(1)).scalar()
-                if cutoff is not None:
-                    by_size = conn.execute(t.delete().where(t.c.id <= cutoff)).rowcount
+            if cutoff is not None:
+                by_size = self._delete_chunked(t.c.id <= cutoff)
+        with self.engine.begin() as conn:
             orphans = conn.execute(f.delete().where(f.c.request_id.not_in(sa.select(t.c.request_id)))).rowcount
+            conn.execute(review_table.delete().where(review_table.c.feedback_id.not_in(sa.select(f.c.id))))
         return {"deleted_by_age": by_age, "deleted_by_size": by_size, "feedback_deleted": orphans}
+
+    def _delete_chunked(self, where: Any) -> int:
+        """Delete matching requests PRUNE_CHUNK rows per transaction, so a large prune never holds the write lock
+        (SQLite) or a long transaction (PostgreSQL) against the writer for more than a moment."""
+        t, total = requests_table, 0
+        while True:
+            chosen = sa.select(t.c.id).where(where).order_by(t.c.id).limit(PRUNE_CHUNK).scalar_subquery()
+            with self.engine.begin() as conn:
+                n = conn.execute(t.delete().where(t.c.id.in_(chosen))).rowcount
+            total += n
+            if n < PRUNE_CHUNK:
+                return total
+
+    def transient(self, exc: BaseException) -> bool:
+        # OperationalError: locked, unreachable, disk full, statement timeout; a DataError/IntegrityError or a
+        # driver's ValueError (a NUL byte) is the row's fault and is not.
+        return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError |
+                          sa.exc.DisconnectionError)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -338,7 +395,8 @@ class PostgresStore(SqlStore):
     """A PostgreSQL database (the cluster profile): the same tables, the same upsert."""
 
     def _create_engine(self, uri: str) -> sa.Engine:
-        return sa.create_engine(uri, pool_pre_ping=True)
+        return sa.create_engine(uri, pool_pre_ping=True, connect_args={
+            "connect_timeout": PG_CONNECT_TIMEOUT_S, "options": f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}"})
 
     def _insert(self) -> Any:
         from sqlalchemy.dialects.postgresql import insert
@@ -380,46 +438,72 @@ def open_store(uri: str) -> LogStore:
     return stores[backend](uri)
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+CUT_MARKER = "\u2026"  # ends a value cut to its column's length: the row says it was cut
+REQUEST_ID_MAX = 128  # requests_table.request_id; serving's ids are at most this long (serving/http/request_id.py)
+
+
+class RejectedRecord(ValueError):
+    """A record no column can hold as it is (a request id that is not a short non-empty string, a count that is
+    not a number): it is refused before it reaches a batch, and counted as not logged."""
 
 
 def _text(value: Any, limit: int | None = None) -> str | None:
-    """Text a database accepts: a lone surrogate (valid in JSON, unencodable in UTF-8) becomes U+FFFD and a
-    bounded column is cut to its length, so one client's odd value never fails the commit of the whole batch
-    it shares with other requests."""
+    """Text every backend stores alike, so one client's odd value never fails the commit of the batch it shares
+    with other requests:
+    - a NUL byte (PostgreSQL text cannot hold one) and a lone surrogate (valid in JSON, unencodable in UTF-8)
+      become U+FFFD;
+    - a value longer than a bounded column (model 256, session 256, model_version 64, route 64, finish_reason 32,
+      side 16 characters) is TRUNCATED, not rejected: cut to limit-1 characters plus CUT_MARKER (U+2026 '...'),
+      so the request is still logged and the cut is visible. Unbounded columns (prompt, response, error) are
+      never cut."""
     if value is None:
         return None
-    value = str(value)[:limit]
-    try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        return _SURROGATE.sub("\ufffd", value)
+    value = _UNSTORABLE.sub("\ufffd", str(value))
+    if limit is not None and len(value) > limit:
+        value = value[:limit - 1] + CUT_MARKER
+    return value
 
 
 def _json(value: Any) -> str:
     return _text(json.dumps(value, ensure_ascii=False, default=str)) or "null"
 
 
+def _request_id(value: Any) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= REQUEST_ID_MAX or _UNSTORABLE.search(value):
+        raise RejectedRecord(f"request id {str(value)[:40]!r}... is not 1-{REQUEST_ID_MAX} storable characters")
+    return value
+
+
+def _row(r: Any) -> dict[str, Any]:
+    extra = dict(r.extra or {})
+    mean_logprob = extra.pop("mean_logprob", None)
+    key_id = extra.pop("key_id", None)
+    return {
+        "request_id": _request_id(r.request_id), "time": float(r.time or (time.time() - r.latency_s)),
+        "model": _text(r.model, 256) or "", "model_version": _text(r.model_version, 64),
+        "route": _text(r.route, 64) or "",
+        "prompt": _json(r.prompt), "response": _text(r.response) or "",
+        "prompt_tokens": int(r.prompt_tokens), "completion_tokens": int(r.completion_tokens),
+        "latency_s": float(r.latency_s), "ttft_s": None if r.ttft_s is None else float(r.ttft_s),
+        "status": int(r.status), "finish_reason": _text(r.finish_reason, 32), "error": _text(r.error),
+        "session": _text(getattr(r, "session", None), 256),
+        "side": _text(getattr(r, "side", None), 16),
+        "mean_logprob": None if mean_logprob is None else float(mean_logprob),
+        "extra": _json(extra),
+        "key_id": None if key_id is None else str(key_id)[:32],  # an identity: cut, never marked
+    }
+
+
 def rows_from(records: Iterable[Any]) -> list[dict[str, Any]]:
-    """Plain column dicts from `serving.records.RequestRecord`s (duck-typed: this module imports no server)."""
+    """Plain column dicts from `serving.records.RequestRecord`s (duck-typed: this module imports no server);
+    RejectedRecord for a record that no sanitising can make storable."""
     out = []
     for r in records:
-        extra = dict(r.extra or {})
-        mean_logprob = extra.pop("mean_logprob", None)
-        key_id = extra.pop("key_id", None)
-        out.append({
-            "request_id": r.request_id, "time": r.time or (time.time() - r.latency_s),
-            "model": _text(r.model, 256) or "", "model_version": _text(r.model_version, 64),
-            "route": _text(r.route, 64),
-            "prompt": _json(r.prompt), "response": _text(r.response) or "",
-            "prompt_tokens": int(r.prompt_tokens), "completion_tokens": int(r.completion_tokens),
-            "latency_s": float(r.latency_s), "ttft_s": r.ttft_s, "status": int(r.status),
-            "finish_reason": _text(r.finish_reason, 32), "error": _text(r.error),
-            "session": _text(getattr(r, "session", None), 256),
-            "side": _text(getattr(r, "side", None), 16),
-            "mean_logprob": None if mean_logprob is None else float(mean_logprob),
-            "extra": _json(extra),
-            "key_id": None if key_id is None else str(key_id)[:32],
-        })
+        try:
+            out.append(_row(r))
+        except RejectedRecord:
+            raise
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise RejectedRecord(f"record {getattr(r, 'request_id', '?')!s:.40} cannot be stored: {exc}") from None
     return out

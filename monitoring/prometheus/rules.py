@@ -7,7 +7,8 @@ test keeps them equal to what this renders, so a changed threshold is one edit p
 
 Series come from three exporters: the model server (serving/metrics.py: llmops_requests_total, ...), the
 router (serving/router/metrics.py: llmops_router_*) and the monitor (`llmops monitor serve-metrics`:
-llmops_drift_*, llmops_monitor_*).
+llmops_drift_*, llmops_monitor_*); a server or router with an inference log adds llmops_inference_log_*
+(monitoring/inference_log/metrics.py).
 """
 
 from __future__ import annotations
@@ -125,6 +126,20 @@ def groups(m: MonitoringParams) -> list[dict[str, Any]]:
                f"time() - max by (job) (llmops_monitor_last_run_timestamp_seconds) > {a.monitor_stale_after_s}",
                "0m", "ticket", f"No drift monitor run for more than {a.monitor_stale_after_s} s",
                "Schedule `llmops monitor run` (cron, a Kubernetes CronJob) or check why it fails."),
+        _alert("LlmopsInferenceLogWriteFailures",
+               f"sum by (job, instance, reason) (increase(llmops_inference_log_write_failures_total[{w}])) > 0",
+               "0m", "ticket", "{{ $labels.job }} {{ $labels.instance }}: answered requests went unlogged "
+               f"over {w} (reason {{{{ $labels.reason }}}})",
+               "error: the database refused records (full disk, lost connection, a refused row: the server's log "
+               "names it); timeout or stalled: a slow or locked database; queue_full; writer_down; rejected: an "
+               "unstorable record. Drift monitors and retraining miss these requests."),
+        _alert("LlmopsInferenceLogWriterDown",
+               f"llmops_inference_log_writer_up == 0\n  or llmops_inference_log_writer_busy_seconds > "
+               f"{a.log_writer_stall_s}", "1m", "page",
+               "{{ $labels.job }} {{ $labels.instance }}: the inference log writer is down or stuck in one commit "
+               f"for more than {a.log_writer_stall_s} s",
+               "Every request is answered unlogged meanwhile. Check the log database (disk space, locks, "
+               "reachability); a dead writer thread needs a restart of the server or router."),
         _alert("LlmopsServerDown", 'absent(up{job=~".*llmops.*"} == 1)', "10m", "page",
                "No llmops target is up", "Prometheus scrapes no healthy llmops target (server, router, monitor)."),
     ]

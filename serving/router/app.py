@@ -11,12 +11,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aiohttp
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client.registry import Collector
 
 from llmops.errors import LlmopsError
 from llmops.params import RouterParams
@@ -140,11 +141,11 @@ def _add_admin(app: FastAPI, state: RouterState) -> None:
 def create_router_app(params: RouterParams, *, stable: str, canary: str | None = None, canary_percent: int = 0,
                       shadow_percent: int = 0, token: str, hooks: list[RequestHook] | None = None,
                       seed: int | None = None, api_key: str | None = None, internal_secret: bytes = b"",
-                      id_exists: IdExists | None = None) -> Proxy:
+                      id_exists: IdExists | None = None, collectors: Sequence[Collector] = ()) -> Proxy:
     """The router as an ASGI app. `api_key`: the bearer key clients must send (None: auth off);
     `internal_secret`: signs internal headers and keys the session hash; `id_exists`: whether a request id is
-    already logged (a client's reused id is then refused with 409)."""
-    config = RouterConfig(token, api_key, internal_secret, tuple(hooks or ()), id_exists, seed)
+    already logged (a client's reused id is then refused with 409); `collectors`: more series for /metrics."""
+    config = RouterConfig(token, api_key, internal_secret, tuple(hooks or ()), id_exists, seed, tuple(collectors))
     try:
         state = RouterState(params, stable, canary, canary_percent, shadow_percent, config)
     except ValueError as exc:

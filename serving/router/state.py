@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client.registry import Collector
 
 from llmops.params import RouterParams
 from serving.http.identity import key_identity
@@ -71,6 +72,7 @@ class RouterConfig:
     hooks: tuple[RequestHook, ...] = ()
     id_exists: IdExists | None = None  # is a client's x-request-id already logged? (then 409)
     seed: int | None = None
+    collectors: tuple[Collector, ...] = ()  # more Prometheus series for /metrics (the inference log's health)
 
 
 class RouterState:
@@ -85,6 +87,8 @@ class RouterState:
         if canary_percent and not self.canary:
             raise ValueError("canary_percent > 0 needs a canary backend")
         self.metrics = RouterMetrics()
+        for collector in config.collectors:
+            self.metrics.registry.register(collector)
         self.window = Window(params.window_observations)
         self.session: aiohttp.ClientSession | None = None
         self.background: set[asyncio.Task] = set()

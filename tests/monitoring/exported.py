@@ -72,8 +72,30 @@ def monitor_names() -> set[str]:
                              {"requests": 10, "rated": 2, "negative": 1}, dict.fromkeys(OUTCOMES, 1), 0.0))
 
 
+def inference_log_names() -> set[str]:
+    """The inference log's series, which a server or router with a log adds to its /metrics (after a commit)."""
+    import tempfile
+
+    from prometheus_client import CollectorRegistry
+
+    from llmops.params import InferenceLogParams
+    from monitoring.inference_log.log import InferenceLog
+    from monitoring.inference_log.store import open_store
+    from serving.records import RequestRecord
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ilog = InferenceLog(open_store(f"sqlite:///{tmp}/log.db"), InferenceLogParams())
+        try:
+            ilog.hook(RequestRecord("r1", "/v1/completions", "m", None, "p", "a", 1, 1, 0.1, None, 200, "stop"))
+            registry = CollectorRegistry()
+            registry.register(ilog.metrics)
+            return _from_registry(registry)
+        finally:
+            ilog.close()
+
+
 def exported_names() -> set[str]:
-    return server_names() | router_names() | monitor_names() | {"up"}
+    return server_names() | router_names() | monitor_names() | inference_log_names() | {"up"}
 
 
 def queried_names(exprs: list[str]) -> set[str]:
