@@ -487,6 +487,7 @@ class EquivalenceParams(_Section):
 
 class EngineBenchParams(_Section):
     new_tokens: int
+    abandoned_after_s: float
     batch_sizes: list[int]
 
 

@@ -1,9 +1,11 @@
 """What the router measures: Prometheus metrics labelled by side and model version (its own registry), and the
 raw per-request observations behind `/admin/window`, which a rollout controller compares stable vs canary on.
 
-What counts: a side's failures are its 5xx, its 429s and timeouts (408/504: the side could not serve), and
-its broken streams; client-caused 4xx (bad input, 413, 499 disconnects) say nothing about the side and are kept
-out of both the error rate and the latency window, and unauthenticated requests never reach a side at all (the
+What counts: a side's failures are its 5xx, its 429s and timeouts (408/504: the side could not serve), its
+broken streams, and streams the client abandoned after `router.abandoned_after_s` with no token yet (a timeout the
+client gave up on; no client can cause one on a side that answers in time); other client-caused 4xx (bad input,
+413, quicker 499 disconnects) say nothing about the side and are kept out of both the error rate and the latency
+window, and unauthenticated requests never reach a side at all (the
 router answers them 401 itself), so no client can game the analysis with cheap fast failures.
 
 The window works on raw observations, not histogram buckets: a p95 from buckets 0.25/0.5/1 s cannot tell a
@@ -32,7 +34,8 @@ class RouterMetrics:
         self.requests = Counter("llmops_router_requests", "Proxied requests by side, model version, route and status",
                                 ["side", "model_version", "route", "status"], registry=r)
         self.errors = Counter("llmops_router_upstream_errors", "Upstream failures: 5xx, unreachable, timeout, "
-                              "rate_limited (429), broken stream", ["side", "model_version", "kind"], registry=r)
+                              "rate_limited (429), broken stream, abandoned (no token before router.abandoned_after_s)",
+                              ["side", "model_version", "kind"], registry=r)
         self.rejected = Counter("llmops_router_rejected", "Requests the router answered itself before choosing a "
                                 "side (unauthorized, conflict, body_too_large)", ["reason"], registry=r)
         self.latency = Histogram("llmops_router_request_latency_seconds", "End-to-end latency through the router",
@@ -53,10 +56,12 @@ class RouterMetrics:
         return generate_latest(self.registry)
 
 
-def error_kind(status: int, broke: bool) -> str | None:
+def error_kind(status: int, broke: bool, abandoned: bool = False) -> str | None:
     """The failure kind a side is charged with (None: it served, or the client caused the status)."""
     if broke:
         return "broken_stream"
+    if abandoned:
+        return "abandoned"
     if status >= 500:
         return {502: "unreachable", 504: "timeout"}.get(status, "5xx")
     return SIDE_FAULTS.get(status)

@@ -213,7 +213,8 @@ class Proxy:
         version = backend.model_version or "unknown"
         m = state.metrics
         m.requests.labels(side=ctx.side, model_version=version, route=ctx.path, status=str(ctx.status)).inc()
-        kind = error_kind(ctx.status, ctx.broke)
+        abandoned = ctx.status == 499 and ctx.ttft is None and latency >= state.params.abandoned_after_s
+        kind = error_kind(ctx.status, ctx.broke, abandoned)
         analysed = kind is not None or not client_caused(ctx.status)  # a client's bad input says nothing of a side
         if kind is not None:
             m.errors.labels(side=ctx.side, model_version=version, kind=kind).inc()

@@ -298,3 +298,45 @@ def test_fuzz_no_500_no_hang_and_still_serving(stack) -> None:
         time.sleep(0.2)
     assert chat(stack.url, "still there?", AUTH).status_code == 200
     print(f"fuzz: {len(cases)} requests in {elapsed:.1f}s, statuses {dict(sorted(statuses.items()))}")
+
+
+def test_a_stream_abandoned_while_its_side_is_slow_counts_against_that_side(tiny_model_dir: Path,
+                                                                            tmp_path: Path) -> None:
+    """A client that gives up on a stream with no token after `router.abandoned_after_s` is charged to the side
+    (here the server's only slot is busy, so the stream waits in its queue); leaving after tokens came is not."""
+    import threading
+
+    from llmops.settings import get_settings
+    from serving.router import create_router_app
+
+    long = {"model": MODEL, "messages": [{"role": "user", "content": "go"}], "max_tokens": 1500, "stream": True}
+    short = {**long, "max_tokens": 50}
+    params = get_settings().params(["router.abandoned_after_s=1.0"]).router
+    with running_server(str(tiny_model_dir), tmp_path / "slow.log",
+                        sets=("serve.max_len=2048", "serve.max_tokens=1500", "serve.max_concurrent=1")) as url:
+        app = create_router_app(params, stable=url, token=TOKEN)
+        with _InProcessRouter(app) as router:
+            def busy() -> None:  # holds the one slot for a while
+                with httpx.stream("POST", f"{url}/v1/chat/completions", json=long, timeout=120) as r:
+                    for _ in r.iter_lines():
+                        pass
+
+            hog = threading.Thread(target=busy, daemon=True)
+            hog.start()
+            time.sleep(1.0)
+            with httpx.stream("POST", f"{router.url}/v1/chat/completions", json=short, timeout=60) as r:
+                assert r.status_code == 200
+                time.sleep(1.8)  # no token comes: the slot is taken; the client gives up
+            deadline = time.monotonic() + 20
+            while (stats := app.state.window.stats(0, time.time() + 1)["stable"])["errors"] < 1:
+                assert time.monotonic() < deadline, stats
+                time.sleep(0.1)
+            metrics = httpx.get(f"{router.url}/metrics").text
+            assert re.search(r'llmops_router_upstream_errors_total\{kind="abandoned"[^}]*\} 1', metrics), metrics
+            hog.join(timeout=120)
+            with httpx.stream("POST", f"{router.url}/v1/chat/completions", json=short, timeout=60) as r:
+                for i, _line in enumerate(r.iter_lines()):
+                    if i > 3:
+                        break  # tokens came: leaving now is the client's own doing
+            time.sleep(1.0)
+            assert app.state.window.stats(0, time.time() + 1)["stable"]["errors"] == 1
