@@ -21,8 +21,8 @@ app = typer.Typer(no_args_is_help=True)
 @app.command("run")
 @handle_errors
 def run(
-    since: str = typer.Option(None, "--since", help="Only requests from this long ago on (30m, 2h, 1d, 1w), an ISO 8601 time or a unix "
-                              "time; default: no bound (the latest --window requests)."),
+    since: str = typer.Option(None, "--since", help="Only requests from this long ago on (30m, 2h, 1d, 1w), an ISO "
+                              "8601 time or a unix time; default: no bound (the latest --window requests)."),
     window: int = typer.Option(None, "--window", min=1, help="Requests in the window (default: params.yaml "
                                "drift.window_size)."),
     no_trigger: bool = typer.Option(False, "--no-trigger", help="Report only; never start a retraining run."),

@@ -48,7 +48,7 @@ def serve(
     from llmops.settings import get_settings
     from serving.engines import load_engine
     from serving.model_source import resolve_model
-    from serving.server import create_app
+    from serving.server import build_app
     from serving.server import serve as serve_app
 
     settings = get_settings()
@@ -67,9 +67,9 @@ def serve(
     ilog = inference_log_for(settings, overrides, enabled=not no_log)
     from serving.http.internal import internal_secret
 
-    app = create_app(eng, resolved, params, api_key=key, hooks=[ilog.hook] if ilog else [],
-                     internal_secret=internal_secret(settings.state_dir),  # the router's, to verify its shadows
-                     collectors=[ilog.metrics] if ilog else [])  # the log's failures and writer health
+    app = build_app(eng, resolved, params, api_key=key, hooks=[ilog.hook] if ilog else [],
+                    internal_secret=internal_secret(settings.state_dir),  # the router's, to verify its shadows
+                    collectors=[ilog.metrics] if ilog else [])  # the log's failures and writer health
     if ilog:
         from monitoring.inference_log import add_feedback_route
 

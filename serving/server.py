@@ -43,7 +43,7 @@ log = logging.getLogger("llmops.serving")
 
 ROUTES = (*OPENAI_ROUTES, "/health", "/ready", "/metrics")
 # the records' and faults' old home: imports from here keep working
-__all__ = ["FAULTS_ENV", "Faults", "RequestHook", "RequestRecord", "create_app", "serve"]
+__all__ = ["FAULTS_ENV", "Faults", "RequestHook", "RequestRecord", "build_app", "serve"]
 
 
 class ServerState:
@@ -137,9 +137,9 @@ def _add_probes(app: FastAPI, state: ServerState) -> None:
         return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
-def create_app(engine: Engine, model: ResolvedModel, params: ServeParams, *, api_key: str | None = None,
-               hooks: list[RequestHook] | None = None, internal_secret: bytes | None = None,
-               collectors: Sequence[Collector] = ()) -> FastAPI:
+def build_app(engine: Engine, model: ResolvedModel, params: ServeParams, *, api_key: str | None = None,
+              hooks: list[RequestHook] | None = None, internal_secret: bytes | None = None,
+              collectors: Sequence[Collector] = ()) -> FastAPI:
     """The app over a loaded engine; the engine warms up and the scheduler thread starts in its lifespan.
     `internal_secret`: the deployment's secret shared with the router, so a request is treated as the router's
     shadow copy only with its signed marker (without one, every request is logged). `collectors`: more Prometheus

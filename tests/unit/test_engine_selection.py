@@ -121,13 +121,13 @@ def test_eager_is_the_fallback_and_the_server_shows_the_choice(settings: Setting
 
     from serving.engines import load_engine
     from serving.model_source import ResolvedModel
-    from serving.server import create_app
+    from serving.server import build_app
 
     params = settings.params(["serve.max_concurrent=1", "serve.max_len=64"]).serve
     engine = load_engine("auto", tiny_model_dir, params)  # a fresh store: nothing built for these weights
     assert engine.name == "eager"
     resolved = ResolvedModel(name="tiny", version="1", model_dir=tiny_model_dir, ref="tiny/1", source="local")
-    with TestClient(create_app(engine, resolved, params)) as client:
+    with TestClient(build_app(engine, resolved, params)) as client:
         deadline = time.monotonic() + 60  # let warmup finish: the app's shutdown expects a started scheduler
         while (resp := client.get("/ready")).status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.1)

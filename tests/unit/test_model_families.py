@@ -251,7 +251,7 @@ def test_eager_engine_decodes_in_batches_and_serves_schema_json(family: str, fam
     from llmops.settings import get_settings
     from serving.engines import load_engine
     from serving.model_source import ResolvedModel
-    from serving.server import create_app
+    from serving.server import build_app
 
     serve = get_settings().params(["serve.max_concurrent=4", "serve.max_len=256"]).serve
     engine = load_engine("eager", family_dirs[family], serve)
@@ -277,7 +277,7 @@ def test_eager_engine_decodes_in_batches_and_serves_schema_json(family: str, fam
                                                "age": {"type": "integer", "minimum": 0, "maximum": 120}},
               "required": ["name", "age"], "additionalProperties": False}
     resolved = ResolvedModel(name=family, version=None, model_dir=family_dirs[family], ref=family, source="local")
-    app = create_app(engine, resolved, serve)
+    app = build_app(engine, resolved, serve)
     with TestClient(app) as client:
         assert app.state.llmops.ready.wait(120)
         r = client.post("/v1/chat/completions", json={

@@ -36,10 +36,10 @@ def _client(engine, tiny_model_dir: Path, serve_params, hooks, internal_secret: 
     from starlette.testclient import TestClient
 
     from serving.model_source import ResolvedModel
-    from serving.server import create_app
+    from serving.server import build_app
 
     resolved = ResolvedModel(name="tiny", version="3", model_dir=tiny_model_dir, ref="tiny/3", source="local")
-    app = create_app(engine, resolved, serve_params, hooks=hooks, internal_secret=internal_secret)
+    app = build_app(engine, resolved, serve_params, hooks=hooks, internal_secret=internal_secret)
     return app, TestClient(app)
 
 
@@ -142,10 +142,10 @@ def test_client_errors_stay_out_of_the_latency_histogram(engine, tiny_model_dir:
     from starlette.testclient import TestClient
 
     from serving.model_source import ResolvedModel
-    from serving.server import create_app
+    from serving.server import build_app
 
     resolved = ResolvedModel(name="tiny", version="3", model_dir=tiny_model_dir, ref="tiny/3", source="local")
-    app = create_app(engine, resolved, serve_params, api_key="k")
+    app = build_app(engine, resolved, serve_params, api_key="k")
     route = "/v1/chat/completions"
     with TestClient(app) as client:
         assert app.state.llmops.ready.wait(120)

@@ -82,7 +82,7 @@ def test_request_hook_sees_every_request(engine, tiny_model_dir: Path, serve_par
     from starlette.testclient import TestClient
 
     from serving.model_source import ResolvedModel
-    from serving.server import create_app
+    from serving.server import build_app
 
     records = []
     resolved = ResolvedModel(name="tiny", version="3", model_dir=tiny_model_dir, ref="tiny@champion",
@@ -91,7 +91,7 @@ def test_request_hook_sees_every_request(engine, tiny_model_dir: Path, serve_par
     def broken(record) -> None:
         raise RuntimeError("a broken sink must not fail requests")
 
-    app = create_app(engine, resolved, serve_params, hooks=[records.append, broken])
+    app = build_app(engine, resolved, serve_params, hooks=[records.append, broken])
     with TestClient(app) as client:
         ready = app.state.llmops.ready
         assert ready.wait(120)

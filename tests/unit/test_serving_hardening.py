@@ -95,10 +95,10 @@ def test_health_and_ready_tell_the_truth(engine, tiny_model_dir: Path, serve_par
     from starlette.testclient import TestClient
 
     from serving.model_source import ResolvedModel
-    from serving.server import create_app
+    from serving.server import build_app
 
     resolved = ResolvedModel(name="tiny", version="1", model_dir=tiny_model_dir, ref="tiny/1", source="local")
-    app = create_app(engine, resolved, serve_params)
+    app = build_app(engine, resolved, serve_params)
     with TestClient(app) as client:
         assert app.state.llmops.ready.wait(120)
         assert client.get("/health").status_code == 200 and client.get("/ready").status_code == 200
