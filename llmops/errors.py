@@ -27,10 +27,6 @@ class ModelError(LlmopsError):
     """A model that cannot be provisioned or loaded."""
 
 
-class GateFailed(LlmopsError):
-    """The evaluation gate rejected a candidate."""
-
-
 class NotFound(RegistryError):
     """A registered model, version or alias that does not exist: the only registry error that may mean
     "nothing there yet" (every other one - server down, bad URI, lost artifact - is a failure)."""

@@ -8,7 +8,6 @@ outlive it until the next run; the endpoint only reads the latest file at each s
 from __future__ import annotations
 
 import os
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -75,10 +74,3 @@ def make_server(path: Path, host: str, port: int) -> ThreadingHTTPServer:
             self.wfile.write(body)
 
     return ThreadingHTTPServer((host, port), Handler)
-
-
-def serve_in_thread(path: Path, host: str, port: int) -> tuple[ThreadingHTTPServer, threading.Thread]:
-    server = make_server(path, host, port)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return server, thread

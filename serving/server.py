@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 from llmops.params import ServeParams
 from serving.api import ApiError
 from serving.engines.base import Engine
-from serving.generation import FAULTS_ENV, Faults, GenerationService
+from serving.generation import GenerationService
 from serving.http import AUTH_HEADERS, Health, health_response, is_authorized, ready_response, request_id_from
 from serving.http.auth import UNAUTHORIZED
 from serving.http.errors import client_caused
@@ -37,13 +37,11 @@ from serving.metrics import Metrics
 from serving.model_source import ResolvedModel
 from serving.openai import ROUTES as OPENAI_ROUTES
 from serving.openai import add_openai_routes
-from serving.records import RequestHook, RequestRecord
+from serving.records import RequestHook
 
 log = logging.getLogger("llmops.serving")
 
 ROUTES = (*OPENAI_ROUTES, "/health", "/ready", "/metrics")
-# the records' and faults' old home: imports from here keep working
-__all__ = ["FAULTS_ENV", "Faults", "RequestHook", "RequestRecord", "build_app", "serve"]
 
 
 class ServerState:

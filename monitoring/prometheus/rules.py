@@ -192,14 +192,3 @@ def render_prometheus_rule(m: MonitoringParams) -> str:
                         "labels": {"app.kubernetes.io/part-of": "llmops", "release": "prometheus"}},
            "spec": {"groups": groups(m)}}
     return HEADER + _dump(doc)
-
-
-def write_rules(m: MonitoringParams, project_dir: Path) -> list[Path]:
-    """Render both files into the project; returns their paths."""
-    out = []
-    for rel, text in ((RULES_FILE, render_rules(m)), (PROMETHEUS_RULE_FILE, render_prometheus_rule(m))):
-        path = project_dir / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        out.append(path)
-    return out

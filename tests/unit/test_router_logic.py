@@ -144,7 +144,7 @@ def test_admin_token_file_is_private_and_stable(tmp_path: Path, monkeypatch: pyt
 
 
 def test_serve_faults_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    from serving.server import FAULTS_ENV, Faults
+    from serving.generation import FAULTS_ENV, Faults
 
     monkeypatch.setenv(FAULTS_ENV, "error_rate=0.5, latency_s=2")
     assert Faults.from_env() == Faults(error_rate=0.5, latency_s=2.0)
