@@ -23,6 +23,8 @@ app = typer.Typer(no_args_is_help=True)
 def run(
     since: str = typer.Option(None, "--since", help="Only requests from this long ago on (30m, 2h, 1d, 1w), an ISO "
                               "8601 time or a unix time; default: no bound (the latest --window requests)."),
+    until: str = typer.Option(None, "--until", help="Only requests that started before this unix time (or this "
+                              "long ago: 10m); with --since, one past window (e.g. re-scoring it)."),
     window: int = typer.Option(None, "--window", min=1, help="Requests in the window (default: params.yaml "
                                "drift.window_size)."),
     no_trigger: bool = typer.Option(False, "--no-trigger", help="Report only; never start a retraining run."),
@@ -38,9 +40,9 @@ def run(
 
     settings = get_settings()
     params = settings.params(overrides)
-    start = parse_since(since)
+    start, end = parse_since(since), parse_since(until)
     with console.status("monitor") as status:
-        out = run_monitor(settings, params, since=start, window=window, trigger=not no_trigger,
+        out = run_monitor(settings, params, since=start, until=end, window=window, trigger=not no_trigger,
                           progress=lambda msg: status.update(msg))
 
     def human(d: dict) -> None:
@@ -103,7 +105,8 @@ def triggers_cmd(limit: int = typer.Option(20, "--limit", min=1), as_json: bool 
     from llmops.settings import get_settings
     from monitoring.triggers import history
 
-    rows = history(get_settings().state_dir, limit)
+    settings = get_settings()
+    rows = history(settings.state_dir, limit, url=settings.triggers_db_uri)
 
     def human(rows: list) -> None:
         if not rows:

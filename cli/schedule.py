@@ -68,7 +68,8 @@ def retrain(
     else:
         command = resolve_command(["llmops", "run", "retrain", "--reason", f"schedule {name or cron}"])
         command += [a for o in overrides for a in ("--set", o)]
-        out = schedules.create_local(settings.state_dir, "retrain", cron, command, settings.project_dir, name)
+        out = schedules.create_local(settings.state_dir, "retrain", cron, command, settings.project_dir, name,
+                                     url=settings.schedules_db_uri)
     emit(out, as_json, _print_one)
 
 
@@ -86,7 +87,7 @@ def monitor(
 
     settings = get_settings()
     out = schedules.create_local(settings.state_dir, "monitor", cron, resolve_command(["llmops", "monitor", "run"]),
-                                 settings.project_dir, name)
+                                 settings.project_dir, name, url=settings.schedules_db_uri)
     emit(out, as_json, _print_one)
 
 
@@ -98,7 +99,7 @@ def list_cmd(profile: str = PROFILE, host: str = HOST, as_json: bool = JSON_OPTI
 
     settings = profile_settings(profile, host)
     rows = (schedules.list_cluster(_host(settings)) if settings.profile == "cluster"
-            else schedules.list_local(settings.state_dir))
+            else schedules.list_local(settings.state_dir, url=settings.schedules_db_uri))
 
     def human(rows: list) -> None:
         if not rows:
@@ -119,7 +120,7 @@ def _change(action: str, schedule_id: str, profile: str | None, host: str | None
         out = schedules.set_cluster(_host(settings), schedule_id, action)
     else:
         fn = {"pause": schedules.pause_local, "resume": schedules.resume_local, "delete": schedules.delete_local}
-        out = fn[action](settings.state_dir, schedule_id)
+        out = fn[action](settings.state_dir, schedule_id, url=settings.schedules_db_uri)
     emit(out, as_json, lambda d: console.print(f"{action}d {d['id']}"))
 
 
@@ -155,4 +156,5 @@ def daemon(wake_s: float = typer.Option(5.0, "--wake-s", min=0.5, help="How ofte
     from llmops.settings import get_settings
     from monitoring.schedules import run_daemon
 
-    run_daemon(get_settings().state_dir, wake_s)
+    settings = get_settings()
+    run_daemon(settings.state_dir, wake_s, url=settings.schedules_db_uri)

@@ -194,11 +194,11 @@ def create_engine(url: str, *, sqlite_begin: str = "IMMEDIATE", busy_timeout_s: 
                   what: str = "the database", setting: str = "") -> sa.Engine:
     """An engine with the policy above (no tables, no migrations: `open_store` adds those)."""
     try:
-        dialect = sa.engine.make_url(url).get_backend_name()
+        dialect, shown = sa.engine.make_url(url).get_backend_name(), redact(url)
     except sa.exc.ArgumentError:
-        dialect = None
+        dialect, shown = None, "a URL that does not parse"
     if dialect not in DIALECTS:
-        raise LlmopsError(f"{what}: {url!r} is not a supported database URL (sqlite or postgresql)",
+        raise LlmopsError(f"{what}: {shown} is not supported (sqlite and postgresql are)",
                           f"set {setting or 'it'} to sqlite:///PATH or postgresql://USER@HOST/DB")
     if dialect == "sqlite":
         return _sqlite_engine(url, busy_timeout_s, sqlite_begin)

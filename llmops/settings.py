@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     registered_model: str = "llmops-smollm2"
     # Audit trail of alias changes (MLflow keeps none). Any SQLAlchemy URL; local: sqlite in the state dir.
     audit_db_uri: str | None = None
+    # Retrain trigger decisions and schedule runs (llmops/db.py: sqlite or postgresql URLs). Unset: sqlite files
+    # in the state dir (monitoring/triggers.py `db_url`, monitoring/schedules.py `db_url`); a cluster sets both.
+    triggers_db_uri: str | None = None
+    schedules_db_uri: str | None = None
 
     # Inference log (monitoring/inference_log): every answered request and its feedback. Any SQLAlchemy URL;
     # local: sqlite (WAL) in the state dir; cluster: postgresql+psycopg2://... `enabled=false` = serve without it.

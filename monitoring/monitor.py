@@ -61,6 +61,7 @@ def run_monitor(
     params: Params,
     *,
     since: float | None = None,
+    until: float | None = None,
     window: int | None = None,
     trigger: bool = True,
     rows: Sequence[Any] | None = None,
@@ -78,7 +79,7 @@ def run_monitor(
     now = time.time()
     if rows is None:
         say(f"reading the latest {size} requests from the inference log")
-        rows = latest_window(settings, params, size, since)
+        rows = latest_window(settings, params, size, since, until)
     rows = list(rows)
     if reference is None:
         say("loading the drift reference (built from the training split on first use)")
@@ -104,7 +105,7 @@ def run_monitor(
     run_id = _log_mlflow(settings, report, ref_id, win_id, window_stats)
 
     consecutive = triggers.record_window(settings.state_dir, reference_id=ref_id, window_id=win_id,
-                                         severity=report.severity.value, now=now)
+                                         severity=report.severity.value, now=now, url=settings.triggers_db_uri)
     decision, queued = None, None
     if report.drifted and trigger:
         decision, queued = _trigger(settings, params, report, embedder, ref_id=ref_id, win_id=win_id,
@@ -112,11 +113,11 @@ def run_monitor(
                                     window_prompts=[r.prompt for r in records])
         say(f"trigger: {decision.outcome} ({decision.reason})")
 
-    held = decision is not None and decision.outcome == "held"
+    held = decision is not None and decision.outcome == triggers.TriggerOutcome.HELD
     prom = exposition.write_textfile(
         exposition.textfile_path(settings.state_dir),
         exposition.render(report.prometheus_lines() + trigger_gauges(consecutive, held), window_stats,
-                          triggers.counts(settings.state_dir), now))
+                          triggers.counts(settings.state_dir, settings.triggers_db_uri), now))
     summary = {
         "severity": report.severity.value,
         "drifted": report.drifted,
@@ -178,9 +179,9 @@ def _trigger(settings: Settings, params: Params, report: Any, embedder: Any, *, 
         settings.state_dir, reference_id=ref_id, window_id=win_id, command=list(t.command),
         cooldown_s=t.cooldown_s, report_path=json_path, mlflow_run_id=run_id, fired=report.fired,
         cwd=settings.project_dir, now=now, consecutive=consecutive, persist_windows=t.persist_windows,
-        learnable=learnable)
+        learnable=learnable, url=settings.triggers_db_uri)
     queued = None
-    if decision.outcome == "held":  # the new prompts; the window's when the drift is in the outputs
+    if decision.outcome == triggers.TriggerOutcome.HELD:  # the new prompts; the window's when drift is in outputs
         queued = retrain_gate.queue_for_labelling(
             settings.state_dir, report.new_prompts or window_prompts, n=t.label_sample, seed=win_id, window_id=win_id,
             report_path=str(json_path), reason=decision.reason)

@@ -1,7 +1,9 @@
 """Durable retraining (and monitoring) schedules: a KFP recurring run on a cluster, APScheduler locally.
 
-Locally the schedules live in an APScheduler `SQLAlchemyJobStore` (SQLite, `<state>/schedules.db`), so they
-survive restarts and any process can manage them; `llmops schedule daemon` is the one process that runs them.
+Locally the schedules live in an APScheduler `SQLAlchemyJobStore` on the database of `settings.schedules_db_uri`
+(default SQLite, `<state>/schedules.db`; PostgreSQL works too), opened through llmops/db.py together with our
+own table of runs, so they survive restarts and any process can manage them; `llmops schedule daemon` is the one
+process that runs them.
 APScheduler rather than the system's cron: it needs no crontab access (containers, CI, laptops without cron),
 keeps pause/resume state and next-run times in the same store `schedule list` reads, coalesces runs missed while
 the daemon was down into one (misfire grace), and never runs two instances of one schedule at once.
@@ -15,10 +17,10 @@ Cron expressions: standard 5 fields (minute hour day month weekday), or 6 with s
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -28,24 +30,41 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
+from llmops import db
 from llmops.errors import LlmopsError
 
 WAKE_S = 5.0
 FIRE_FUNC = "monitoring.schedules:fire"
-_RUNS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS llmops_schedule_runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    schedule_id TEXT NOT NULL,
-    started REAL NOT NULL,
-    finished REAL,
-    exit_code INTEGER,
-    log_path TEXT
-);
-"""
+metadata = sa.MetaData()
+runs_table = sa.Table(
+    "llmops_schedule_runs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("schedule_id", sa.Text, nullable=False),
+    sa.Column("started", sa.Float, nullable=False),
+    sa.Column("finished", sa.Float, nullable=True),
+    sa.Column("exit_code", sa.Integer, nullable=True),
+    sa.Column("log_path", sa.Text, nullable=True),
+    sqlite_autoincrement=True,
+)
+STORE = db.Store("schedule_runs", metadata, what="the schedule store", setting="LLMOPS_SCHEDULES_DB_URI")
+_daemon_url: str | None = None  # the store `run_daemon` serves: `fire` records runs there
 
 
 def store_path(state_dir: Path) -> Path:
     return state_dir / "schedules.db"
+
+
+def db_url(state_dir: Path, url: str | None = None) -> str:
+    """The schedule store: `url` when given (settings.schedules_db_uri), else the SQLite file in the state dir."""
+    return url or db.sqlite_url(store_path(state_dir))
+
+
+@functools.lru_cache(maxsize=16)
+def _engine(url: str) -> sa.Engine:
+    """One migrated engine per URL and process, shared by APScheduler's job store and the runs table."""
+    return db.open_store(url, STORE)
 
 
 def parse_cron(expr: str) -> dict[str, str]:
@@ -106,13 +125,13 @@ def kfp_cron(expr: str) -> str:
 # --- local store ------------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _store(state_dir: Path) -> Iterator[Any]:
+def _store(state_dir: Path, url: str | None) -> Iterator[Any]:
     """A paused scheduler on the job store: jobs can be read and changed, nothing runs (the daemon runs them)."""
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
     from apscheduler.schedulers.background import BackgroundScheduler
 
     state_dir.mkdir(parents=True, exist_ok=True)
-    sched = BackgroundScheduler(jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{store_path(state_dir)}")})
+    sched = BackgroundScheduler(jobstores={"default": SQLAlchemyJobStore(engine=_engine(db_url(state_dir, url)))})
     sched.start(paused=True)
     try:
         yield sched
@@ -121,26 +140,26 @@ def _store(state_dir: Path) -> Iterator[Any]:
 
 
 def create_local(state_dir: Path, kind: str, cron: str, command: list[str], cwd: Path,
-                 name: str | None = None) -> dict[str, Any]:
+                 name: str | None = None, url: str | None = None) -> dict[str, Any]:
     """Add a schedule that runs `command` (in `cwd`) on `cron`; returns its description."""
     from apscheduler.triggers.cron import CronTrigger
 
     fields = parse_cron(cron)
     schedule_id = f"{kind}-{uuid.uuid4().hex[:8]}"
-    with _store(state_dir) as sched:
+    with _store(state_dir, url) as sched:
         job = sched.add_job(
             FIRE_FUNC, CronTrigger(**fields), id=schedule_id, name=name or f"{kind} ({cron})",
             kwargs={"schedule_id": schedule_id, "command": command, "cwd": str(cwd), "state_dir": str(state_dir),
                     "cron": cron, "kind": kind},
             coalesce=True, max_instances=1, misfire_grace_time=3600, replace_existing=False)
-        return _describe(job, state_dir)
+        return _describe(job, state_dir, url)
 
 
-def list_local(state_dir: Path) -> list[dict[str, Any]]:
-    if not store_path(state_dir).is_file():
+def list_local(state_dir: Path, url: str | None = None) -> list[dict[str, Any]]:
+    if not db.exists(db_url(state_dir, url)):
         return []
-    with _store(state_dir) as sched:
-        return [_describe(j, state_dir) for j in sched.get_jobs()]
+    with _store(state_dir, url) as sched:
+        return [_describe(j, state_dir, url) for j in sched.get_jobs()]
 
 
 def _job(sched: Any, schedule_id: str) -> Any:
@@ -150,28 +169,28 @@ def _job(sched: Any, schedule_id: str) -> Any:
     return job
 
 
-def pause_local(state_dir: Path, schedule_id: str) -> dict[str, Any]:
-    with _store(state_dir) as sched:
+def pause_local(state_dir: Path, schedule_id: str, url: str | None = None) -> dict[str, Any]:
+    with _store(state_dir, url) as sched:
         _job(sched, schedule_id)
-        return _describe(sched.pause_job(schedule_id), state_dir)
+        return _describe(sched.pause_job(schedule_id), state_dir, url)
 
 
-def resume_local(state_dir: Path, schedule_id: str) -> dict[str, Any]:
-    with _store(state_dir) as sched:
+def resume_local(state_dir: Path, schedule_id: str, url: str | None = None) -> dict[str, Any]:
+    with _store(state_dir, url) as sched:
         _job(sched, schedule_id)
-        return _describe(sched.resume_job(schedule_id), state_dir)
+        return _describe(sched.resume_job(schedule_id), state_dir, url)
 
 
-def delete_local(state_dir: Path, schedule_id: str) -> dict[str, Any]:
-    with _store(state_dir) as sched:
-        out = _describe(_job(sched, schedule_id), state_dir)
+def delete_local(state_dir: Path, schedule_id: str, url: str | None = None) -> dict[str, Any]:
+    with _store(state_dir, url) as sched:
+        out = _describe(_job(sched, schedule_id), state_dir, url)
         sched.remove_job(schedule_id)
         return out | {"deleted": True}
 
 
-def _describe(job: Any, state_dir: Path) -> dict[str, Any]:
+def _describe(job: Any, state_dir: Path, url: str | None) -> dict[str, Any]:
     kw = job.kwargs
-    runs = runs_of(state_dir, job.id, limit=1)
+    runs = runs_of(state_dir, job.id, limit=1, url=url)
     return {"id": job.id, "name": job.name, "kind": kw.get("kind"), "cron": kw.get("cron"),
             "command": kw.get("command"), "paused": job.next_run_time is None,
             "next_run": job.next_run_time.isoformat() if job.next_run_time else None,
@@ -180,24 +199,17 @@ def _describe(job: Any, state_dir: Path) -> dict[str, Any]:
 
 # --- runs -------------------------------------------------------------------------------------------------------
 
-def _runs_db(state_dir: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(store_path(state_dir), timeout=30, isolation_level=None)
-    conn.executescript(_RUNS_SCHEMA)
-    return conn
-
-
-def runs_of(state_dir: Path, schedule_id: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-    if not store_path(state_dir).is_file():
+def runs_of(state_dir: Path, schedule_id: str | None = None, limit: int = 20,
+            url: str | None = None) -> list[dict[str, Any]]:
+    url = db_url(state_dir, url)
+    if not db.exists(url):
         return []
-    conn = _runs_db(state_dir)
-    try:
-        conn.row_factory = sqlite3.Row
-        where, args = ("WHERE schedule_id=?", [schedule_id]) if schedule_id else ("", [])
-        rows = conn.execute(f"SELECT * FROM llmops_schedule_runs {where} ORDER BY id DESC LIMIT ?",
-                            [*args, limit]).fetchall()
-        return [dict(r) for r in rows]
-    finally:
-        conn.close()
+    r = runs_table
+    query = sa.select(r).order_by(r.c.id.desc()).limit(limit)
+    if schedule_id:
+        query = query.where(r.c.schedule_id == schedule_id)
+    with _engine(url).connect() as conn:
+        return [dict(row) for row in conn.execute(query).mappings()]
 
 
 def fire(schedule_id: str, command: list[str], cwd: str, state_dir: str, **_: Any) -> int:
@@ -208,12 +220,10 @@ def fire(schedule_id: str, command: list[str], cwd: str, state_dir: str, **_: An
     log_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     log_path = log_dir / f"{schedule_id}-{datetime.fromtimestamp(started).strftime('%Y%m%dT%H%M%S')}.log"
-    conn = _runs_db(sdir)
-    try:
-        run_id = conn.execute("INSERT INTO llmops_schedule_runs (schedule_id, started, log_path) VALUES (?, ?, ?)",
-                              (schedule_id, started, str(log_path))).lastrowid
-    finally:
-        conn.close()
+    engine, r = _engine(db_url(sdir, _daemon_url)), runs_table
+    with engine.begin() as conn:
+        run_id = conn.execute(r.insert().values(schedule_id=schedule_id, started=started,
+                                                log_path=str(log_path))).inserted_primary_key[0]
     with open(log_path, "ab") as log:
         try:
             code = subprocess.run(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -221,23 +231,22 @@ def fire(schedule_id: str, command: list[str], cwd: str, state_dir: str, **_: An
         except OSError as exc:
             log.write(f"could not start {command!r}: {exc}\n".encode())
             code = 127
-    conn = _runs_db(sdir)
-    try:
-        conn.execute("UPDATE llmops_schedule_runs SET finished=?, exit_code=? WHERE id=?", (time.time(), code, run_id))
-    finally:
-        conn.close()
+    with engine.begin() as conn:
+        conn.execute(r.update().where(r.c.id == run_id).values(finished=time.time(), exit_code=code))
     return code
 
 
-def run_daemon(state_dir: Path, wake_s: float = WAKE_S) -> None:
+def run_daemon(state_dir: Path, wake_s: float = WAKE_S, url: str | None = None) -> None:
     """Run every schedule in the store until SIGTERM/SIGINT (`llmops schedule daemon`)."""
+    global _daemon_url
     from apscheduler.jobstores.memory import MemoryJobStore
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
     from apscheduler.schedulers.blocking import BlockingScheduler
 
     state_dir.mkdir(parents=True, exist_ok=True)
+    _daemon_url = url
     sched = BlockingScheduler(jobstores={
-        "default": SQLAlchemyJobStore(url=f"sqlite:///{store_path(state_dir)}"),
+        "default": SQLAlchemyJobStore(engine=_engine(db_url(state_dir, url))),
         "internal": MemoryJobStore()})
     # Re-read the shared store now and then: schedules created or paused by other processes take effect.
     sched.add_job(sched.wakeup, "interval", seconds=wake_s, id="llmops-wakeup", jobstore="internal")
@@ -247,7 +256,8 @@ def run_daemon(state_dir: Path, wake_s: float = WAKE_S) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(f"llmops schedule daemon: pid {os.getpid()}, store {store_path(state_dir)}", file=sys.stderr, flush=True)
+    print(f"llmops schedule daemon: pid {os.getpid()}, store {db.redact(db_url(state_dir, url))}",
+          file=sys.stderr, flush=True)
     sched.start()
 
 

@@ -1,8 +1,10 @@
 """Turn a drift verdict into ONE retraining run per shift: de-duplication and cooldown with durable state.
 
-State is a SQLite table in the state dir (`<state>/monitor/triggers.db`), so the rule holds across separate
-`llmops monitor run` processes (cron, a schedule, a person) and across restarts. The decision and the row that
-records it are one `BEGIN IMMEDIATE` transaction: two monitors racing on the same shift cannot both start a run.
+State is a durable table opened through llmops/db.py (locally SQLite in the state dir,
+`<state>/monitor/triggers.db`; on a cluster the PostgreSQL database of `settings.triggers_db_uri`), so the rule
+holds across separate `llmops monitor run` processes (cron, a schedule, a person, several pods) and across
+restarts. The decision and the row that records it are one transaction under a lock (sqlite `BEGIN IMMEDIATE`,
+PostgreSQL an advisory lock on the reference): two monitors racing on the same shift cannot both start a run.
 
 A shift is identified by the reference it drifted from (the training data of the serving model): after a retrain
 the new model has a new reference, so the next shift triggers again. Within one reference:
@@ -19,9 +21,11 @@ attaches the report to its MLflow run), and in its environment the monitor's MLf
 
 from __future__ import annotations
 
+import enum
+import functools
+import hashlib
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -29,49 +33,64 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
+from llmops import db
 from llmops.errors import LlmopsError
-from llmops.sqlite_wal import enable_wal
 
 REPORT_ENV = "LLMOPS_TRIGGER_REPORT"
 RUN_ID_ENV = "LLMOPS_TRIGGER_RUN_ID"
 TRIGGER_ID_ENV = "LLMOPS_TRIGGER_ID"
 
-_TRIGGERS = """
-CREATE TABLE IF NOT EXISTS triggers (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    created REAL NOT NULL,
-    reference_id TEXT NOT NULL,
-    window_id TEXT NOT NULL,
-    outcome TEXT NOT NULL CHECK (outcome IN ('started', 'suppressed', 'failed', 'pending', 'held')),
-    reason TEXT NOT NULL,
-    report_path TEXT,
-    mlflow_run_id TEXT,
-    command TEXT,
-    pid INTEGER,
-    log_path TEXT,
-    fired TEXT
-);
-"""
-_COLUMNS = ("id, created, reference_id, window_id, outcome, reason, report_path, mlflow_run_id, command, pid, "
-            "log_path, fired")
-_SCHEMA = """
-CREATE INDEX IF NOT EXISTS triggers_reference ON triggers (reference_id, outcome, created);
-CREATE TABLE IF NOT EXISTS windows (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    created REAL NOT NULL,
-    reference_id TEXT NOT NULL,
-    window_id TEXT NOT NULL,
-    severity TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS windows_reference ON windows (reference_id, id);
-"""
-OUTCOMES = ("started", "suppressed", "failed", "pending", "held")
+
+
+class TriggerOutcome(enum.StrEnum):
+    """What a drifted window led to (the `triggers.outcome` column)."""
+
+    STARTED = "started"
+    SUPPRESSED = "suppressed"  # duplicate window, or within the cooldown
+    FAILED = "failed"  # the command could not be started
+    PENDING = "pending"  # drift not yet persistent
+    HELD = "held"  # nothing new to learn
+
+
+OUTCOMES = tuple(TriggerOutcome)
+metadata = sa.MetaData()
+triggers_table = sa.Table(
+    "triggers", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("reference_id", sa.Text, nullable=False),
+    sa.Column("window_id", sa.Text, nullable=False),
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("report_path", sa.Text),
+    sa.Column("mlflow_run_id", sa.Text),
+    sa.Column("command", sa.Text),  # JSON list
+    sa.Column("pid", sa.Integer),
+    sa.Column("log_path", sa.Text),
+    sa.Column("fired", sa.Text),  # JSON list
+    sa.CheckConstraint("outcome IN (" + ", ".join(f"'{o}'" for o in OUTCOMES) + ")", name="triggers_outcome"),
+    sa.Index("triggers_reference", "reference_id", "outcome", "created"),
+    sqlite_autoincrement=True,
+)
+windows_table = sa.Table(
+    "windows", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("reference_id", sa.Text, nullable=False),
+    sa.Column("window_id", sa.Text, nullable=False),
+    sa.Column("severity", sa.Text, nullable=False),
+    sa.Index("windows_reference", "reference_id", "id"),
+    sqlite_autoincrement=True,
+)
+STORE = db.Store("triggers", metadata, what="the retrain trigger db", setting="LLMOPS_TRIGGERS_DB_URI")
 
 
 @dataclass(frozen=True)
 class TriggerDecision:
     id: int
-    outcome: str  # started | suppressed | failed | pending (drift not yet persistent) | held (nothing new to learn)
+    outcome: TriggerOutcome
     reason: str
     reference_id: str
     window_id: str
@@ -93,59 +112,72 @@ def db_path(state_dir: Path) -> Path:
     return state_dir / "monitor" / "triggers.db"
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None)  # autocommit; transactions are explicit
-    enable_wal(conn)
-    _migrate(conn)
-    conn.executescript(_TRIGGERS + _SCHEMA)
-    return conn
+def db_url(state_dir: Path, url: str | None = None) -> str:
+    """The trigger db: `url` when given (settings.triggers_db_uri: PostgreSQL on a cluster), else the local
+    SQLite file in the state dir."""
+    return url or db.sqlite_url(db_path(state_dir))
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    """A triggers table from before `pending`/`held` (its CHECK rejects them): copy it into the new schema."""
-    row = conn.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='triggers'").fetchone()
-    if not row or "'held'" in row[0]:
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute("DROP INDEX IF EXISTS triggers_reference")
-        conn.execute("ALTER TABLE triggers RENAME TO triggers_v1")
-        conn.execute(_TRIGGERS)
-        conn.execute(f"INSERT INTO triggers ({_COLUMNS}) SELECT {_COLUMNS} FROM triggers_v1")
-        conn.execute("DROP TABLE triggers_v1")
-        conn.execute("COMMIT")
-    except sqlite3.Error:
-        conn.execute("ROLLBACK")
-        raise
+@functools.lru_cache(maxsize=16)
+def _engine(url: str) -> sa.Engine:
+    """One migrated engine per URL and process (monitors call several functions per window)."""
+    return db.open_store(url, STORE)
 
 
 def record_window(state_dir: Path, *, reference_id: str, window_id: str, severity: str,
-                  now: float | None = None) -> int:
+                  now: float | None = None, url: str | None = None) -> int:
     """Record a scored window's severity; returns how many consecutive windows (this one included, same
     reference) were `drift`. The same window scored again is not counted twice."""
-    conn = _connect(db_path(state_dir))
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        last = conn.execute("SELECT window_id FROM windows WHERE reference_id=? ORDER BY id DESC LIMIT 1",
-                            (reference_id,)).fetchone()
-        if not last or last[0] != window_id:
-            conn.execute("INSERT INTO windows (created, reference_id, window_id, severity) VALUES (?, ?, ?, ?)",
-                         (time.time() if now is None else now, reference_id, window_id, severity))
+    w = windows_table
+    with _engine(db_url(state_dir, url)).begin() as conn:  # sqlite: BEGIN IMMEDIATE; PostgreSQL: a row lock
+        _lock_reference(conn, reference_id)
+        last = conn.execute(sa.select(w.c.id, w.c.window_id).where(w.c.reference_id == reference_id)
+                            .order_by(w.c.id.desc()).limit(1)).first()
+        if last is None or last.window_id != window_id:
+            conn.execute(w.insert().values(created=time.time() if now is None else now, reference_id=reference_id,
+                                           window_id=window_id, severity=severity))
         else:
-            conn.execute("UPDATE windows SET severity=? WHERE id=(SELECT MAX(id) FROM windows WHERE reference_id=?)",
-                         (severity, reference_id))
-        rows = conn.execute("SELECT severity FROM windows WHERE reference_id=? ORDER BY id DESC LIMIT 1000",
-                            (reference_id,)).fetchall()
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
+            conn.execute(w.update().where(w.c.id == last.id).values(severity=severity))
+        rows = conn.execute(sa.select(w.c.severity).where(w.c.reference_id == reference_id)
+                            .order_by(w.c.id.desc()).limit(1000)).scalars().all()
     run = 0
-    for (sev,) in rows:
+    for sev in rows:
         if sev != "drift":
             break
         run += 1
     return run
+
+
+def _lock_reference(conn: sa.Connection, reference_id: str) -> None:
+    """Serialise racing monitors on one reference: sqlite already holds the write lock (BEGIN IMMEDIATE);
+    PostgreSQL takes an advisory lock on the reference for the transaction."""
+    if conn.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"triggers:{reference_id}".encode()).digest()[:8], "big", signed=True)
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+
+def _decide(conn: sa.Connection, *, reference_id: str, window_id: str, cooldown_s: float, now: float,
+            consecutive: int, persist_windows: int, learnable: tuple[bool, str] | None,
+            fired: list[str] | None) -> tuple[TriggerOutcome, str]:
+    """The rule (module docstring), read under the reference's lock."""
+    t = triggers_table
+    started = sa.and_(t.c.reference_id == reference_id, t.c.outcome == TriggerOutcome.STARTED.value)
+    dup = conn.execute(sa.select(t.c.id).where(started, t.c.window_id == window_id).order_by(t.c.id)
+                       .limit(1)).scalar()
+    last = conn.execute(sa.select(t.c.id, t.c.created).where(started).order_by(t.c.created.desc()).limit(1)).first()
+    if dup is not None:
+        return TriggerOutcome.SUPPRESSED, f"duplicate: this window already started trigger #{dup}"
+    if last is not None and now - last.created < cooldown_s:
+        return TriggerOutcome.SUPPRESSED, (f"cooldown: trigger #{last.id} started a run for this shift "
+                                           f"{now - last.created:.0f} s ago (monitoring.trigger.cooldown_s="
+                                           f"{cooldown_s:g})")
+    if consecutive < persist_windows:
+        return TriggerOutcome.PENDING, (f"persistence: drift in {consecutive} consecutive window(s), "
+                                        f"monitoring.trigger.persist_windows={persist_windows} needed")
+    if learnable is not None and not learnable[0]:
+        return TriggerOutcome.HELD, f"nothing new to learn: {learnable[1]}"
+    reason = "drift detected: " + (", ".join(fired or []) or "verdict drifted")
+    return TriggerOutcome.STARTED, reason + (f"; {learnable[1]}" if learnable is not None else "")
 
 
 def decide_and_start(
@@ -163,6 +195,7 @@ def decide_and_start(
     consecutive: int = 1,
     persist_windows: int = 1,
     learnable: tuple[bool, str] | None = None,
+    url: str | None = None,
 ) -> TriggerDecision:
     """Record the decision for a drifted window and, if it is the first of its shift, start `command` detached
     (its output goes to a log file beside the trigger db). Returns what was decided.
@@ -173,53 +206,35 @@ def decide_and_start(
     if not command:
         raise LlmopsError("monitoring.trigger.command is empty", "set it in params.yaml, e.g. [llmops, run, retrain]")
     now = time.time() if now is None else now
-    path = db_path(state_dir)
-    conn = _connect(path)
+    engine, t = _engine(db_url(state_dir, url)), triggers_table
+    with engine.begin() as conn:  # serialises racing monitors: check and insert are one transaction
+        _lock_reference(conn, reference_id)
+        outcome, reason = _decide(conn, reference_id=reference_id, window_id=window_id, cooldown_s=cooldown_s,
+                                  now=now, consecutive=consecutive, persist_windows=persist_windows,
+                                  learnable=learnable, fired=fired)
+        trigger_id = int(conn.execute(t.insert().values(
+            created=now, reference_id=reference_id, window_id=window_id, outcome=outcome.value, reason=reason,
+            report_path=str(report_path) if report_path else None, mlflow_run_id=mlflow_run_id,
+            command=json.dumps(command), fired=json.dumps(fired or []))).inserted_primary_key[0])
+    if outcome != TriggerOutcome.STARTED:
+        return TriggerDecision(trigger_id, outcome, reason, reference_id, window_id, now)
+    log_path = db_path(state_dir).parent / "runs" / f"trigger-{trigger_id}.log"
     try:
-        conn.execute("BEGIN IMMEDIATE")  # serialises racing monitors: check and insert are one transaction
-        dup = conn.execute("SELECT id FROM triggers WHERE reference_id=? AND window_id=? AND outcome='started' "
-                           "ORDER BY id LIMIT 1", (reference_id, window_id)).fetchone()
-        last = conn.execute("SELECT id, created FROM triggers WHERE reference_id=? AND outcome='started' "
-                            "ORDER BY created DESC LIMIT 1", (reference_id,)).fetchone()
-        if dup:
-            outcome, reason = "suppressed", f"duplicate: this window already started trigger #{dup[0]}"
-        elif last and now - last[1] < cooldown_s:
-            outcome = "suppressed"
-            reason = (f"cooldown: trigger #{last[0]} started a run for this shift {now - last[1]:.0f} s ago "
-                      f"(monitoring.trigger.cooldown_s={cooldown_s:g})")
-        elif consecutive < persist_windows:
-            outcome = "pending"
-            reason = (f"persistence: drift in {consecutive} consecutive window(s), "
-                      f"monitoring.trigger.persist_windows={persist_windows} needed")
-        elif learnable is not None and not learnable[0]:
-            outcome, reason = "held", f"nothing new to learn: {learnable[1]}"
-        else:
-            outcome, reason = "started", "drift detected: " + (", ".join(fired or []) or "verdict drifted")
-            if learnable is not None:
-                reason += f"; {learnable[1]}"
-        cur = conn.execute(
-            "INSERT INTO triggers (created, reference_id, window_id, outcome, reason, report_path, mlflow_run_id, "
-            "command, fired) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (now, reference_id, window_id, outcome, reason, str(report_path) if report_path else None,
-             mlflow_run_id, json.dumps(command), json.dumps(fired or [])))
-        trigger_id = int(cur.lastrowid)
-        conn.execute("COMMIT")
-        if outcome != "started":
-            return TriggerDecision(trigger_id, outcome, reason, reference_id, window_id, now)
-        log_path = path.parent / "runs" / f"trigger-{trigger_id}.log"
-        try:
-            argv = [*resolve_command(command), "--reason", reason]
-            argv += ["--drift-report", str(report_path)] if report_path else []
-            pid = _start(argv, log_path, cwd, {REPORT_ENV: str(report_path or ""),
-                                                  RUN_ID_ENV: mlflow_run_id or "", TRIGGER_ID_ENV: str(trigger_id)})
-        except OSError as exc:  # the start itself failed: record it, so the next window may try again
-            reason = f"could not start {command[0]!r}: {exc}"
-            conn.execute("UPDATE triggers SET outcome='failed', reason=? WHERE id=?", (reason, trigger_id))
-            return TriggerDecision(trigger_id, "failed", reason, reference_id, window_id, now, command=command)
-        conn.execute("UPDATE triggers SET pid=?, log_path=? WHERE id=?", (pid, str(log_path), trigger_id))
-        return TriggerDecision(trigger_id, "started", reason, reference_id, window_id, now, pid, str(log_path), argv)
-    finally:
-        conn.close()
+        argv = [*resolve_command(command), "--reason", reason]
+        argv += ["--drift-report", str(report_path)] if report_path else []
+        pid = _start(argv, log_path, cwd, {REPORT_ENV: str(report_path or ""),
+                                              RUN_ID_ENV: mlflow_run_id or "", TRIGGER_ID_ENV: str(trigger_id)})
+    except OSError as exc:  # the start itself failed: record it, so the next window may try again
+        reason = f"could not start {command[0]!r}: {exc}"
+        with engine.begin() as conn:
+            conn.execute(t.update().where(t.c.id == trigger_id).values(outcome=TriggerOutcome.FAILED.value,
+                                                                       reason=reason))
+        return TriggerDecision(trigger_id, TriggerOutcome.FAILED, reason, reference_id, window_id, now,
+                               command=command)
+    with engine.begin() as conn:
+        conn.execute(t.update().where(t.c.id == trigger_id).values(pid=pid, log_path=str(log_path)))
+    return TriggerDecision(trigger_id, TriggerOutcome.STARTED, reason, reference_id, window_id, now, pid,
+                           str(log_path), argv)
 
 
 def _start(command: list[str], log_path: Path, cwd: Path | None, env: dict[str, str]) -> int:
@@ -231,31 +246,26 @@ def _start(command: list[str], log_path: Path, cwd: Path | None, env: dict[str, 
     return proc.pid
 
 
-def history(state_dir: Path, limit: int = 50) -> list[dict[str, Any]]:
+def history(state_dir: Path, limit: int = 50, url: str | None = None) -> list[dict[str, Any]]:
     """The latest trigger decisions, newest first."""
-    path = db_path(state_dir)
-    if not path.is_file():
+    url = db_url(state_dir, url)
+    if not db.exists(url):
         return []
-    conn = _connect(path)
-    try:
-        conn.row_factory = sqlite3.Row
-        rows = conn.execute("SELECT * FROM triggers ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        return [dict(r) | {"command": json.loads(r["command"] or "null"), "fired": json.loads(r["fired"] or "[]")}
-                for r in rows]
-    finally:
-        conn.close()
+    t = triggers_table
+    with _engine(url).connect() as conn:
+        rows = conn.execute(sa.select(t).order_by(t.c.id.desc()).limit(limit)).mappings().all()
+    return [dict(r) | {"command": json.loads(r["command"] or "null"), "fired": json.loads(r["fired"] or "[]")}
+            for r in rows]
 
 
-def counts(state_dir: Path) -> dict[str, int]:
+def counts(state_dir: Path, url: str | None = None) -> dict[str, int]:
     """Decisions so far by outcome (the monitor exports them as gauges)."""
-    out = dict.fromkeys(OUTCOMES, 0)
-    path = db_path(state_dir)
-    if not path.is_file():
+    out = {o.value: 0 for o in TriggerOutcome}
+    url = db_url(state_dir, url)
+    if not db.exists(url):
         return out
-    conn = _connect(path)
-    try:
-        for outcome, n in conn.execute("SELECT outcome, COUNT(*) FROM triggers GROUP BY outcome"):
+    t = triggers_table
+    with _engine(url).connect() as conn:
+        for outcome, n in conn.execute(sa.select(t.c.outcome, sa.func.count()).group_by(t.c.outcome)):
             out[outcome] = int(n)
-        return out
-    finally:
-        conn.close()
+    return out

@@ -20,7 +20,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from llmops.errors import RegistryError
+import sqlalchemy as sa
+
+from llmops import db
+from llmops.errors import LlmopsError, RegistryError
 
 Action = Literal["promote", "rollback", "register", "remove"]
 ACTIONS: tuple[str, ...] = ("promote", "rollback", "register", "remove")
@@ -90,76 +93,36 @@ def _lock_key(model: str) -> int:
     return int.from_bytes(hashlib.sha256(model.encode()).digest()[:8], "big", signed=True)
 
 
-def open_locking_engine(uri: str, busy_timeout_s: float = 60.0):
-    """(SQLAlchemy engine, dialect) for the audit database, where every transaction takes the write lock up
-    front: sqlite `BEGIN IMMEDIATE` (a read-then-write is then mutually exclusive across processes);
-    PostgreSQL as is (callers add `pg_advisory_xact_lock`). The rollout state (serving/rollout) shares it."""
-    import sqlalchemy as sa
-
-    url = sa.engine.make_url(uri)
-    dialect = url.get_backend_name()
-    if dialect not in ("sqlite", "postgresql"):
-        raise RegistryError(
-            f"audit store {url.render_as_string(hide_password=True)!r} is not supported "
-            "(no per-model lock for it)",
-            "set LLMOPS_AUDIT_DB_URI to a sqlite:/// or postgresql:// URL",
-        )
-    if dialect == "postgresql":
-        return sa.create_engine(uri, pool_pre_ping=True), dialect
-    if url.database and url.database != ":memory:":
-        from pathlib import Path
-
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    # Waiting writers block up to busy_timeout_s instead of failing with "database is locked".
-    engine = sa.create_engine(uri, connect_args={"timeout": busy_timeout_s})
-
-    # pysqlite begins transactions lazily (and only DEFERRED); take the write lock up front so
-    # the read of the current alias already happens under mutual exclusion.
-    @sa.event.listens_for(engine, "connect")
-    def _no_driver_begin(dbapi_conn, _record) -> None:
-        dbapi_conn.isolation_level = None
-
-    @sa.event.listens_for(engine, "begin")
-    def _begin_immediate(conn) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine, dialect
+metadata = sa.MetaData()
+alias_events = sa.Table(
+    "alias_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(256), nullable=False),
+    sa.Column("alias", sa.String(256), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("from_version", sa.String(32), nullable=True),
+    sa.Column("to_version", sa.String(32), nullable=True),
+    sa.Column("actor", sa.String(256), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("timestamp", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_alias_events_model_alias", "model", "alias", "id"),
+)
+STORE = db.Store("audit", metadata, what="the audit store", setting="LLMOPS_AUDIT_DB_URI")
 
 
 class SqlAuditStore(AuditStore):
-    """`AuditStore` on any SQLAlchemy URL with a per-model lock: sqlite (local) or PostgreSQL (cluster)."""
+    """`AuditStore` on a sqlite (local) or PostgreSQL (cluster) URL, opened through llmops.db: every sqlite
+    transaction begins IMMEDIATE (the read of the current alias already holds the write lock); PostgreSQL
+    transactions take the model's `pg_advisory_xact_lock`."""
 
-    def __init__(self, uri: str, busy_timeout_s: float = 60.0) -> None:
-        import sqlalchemy as sa
-
+    def __init__(self, uri: str, busy_timeout_s: float = db.SQLITE_BUSY_TIMEOUT_S) -> None:
         self.uri = uri
-        url = sa.engine.make_url(uri)
-        self.engine, self.dialect = open_locking_engine(uri, busy_timeout_s)
-
-        self._meta = sa.MetaData()
-        self.table = sa.Table(
-            "alias_events",
-            self._meta,
-            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-            sa.Column("model", sa.String(256), nullable=False),
-            sa.Column("alias", sa.String(256), nullable=False),
-            sa.Column("action", sa.String(16), nullable=False),
-            sa.Column("from_version", sa.String(32), nullable=True),
-            sa.Column("to_version", sa.String(32), nullable=True),
-            sa.Column("actor", sa.String(256), nullable=False),
-            sa.Column("reason", sa.Text, nullable=False),
-            sa.Column("timestamp", sa.DateTime(timezone=True), nullable=False),
-            sa.Index("ix_alias_events_model_alias", "model", "alias", "id"),
-        )
+        self.table = alias_events
         try:
-            with self.engine.begin() as conn:  # BEGIN IMMEDIATE on sqlite: concurrent creators serialise
-                self._meta.create_all(conn)
-        except sa.exc.SQLAlchemyError as exc:
-            raise RegistryError(
-                f"cannot open the audit store {url.render_as_string(hide_password=True)}: "
-                f"{str(exc.orig if hasattr(exc, 'orig') else exc).splitlines()[0]}",
-                "check LLMOPS_AUDIT_DB_URI and that the database is reachable and writable",
-            ) from None
+            self.engine = db.open_store(uri, STORE, busy_timeout_s=busy_timeout_s)
+        except LlmopsError as exc:
+            raise RegistryError(exc.cause, exc.fix) from None
+        self.dialect = self.engine.dialect.name
 
     def _to_event(self, row) -> AliasEvent:
         ts = row.timestamp
@@ -173,16 +136,12 @@ class SqlAuditStore(AuditStore):
 
     @contextlib.contextmanager
     def transaction(self, model: str) -> Iterator[AuditTransaction]:
-        import sqlalchemy as sa
-
         with self.engine.begin() as conn:  # sqlite: BEGIN IMMEDIATE (whole-db write lock)
             if self.dialect == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(model)})
             yield _SqlTransaction(self, conn, model)
 
     def history(self, model: str, alias: str | None = None) -> list[AliasEvent]:
-        import sqlalchemy as sa
-
         t = self.table
         query = sa.select(t).where(t.c.model == model)
         if alias is not None:
@@ -196,8 +155,6 @@ class _SqlTransaction(AuditTransaction):
         self._store, self._conn, self._model = store, conn, model
 
     def latest(self, alias: str) -> AliasEvent | None:
-        import sqlalchemy as sa
-
         t = self._store.table
         row = self._conn.execute(
             sa.select(t).where(t.c.model == self._model, t.c.alias == alias).order_by(t.c.id.desc()).limit(1)

@@ -17,6 +17,7 @@ abort` at the same moment, exactly one finishes the rollout.
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import secrets
@@ -26,10 +27,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
+from llmops import db
+from llmops.errors import LlmopsError
 from serving.rollout.errors import RolloutError, RolloutLocked
 
-ACTIVE = ("running", "promoting", "aborting")
-FINAL = ("promoted", "rolled_back", "inconclusive", "aborted")
+
+class RolloutStatus(enum.StrEnum):
+    """Where a rollout stands (the `rollouts.status` column). Active ones hold the model's rollout lock."""
+
+    RUNNING = "running"
+    PROMOTING = "promoting"
+    ABORTING = "aborting"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+    INCONCLUSIVE = "inconclusive"
+    ABORTED = "aborted"
+
+
+ACTIVE = (RolloutStatus.RUNNING, RolloutStatus.PROMOTING, RolloutStatus.ABORTING)
+FINAL = (RolloutStatus.PROMOTED, RolloutStatus.ROLLED_BACK, RolloutStatus.INCONCLUSIVE, RolloutStatus.ABORTED)
 
 
 @dataclass(frozen=True)
@@ -38,7 +56,7 @@ class Rollout:
     model: str
     version: str
     stable_version: str | None
-    status: str
+    status: RolloutStatus
     step_index: int  # -1 before the first step
     weight: int
     config: dict[str, Any]
@@ -96,74 +114,71 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+metadata = sa.MetaData()
+rollouts_table = sa.Table(
+    "rollouts", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(256), nullable=False),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("stable_version", sa.String(32), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("step_index", sa.Integer, nullable=False),
+    sa.Column("weight", sa.Integer, nullable=False),
+    sa.Column("config", sa.Text, nullable=False),
+    sa.Column("actuator", sa.Text, nullable=False),
+    sa.Column("traffic_url", sa.Text, nullable=True),
+    sa.Column("probe", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("started", sa.Float, nullable=False),
+    sa.Column("updated", sa.Float, nullable=False),
+    sa.Column("finished", sa.Float, nullable=True),
+    sa.Column("owner_pid", sa.Integer, nullable=True),
+    sa.Column("owner_host", sa.String(256), nullable=True),
+    sa.Column("owner_token", sa.String(64), nullable=True),
+    sa.Column("heartbeat", sa.Float, nullable=True),
+    sa.Column("actor", sa.String(256), nullable=False),
+    sa.Index("ix_rollouts_model", "model", "id"),
+)
+decisions_table = sa.Table(
+    "rollout_decisions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("rollout_id", sa.Integer, nullable=False),
+    sa.Column("time", sa.Float, nullable=False),
+    sa.Column("step_index", sa.Integer, nullable=False),
+    sa.Column("weight", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("verdict", sa.String(16), nullable=True),
+    sa.Column("metrics", sa.Text, nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Index("ix_rollout_decisions_rollout", "rollout_id", "id"),
+)
+locks_table = sa.Table(
+    "rollout_locks", metadata,
+    sa.Column("model", sa.String(256), primary_key=True),
+    sa.Column("rollout_id", sa.Integer, nullable=False),
+    sa.Column("acquired", sa.Float, nullable=False),
+)
+STORE = db.Store("rollout", metadata, what="the rollout state", setting="LLMOPS_AUDIT_DB_URI")
+
+
 class RolloutStore:
-    """The rollout tables on any SQLAlchemy URL the audit trail supports (sqlite, PostgreSQL)."""
+    """The rollout tables on the audit trail's URL (sqlite, PostgreSQL), opened through llmops.db."""
 
     def __init__(self, uri: str) -> None:
-        import sqlalchemy as sa
-
-        from llmops.registry.audit import open_locking_engine
-
-        self.engine, self.dialect = open_locking_engine(uri)
-        meta = sa.MetaData()
-        self.rollouts = sa.Table(
-            "rollouts", meta,
-            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-            sa.Column("model", sa.String(256), nullable=False),
-            sa.Column("version", sa.String(32), nullable=False),
-            sa.Column("stable_version", sa.String(32), nullable=True),
-            sa.Column("status", sa.String(16), nullable=False),
-            sa.Column("step_index", sa.Integer, nullable=False),
-            sa.Column("weight", sa.Integer, nullable=False),
-            sa.Column("config", sa.Text, nullable=False),
-            sa.Column("actuator", sa.Text, nullable=False),
-            sa.Column("traffic_url", sa.Text, nullable=True),
-            sa.Column("probe", sa.Text, nullable=False),
-            sa.Column("reason", sa.Text, nullable=False),
-            sa.Column("failures", sa.Integer, nullable=False),
-            sa.Column("started", sa.Float, nullable=False),
-            sa.Column("updated", sa.Float, nullable=False),
-            sa.Column("finished", sa.Float, nullable=True),
-            sa.Column("owner_pid", sa.Integer, nullable=True),
-            sa.Column("owner_host", sa.String(256), nullable=True),
-            sa.Column("owner_token", sa.String(64), nullable=True),
-            sa.Column("heartbeat", sa.Float, nullable=True),
-            sa.Column("actor", sa.String(256), nullable=False),
-            sa.Index("ix_rollouts_model", "model", "id"),
-        )
-        self.decisions = sa.Table(
-            "rollout_decisions", meta,
-            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-            sa.Column("rollout_id", sa.Integer, nullable=False),
-            sa.Column("time", sa.Float, nullable=False),
-            sa.Column("step_index", sa.Integer, nullable=False),
-            sa.Column("weight", sa.Integer, nullable=False),
-            sa.Column("kind", sa.String(32), nullable=False),
-            sa.Column("verdict", sa.String(16), nullable=True),
-            sa.Column("metrics", sa.Text, nullable=False),
-            sa.Column("message", sa.Text, nullable=False),
-            sa.Index("ix_rollout_decisions_rollout", "rollout_id", "id"),
-        )
-        self.locks = sa.Table(
-            "rollout_locks", meta,
-            sa.Column("model", sa.String(256), primary_key=True),
-            sa.Column("rollout_id", sa.Integer, nullable=False),
-            sa.Column("acquired", sa.Float, nullable=False),
-        )
+        self.rollouts, self.decisions, self.locks = rollouts_table, decisions_table, locks_table
         try:
-            with self.engine.begin() as conn:
-                meta.create_all(conn)
-        except sa.exc.SQLAlchemyError as exc:
-            raise RolloutError(f"cannot open the rollout state in {sa.engine.make_url(uri).render_as_string()}: "
-                               f"{str(getattr(exc, 'orig', exc)).splitlines()[0]}",
-                               "check LLMOPS_AUDIT_DB_URI and that the database is reachable and writable") from None
+            self.engine = db.open_store(uri, STORE)
+        except LlmopsError as exc:
+            raise RolloutError(exc.cause, exc.fix) from None
+        self.dialect = self.engine.dialect.name
 
     # ---- reading ---------------------------------------------------------------------------------
 
     def _row(self, row) -> Rollout:
         return Rollout(
             id=int(row.id), model=row.model, version=row.version, stable_version=row.stable_version,
-            status=row.status, step_index=int(row.step_index), weight=int(row.weight),
+            status=RolloutStatus(row.status), step_index=int(row.step_index), weight=int(row.weight),
             config=json.loads(row.config), actuator=json.loads(row.actuator), traffic_url=row.traffic_url,
             probe=json.loads(row.probe), reason=row.reason, failures=int(row.failures), started=row.started,
             updated=row.updated, finished=row.finished, owner_pid=row.owner_pid, owner_host=row.owner_host,
@@ -171,8 +186,6 @@ class RolloutStore:
         )
 
     def get(self, rollout_id: int) -> Rollout:
-        import sqlalchemy as sa
-
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(self.rollouts).where(self.rollouts.c.id == rollout_id)).first()
         if row is None:
@@ -181,23 +194,17 @@ class RolloutStore:
 
     def active(self, model: str) -> Rollout | None:
         """The model's active rollout (the one holding its lock), or None."""
-        import sqlalchemy as sa
-
         with self.engine.connect() as conn:
             lock = conn.execute(sa.select(self.locks).where(self.locks.c.model == model)).first()
         return self.get(int(lock.rollout_id)) if lock is not None else None
 
     def latest(self, model: str) -> Rollout | None:
-        import sqlalchemy as sa
-
         t = self.rollouts
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(t).where(t.c.model == model).order_by(t.c.id.desc()).limit(1)).first()
         return self._row(row) if row is not None else None
 
     def history(self, model: str | None = None, limit: int = 50) -> list[Rollout]:
-        import sqlalchemy as sa
-
         t = self.rollouts
         q = sa.select(t)
         if model is not None:
@@ -206,8 +213,6 @@ class RolloutStore:
             return [self._row(r) for r in conn.execute(q.order_by(t.c.id.desc()).limit(limit))]
 
     def decisions_of(self, rollout_id: int) -> list[dict[str, Any]]:
-        import sqlalchemy as sa
-
         d = self.decisions
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(d).where(d.c.rollout_id == rollout_id).order_by(d.c.id))
@@ -221,13 +226,11 @@ class RolloutStore:
                stale_after_s: float) -> tuple[Rollout, str]:
         """Take the model's lock and record a new running rollout owned by this process; returns it and the
         owner token. RolloutLocked (naming the other rollout and whether its controller lives) when held."""
-        import sqlalchemy as sa
-
         now, token = time.time(), secrets.token_hex(16)
         try:
             with self.engine.begin() as conn:
                 result = conn.execute(self.rollouts.insert().values(
-                    model=model, version=str(version), stable_version=stable_version, status="running",
+                    model=model, version=str(version), stable_version=stable_version, status=RolloutStatus.RUNNING,
                     step_index=-1, weight=0, config=json.dumps(config), actuator=json.dumps(actuator),
                     traffic_url=traffic_url, probe=json.dumps(probe), reason="", failures=0, started=now,
                     updated=now, finished=None, owner_pid=os.getpid(), owner_host=socket.gethostname(),
@@ -250,8 +253,6 @@ class RolloutStore:
 
     def take_over(self, rollout_id: int, old_token: str | None) -> str:
         """Become the rollout's controller if it is still owned by `old_token`; returns the new token."""
-        import sqlalchemy as sa
-
         token, t = secrets.token_hex(16), self.rollouts
         with self.engine.begin() as conn:
             cond = t.c.owner_token.is_(None) if old_token is None else t.c.owner_token == old_token
@@ -265,8 +266,6 @@ class RolloutStore:
 
     def heartbeat(self, rollout_id: int, token: str) -> bool:
         """Stamp liveness; False when this process no longer owns the rollout (taken over, or finished)."""
-        import sqlalchemy as sa
-
         t = self.rollouts
         with self.engine.begin() as conn:
             n = conn.execute(sa.update(t).where(t.c.id == rollout_id, t.c.owner_token == token,
@@ -274,18 +273,15 @@ class RolloutStore:
         return n == 1
 
     def set_step(self, rollout_id: int, step_index: int, weight: int, failures: int | None = None) -> None:
-        import sqlalchemy as sa
-
         values: dict[str, Any] = {"step_index": step_index, "weight": weight, "updated": time.time()}
         if failures is not None:
             values["failures"] = failures
         with self.engine.begin() as conn:
             conn.execute(sa.update(self.rollouts).where(self.rollouts.c.id == rollout_id).values(**values))
 
-    def transition(self, rollout_id: int, from_status: tuple[str, ...], to_status: str, reason: str = "") -> bool:
+    def transition(self, rollout_id: int, from_status: tuple[RolloutStatus, ...], to_status: RolloutStatus,
+                   reason: str = "") -> bool:
         """Compare-and-set the status; a final status also releases the model's lock. False: lost the race."""
-        import sqlalchemy as sa
-
         t, now = self.rollouts, time.time()
         with self.engine.begin() as conn:
             values: dict[str, Any] = {"status": to_status, "updated": now}
