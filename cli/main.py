@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import canary, data, demo, engine, log, model, models, monitor, pipeline, router, run, schedule, serve
+from cli import canary, data, demo, engine, log, model, models, monitor, pipeline, review, router, run, schedule, serve
 
 app = typer.Typer(
     name="llmops",
@@ -27,6 +27,7 @@ app.add_typer(schedule.app, name="schedule", help="Retraining on a schedule: KFP
               "durable local scheduler.")
 app.add_typer(canary.app, name="canary", help="Canary rollouts: start (metric-gated steps), status, promote, "
               "abort, resume, history.")
+app.add_typer(review.app, name="review", help="The review queue: accept / edit / reject feedback (web page or CLI).")
 app.command("serve")(serve.serve)
 app.command("router")(router.router)
 

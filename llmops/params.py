@@ -257,6 +257,15 @@ class InferenceLogParams(_Section):
     max_rows: int = 1_000_000  # ...and the oldest beyond this many
     prune_interval_s: float = 3600.0  # how often the pruning thread prunes while serving
     export_min_rows: int = 1  # `log export` validates with the records suite, min_rows = this
+    preference_dir: str = "data/preferences"  # `log export --kind preference --dvc` writes here (DPO pairs)
+
+
+class ReviewParams(_Section):
+    """`llmops review serve`: the review queue's web page (monitoring/review)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8790
+    session_hours: float = 12.0  # a signed-in browser session lasts this long
 
 
 class MonitoringLogParams(_Section):
@@ -539,6 +548,7 @@ class Params(_Section):
     drift: DriftParams = DriftParams()
     monitoring: MonitoringParams = MonitoringParams()
     inference_log: InferenceLogParams = InferenceLogParams()
+    review: ReviewParams = ReviewParams()
     privacy: PrivacyParams = PrivacyParams()
     canary: CanaryParams
 

@@ -401,6 +401,25 @@ def validate_splits(paths: Mapping[str, Path], settings: Settings, params: Param
     return validate_frames(frames, settings, params, report_dir, leakage=True, data_docs=data_docs)
 
 
+def validate_with_suite(frames: Mapping[str, Any], suite_file: str, settings: Settings, params: Params, *,
+                        index_columns: tuple[str, ...] = (), report_dir: Path | None = None,
+                        data_docs: bool = True) -> ValidationResult:
+    """Validate frames the caller derived (e.g. preference pairs with their token counts) with another suite of
+    data/expectations/; the same $PARAMETERs (data.limits) and the same failure reports as the records suite."""
+    t0 = time.perf_counter()
+    for name, df in frames.items():
+        check_encodable(df, name)
+    suite = expectations_dir(settings) / suite_file
+    runs = [_Run(name, df, suite, list(index_columns)) for name, df in frames.items()]
+    try:
+        result = _validate(runs, params, _report_dir(settings, report_dir, data_docs), {})
+    except OSError as exc:
+        raise DataError(f"could not write the validation report: {exc}", "check --report-dir") from None
+    result.rows = {name: len(df) for name, df in frames.items()}
+    result.seconds = round(time.perf_counter() - t0, 3)
+    return result
+
+
 __all__ = [
     "COLUMNS",
     "Failure",
@@ -408,4 +427,5 @@ __all__ = [
     "validate_file",
     "validate_frames",
     "validate_splits",
+    "validate_with_suite",
 ]

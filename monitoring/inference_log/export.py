@@ -1,7 +1,12 @@
 """`llmops log export`: feedback on logged answers -> a validated training dataset (optionally a DVC version).
 
+Only feedback a reviewer ACCEPTED (`llmops review`, monitoring/review) is read: `reviewed` is the gate every
+export goes through, and an edit's correction/rating stand in for the user's. `--kind preference` writes DPO pairs
+instead (preferences.py, its own GX suite, inference_log.preference_dir). Every record then passes
+`before_writing` (the one place for PII scrubbing) before validation and writing.
+
 Which logged requests become records (the rule, in order):
-1. only answered requests (status 200) with feedback; the LATEST feedback on a request decides;
+1. only answered requests (status 200) with accepted feedback; the LATEST accepted feedback on a request decides;
 2. a correction (non-null) is the target: `output` = the correction, whatever the rating;
 3. without a correction, a request rated good (1) keeps its logged answer; -1 / 0 / comment-only are left out;
 4. the prompt must be what training formats: ONE user turn (chat / Responses messages with a single `user`
@@ -21,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,51 +124,118 @@ def feedback_dir(settings: Settings, params: Params) -> Path:
                       "the export", f"add `- {{name: {SOURCE}, path: data/feedback}}` to data.sources")
 
 
+KINDS = ("sft", "preference")
+_EMPTY = {"sft": "no accepted feedback-corrected or positively rated answers in that window",
+          "preference": "no accepted correction or opposite good/bad ratings on one prompt in that window"}
+
+
+def reviewed(log: InferenceLog, since: float, until: float) -> tuple[list[LoggedRequest], int]:
+    """THE REVIEW GATE: the window's requests with only the feedback a reviewer ACCEPTED (`llmops review`; an
+    edit's values in place of the user's), and how many had feedback but none accepted. Every export reads the
+    log through here, so an unreviewed or rejected correction never reaches a dataset."""
+    from monitoring.review.queue import accepted_only
+
+    return accepted_only(log.store, log.query(since, until))
+
+
+def before_writing(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """The one place every exported record passes after the review gate and before it is validated and written
+    (both kinds): PII scrubbing (llmops/privacy) belongs here."""
+    return records
+
+
 def export_feedback(log: InferenceLog, settings: Settings, params: Params, *, since: float,
                     until: float | None = None, dvc: bool = False, out: Path | None = None, name: str | None = None,
-                    push: bool = True, report_dir: Path | None = None, data_docs: bool = True) -> ExportResult:
-    """Collect, validate, then write (to `out`, or as a DVC-tracked dataset in the feedback source folder)."""
-    import pandas as pd
-
-    from llmops.data.records import COLUMNS, write_jsonl
-    from llmops.data.validate import validate_frames
-
+                    push: bool = True, report_dir: Path | None = None, data_docs: bool = True,
+                    kind: str = "sft") -> ExportResult:
+    """Gate, collect, validate, then write (to `out`, or as a DVC-tracked dataset): `kind` "sft" = records for
+    the `feedback` source by the rule above, "preference" = pairs (preferences.py) in inference_log.preference_dir."""
+    if kind not in KINDS:
+        raise LlmopsError(f"unknown export kind {kind!r}", "use --kind sft or --kind preference")
     if dvc == (out is not None):
         raise LlmopsError("say where the export goes", "pass --dvc (a new dataset version) or --out FILE, not both")
     until = dt.datetime.now(dt.UTC).timestamp() if until is None else until
-    name = name or "feedback-" + dt.datetime.fromtimestamp(until, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    prefix = "feedback" if kind == "sft" else "preferences"
+    name = name or f"{prefix}-" + dt.datetime.fromtimestamp(until, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     if not _NAME.match(name):
         raise LlmopsError(f"invalid dataset name {name!r}", "use letters, digits, '.', '_' or '-' (at most 64)")
     dest = None
     if dvc:
-        dest = feedback_dir(settings, params) / f"{name}.jsonl"
+        folder = feedback_dir(settings, params) if kind == "sft" else preference_dir(settings, params)
+        dest = folder / f"{name}.jsonl"
         if dest.exists() or dest.with_name(dest.name + ".dvc").exists():
             raise LlmopsError(f"an export named {name!r} already exists ({dest})", "pass another --name")
-    records, skipped = feedback_records(log.query(since, until))
+    requests, held_back = reviewed(log, since, until)
+    records, skipped = _collect(kind, requests)
+    if held_back:
+        skipped["feedback not accepted in review (pending or rejected)"] = held_back
+    records = before_writing(records, kind)
     result = ExportResult(rows=len(records), skipped=skipped, since=since, until=until)
     if not records:
-        raise DataError("no feedback-corrected or positively rated answers in that window"
-                        + (f" (skipped: {skipped})" if skipped else ""),
-                        "collect feedback with POST /v1/feedback, or widen --since/--until")
-    frame = pd.DataFrame(records, columns=list(COLUMNS))
-    checked = validate_frames({name: frame}, settings, _with_min_rows(params, params.inference_log.export_min_rows),
-                              report_dir=report_dir, data_docs=data_docs)
+        fix = "review the feedback (`llmops review`), collect more with POST /v1/feedback, or widen --since/--until"
+        raise DataError(_EMPTY[kind] + (f" (skipped: {skipped})" if skipped else ""), fix)
+    checked = _check(kind, records, name, settings, params, report_dir, data_docs)
     result.validation = checked.to_dict()
     if not checked.success:
-        raise ExportRefused(f"the export breaks {len(checked.failures)} expectation(s) of the records suite: "
+        suite = "records" if kind == "sft" else "preferences"
+        raise ExportRefused(f"the export breaks {len(checked.failures)} expectation(s) of the {suite} suite: "
                             "nothing was written",
-                            "fix or delete the bad feedback (e.g. an empty correction) and export again",
-                            checked.to_dict())
+                            "edit or reject the bad feedback in `llmops review` (e.g. an empty correction) and "
+                            "export again", checked.to_dict())
+    write = _writer(kind)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".part")
-        write_jsonl(records, tmp)
+        write(records, tmp)
         tmp.replace(out)
         result.path = str(out)
         return result
     assert dest is not None
-    _track(dest, records, settings, push, result)
+    _track(dest, records, settings, push, result, write)
     return result
+
+
+def _collect(kind: str, requests: list[LoggedRequest]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    if kind == "sft":
+        return feedback_records(requests)
+    from monitoring.inference_log.preferences import preference_records
+
+    return preference_records(requests)
+
+
+def _check(kind: str, records: list[dict[str, Any]], name: str, settings: Settings, params: Params,
+           report_dir: Path | None, data_docs: bool) -> Any:
+    """The kind's GX suite (records.json / preferences.json), min_rows = inference_log.export_min_rows."""
+    import pandas as pd
+
+    from llmops.data.records import COLUMNS
+    from llmops.data.validate import tokenizer_file, validate_frames, validate_with_suite
+
+    checked_params = _with_min_rows(params, params.inference_log.export_min_rows)
+    if kind == "sft":
+        frame = pd.DataFrame(records, columns=list(COLUMNS))
+        return validate_frames({name: frame}, settings, checked_params, report_dir=report_dir, data_docs=data_docs)
+    from monitoring.inference_log.preferences import SUITE, preference_frame
+
+    frame = preference_frame(records, tokenizer_file(settings, params))
+    return validate_with_suite({name: frame}, SUITE, settings, checked_params, report_dir=report_dir,
+                               data_docs=data_docs)
+
+
+def _writer(kind: str) -> Callable[[list[dict[str, Any]], Path], Any]:
+    from llmops.data.records import write_jsonl
+
+    if kind == "sft":
+        return write_jsonl
+    from monitoring.inference_log.preferences import write_preferences
+
+    return write_preferences
+
+
+def preference_dir(settings: Settings, params: Params) -> Path:
+    """Where preference exports go (params.yaml inference_log.preference_dir)."""
+    path = Path(params.inference_log.preference_dir)
+    return path if path.is_absolute() else settings.project_dir / path
 
 
 def _with_min_rows(params: Params, min_rows: int) -> Params:
@@ -170,16 +243,16 @@ def _with_min_rows(params: Params, min_rows: int) -> Params:
     return params.model_copy(update={"data": data})
 
 
-def _track(dest: Path, records: list[dict[str, str]], settings: Settings, push: bool, result: ExportResult) -> None:
+def _track(dest: Path, records: list[dict[str, Any]], settings: Settings, push: bool, result: ExportResult,
+           write: Callable[[list[dict[str, Any]], Path], Any]) -> None:
     """Write `dest`, `dvc add` it (put back exactly what was there if that fails), push it."""
     from llmops.data import dvc as dvcops
-    from llmops.data.records import write_jsonl
 
     dvc_file, gitignore = dest.with_name(dest.name + ".dvc"), dest.parent / ".gitignore"
     existed = {p: p.read_bytes() for p in (gitignore,) if p.is_file()}
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
-    write_jsonl(records, tmp)
+    write(records, tmp)
     tmp.replace(dest)
     try:
         dvcops.add(dest, settings=settings, repo_dir=settings.project_dir)

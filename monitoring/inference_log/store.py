@@ -101,6 +101,33 @@ review_audit_table = sa.Table(
     sa.Column("after", sa.Text, nullable=False),  # JSON: the same after it
 )
 
+# Review of feedback before it may become training data (monitoring/review): no row = pending. `correction` and
+# `rating` are what the reviewer let through (an edit changes them); every decision is also kept in review_audit.
+review_table = sa.Table(
+    "feedback_review", metadata,
+    sa.Column("feedback_id", sa.Integer, primary_key=True),  # feedback.id
+    sa.Column("request_id", sa.String(128), nullable=False, index=True),
+    sa.Column("status", sa.String(16), nullable=False),  # accepted | rejected (edited items are accepted)
+    sa.Column("rating", sa.Integer),
+    sa.Column("correction", sa.Text),
+    sa.Column("edited", sa.Boolean, nullable=False, default=False),
+    sa.Column("reviewer", sa.String(128), nullable=False),
+    sa.Column("time", sa.Float, nullable=False),
+)
+review_audit_table = sa.Table(
+    "review_audit", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("feedback_id", sa.Integer, nullable=False, index=True),
+    sa.Column("request_id", sa.String(128), nullable=False),
+    sa.Column("time", sa.Float, nullable=False),
+    sa.Column("reviewer", sa.String(128), nullable=False),  # who: the name given, plus how and with which key
+    sa.Column("via", sa.String(16), nullable=False),  # cli | web
+    sa.Column("key_id", sa.String(32)),
+    sa.Column("action", sa.String(16), nullable=False),  # accept | edit | reject
+    sa.Column("before", sa.Text, nullable=False),  # JSON: status, rating, correction before the decision
+    sa.Column("after", sa.Text, nullable=False),  # JSON: the same after it
+)
+
 _KEPT_FROM_EITHER = ("model_version", "session", "side", "mean_logprob")
 
 
@@ -336,6 +363,7 @@ class SqlStore(LogStore):
                 by_size = self._delete_chunked(t.c.id <= cutoff)
         with self.engine.begin() as conn:
             orphans = conn.execute(f.delete().where(f.c.request_id.not_in(sa.select(t.c.request_id)))).rowcount
+            conn.execute(review_table.delete().where(review_table.c.feedback_id.not_in(sa.select(f.c.id))))
             conn.execute(review_table.delete().where(review_table.c.feedback_id.not_in(sa.select(f.c.id))))
         return {"deleted_by_age": by_age, "deleted_by_size": by_size, "feedback_deleted": orphans}
 

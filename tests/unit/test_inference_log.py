@@ -21,6 +21,7 @@ from llmops.timeparse import parse_time
 from monitoring.inference_log import InferenceLog, UnknownRequest, open_log
 from monitoring.inference_log.export import ExportRefused, export_feedback, feedback_records
 from monitoring.inference_log.store import open_store
+from monitoring.review.queue import ReviewQueue
 from serving.records import RequestRecord
 
 REPO = Path(__file__).resolve().parents[2]
@@ -205,6 +206,9 @@ def test_export_validates_then_tracks_with_dvc_and_refuses_a_bad_correction(dvc_
         ilog.feedback("r0", -1, "A corrected answer.")
         ilog.feedback("r1", 1)
         ilog.feedback("r2", -1)
+        queue = ReviewQueue(ilog.store)  # only reviewed feedback is exported: accept all three
+        for item in queue.items():
+            queue.decide(item.id, "accept", reviewer="test")
         result = export_feedback(ilog, settings, params, since=since, dvc=True, name="fb1", data_docs=False)
         assert result.rows == 2 and result.path == "data/feedback/fb1.jsonl" and result.pushed
         path = settings.project_dir / result.path
@@ -215,6 +219,7 @@ def test_export_validates_then_tracks_with_dvc_and_refuses_a_bad_correction(dvc_
         assert result.md5 and result.md5 in (settings.project_dir / "data/feedback/fb1.jsonl.dvc").read_text()
 
         ilog.feedback("r3", -1, "   ")  # a blank correction: the records suite refuses the export
+        queue.decide(queue.items()[0].id, "accept", reviewer="test")
         with pytest.raises(ExportRefused) as refused:
             export_feedback(ilog, settings, params, since=since, dvc=True, name="fb2", data_docs=False)
         assert "output" in json.dumps(refused.value.validation["failures"])
