@@ -85,6 +85,7 @@ def _clear_dead_local_rollout(settings: Settings, name: str) -> str | None:
     from serving.rollout.config import RolloutConfig
     from serving.rollout.controller import abort_rollout, open_store
     from serving.rollout.errors import RolloutError
+    from serving.rollout.state import ACTIVE, RolloutStatus
 
     store = open_store(settings)
     r = store.active(name)
@@ -96,8 +97,8 @@ def _clear_dead_local_rollout(settings: Settings, name: str) -> str | None:
     try:
         abort_rollout(settings, name, reason=why)
     except RolloutError:  # its router died with it: nothing serves the canary any more
-        if store.transition(r.id, ("running", "promoting", "aborting"), "aborted", why + " (router gone)"):
-            store.record(r.id, r.step_index, 0, "abort", verdict="aborted", message=why + " (router gone)")
+        if store.transition(r.id, ACTIVE, RolloutStatus.ABORTED, why + " (router gone)"):
+            store.record(r.id, r.step_index, 0, "abort", verdict=RolloutStatus.ABORTED, message=why + " (router gone)")
     return f"aborted stale rollout {r.id} of {name}/{r.version}: {why}"
 
 

@@ -14,15 +14,33 @@ Rules (Argo/Flagger semantics, plus LLM quality):
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from llmops.params import CanaryAnalysisParams, LatencyBound, QualityBound
 from serving.rollout.actuators.base import SideStats, WindowStats
 
-Verdict = Literal["pass", "fail", "inconclusive"]
-MetricVerdict = Literal["pass", "fail", "inconclusive", "no_data"]
+
+class MetricVerdict(enum.StrEnum):
+    """One metric's verdict on a window."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+    NO_DATA = "no_data"
+
+
+class StepVerdict(enum.StrEnum):
+    """How a canary step ends: `analyse` gives pass, fail or inconclusive; the controller adds `stopped` (the
+    rollout was finished or taken over elsewhere) and `probe_error` (the golden-set probe could not run)."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+    STOPPED = "stopped"
+    PROBE_ERROR = "probe_error"
 
 
 @dataclass(frozen=True)
@@ -48,7 +66,7 @@ class MetricResult:
 
 @dataclass(frozen=True)
 class Analysis:
-    verdict: Verdict
+    verdict: StepVerdict
     metrics: tuple[MetricResult, ...]
     stable: SideStats
     canary: SideStats
@@ -59,7 +77,7 @@ class Analysis:
 
     @property
     def breaches(self) -> list[MetricResult]:
-        return [m for m in self.metrics if m.verdict == "fail"]
+        return [m for m in self.metrics if m.verdict == MetricVerdict.FAIL]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +86,10 @@ class Analysis:
             "metrics": [m.to_json() for m in self.metrics],
             "quality": asdict(self.quality) if self.quality else None, "notes": list(self.notes),
         }
+
+
+def _judge(breached: bool) -> MetricVerdict:
+    return MetricVerdict.FAIL if breached else MetricVerdict.PASS
 
 
 def _rate(side: SideStats) -> float:
@@ -80,10 +102,10 @@ def _error_metrics(window: WindowStats, bound, enough: bool) -> list[MetricResul
              f"{window.stable.requests}"
     out = []
     if bound.max is not None:
-        verdict = "inconclusive" if not enough else ("fail" if c > bound.max else "pass")
+        verdict = _judge(c > bound.max) if enough else MetricVerdict.INCONCLUSIVE
         out.append(MetricResult("error_rate", c, bound.max, verdict, detail))
     if bound.max_delta is not None:
-        verdict = "inconclusive" if not enough else ("fail" if c - s > bound.max_delta else "pass")
+        verdict = _judge(c - s > bound.max_delta) if enough else MetricVerdict.INCONCLUSIVE
         out.append(MetricResult("error_rate_delta", c - s, bound.max_delta, verdict, detail))
     return out
 
@@ -93,15 +115,16 @@ def _latency_metric(name: str, canary: float | None, stable: float | None, bound
     if bound.max_ratio is None:
         return []
     if not enough:
-        return [MetricResult(name, None, bound.max_ratio, "inconclusive", "too few requests")]
+        return [MetricResult(name, None, bound.max_ratio, MetricVerdict.INCONCLUSIVE, "too few requests")]
     if canary is None and stable is None:
-        return [MetricResult(name, None, bound.max_ratio, "no_data", "not measured on either side")]
+        return [MetricResult(name, None, bound.max_ratio, MetricVerdict.NO_DATA, "not measured on either side")]
     if canary is None or stable is None:
         side = "canary" if canary is None else "stable"
-        return [MetricResult(name, None, bound.max_ratio, "inconclusive", f"not measured on the {side} side")]
+        return [MetricResult(name, None, bound.max_ratio, MetricVerdict.INCONCLUSIVE,
+                             f"not measured on the {side} side")]
     ratio = canary / stable if stable > 0 else (1.0 if canary <= 0 else math.inf)
     delta = canary - stable
-    verdict = "fail" if ratio > bound.max_ratio and delta > bound.min_delta_s else "pass"
+    verdict = _judge(ratio > bound.max_ratio and delta > bound.min_delta_s)
     return [MetricResult(name, ratio, bound.max_ratio, verdict,
                          f"canary {canary:.3f}s / stable {stable:.3f}s (+{delta:.3f}s, noise floor "
                          f"{bound.min_delta_s:g}s)")]
@@ -114,12 +137,12 @@ def _quality_metrics(name: str, q: QualityScores, bound: QualityBound) -> list[M
     detail = f"canary {c:.3f}, stable {s:.3f} over {q.examples} golden prompts"
     out = []
     if bound.max_drop is not None:
-        out.append(MetricResult(f"{name}_drop", s - c, bound.max_drop, "fail" if s - c > bound.max_drop else "pass",
+        out.append(MetricResult(f"{name}_drop", s - c, bound.max_drop, _judge(s - c > bound.max_drop),
                                 detail))
     if bound.min_ratio is not None:
         ratio = c / s if s > 0 else (1.0 if c >= s else 0.0)
         out.append(MetricResult(f"{name}_ratio", ratio, bound.min_ratio,
-                                "fail" if ratio < bound.min_ratio else "pass", detail))
+                                _judge(ratio < bound.min_ratio), detail))
     return out
 
 
@@ -137,7 +160,9 @@ def analyse(window: WindowStats, bounds: CanaryAnalysisParams, min_requests: int
         for name in ("rouge_l", "embed_similarity", "judge"):
             metrics += _quality_metrics(name, quality, getattr(bounds, name))
     elif quality_pending:
-        metrics.append(MetricResult("quality", None, None, "inconclusive", "golden-set probe not scored yet"))
+        metrics.append(MetricResult("quality", None, None, MetricVerdict.INCONCLUSIVE,
+                                    "golden-set probe not scored yet"))
     verdicts = {m.verdict for m in metrics}
-    verdict: Verdict = "fail" if "fail" in verdicts else "inconclusive" if "inconclusive" in verdicts else "pass"
+    verdict = (StepVerdict.FAIL if MetricVerdict.FAIL in verdicts else StepVerdict.INCONCLUSIVE
+               if MetricVerdict.INCONCLUSIVE in verdicts else StepVerdict.PASS)
     return Analysis(verdict, tuple(metrics), window.stable, window.canary, enough, min_requests, quality, notes)

@@ -29,11 +29,11 @@ from llmops.params import Params
 from llmops.registry import Registry, default_actor
 from llmops.settings import Settings
 from serving.rollout.actuators.base import Actuator, SideStats, WindowStats
-from serving.rollout.analysis import Analysis, QualityScores, analyse
+from serving.rollout.analysis import Analysis, QualityScores, StepVerdict, analyse
 from serving.rollout.config import RolloutConfig, calibrate, resolve
 from serving.rollout.errors import RolloutError
 from serving.rollout.loadgen import LoadGenerator
-from serving.rollout.state import ACTIVE, Rollout, RolloutStore
+from serving.rollout.state import ACTIVE, Rollout, RolloutStatus, RolloutStore
 
 Progress = Callable[[dict[str, Any]], None]
 TAG = "canary"  # model version tags: canary.verdict, canary.rejected.step, canary.rejected.metric...
@@ -45,7 +45,7 @@ class RolloutOutcome:
     model: str
     version: str
     stable_version: str | None
-    status: str  # promoted | rolled_back | inconclusive | aborted (or running when another process took over)
+    status: RolloutStatus  # promoted | rolled_back | inconclusive | aborted (running: another process took over)
     reason: str
     breach: dict[str, Any] | None = None
     decisions: list[dict[str, Any]] = field(default_factory=list)
@@ -53,7 +53,7 @@ class RolloutOutcome:
 
     @property
     def promoted(self) -> bool:
-        return self.status == "promoted"
+        return self.status == RolloutStatus.PROMOTED
 
     def to_json(self) -> dict[str, Any]:
         return {"rollout_id": self.rollout_id, "model": self.model, "version": self.version,
@@ -149,7 +149,7 @@ class _Run:
         return self.store.get(self.rollout.id)
 
     def _still_ours(self, beat: _Heartbeat) -> bool:
-        return not beat.lost.is_set() and self._current().status == "running"
+        return not beat.lost.is_set() and self._current().status == RolloutStatus.RUNNING
 
     def drive(self) -> RolloutOutcome:
         r, cfg = self.rollout, self.cfg
@@ -163,9 +163,9 @@ class _Run:
                 prev_stable: SideStats | None = None
                 for index in range(max(0, r.step_index), len(cfg.steps)):
                     verdict, prev_stable, analysis = self._step(index, quality, prev_stable, beat)
-                    if verdict == "stopped":
+                    if verdict == StepVerdict.STOPPED:
                         return self._outcome(load)
-                    if verdict != "pass":
+                    if verdict != StepVerdict.PASS:
                         return self._finish_bad(index, verdict, analysis, quality, load)
                 if not self._still_ours(beat):
                     return self._outcome(load)
@@ -177,26 +177,27 @@ class _Run:
                     load.stop()
 
     def _step(self, index: int, quality: _QualityProbe, prev_stable: SideStats | None, beat: _Heartbeat
-              ) -> tuple[str, SideStats | None, Analysis | None]:
+              ) -> tuple[StepVerdict, SideStats | None, Analysis | None]:
         step, p = self.cfg.steps[index], self.cfg.params
         if not self._still_ours(beat):
-            return "stopped", prev_stable, None
+            return StepVerdict.STOPPED, prev_stable, None
         self.actuator.set_canary_weight(step.weight)
         self.store.set_step(self.rollout.id, index, step.weight)
         self.store.record(self.rollout.id, index, step.weight, "weight", message=f"canary weight {step.weight}%")
-        if self._current().status in ("aborted", "rolled_back", "inconclusive"):  # aborted while we set it
+        if self._current().status in (RolloutStatus.ABORTED, RolloutStatus.ROLLED_BACK,
+                                       RolloutStatus.INCONCLUSIVE):  # aborted while we set it
             self.actuator.abort()
-            return "stopped", prev_stable, None
+            return StepVerdict.STOPPED, prev_stable, None
         t0 = since = time.time()
         quality_recorded = False
         while True:
             deadline = time.time() + p.interval_s
             while time.time() < deadline:
                 if beat.lost.is_set():
-                    return "stopped", prev_stable, None
+                    return StepVerdict.STOPPED, prev_stable, None
                 time.sleep(min(0.25, max(0.0, deadline - time.time())))
             if not self._still_ours(beat):
-                return "stopped", prev_stable, None
+                return StepVerdict.STOPPED, prev_stable, None
             now = time.time()
             window = self.actuator.window(since, now)
             notes: tuple[str, ...] = ()
@@ -212,60 +213,60 @@ class _Run:
                                   metrics={"scores": quality.result.__dict__ if quality.result else None,
                                            **quality.detail}, message=quality.error or "golden-set probe scored")
             if quality.error:
-                return "probe_error", prev_stable, None
+                return StepVerdict.PROBE_ERROR, prev_stable, None
             analysis = analyse(window, p.analysis, step.min_requests, quality=quality.result,
                                quality_pending=quality.result is None, notes=notes)
             elapsed = now - t0
             self._emit(kind="analysis", step=index + 1, steps=len(self.cfg.steps), weight=step.weight,
                        elapsed_s=elapsed, min_duration_s=step.min_duration_s, analysis=analysis.to_json())
-            if analysis.verdict == "fail":
+            if analysis.verdict == StepVerdict.FAIL:
                 self.failures += 1
                 self.store.set_step(self.rollout.id, index, step.weight, failures=self.failures)
-                self.store.record(self.rollout.id, index, step.weight, "analysis", verdict="fail",
+                self.store.record(self.rollout.id, index, step.weight, "analysis", verdict=StepVerdict.FAIL,
                                   metrics=analysis.to_json(), message=_breach_text(analysis),
                                   at=now)
                 if self.failures > p.failure_limit:
-                    return "fail", prev_stable, analysis
+                    return StepVerdict.FAIL, prev_stable, analysis
                 since = now  # tolerated (failure_limit): judge fresh evidence next
                 continue
-            if analysis.verdict == "pass" and elapsed >= step.min_duration_s:
-                self.store.record(self.rollout.id, index, step.weight, "analysis", verdict="pass",
+            if analysis.verdict == StepVerdict.PASS and elapsed >= step.min_duration_s:
+                self.store.record(self.rollout.id, index, step.weight, "analysis", verdict=StepVerdict.PASS,
                                   metrics=analysis.to_json(), message=f"step {index + 1} passed", at=now)
-                return "pass", window.stable if step.weight < 100 else prev_stable, analysis
+                return StepVerdict.PASS, window.stable if step.weight < 100 else prev_stable, analysis
             if elapsed >= p.max_step_duration_s:
-                self.store.record(self.rollout.id, index, step.weight, "analysis", verdict="inconclusive",
+                self.store.record(self.rollout.id, index, step.weight, "analysis", verdict=StepVerdict.INCONCLUSIVE,
                                   metrics=analysis.to_json(), at=now,
                                   message=f"after {elapsed:.0f}s: {analysis.stable.requests} stable / "
                                           f"{analysis.canary.requests} canary requests (need {step.min_requests} "
                                           "each)" if not analysis.enough_requests else "quality not scored")
-                return "inconclusive", prev_stable, analysis
+                return StepVerdict.INCONCLUSIVE, prev_stable, analysis
 
-    def _finish_bad(self, index: int, verdict: str, analysis: Analysis | None, quality: _QualityProbe,
+    def _finish_bad(self, index: int, verdict: StepVerdict, analysis: Analysis | None, quality: _QualityProbe,
                     load: LoadGenerator | None) -> RolloutOutcome:
         """Weight to 0 first (at once), then the record, the status and the version's tags."""
         self.actuator.abort()
         step = self.cfg.steps[index]
         breach = None
-        if verdict == "fail" and analysis is not None:
+        if verdict == StepVerdict.FAIL and analysis is not None:
             m = analysis.breaches[0]
             breach = {"step": index + 1, "weight": step.weight, "metric": m.name, "value": m.value,
                       "threshold": m.threshold, "detail": m.detail,
                       "all": [b.name for b in analysis.breaches]}
             reason = f"step {index + 1} ({step.weight}%): {_breach_text(analysis)}"
-            status = "rolled_back"
-        elif verdict == "probe_error":
-            reason, status = f"quality probe failed: {quality.error}", "rolled_back"
+            status = RolloutStatus.ROLLED_BACK
+        elif verdict == StepVerdict.PROBE_ERROR:
+            reason, status = f"quality probe failed: {quality.error}", RolloutStatus.ROLLED_BACK
             breach = {"step": index + 1, "weight": step.weight, "metric": "quality_probe", "value": None,
                       "threshold": None, "detail": quality.error}
         else:
             reason, status = f"step {index + 1} ({step.weight}%) inconclusive after " \
                              f"{self.cfg.params.max_step_duration_s:g}s: too few requests or no quality score", \
-                "inconclusive"
-        if not self.store.transition(self.rollout.id, ("running",), status, reason):
+                RolloutStatus.INCONCLUSIVE
+        if not self.store.transition(self.rollout.id, (RolloutStatus.RUNNING,), status, reason):
             return self._outcome(load)  # finished by someone else meanwhile (a manual abort or promote)
         self.store.record(self.rollout.id, index, 0, "abort", verdict=status, metrics={"breach": breach},
                           message=reason)
-        tags: dict[str, Any] = {"verdict": "rejected" if status == "rolled_back" else status,
+        tags: dict[str, Any] = {"verdict": "rejected" if status == RolloutStatus.ROLLED_BACK else status,
                                 "rollout_id": self.rollout.id, "reason": reason}
         if breach:
             tags.update({f"rejected.{k}": ("" if v is None else v) for k, v in breach.items()
@@ -303,22 +304,23 @@ def _complete_promotion(settings: Settings, store: RolloutStore, registry: Regis
                         load: LoadGenerator | None = None) -> RolloutOutcome:
     """running -> promoting -> (audited champion move, actuator.promote) -> promoted; resumable from promoting."""
     r = store.get(rollout_id)
-    if r.status == "running" and not store.transition(rollout_id, ("running",), "promoting", reason):
+    if r.status == RolloutStatus.RUNNING and not store.transition(rollout_id, (RolloutStatus.RUNNING,),
+                                                                     RolloutStatus.PROMOTING, reason):
         return _outcome(store, store.get(rollout_id), load)
     r = store.get(rollout_id)
-    if r.status != "promoting":
+    if r.status != RolloutStatus.PROMOTING:
         return _outcome(store, r, load)
     champion = registry.alias_version(r.model, "champion")
     if champion not in (r.stable_version, r.version):
         actuator.abort()
         why = f"champion moved to {champion} during the rollout (it started from {r.stable_version}): not promoting"
-        store.transition(rollout_id, ("promoting",), "aborted", why)
+        store.transition(rollout_id, (RolloutStatus.PROMOTING,), RolloutStatus.ABORTED, why)
         store.record(rollout_id, r.step_index, 0, "abort", verdict="aborted", message=why)
         return _outcome(store, store.get(rollout_id), load)
     event = registry.promote(r.model, r.version, "champion", actor=r.actor,
                              reason=f"canary rollout {rollout_id}: {reason}")
     actuator.promote()
-    store.transition(rollout_id, ("promoting",), "promoted", reason)
+    store.transition(rollout_id, (RolloutStatus.PROMOTING,), RolloutStatus.PROMOTED, reason)
     store.record(rollout_id, r.step_index, 100, "promote", verdict="promoted",
                  metrics={"audit_event": event, "by_hand": by_hand}, message=reason)
     _tag(registry, r.model, r.version, {"verdict": "promoted", "rollout_id": rollout_id, "reason": reason})
@@ -390,7 +392,8 @@ def start_rollout(settings: Settings, name: str, version: str, actuator: Actuato
             prepare()
         actuator.set_canary_weight(0)
     except Exception as exc:
-        store.transition(rollout.id, ("running",), "aborted", f"could not prepare the canary: {exc}")
+        store.transition(rollout.id, (RolloutStatus.RUNNING,), RolloutStatus.ABORTED,
+                         f"could not prepare the canary: {exc}")
         raise
     return _Run(settings, store, store.get(rollout.id), token, actuator, progress).drive()
 
@@ -420,10 +423,10 @@ def resume_rollout(settings: Settings, name: str, *, actuator: Actuator | None =
     actuator = actuator or build(r.actuator, settings)
     store.record(r.id, r.step_index, r.weight, "resume",
                  message=f"resumed by {default_actor()} at step {max(r.step_index, 0) + 1} (status {r.status})")
-    if r.status == "promoting":
+    if r.status == RolloutStatus.PROMOTING:
         return _complete_promotion(settings, store, Registry(settings), actuator, r.id, reason=r.reason or
                                    "promotion resumed", by_hand=False, progress=progress or (lambda _e: None))
-    if r.status == "aborting":
+    if r.status == RolloutStatus.ABORTING:
         return abort_rollout(settings, name, reason=r.reason or "abort resumed", actuator=actuator)
     return _Run(settings, store, store.get(r.id), token, actuator, progress).drive()
 
@@ -445,7 +448,7 @@ def abort_rollout(settings: Settings, name: str, *, reason: str, actuator: Actua
                                f"bring the router/InferenceService back, or `llmops canary abort {name} --force` to "
                                "end the rollout in the state only (then set the weight to 0 by hand)") from None
         reason = f"{reason} (forced: the actuator was unreachable: {exc.cause})"
-    if store.transition(r.id, ACTIVE, "aborted", reason):
+    if store.transition(r.id, ACTIVE, RolloutStatus.ABORTED, reason):
         store.record(r.id, r.step_index, 0, "abort", verdict="aborted", message=f"{default_actor()}: {reason}")
         _tag(Registry(settings), r.model, r.version, {"verdict": "aborted", "rollout_id": r.id, "reason": reason})
     return _outcome(store, store.get(r.id), None)
