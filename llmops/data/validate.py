@@ -61,6 +61,9 @@ class ValidationResult:
     # where the time went: gx_import (0 once imported in this process), derive (token counts, leakage
     # frame), setup (context -> checkpoint), validate (checkpoint runs), data_docs (HTML rendering)
     timings: dict[str, float] = field(default_factory=dict)
+    # near-duplicate pairs inside one dataset (llmops/data/dedup.py): reported, not a failure; across splits
+    # they are the failure `no_near_duplicates_across_splits` (leakage)
+    near_duplicates: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -380,8 +383,27 @@ def validate_frames(frames: Mapping[str, Any], settings: Settings, params: Param
         raise
     except OSError as exc:
         raise DataError(f"could not write the validation report: {exc}", "check --report-dir") from None
+    _check_near_duplicates(frames, params, result, leakage)
     result.seconds = round(time.perf_counter() - t0, 3)
     return result
+
+
+def _check_near_duplicates(frames: Mapping[str, Any], params: Params, result: ValidationResult,
+                           leakage: bool) -> None:
+    """MinHash near-duplicates (params data.dedup): inside a dataset reported, across splits a failure."""
+    from llmops.data.dedup import leakage_message, near_duplicates
+
+    t0 = time.perf_counter()
+    usable = {n: df for n, df in frames.items() if {"instruction", "input", "output"} <= set(df.columns)}
+    pairs = near_duplicates(usable, params.data.dedup) if usable else []
+    result.near_duplicates = [p.to_dict() for p in pairs if p.a == p.b]
+    across = [p for p in pairs if p.a != p.b]
+    if leakage and across:
+        cause, fix = leakage_message(across, params.data.dedup)
+        result.failures.append(Failure("splits", "no_near_duplicates_across_splits", None, f"{cause}. Fix: {fix}",
+                                       len(across), [p.to_dict() for p in across[:MAX_EXAMPLES]]))
+        result.success = False
+    result.timings["derive"] = round(result.timings.get("derive", 0.0) + time.perf_counter() - t0, 3)
 
 
 def validate_file(path: Path, settings: Settings, params: Params, report_dir: Path | None = None,
