@@ -63,7 +63,7 @@ def create_app(queue: ReviewQueue, *, api_key: str | None, reviewer: str, sessio
     async def headers(request: Request, call_next: Any) -> Response:
         response = await call_next(request)
         response.headers.update({"Content-Security-Policy": _CSP, "X-Frame-Options": "DENY",
-                                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+                                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
                                  "Cache-Control": "no-store"})
         return response
 
@@ -100,9 +100,9 @@ def create_app(queue: ReviewQueue, *, api_key: str | None, reviewer: str, sessio
     async def login(request: Request) -> Response:
         if not same_origin(request.headers, request.url.scheme):
             return _error(403, "cross-site sign-in refused")
-        form = await request.form()
-        name = str(form.get("reviewer") or reviewer).strip()
-        if api_key and not token_matches(str(form.get("key") or "").strip(), api_key):
+        form = await _form(request)
+        name = (form.get("reviewer") or reviewer).strip()
+        if api_key and not token_matches((form.get("key") or "").strip(), api_key):
             return RedirectResponse("/?error=key", status_code=303)
         if not _REVIEWER.match(name):
             return RedirectResponse("/?error=name", status_code=303)
@@ -190,6 +190,17 @@ def _add_api(app: FastAPI, queue: ReviewQueue, caller: Any) -> None:
         except LlmopsError as exc:
             return _error(_status_of(exc), exc.cause, exc.fix)
         return JSONResponse({"item": item.to_dict(), "counts": queue.counts()})
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """The sign-in form (application/x-www-form-urlencoded, bounded): its fields' first values."""
+    from urllib.parse import parse_qs
+
+    raw = await request.body()
+    if len(raw) > 4096:
+        return {}
+    fields = parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True)
+    return {k: v[0] for k, v in fields.items() if v}
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
