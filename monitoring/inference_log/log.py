@@ -117,6 +117,8 @@ class InferenceLog:
             await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))  # cancels `fut` on timeout
         except TimeoutError:
             self._not_logged("timeout")
+        except WriterClosed:  # it died with this record queued
+            self._not_logged("writer_down")
         except Exception:  # the writer reported the failure once per batch; count this request
             self._not_logged("error")
 
@@ -138,6 +140,8 @@ class InferenceLog:
             fut.result(timeout=max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             self._not_logged("timeout")
+        except WriterClosed:
+            self._not_logged("writer_down")
         except Exception:
             self._not_logged("error")
 

@@ -1,8 +1,11 @@
 """Where the inference log keeps its rows: one abstract store, one backend per database (as MLflow does it).
 
-`LogStore` says what the log needs from a database; `SqlStore` implements it once with SQLAlchemy Core, and
-the backends differ only where the databases do: `SqliteStore` (local: WAL journal, `synchronous=FULL`, a busy
-timeout so a model server and a router can share one file) and `PostgresStore` (a cluster).
+`LogStore` says what the log needs from a database; `SqlStore` implements it once with SQLAlchemy Core over the
+project's one persistence layer (llmops/db.py: the SQLite policy -- WAL, `synchronous=FULL`, busy timeout, a
+0600 file -- PostgreSQL connect and statement timeouts, alembic migrations in llmops/migrations/inference_log/);
+the backends differ only in their dialect's upsert: `SqliteStore` (local) and `PostgresStore` (a cluster).
+A new column or table is a change to the tables below AND a new revision there (tests/unit/
+test_inference_log_failures.py checks that the migrated database matches these tables on both backends).
 
 A logged row is never overwritten by another request. The one merge allowed: a model server behind a router
 logs a request first (its hook completes before its response does), then the router logs the same request id
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import abc
 import json
-import os
 import re
 import secrets
 import time
@@ -27,15 +29,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from llmops import db
 from llmops.errors import LlmopsError
-from llmops.sqlite_wal import enable_wal
 
-SCHEMA_VERSION = 2  # 2: key_id; rows never overwritten
 PRUNE_CHUNK = 5000  # rows deleted per transaction by `prune`
-# PostgreSQL: a dead connection or a statement stuck behind a lock fails (and is retried, then counted) instead of
-# holding the writer thread for ever; the request path never waits on it anyway (write_timeout_s).
-PG_CONNECT_TIMEOUT_S = 10
-PG_STATEMENT_TIMEOUT_MS = 30000
 metadata = sa.MetaData()
 
 requests_table = sa.Table(
@@ -61,8 +58,6 @@ requests_table = sa.Table(
     sa.Column("extra", sa.Text, nullable=False),  # JSON object
     sa.Column("key_id", sa.String(32)),  # identity of the API key that made the request (None: auth off)
 )
-# Columns added after version 1, added to an older table when it is opened.
-_ADDED_COLUMNS = {"key_id": "VARCHAR(32)"}
 
 feedback_table = sa.Table(
     "feedback", metadata,
@@ -100,33 +95,8 @@ review_audit_table = sa.Table(
     sa.Column("before", sa.Text, nullable=False),  # JSON: status, rating, correction before the decision
     sa.Column("after", sa.Text, nullable=False),  # JSON: the same after it
 )
-
-# Review of feedback before it may become training data (monitoring/review): no row = pending. `correction` and
-# `rating` are what the reviewer let through (an edit changes them); every decision is also kept in review_audit.
-review_table = sa.Table(
-    "feedback_review", metadata,
-    sa.Column("feedback_id", sa.Integer, primary_key=True),  # feedback.id
-    sa.Column("request_id", sa.String(128), nullable=False, index=True),
-    sa.Column("status", sa.String(16), nullable=False),  # accepted | rejected (edited items are accepted)
-    sa.Column("rating", sa.Integer),
-    sa.Column("correction", sa.Text),
-    sa.Column("edited", sa.Boolean, nullable=False, default=False),
-    sa.Column("reviewer", sa.String(128), nullable=False),
-    sa.Column("time", sa.Float, nullable=False),
-)
-review_audit_table = sa.Table(
-    "review_audit", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("feedback_id", sa.Integer, nullable=False, index=True),
-    sa.Column("request_id", sa.String(128), nullable=False),
-    sa.Column("time", sa.Float, nullable=False),
-    sa.Column("reviewer", sa.String(128), nullable=False),  # who: the name given, plus how and with which key
-    sa.Column("via", sa.String(16), nullable=False),  # cli | web
-    sa.Column("key_id", sa.String(32)),
-    sa.Column("action", sa.String(16), nullable=False),  # accept | edit | reject
-    sa.Column("before", sa.Text, nullable=False),  # JSON: status, rating, correction before the decision
-    sa.Column("after", sa.Text, nullable=False),  # JSON: the same after it
-)
+# The tables above, created and migrated by llmops/db.py from llmops/migrations/inference_log/.
+STORE = db.Store("inference_log", metadata, what="the inference log", setting="LLMOPS_INFERENCE_LOG_URI")
 
 _KEPT_FROM_EITHER = ("model_version", "session", "side", "mean_logprob")
 
@@ -209,6 +179,10 @@ class LogStore(abc.ABC):
     def prune(self, max_age_days: float | None, max_rows: int | None, now: float | None = None) -> dict[str, int]:
         """Delete requests older than `max_age_days` and the oldest beyond `max_rows` (with their feedback)."""
 
+    def erase(self, request_ids: Sequence[str] = (), session: str | None = None) -> list[str]:
+        """Delete the given requests and/or a session's, with everything recorded about them (right to erasure)."""
+        raise NotImplementedError
+
     @abc.abstractmethod
     def close(self) -> None: ...
 
@@ -219,33 +193,20 @@ class LogStore(abc.ABC):
 
 
 class SqlStore(LogStore):
-    """The SQLAlchemy implementation; subclasses give the engine and the dialect's upsert."""
+    """The SQLAlchemy implementation; subclasses give the dialect's upsert.
+
+    Reads begin DEFERRED (a monitor or `llmops log tail` reading never takes SQLite's write lock from the
+    writer); writes begin IMMEDIATE (a read-then-write holds the lock from its first read: no mid-transaction
+    'database is locked'). On PostgreSQL both are ordinary transactions."""
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
-        self.engine = self._create_engine(uri)
-        try:
-            metadata.create_all(self.engine)
-            self._add_columns()
-        except sa.exc.SQLAlchemyError as exc:
-            raise LlmopsError(f"cannot open the inference log at {safe_uri(uri)}: {type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0]}",
-                              "check LLMOPS_INFERENCE_LOG_URI (and that the database server is up)") from None
-
-    @abc.abstractmethod
-    def _create_engine(self, uri: str) -> sa.Engine: ...
+        self.engine = db.open_store(uri, STORE, sqlite_begin="DEFERRED")  # LlmopsError with the fix
+        self.writes = self.engine.execution_options(sqlite_begin="IMMEDIATE")
 
     @abc.abstractmethod
     def _insert(self) -> Any:
         """The dialect's INSERT that supports ON CONFLICT (sqlite/postgresql `insert`)."""
-
-    def _add_columns(self) -> None:
-        """Bring a table made by an older version up to this schema (new columns are nullable)."""
-        have = {c["name"] for c in sa.inspect(self.engine).get_columns("requests")}
-        with self.engine.begin() as conn:
-            for name, kind in _ADDED_COLUMNS.items():
-                if name not in have:
-                    conn.execute(sa.text(f"ALTER TABLE requests ADD COLUMN {name} {kind}"))
 
     def _upsert(self) -> Any:
         """INSERT, or on a taken id the router-joins-server merge -- guarded in SQL too, so even a race between
@@ -272,7 +233,7 @@ class SqlStore(LogStore):
     def write_batch(self, rows: Sequence[dict[str, Any]]) -> None:
         if not rows:
             return
-        with self.engine.begin() as conn:
+        with self.writes.begin() as conn:
             taken = self._taken(conn, list({r["request_id"] for r in rows}))
             stmt = self._upsert()
             fresh: list[dict[str, Any]] = []
@@ -300,7 +261,7 @@ class SqlStore(LogStore):
 
     def add_feedback(self, entry: FeedbackEntry, key_id: str | None = None) -> bool:
         t = requests_table
-        with self.engine.begin() as conn:
+        with self.writes.begin() as conn:
             found = conn.execute(sa.select(t.c.id, t.c.key_id).where(t.c.request_id == entry.request_id)).first()
             if found is None or (found.key_id is not None and found.key_id != key_id):
                 return False  # another key's request reads as unknown: its existence is not revealed either
@@ -361,9 +322,8 @@ class SqlStore(LogStore):
                 cutoff = conn.execute(sa.select(t.c.id).order_by(t.c.id.desc()).offset(max_rows).limit(1)).scalar()
             if cutoff is not None:
                 by_size = self._delete_chunked(t.c.id <= cutoff)
-        with self.engine.begin() as conn:
+        with self.writes.begin() as conn:
             orphans = conn.execute(f.delete().where(f.c.request_id.not_in(sa.select(t.c.request_id)))).rowcount
-            conn.execute(review_table.delete().where(review_table.c.feedback_id.not_in(sa.select(f.c.id))))
             conn.execute(review_table.delete().where(review_table.c.feedback_id.not_in(sa.select(f.c.id))))
         return {"deleted_by_age": by_age, "deleted_by_size": by_size, "feedback_deleted": orphans}
 
@@ -373,7 +333,7 @@ class SqlStore(LogStore):
         t, total = requests_table, 0
         while True:
             chosen = sa.select(t.c.id).where(where).order_by(t.c.id).limit(PRUNE_CHUNK).scalar_subquery()
-            with self.engine.begin() as conn:
+            with self.writes.begin() as conn:
                 n = conn.execute(t.delete().where(t.c.id.in_(chosen))).rowcount
             total += n
             if n < PRUNE_CHUNK:
@@ -385,33 +345,34 @@ class SqlStore(LogStore):
         return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError |
                           sa.exc.DisconnectionError)
 
+    def erase(self, request_ids: Sequence[str] = (), session: str | None = None) -> list[str]:
+        """Delete a person's requests -- the ids given (with their `.dup-` renamed copies) and/or every request of
+        `session` -- and every row of any table that names them (feedback, review, audit); the ids deleted."""
+        t = requests_table
+        match = [t.c.request_id.in_(list(request_ids))] if request_ids else []
+        match += [t.c.request_id.like(f"{rid.replace('%', '')}.dup-%") for rid in request_ids]
+        if session is not None:
+            match.append(t.c.session == session)
+        if not match:
+            return []
+        with self.engine.connect() as conn:
+            ids = sorted(conn.execute(sa.select(t.c.request_id).where(sa.or_(*match))).scalars())
+        with self.engine.begin() as conn:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                for table in reversed(metadata.sorted_tables):  # dependents first, the requests last
+                    if "request_id" in table.c:
+                        conn.execute(table.delete().where(table.c.request_id.in_(chunk)))
+        return ids
+
     def close(self) -> None:
         self.engine.dispose()
 
 
 class SqliteStore(SqlStore):
-    """A local file in WAL mode: readers never block the writer, and a commit is one append + fsync of the WAL
-    (`synchronous=FULL`), so a committed batch survives a killed process and a power cut alike."""
-
-    def _create_engine(self, uri: str) -> sa.Engine:
-        from pathlib import Path
-
-        path = sa.engine.make_url(uri).database
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            # prompts and answers are user data: owner-only (SQLite gives its -wal/-shm files the same mode)
-            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-        engine = sa.create_engine(uri, connect_args={"timeout": 30, "check_same_thread": False})
-
-        @sa.event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            enable_wal(cur)
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
-        return engine
+    """A local file in WAL mode (llmops/db.py's policy): readers never block the writer, and a commit is one
+    append + fsync of the WAL (`synchronous=FULL`), so a committed batch survives a killed process and a power
+    cut alike."""
 
     def _insert(self) -> Any:
         from sqlalchemy.dialects.sqlite import insert
@@ -420,11 +381,8 @@ class SqliteStore(SqlStore):
 
 
 class PostgresStore(SqlStore):
-    """A PostgreSQL database (the cluster profile): the same tables, the same upsert."""
-
-    def _create_engine(self, uri: str) -> sa.Engine:
-        return sa.create_engine(uri, pool_pre_ping=True, connect_args={
-            "connect_timeout": PG_CONNECT_TIMEOUT_S, "options": f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}"})
+    """A PostgreSQL database (the cluster profile): the same tables, the same upsert; llmops/db.py's connect and
+    statement timeouts make a hung server fail the writer's call (retried, then counted) instead of holding it."""
 
     def _insert(self) -> Any:
         from sqlalchemy.dialects.postgresql import insert
@@ -446,7 +404,7 @@ def _renamed(row: dict[str, Any]) -> dict[str, Any]:
 
 def safe_uri(uri: str) -> str:
     try:
-        return sa.engine.make_url(uri).render_as_string(hide_password=True)
+        return db.redact(uri)
     except sa.exc.ArgumentError:
         return "<unparseable URI>"
 

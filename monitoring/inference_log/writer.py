@@ -91,7 +91,8 @@ class BatchWriter:
         except BaseException as exc:  # a bug here must not leave requests awaiting forever
             log.exception("inference log writer died")
             self._closed = True
-            self._settle_all(list(self._inflight) + self._drain(), exc)
+            died = WriterClosed(f"the inference log writer thread died: {exc!r}")  # never re-raise a SystemExit
+            self._settle_all(list(self._inflight) + self._drain(), died)
 
     def _drain(self) -> list[Item]:
         rest = []
