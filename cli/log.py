@@ -139,12 +139,16 @@ def export(
     name: str | None = typer.Option(None, "--name", help="Dataset name (default: feedback-<until, UTC>)."),
     no_push: bool = typer.Option(False, "--no-push", help="With --dvc: track it but do not push to the remote."),
     no_docs: bool = typer.Option(False, "--no-docs", help="Skip the Data Docs HTML (faster)."),
+    kind: str = typer.Option("sft", "--kind", help="sft: instruction records for the `feedback` source; "
+                             "preference: (prompt, chosen, rejected) pairs for DPO in inference_log.preference_dir."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Export feedback as a training dataset, validated by the GX records suite first (invalid: refused, exit 1).
+    """Export REVIEWED feedback (accepted or edited in `llmops review`; pending and rejected never) as a training
+    dataset, validated by its GX suite first (invalid: refused, exit 1).
 
-    Rule (latest feedback per answered request): a correction becomes the answer; else an answer rated 1 is kept;
-    single-user-turn prompts only; a prompt answered twice keeps the later one."""
+    sft rule (latest accepted feedback per answered request): a correction becomes the answer; else an answer rated 1
+    is kept; single-user-turn prompts only; a prompt answered twice keeps the later one. preference: a correction
+    gives (chosen = correction, rejected = served answer); answers to one prompt rated 1 and -1 give pairs."""
     from llmops.settings import get_settings
     from llmops.timeparse import parse_time
     from monitoring.inference_log.export import ExportRefused, export_feedback
@@ -155,7 +159,7 @@ def export(
     try:
         with _open() as ilog, console.status("collecting feedback and validating with Great Expectations..."):
             result = export_feedback(ilog, settings, params, since=start, until=end, dvc=dvc, out=out, name=name,
-                                     push=not no_push, data_docs=not no_docs)
+                                     push=not no_push, data_docs=not no_docs, kind=kind)
     except ExportRefused as exc:
         from cli.data import _print_result
 
@@ -166,12 +170,14 @@ def export(
 
     def human(d: dict[str, Any]) -> None:
         where = d["path"] + (f" (DVC md5 {d['md5']}" + (", pushed)" if d["pushed"] else ")") if d["dvc_file"] else "")
-        console.print(f"[green]exported[/] {d['rows']} records to {where}", highlight=False)
+        what = "preference pairs" if kind == "preference" else "records"
+        console.print(f"[green]exported[/] {d['rows']} {what} to {where}", highlight=False)
         if d["skipped"]:
             console.print(f"skipped: {d['skipped']}", highlight=False)
         if d["dvc_file"]:
-            console.print(f"commit {d['dvc_file']} to version it; the next data build merges it "
-                          "(data.sources `feedback`)", highlight=False)
+            then = ("a DPO run reads it (inference_log.preference_dir)" if kind == "preference"
+                    else "the next data build merges it (data.sources `feedback`)")
+            console.print(f"commit {d['dvc_file']} to version it; {then}", highlight=False)
 
     emit(payload, as_json, human)
 

@@ -192,3 +192,97 @@ def dvc_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Set
     get_settings.cache_clear()
     yield get_settings()
     get_settings.cache_clear()
+
+
+def test_cli_list_decide_audit_and_preference_export(settings: Settings, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    monkeypatch.setenv("LLMOPS_MODELS_DIR", str(REPO / ".llmops" / "models"))
+    get_settings.cache_clear()
+    with open_log(get_settings()) as log:
+        seed_standard(log)
+    cli = CliRunner()
+
+    def run(*args: str, code: int = 0) -> dict:
+        res = cli.invoke(app, list(args))
+        assert res.exit_code == code, res.output
+        return json.loads(res.stdout) if "--json" in args and code == 0 else {}
+
+    listed = run("review", "list", "--json")
+    assert listed["counts"]["pending"] == 6 and listed["matching"] == 6
+    ids = {i["request_id"]: i["id"] for i in listed["items"]}
+    assert [i["request_id"] for i in run("review", "list", "--model-version", "2", "--json")["items"]] == ["r-pending"]
+    run("review", "accept", str(ids["r-accept"]), "--reviewer", "ana", "--json")
+    edited = run("review", "edit", str(ids["r-edit"]), "--correction", "Seven.", "--reviewer", "ana", "--json")
+    assert edited["status"] == "accepted" and edited["edited"] and edited["reviewed_correction"] == "Seven."
+    run("review", "reject", str(ids["r-reject"]), "--reviewer", "ana", "--json")
+    run("review", "accept", str(ids["r-reject"]), "--reviewer", "bo", code=2)  # decided already: refused
+    run("review", "accept", str(ids["r-good"]), "--all", code=2)  # ids or --all, not both
+    done = run("review", "accept", "--all", "--rating", "1", "--reviewer", "ana", "--json")
+    assert [d["request_id"] for d in done["decided"]] == ["r-good"] and done["counts"]["pending"] == 2
+    run("review", "accept", str(ids["r-bad"]), "--reviewer", "ana", "--json")
+    trail = run("review", "audit", "--json")
+    assert len(trail) == 5 and {a["via"] for a in trail} == {"cli"} and trail[-1]["reviewer"] == "ana"
+
+    out = tmp_path / "pairs.jsonl"
+    exported = run("log", "export", "--since", "1h", "--out", str(out), "--kind", "preference", "--no-docs", "--json")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert exported["rows"] == 3 == len(rows)
+    assert [(r["source"], r["chosen"]) for r in rows] == [("correction", "Paris is the capital of France."),
+                                                         ("correction", "Seven."),
+                                                         ("ratings", "Hello, nice to meet you.")]
+    run("log", "export", "--since", "1h", "--out", str(out), "--kind", "dpo", code=2)
+
+
+def test_web_api_auth_csrf_origin_and_host(settings: Settings) -> None:
+    from fastapi.testclient import TestClient
+
+    from monitoring.review.sessions import COOKIE
+    from monitoring.review.web import create_app
+
+    with open_log(settings) as log:
+        seed_standard(log)
+        queue = ReviewQueue(log.store)
+        ids = _ids(queue)
+        origin = "http://127.0.0.1:8790"
+        client = TestClient(create_app(queue, api_key="sekret", reviewer="ana"), base_url=origin)
+        page = client.get("/")
+        assert "Sign in" in page.text and "default-src 'self'" in page.headers["content-security-policy"]
+        assert client.get("/api/items").status_code == 401
+        assert client.get("/api/items", headers={"Authorization": "Bearer nope"}).status_code == 401
+        bearer = {"Authorization": "Bearer sekret", "X-Reviewer": "bot"}
+        listed = client.get("/api/items", params={"rating": "-1", "model_version": "3"}, headers=bearer).json()
+        assert listed["counts"]["pending"] == 6 and listed["matching"] == 4
+        assert client.get("/api/items", params={"rating": "7"}, headers=bearer).status_code == 400
+        ok = client.post(f"/api/items/{ids['r-accept']}/accept", headers=bearer)  # a script: bearer, no CSRF
+        assert ok.status_code == 200 and ok.json()["counts"]["pending"] == 5
+        assert client.post(f"/api/items/{ids['r-accept']}/accept", headers=bearer).status_code == 409
+        assert client.post("/api/items/99999/accept", headers=bearer).status_code == 404
+        assert client.post(f"/api/items/{ids['r-edit']}/edit", headers=bearer,
+                           json={"correction": " "}).status_code == 400
+
+        assert client.post("/login", data={"key": "sekret"}, headers={"Origin": "http://evil.example"}
+                           ).status_code == 403  # login CSRF
+        wrong = client.post("/login", data={"key": "nope"}, headers={"Origin": origin}, follow_redirects=False)
+        assert wrong.status_code == 303 and wrong.headers["location"] == "/?error=key"
+        signed = client.post("/login", data={"key": "sekret", "reviewer": "cy"}, headers={"Origin": origin},
+                             follow_redirects=False)
+        assert signed.status_code == 303 and COOKIE in signed.cookies
+        cookie = signed.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie
+        csrf = client.get("/api/session").json()["csrf"]
+        url = f"/api/items/{ids['r-edit']}/edit"
+        body = {"correction": "Seven."}
+        assert client.post(url, json=body).status_code == 403  # the cookie alone: no token, refused
+        assert client.post(url, json=body, headers={"X-CSRF-Token": csrf, "Origin": "http://evil.example"}
+                           ).status_code == 403  # the token from another origin: refused
+        assert client.post(url, json=body, headers={"X-CSRF-Token": "forged", "Origin": origin}).status_code == 403
+        done = client.post(url, json=body, headers={"X-CSRF-Token": csrf, "Origin": origin})
+        assert done.status_code == 200 and done.json()["item"]["reviewer"] == "cy"
+        assert client.get("/", headers={"Host": "evil.example"}).status_code == 400  # DNS rebinding
+        trail = client.get("/api/audit", headers=bearer).json()["decisions"]
+        assert [(a["reviewer"], a["via"], a["key_id"][:2]) for a in trail] == [("cy", "web", "k_"),
+                                                                             ("bot", "web", "k_")]
