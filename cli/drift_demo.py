@@ -132,6 +132,17 @@ def _said(say: Callable[[str], None], res: dict[str, Any]) -> None:
         + (f" trigger={trigger['outcome']} ({trigger['reason']})" if trigger else ""))
 
 
+def _review_feedback(log: Any, since: float) -> int:
+    """The demo's reviewer accepts the corrections it posted (people do it on `llmops review`'s page)."""
+    from monitoring.review.queue import Filters, ReviewQueue
+
+    queue = ReviewQueue(log.store)
+    items = queue.items(Filters(since=since, limit=10000))
+    for item in items:
+        queue.decide(item.id, "accept", reviewer="drift-demo", via="cli")
+    return len(items)
+
+
 def _shift_phases(settings: Settings, params: Params, cfg: DemoConfig, server_url: str, router_url: str,
                   reference: Any, stamp: str, out: dict[str, Any], say: Callable[[str], None]) -> None:
     """Shifted windows with no new data (pending, then held), the feedback export, one more shifted window."""
@@ -157,6 +168,8 @@ def _shift_phases(settings: Settings, params: Params, cfg: DemoConfig, server_ur
         _post_feedback(server_url, rid, rec["output"])
     if cfg.feedback:
         with open_log(settings, params, start_writer=False) as log:
+            accepted = _review_feedback(log, t_first)  # only reviewed feedback can be exported for training
+            say(f"  review: accepted {accepted} corrections (as `llmops review accept --all --since ...` does)")
             exported = export_feedback(log, settings, params, since=t_first, dvc=True, push=False, data_docs=False)
         out["feedback_export"] = {"rows": exported.rows, "path": exported.path, "md5": exported.md5}
         say(f"  exported {exported.rows} corrected answers to the feedback source (DVC)")
