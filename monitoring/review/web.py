@@ -45,15 +45,47 @@ class _Caller:
         self.reviewer, self.key_id, self.session = reviewer, key_id, session
 
 
+class _Auth:
+    """The servers' bearer key for scripts; sign-in sessions (cookie + CSRF token) for browsers."""
+
+    def __init__(self, api_key: str | None, reviewer: str, session_hours: float) -> None:
+        from serving.http.identity import key_identity
+
+        self.api_key, self.reviewer, self.session_hours = api_key, reviewer, session_hours
+        self.key_id = key_identity(api_key)
+        self.sessions = Sessions(session_hours * 3600)
+
+    def caller(self, request: Request, *, writing: bool) -> _Caller | JSONResponse:
+        """The caller, or the error response: 401 unknown, 403 a state change without token or from elsewhere."""
+        from serving.http.auth import bearer_token, is_authorized
+        from serving.http.identity import key_identity
+
+        if request.headers.get("authorization"):  # a script: the bearer key, no cookie, no CSRF exposure
+            if not is_authorized(request.headers, self.api_key):
+                return _error(401, "wrong API key", "send Authorization: Bearer <the servers' key>")
+            name = request.headers.get("x-reviewer") or self.reviewer
+            if not _REVIEWER.match(name):
+                return _error(400, "X-Reviewer: letters, digits, space and ._@+- only (at most 64)")
+            return _Caller(name, key_identity(bearer_token(request.headers.get("authorization"))), None)
+        session = self.sessions.get(request.cookies.get(COOKIE))
+        if session is None:
+            return _error(401, "not signed in", "open the page and sign in with the API key")
+        if writing and not (same_origin(request.headers, request.url.scheme)
+                            and csrf_ok(session, request.headers.get(CSRF_HEADER))):
+            return _error(403, "cross-site or token-less request refused", "use the review page (it sends the token)")
+        return _Caller(session.reviewer, session.key_id, session)
+
+    def signed_in(self, response: Response, session: Session) -> Response:
+        response.set_cookie(COOKIE, session.id, max_age=int(self.session_hours * 3600), httponly=True,
+                            samesite="strict", path="/")
+        return response
+
+
 def create_app(queue: ReviewQueue, *, api_key: str | None, reviewer: str, session_hours: float = 12.0,
                loopback: bool = True) -> FastAPI:
     """The app over `queue`; `reviewer`: the default name for sign-ins and bearer calls without X-Reviewer."""
-    from serving.http.auth import bearer_token, is_authorized, token_matches
-    from serving.http.identity import key_identity
-
     app = FastAPI(title="llmops review", docs_url=None, redoc_url=None, openapi_url=None)
-    sessions = Sessions(session_hours * 3600)
-    key_id = key_identity(api_key)
+    auth = _Auth(api_key, reviewer, session_hours)
     if loopback:
         from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -67,53 +99,40 @@ def create_app(queue: ReviewQueue, *, api_key: str | None, reviewer: str, sessio
                                  "Cache-Control": "no-store"})
         return response
 
-    def caller(request: Request, *, writing: bool) -> _Caller | JSONResponse:
-        if request.headers.get("authorization"):  # a script: the bearer key, no cookie, no CSRF exposure
-            if not is_authorized(request.headers, api_key):
-                return _error(401, "wrong API key", "send Authorization: Bearer <the servers' key>")
-            name = request.headers.get("x-reviewer") or reviewer
-            if not _REVIEWER.match(name):
-                return _error(400, "X-Reviewer: letters, digits, space and ._@+- only (at most 64)")
-            return _Caller(name, key_identity(bearer_token(request.headers.get("authorization"))), None)
-        session = sessions.get(request.cookies.get(COOKIE))
-        if session is None:
-            return _error(401, "not signed in", "open the page and sign in with the API key")
-        if writing and not (same_origin(request.headers, request.url.scheme)
-                            and csrf_ok(session, request.headers.get(CSRF_HEADER))):
-            return _error(403, "cross-site or token-less request refused", "use the review page (it sends the token)")
-        return _Caller(session.reviewer, session.key_id, session)
+    _add_pages(app, auth)
+    _add_api(app, queue, auth.caller)
+    return app
 
-    def signed_in(response: Response, session: Session) -> Response:
-        response.set_cookie(COOKIE, session.id, max_age=int(session_hours * 3600), httponly=True, samesite="strict",
-                            path="/")
-        return response
+
+def _add_pages(app: FastAPI, auth: _Auth) -> None:
+    from serving.http.auth import token_matches
 
     @app.get("/")
     def page(request: Request) -> Response:
-        if sessions.get(request.cookies.get(COOKIE)) is not None:
+        if auth.sessions.get(request.cookies.get(COOKIE)) is not None:
             return FileResponse(STATIC / "review.html")
-        if api_key:
+        if auth.api_key:
             return FileResponse(STATIC / "login.html")
-        return signed_in(FileResponse(STATIC / "review.html"), sessions.create(reviewer, None))
+        return auth.signed_in(FileResponse(STATIC / "review.html"), auth.sessions.create(auth.reviewer, None))
 
     @app.post("/login")
     async def login(request: Request) -> Response:
         if not same_origin(request.headers, request.url.scheme):
             return _error(403, "cross-site sign-in refused")
         form = await _form(request)
-        name = (form.get("reviewer") or reviewer).strip()
-        if api_key and not token_matches((form.get("key") or "").strip(), api_key):
+        name = (form.get("reviewer") or auth.reviewer).strip()
+        if auth.api_key and not token_matches((form.get("key") or "").strip(), auth.api_key):
             return RedirectResponse("/?error=key", status_code=303)
         if not _REVIEWER.match(name):
             return RedirectResponse("/?error=name", status_code=303)
-        return signed_in(RedirectResponse("/", status_code=303), sessions.create(name, key_id))
+        return auth.signed_in(RedirectResponse("/", status_code=303), auth.sessions.create(name, auth.key_id))
 
     @app.post("/logout")
     def logout(request: Request) -> Response:
-        who = caller(request, writing=True)
+        who = auth.caller(request, writing=True)
         if isinstance(who, JSONResponse):
             return who
-        sessions.drop(request.cookies.get(COOKIE))
+        auth.sessions.drop(request.cookies.get(COOKIE))
         response = JSONResponse({"signed_out": True})
         response.delete_cookie(COOKIE, path="/")
         return response
@@ -124,9 +143,6 @@ def create_app(queue: ReviewQueue, *, api_key: str | None, reviewer: str, sessio
             return _error(404, "no such file")
         kind = "text/javascript" if name.endswith(".js") else "text/css"
         return FileResponse(STATIC / name, media_type=kind)
-
-    _add_api(app, queue, caller)
-    return app
 
 
 def _filters(request: Request) -> Filters:
