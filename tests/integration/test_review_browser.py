@@ -23,6 +23,7 @@ from monitoring.review import ReviewQueue
 from tests.review_data import seed_standard
 from tests.serve_process import free_port
 
+pytestmark = pytest.mark.slow  # a server process and a browser: `make test` (CI) runs it, `make test-fast` does not
 REPO = Path(__file__).resolve().parents[2]
 KEY = "review-test-key"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
