@@ -174,10 +174,12 @@ def export(
         console.print(f"[green]exported[/] {d['rows']} {what} to {where}", highlight=False)
         if d["skipped"]:
             console.print(f"skipped: {d['skipped']}", highlight=False)
+        scrubbed = d["privacy"].get("scrubbed") or {}
+        console.print(f"PII scrubbed: {scrubbed or 'none found'}; manifest {d['manifest']}", highlight=False)
         if d["dvc_file"]:
             then = ("a DPO run reads it (inference_log.preference_dir)" if kind == "preference"
                     else "the next data build merges it (data.sources `feedback`)")
-            console.print(f"commit {d['dvc_file']} to version it; {then}", highlight=False)
+            console.print(f"commit {d['dvc_file']} and its manifest to version it; {then}", highlight=False)
 
     emit(payload, as_json, human)
 
@@ -198,3 +200,29 @@ def prune(
     emit(done, as_json, lambda d: console.print(
         f"pruned {d['deleted_by_age']} by age, {d['deleted_by_size']} by size ({d['feedback_deleted']} feedback "
         f"entries); {d['remaining']} requests remain", highlight=False))
+
+
+@app.command("erase")
+@handle_errors
+def erase(
+    request_id: list[str] = typer.Option([], "--request-id", help="A request id to erase (repeatable)."),
+    session: str | None = typer.Option(None, "--session", help="Erase every request of this session."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Erase a person's records: delete the requests (and their feedback and review rows) from the inference log,
+    and mark every exported dataset version that holds them (an `erasures` entry in its manifest)."""
+    from llmops.settings import get_settings
+    from monitoring.inference_log.privacy import erase as erase_records
+
+    settings = get_settings()
+    with _open() as ilog:
+        done = erase_records(ilog.store, settings, settings.params(), request_id, session)
+
+    def human(d: dict[str, Any]) -> None:
+        console.print(f"erased {len(d['deleted'])} request(s) from the inference log", highlight=False)
+        for ds in d["datasets"]:
+            console.print(f"[yellow]marked[/] {ds['path']} (md5 {ds['md5'] or '-'}): still holds "
+                          f"{len(ds['request_ids'])} of them; re-export or delete that version", highlight=False)
+        console.print(f"recorded in {d['erasures_log']}", highlight=False)
+
+    emit(done, as_json, human)

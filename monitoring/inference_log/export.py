@@ -60,6 +60,8 @@ class ExportResult:
     md5: str | None = None
     pushed: bool = False
     validation: dict[str, Any] = field(default_factory=dict)
+    privacy: dict[str, Any] = field(default_factory=dict)  # scrub counts per kind, repeats dropped (privacy.py)
+    manifest: str | None = None  # <dataset>.manifest.json: the request ids the records came from
 
 
 def _user_text(req: LoggedRequest) -> tuple[str | None, str | None]:
@@ -138,10 +140,13 @@ def reviewed(log: InferenceLog, since: float, until: float) -> tuple[list[Logged
     return accepted_only(log.store, log.query(since, until))
 
 
-def before_writing(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+def before_writing(records: list[dict[str, Any]], kind: str, requests: list[LoggedRequest], settings: Settings,
+                   params: Params) -> tuple[list[dict[str, Any]], Any]:
     """The one place every exported record passes after the review gate and before it is validated and written
-    (both kinds): PII scrubbing (llmops/privacy) belongs here."""
-    return records
+    (both kinds): PII scrubbed, repeats of training data dropped (privacy.py `prepare`)."""
+    from monitoring.inference_log.privacy import prepare
+
+    return prepare(records, kind, requests, settings, params)
 
 
 def export_feedback(log: InferenceLog, settings: Settings, params: Params, *, since: float,
@@ -169,8 +174,12 @@ def export_feedback(log: InferenceLog, settings: Settings, params: Params, *, si
     records, skipped = _collect(kind, requests)
     if held_back:
         skipped["feedback not accepted in review (pending or rejected)"] = held_back
-    records = before_writing(records, kind)
-    result = ExportResult(rows=len(records), skipped=skipped, since=since, until=until)
+    records, prepared = before_writing(records, kind, requests, settings, params)
+    if prepared.repeats_dropped:
+        from monitoring.inference_log.privacy import REPEATS
+
+        skipped[REPEATS] = prepared.repeats_dropped
+    result = ExportResult(rows=len(records), skipped=skipped, since=since, until=until, privacy=prepared.summary())
     if not records:
         fix = "review the feedback (`llmops review`), collect more with POST /v1/feedback, or widen --since/--until"
         raise DataError(_EMPTY[kind] + (f" (skipped: {skipped})" if skipped else ""), fix)
@@ -189,10 +198,18 @@ def export_feedback(log: InferenceLog, settings: Settings, params: Params, *, si
         write(records, tmp)
         tmp.replace(out)
         result.path = str(out)
+        result.manifest = str(_manifest(out, settings, name, kind, result, prepared))
         return result
     assert dest is not None
     _track(dest, records, settings, push, result, write)
+    result.manifest = str(_manifest(dest, settings, name, kind, result, prepared))
     return result
+
+
+def _manifest(dataset: Path, settings: Settings, name: str, kind: str, result: ExportResult, prepared: Any) -> Path:
+    from monitoring.inference_log.privacy import write_manifest
+
+    return write_manifest(dataset, settings, name=name, kind=kind, result=result, prepared=prepared)
 
 
 def _collect(kind: str, requests: list[LoggedRequest]) -> tuple[list[dict[str, Any]], dict[str, int]]:

@@ -216,6 +216,11 @@ def open_log(settings: Settings, params: Params | InferenceLogParams | None = No
     """The inference log at `settings.inference_log_uri`, with params.yaml `inference_log:` unless given."""
     if params is None:
         params = settings.params()
+    store = open_store(str(settings.inference_log_uri))
     if isinstance(params, Params):
+        if params.monitoring.log.redact:  # PII scrubbed before it is stored (llmops/privacy)
+            from monitoring.inference_log.privacy import RedactingStore
+
+            store = RedactingStore(store, params.privacy)
         params = params.inference_log
-    return InferenceLog(open_store(str(settings.inference_log_uri)), params, start_writer=start_writer)
+    return InferenceLog(store, params, start_writer=start_writer)

@@ -357,10 +357,10 @@ class SqlStore(LogStore):
             return []
         with self.engine.connect() as conn:
             ids = sorted(conn.execute(sa.select(t.c.request_id).where(sa.or_(*match))).scalars())
-        with self.engine.begin() as conn:
+        with self.writes.begin() as conn:  # one transaction: all of a person's rows go, or none
             for start in range(0, len(ids), 500):
                 chunk = ids[start:start + 500]
-                for table in reversed(metadata.sorted_tables):  # dependents first, the requests last
+                for table in metadata.sorted_tables:  # requests, feedback, review, audit: any that names them
                     if "request_id" in table.c:
                         conn.execute(table.delete().where(table.c.request_id.in_(chunk)))
         return ids
