@@ -203,10 +203,12 @@ class DriftParams(_Section):
     error_rate_baseline: float = 0.01
     negative_feedback_baseline: float = 0.10
     refusal_rate_floor: float = 0.01
+    rate_confidence: float = 0.95  # rates: drift by the lower bound of the rise
     embed_batch_size: int = 64
     seed: int = 0
     effect: DriftEffectParams = DriftEffectParams()  # practical significance: what makes a window `drift`
     watch_only: list[str] = ["prompt_length", "response_length", "error_rate"]  # never above `watch`
+    output_alone_watch: list[str] = ["response_logprob"]  # uncalibrated output signals: alone at most `watch`
     novel_similarity: float = 0.5  # a prompt whose nearest reference prompt is less cosine-similar is "new"
     cluster_min_share: float = 0.03  # the report's new-prompt clusters: at least this share of the window
     max_clusters: int = 6

@@ -15,7 +15,12 @@ The window's severity is the highest detector's. Detectors:
 - prompt_length_ks / _psi, response_length_ks / _psi: token lengths (watch-only); effect = KS D / PSI
 - response_logprob_ks: mean token log-probability of answers; effect = |shift of the mean| in nats/token
 - empty_or_refusal_rate, error_rate, negative_feedback_rate: one-sided exact binomial tests; effect = the rate
-  minus its baseline
+  minus its baseline, and `drift` needs the effect's lower confidence bound (`drift.rate_confidence`, both
+  sample sizes) to reach the threshold: on the real base model behind the router a paraphrase window of 60
+  requests reached drift on 4 refusals vs 0 (+0.067 point difference, no evidence of a rise that large)
+
+Output signals whose threshold was not calibrated on real served windows (`drift.output_alone_watch`, the
+log-probability shift) give at most `watch` unless another detector is at `drift`.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class _Test:
     effect_name: str = ""
     effect_threshold: float | None = None
     min_effect: float | None = None
+    effect_lower: float | None = None  # rates: the lower confidence bound of the effect, what `drift` needs
 
 
 def _subsample(n: int, cap: int, seed: int) -> np.ndarray:
@@ -133,27 +139,39 @@ def _logprob_test(reference: Reference, ok: list[WindowRecord], p: DriftParams) 
 
 
 def _rate_test(name: str, what: str, hits: int, trials: int, base: float, threshold: float,
-               skipped: str | None) -> _Test:
-    test = _Test(name, f"{what} vs {base:.3g} (one-sided binomial); effect = rate - {base:.3g}",
-                 effect_name="rate difference", effect_threshold=threshold, skipped=skipped)
+               skipped: str | None, z: float, measured: tuple[float, int] | None = None) -> _Test:
+    """One-sided exact binomial against `base` for significance; for `drift` the rate's rise must clear
+    `threshold` by its lower confidence bound (stats.rate_difference_lower: the window's size and, with
+    `measured` = (rate, answers) of the reference, its size too), not by the point difference, which moves by
+    several points between windows of 60-200 requests of the same traffic."""
+    test = _Test(name, f"{what} vs {base:.3g} (one-sided binomial); effect = rate - {base:.3g}, drift when its "
+                 f"lower confidence bound reaches the threshold", effect_name="rate difference",
+                 effect_threshold=threshold, skipped=skipped)
     if skipped is None:
         test.result = stats.binomial_greater(hits, trials, base)
         test.effect = (hits / trials if trials else 0.0) - base
+        ref_rate, ref_n = measured if measured else (base, None)
+        test.effect_lower = min(test.effect, stats.rate_difference_lower(hits, trials, ref_rate, ref_n, z))
     return test
 
 
 def _rate_tests(reference: Reference, window: list[WindowRecord], ok: list[WindowRecord],
                 p: DriftParams) -> list[_Test]:
+    from scipy.stats import norm
+
+    z = float(norm.ppf(p.rate_confidence))
     base = max(reference.refusal_rate or 0.0, p.refusal_rate_floor)
+    answers = int(reference.meta.get("responses") or 0)
+    measured = (reference.refusal_rate, answers) if reference.refusal_rate is not None and answers else None
     rated = [r for r in window if r.feedback is not None]
     return [
         _rate_test("empty_or_refusal_rate", "empty/refusal answers", sum(is_refusal(r.response) for r in ok), len(ok),
-                   base, p.effect.refusal_rate_diff, None if ok else "no successful requests"),
+                   base, p.effect.refusal_rate_diff, None if ok else "no successful requests", z, measured),
         _rate_test("error_rate", "error responses", len(window) - len(ok), len(window), p.error_rate_baseline,
-                   p.effect.error_rate_diff, None),
+                   p.effect.error_rate_diff, None, z),
         _rate_test("negative_feedback_rate", "negative ratings", sum(is_negative(r.feedback) for r in rated),
                    len(rated), p.negative_feedback_baseline, p.effect.negative_feedback_diff,
-                   None if rated else "no rated requests"),
+                   None if rated else "no rated requests", z),
     ]
 
 
@@ -162,32 +180,50 @@ def _severity(test: _Test, significant: bool, watch_only: bool) -> Severity:
         return Severity.NONE
     if test.min_effect is not None and test.effect < test.min_effect:
         return Severity.NONE
-    if not watch_only and test.effect_threshold is not None and test.effect >= test.effect_threshold:
+    effect = test.effect if test.effect_lower is None else test.effect_lower
+    if not watch_only and test.effect_threshold is not None and effect >= test.effect_threshold:
         return Severity.DRIFT
     return Severity.WATCH
 
 
-def verdict(tests: list[_Test], p: DriftParams) -> tuple[list[DetectorResult], Severity]:
-    """Holm over the detectors that ran, then each one's severity; the window's is the highest."""
+def _matches(name: str, prefixes: list[str]) -> bool:
+    return any(name.startswith(prefix) for prefix in prefixes)
+
+
+def _alone_note(names: list[str]) -> str:
+    return (f"{', '.join(names)} passed the drift threshold while no prompt detector did: watch only "
+            "(drift.output_alone_watch: an output signal whose threshold was not calibrated on real served "
+            "windows; the outputs moved on unchanged traffic, so look at the model and the serving side, "
+            "retraining on the same data would not change them)")
+
+
+def verdict(tests: list[_Test], p: DriftParams) -> tuple[list[DetectorResult], Severity, str]:
+    """Holm over the detectors that ran, then each one's severity; the window's is the highest. Detectors in
+    `drift.output_alone_watch` reach `drift` only beside another detector's `drift` (else watch, said in the note)."""
     active = [i for i, t in enumerate(tests) if t.skipped is None and t.result is not None]
     rejected, levels = stats.holm([tests[i].result.p_value for i in active], p.alpha)  # type: ignore[union-attr]
     level_of = {i: (rej, lev) for i, rej, lev in zip(active, rejected, levels, strict=True)}
+    sevs = {i: _severity(tests[i], rej, _matches(tests[i].name, p.watch_only)) for i, (rej, _) in level_of.items()}
+    if not any(s is Severity.DRIFT and not _matches(tests[i].name, p.output_alone_watch) for i, s in sevs.items()):
+        capped = [i for i, s in sevs.items() if s is Severity.DRIFT]  # only output-alone detectors are left
+        sevs.update({i: Severity.WATCH for i in capped})
+    else:
+        capped = []
     results, worst = [], Severity.NONE
     for i, t in enumerate(tests):
-        watch_only = any(t.name.startswith(prefix) for prefix in p.watch_only)
-        cap = Severity.WATCH if watch_only else Severity.DRIFT
+        cap = Severity.WATCH if _matches(t.name, p.watch_only) or i in capped else Severity.DRIFT
         common = dict(description=t.description, min_effect=t.min_effect, effect_name=t.effect_name,
                       effect_threshold=t.effect_threshold, cap=cap)
         if i not in level_of:
             results.append(DetectorResult(t.name, None if t.result is None else t.result.statistic, None, None,
                                           False, skipped=t.skipped or "no data", **common))
             continue
-        rej, lev = level_of[i]
-        sev = _severity(t, rej, watch_only)
+        sev = sevs[i]
         worst = sev if sev.rank > worst.rank else worst
-        results.append(DetectorResult(t.name, t.result.statistic, t.result.p_value, lev, sev is Severity.DRIFT,
-                                      effect=t.effect, severity=sev, **common))
-    return results, worst
+        results.append(DetectorResult(t.name, t.result.statistic, t.result.p_value, level_of[i][1],
+                                      sev is Severity.DRIFT, effect=t.effect, effect_lower=t.effect_lower,
+                                      severity=sev, **common))
+    return results, worst, _alone_note([tests[i].name for i in capped]) if capped else ""
 
 
 def evaluate_window(
@@ -253,13 +289,13 @@ def evaluate_window(
     lp_test, summary["mean_logprob"] = _logprob_test(reference, ok, p)
     tests += [lp_test, *_rate_tests(reference, window, ok, p)]
 
-    results, severity = verdict(tests, p)
+    results, severity, note = verdict(tests, p)
     clusters = []
     if severity is not Severity.NONE and emb["novel"].any():
         t = time.perf_counter()
         clusters = new_prompt_clusters(emb["texts"], emb["emb"], emb["novel"], emb["nearest"], p)
         timings["clusters_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
-    return DriftReport(severity, results, p.alpha, summary, ref_meta, time.time(), timings=timings,
+    return DriftReport(severity, results, p.alpha, summary, ref_meta, time.time(), timings=timings, note=note,
                        clusters=clusters, plots=plots,
                        new_prompts=[t for t, m in zip(emb["texts"], emb["novel"], strict=True) if m])

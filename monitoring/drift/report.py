@@ -33,7 +33,8 @@ class Severity(enum.StrEnum):
 class DetectorResult:
     """One detector. `threshold` is the level its p-value is compared with (its Holm level within the
     family); `effect` the effect size with a meaning (`effect_name`), `effect_threshold` the size it must
-    reach for `drift`; `min_effect`, where set, the size it must reach to count at all (`watch`). `cap` is the
+    reach for `drift` (rates: by `effect_lower`, its lower confidence bound); `min_effect`, where set, the size
+    it must reach to count at all (`watch`). `cap` is the
     highest severity the detector may give (`watch` for length and error signals). A skipped detector (no data
     for it in this window or the reference) has `skipped` set and takes no part in the family."""
 
@@ -50,6 +51,7 @@ class DetectorResult:
     effect_threshold: float | None = None
     severity: Severity = Severity.NONE
     cap: Severity = Severity.DRIFT
+    effect_lower: float | None = None  # rates: the lower confidence bound of the effect (what `drift` compares)
 
 
 @dataclass

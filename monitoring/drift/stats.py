@@ -137,3 +137,25 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
     centre = (p + z * z / (2 * trials)) / denom
     half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
     return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+
+
+def rate_difference_lower(hits: int, trials: int, base_rate: float, base_trials: int | None,
+                          z: float = 1.644854) -> float:
+    """Lower confidence bound of (window rate - baseline rate): how much the rate rose at least, given both sizes.
+
+    Newcombe's hybrid score interval (his method 10: the Wilson limits of each proportion combined), one-sided
+    at z (95% by default). `base_trials` None: the baseline is a configured constant, only the window varies.
+    A rate estimated from 60 requests moves by several points between windows of the same traffic (4/60 refusals
+    vs 0/60 is +0.067 and no evidence of a change of that size): the bound, not the point difference, is what
+    must clear a practical threshold.
+    """
+    if trials == 0:
+        return float("-inf")
+    rate = hits / trials
+    low = wilson_interval(hits, trials, z)[0]
+    if base_trials is None or base_trials <= 0:
+        return low - base_rate
+    base_hits = round(base_rate * base_trials)
+    base_high = wilson_interval(base_hits, base_trials, z)[1]
+    base = base_hits / base_trials
+    return rate - base - float(np.sqrt((rate - low) ** 2 + (base_high - base) ** 2))

@@ -111,7 +111,10 @@ def test_logprob_detector_effect_and_missing_reason(reference, holdout, drift_pa
            for r in _window(holdout, seed=2)]
     report = evaluate_window(with_lp, far, drift_params, embedder=memo)
     lp = next(d for d in report.detectors if d.name == "response_logprob_ks")
-    assert report.fired == ["response_logprob_ks"] and lp.effect == pytest.approx(1.0, abs=0.15)
+    assert lp.effect == pytest.approx(1.0, abs=0.15) and lp.p_value < 1e-6
+    # past its threshold, but alone and not calibrated on real served windows (drift.output_alone_watch): watch
+    assert report.severity is Severity.WATCH and lp.severity is Severity.WATCH and not report.fired
+    assert "output_alone_watch" in report.note
     near = [WindowRecord(r.prompt, r.response, mean_logprob=float(rng.normal(-1.2, 0.3)))
             for r in _window(holdout, seed=2)]  # significant (n=120) but a 0.2 nats shift: watch, not drift
     assert _severity(evaluate_window(with_lp, near, drift_params, embedder=memo), "response_logprob_ks") \
