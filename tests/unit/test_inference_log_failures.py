@@ -356,3 +356,43 @@ def test_the_migrated_schema_is_the_declared_one(database: Database) -> None:
             assert database.path.stat().st_mode & 0o777 == 0o600
     finally:
         store.close()
+
+
+# -- end to end: the model server's answer with its log locked ----------------------------------------------
+
+@pytest.mark.slow  # ~20 s: builds and warms a tiny model server
+def test_a_chat_answer_does_not_wait_for_a_locked_log(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The issue's reproduction: another process holds the SQLite log's write lock; the model server's chat
+    answer comes back within write_timeout_s of its generation (was 91.9 s), and its /metrics says so."""
+    from starlette.testclient import TestClient
+
+    from llmops.settings import get_settings
+    from serving.engines import load_engine
+    from serving.model_source import ResolvedModel
+    from serving.server import build_app
+
+    params = get_settings().params(["serve.max_concurrent=2", "serve.max_len=256"]).serve
+    db = Database("sqlite", f"sqlite:///{tmp_path / 'log.db'}", tmp_path / "log.db")
+    ilog = _open(db.uri)
+    resolved = ResolvedModel(name="tiny", version="3", model_dir=tiny_model_dir, ref="tiny/3", source="local")
+    app = build_app(load_engine("eager", tiny_model_dir, params), resolved, params, hooks=[ilog.hook],
+                    collectors=[ilog.metrics])
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
+    try:
+        with TestClient(app) as client:
+            assert app.state.llmops.ready.wait(120)
+            t0 = time.monotonic()
+            assert client.post("/v1/chat/completions", json=chat).status_code == 200
+            unlocked = time.monotonic() - t0
+            with stalled(db):
+                t0 = time.monotonic()
+                answer = client.post("/v1/chat/completions", json=chat)
+                locked = time.monotonic() - t0
+                text = client.get("/metrics").text
+            assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["role"] == "assistant"
+            assert locked < unlocked + BOUND + 2.0, (locked, unlocked)
+            assert 'llmops_inference_log_write_failures_total{reason="timeout"} 1.0' in text
+            assert "llmops_inference_log_writer_up 1.0" in text
+        _until(lambda: ilog.writer.committed == 2)  # the held record landed once the lock went
+    finally:
+        ilog.close()
