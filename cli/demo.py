@@ -46,14 +46,11 @@ def drift(
 
 
 def _print(r: dict[str, Any]) -> None:
+    from cli.drift_demo import summary_lines
+
     say = console.print
-    say(f"[bold]champion[/] {r['champion']}")
-    for phase in ("reference_like", "shifted"):
-        p = r[phase]
-        say(f"[bold]{phase}[/]: drifted={p['drifted']} fired={', '.join(p['fired']) or '-'}  report {p['report_html']}",
-            soft_wrap=True, highlight=False)
-    if r.get("feedback_export"):
-        say(f"feedback export: {r['feedback_export']['rows']} rows -> {r['feedback_export']['path']}", highlight=False)
+    for line in summary_lines(r):  # every phase's severity; the drift held for want of new data, and why
+        say(line, soft_wrap=True, highlight=False)
     rt = r.get("retrain")
     if not rt:
         say("[red]no retraining run was started[/]")

@@ -128,8 +128,9 @@ def _wait(pid: int, timeout_s: float, say: Callable[[str], None], log_path: str 
 
 def _said(say: Callable[[str], None], res: dict[str, Any]) -> None:
     trigger = res.get("trigger") or {}
+    held = " -- nothing new to learn: no retraining" if trigger.get("outcome") == "held" else ""
     say(f"  severity={res['severity']} fired={res['fired']}"
-        + (f" trigger={trigger['outcome']} ({trigger['reason']})" if trigger else ""))
+        + (f" trigger={trigger['outcome']}{held} ({trigger['reason']})" if trigger else ""))
 
 
 def _review_feedback(log: Any, since: float) -> int:
@@ -247,3 +248,40 @@ def run_drift_demo(settings: Settings, params: Params, cfg: DemoConfig,
         out["retrain"] = {"state": "NOT STARTED", "error": f"the retrain opened no MLflow run; see {log}",
                           "log_tail": log.read_text(errors="replace")[-3000:] if log.is_file() else ""}
     return out
+
+
+def _phase_line(name: str, res: dict[str, Any]) -> str:
+    fired = ", ".join(res.get("fired") or []) or "-"
+    note = f"; {res['note']}" if res.get("note") else ""
+    return f"[bold]{name}[/]: severity {res['severity'].upper()} (drift from: {fired}){note}"
+
+
+def summary_lines(r: dict[str, Any]) -> list[str]:
+    """What each phase of the demo decided, in order, for a person: the paraphrased window's severity, every
+    shifted window without new data (persistence, then "held: nothing new to learn" with its reason and the
+    prompts queued for labelling), the feedback export, the window that started the retrain."""
+    lines = [f"[bold]champion[/] {r['champion']}, {r['requests_per_phase']} requests per window"]
+    if r.get("reference_like"):
+        lines += [_phase_line("paraphrased in-domain", r["reference_like"]),
+                  f"  report {r['reference_like']['report_html']}"]
+    for k, res in enumerate(r.get("shifted_without_new_data") or [], 1):
+        lines.append(_phase_line(f"shifted window {k}, no new data", res)
+                     + f"; drift in {res['consecutive_drift_windows']} consecutive window(s)")
+        t = res.get("trigger")
+        if t is None:
+            lines.append("  no trigger decision (the window is not at drift)")
+            continue
+        colour = {"held": "yellow", "started": "green"}.get(t["outcome"], "cyan")
+        label = "NOTHING NEW TO LEARN: held, no retraining" if t["outcome"] == "held" else t["outcome"]
+        lines.append(f"  trigger #{t['id']}: [{colour}]{label}[/] ({t['reason']})")
+        if q := res.get("labelling"):
+            lines.append(f"  {q['queued']} drifted prompts queued for labelling in {q['path']}")
+        lines.append(f"  report {res['report_html']}")
+    if r.get("feedback_export"):
+        fx = r["feedback_export"]
+        lines.append(f"feedback export (the new data): {fx['rows']} corrected answers -> {fx['path']}")
+    if r.get("shifted"):
+        res, t = r["shifted"], r["shifted"].get("trigger")
+        lines.append(_phase_line("shifted window with new data", res))
+        lines.append(f"  trigger #{t['id']}: {t['outcome']} ({t['reason']})" if t else "  no trigger decision")
+    return lines

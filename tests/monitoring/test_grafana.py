@@ -46,5 +46,21 @@ def test_dashboard_covers_serving_canary_and_drift():
     queried = queried_names(exprs)
     assert {"llmops_requests_total", "llmops_request_latency_seconds_bucket",
             "llmops_time_to_first_token_seconds_bucket", "llmops_completion_tokens_total",
-            "llmops_router_requests_total", "llmops_drift_score", "llmops_drift_detected"} <= queried
+            "llmops_router_requests_total", "llmops_drift_score", "llmops_drift_detected",
+            "llmops_drift_severity", "llmops_drift_detector_severity", "llmops_drift_effect",
+            "llmops_drift_effect_threshold", "llmops_monitor_retrain_held"} <= queried
     assert any("by (side" in e for e in exprs if "llmops_router_" in e)  # canary vs stable, side by side
+
+
+def test_severity_panels_name_the_three_levels():
+    """The severity stat and timeline map 0/1/2 to none/watch/drift (issue 21): a number alone is not a verdict."""
+    import json
+
+    for path in DASHBOARDS:
+        for panel in json.loads(path.read_text())["panels"]:
+            if any("llmops_drift_severity" in t["expr"] or "detector_severity" in t["expr"] for t in panel["targets"]):
+                maps = panel["fieldConfig"]["defaults"].get("mappings") or next(
+                    p["value"] for o in panel["fieldConfig"]["overrides"] for p in o["properties"]
+                    if p["id"] == "mappings")
+                texts = {k: v["text"].lower() for k, v in maps[0]["options"].items()}
+                assert texts == {"0": "none", "1": "watch", "2": "drift"}, panel["title"]
