@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from monitoring.drift.report import DriftReport
+    from monitoring.drift.report import DetectorResult, DriftReport
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
@@ -148,6 +148,11 @@ def _what_changed(report: DriftReport, calibration: dict | None) -> str:
             + (f"<h3>This window against the calibration</h3>{calib}" if calib else ""))
 
 
+def _bound(d: DetectorResult) -> str:
+    """Rates: the lower confidence bound of the rise, which is what must reach the drift threshold."""
+    return "" if d.effect_lower is None else f" (lower bound {_num(d.effect_lower)})"
+
+
 def render_html(report: DriftReport, calibration: dict | None = None) -> str:
     import matplotlib
 
@@ -167,7 +172,7 @@ def render_html(report: DriftReport, calibration: dict | None = None) -> str:
         cap = "" if d.cap.value == "drift" else " (watch-only)"
         rows.append(f'<tr class="{cls}"><td><code>{esc(d.name)}</code></td><td>{_num(d.statistic)}</td>'
                     f"<td>{_num(d.p_value)}</td><td>{_num(d.threshold)}</td><td>{_num(d.effect)} "
-                    f"{esc(d.effect_name)}</td><td>{_num(d.effect_threshold)}{floor}{cap}</td><td>{status}</td>"
+                    f"{esc(d.effect_name)}{_bound(d)}</td><td>{_num(d.effect_threshold)}{floor}{cap}</td><td>{status}</td>"
                     f"<td>{esc(d.description)}</td></tr>")
     plots = report.plots
     figures = [_effects(report)]

@@ -96,3 +96,14 @@ def test_an_uncalibrated_output_signal_alone_is_watch(params: Params) -> None:
     results, severity, note = verdict([shifted_mmd, logprob], params.drift)
     assert severity is Severity.DRIFT and note == ""
     assert {d.name for d in results if d.fired} == {"prompt_embedding_mmd", "response_logprob_ks"}
+
+
+def test_report_shows_the_bound_and_why_it_is_watch(params: Params, tmp_path) -> None:
+    from monitoring.drift.report import DriftReport
+
+    results, severity, note = _score(_reference(0, 60), _window(4), params)
+    report = DriftReport(severity, list(results.values()), params.drift.alpha, {"requests": 60}, {}, 0.0, note=note)
+    page = report.to_html(tmp_path / "r.html").read_text()
+    lower = results["empty_or_refusal_rate"].effect_lower
+    assert f"lower bound {lower:.3g}" in page and "WATCH" in page
+    assert report.to_dict()["detectors"][0]["effect_lower"] == pytest.approx(lower)
