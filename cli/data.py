@@ -35,6 +35,10 @@ def _print_result(payload: dict[str, Any]) -> None:
                           soft_wrap=True)
             for ex in f["examples"]:
                 console.print(f"      {ex}", highlight=False, markup=False, soft_wrap=True)
+    if near := payload.get("near_duplicates"):  # inside one dataset: reported, not failing (llmops/data/dedup.py)
+        shown = "; ".join(f"{d['a']}:{d['a_id']} ~ {d['b_id']} ({d['similarity']:.2f})" for d in near[:5])
+        console.print(f"[yellow]{len(near)} near-duplicate pair(s) inside a dataset[/] (data.dedup): {shown}"
+                      + (" ..." if len(near) > 5 else ""), highlight=False, soft_wrap=True)
     if payload.get("report_html"):
         console.print(f"Data Docs: {payload['report_html']}", highlight=False, soft_wrap=True)
 
