@@ -96,20 +96,33 @@ class InferenceLog:
         except RuntimeError:
             self._log_from_thread(writer, row)
             return None
-        return self._log_async(writer, row, loop)
-
-    async def _log_async(self, writer: BatchWriter, row: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
         deadline = loop.time() + self.params.write_timeout_s
+        try:
+            fut = writer.submit_async(row, loop)  # queued now, even by a caller that never awaits
+        except WriterClosed:
+            self._not_logged("writer_down")
+            return None
+        except queue.Full:
+            return self._when_room(writer, row, loop, deadline)
+        return self._committed(writer, fut, loop, deadline)
+
+    async def _when_room(self, writer: BatchWriter, row: dict[str, Any], loop: asyncio.AbstractEventLoop,
+                         deadline: float) -> None:
+        """Backpressure: the queue is full, so this request waits for room -- within the same bound."""
         while True:
+            await asyncio.sleep(0.005)
             try:
                 fut = writer.submit_async(row, loop)
                 break
             except WriterClosed:
                 return self._not_logged("writer_down")
-            except queue.Full:  # backpressure: wait for room, within the same bound
+            except queue.Full:
                 if loop.time() >= deadline:
                     return self._not_logged("queue_full")
-                await asyncio.sleep(0.005)
+        await self._committed(writer, fut, loop, deadline)
+
+    async def _committed(self, writer: BatchWriter, fut: asyncio.Future[None], loop: asyncio.AbstractEventLoop,
+                         deadline: float) -> None:
         if writer.busy_for() > self.params.write_timeout_s:
             fut.cancel()  # nobody waits for it; the writer still writes the row when the database comes back
             return self._not_logged("stalled")

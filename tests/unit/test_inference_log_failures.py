@@ -172,6 +172,22 @@ def test_a_stalled_database_never_holds_a_response(database: Database) -> None:
         ilog.close()
 
 
+def test_a_full_queue_waits_for_room_within_the_bound_then_drops(tmp_path: Path) -> None:
+    db = Database("sqlite", f"sqlite:///{tmp_path / 'log.db'}", tmp_path / "log.db")
+    ilog = _open(db.uri, max_queue=2)
+    try:
+        _answer(ilog, rec("first"))
+        with stalled(db):
+            took = _answer(ilog, *[rec(f"q-{i}") for i in range(8)])
+            assert took < BOUND + SLACK, took
+            dropped = ilog.not_logged["queue_full"]
+            assert dropped >= 1 and sum(ilog.not_logged.values()) == 8
+        _until(lambda: ilog.writer.committed == 1 + 8 - dropped)  # the queued ones land, the dropped never
+        assert ilog.count() == 1 + 8 - dropped and ilog.writer.failed == 0
+    finally:
+        ilog.close()
+
+
 def test_one_refused_row_costs_one_row_not_its_batch(database: Database) -> None:
     """Rows submitted past the sanitiser (as a future column or driver might refuse them): the batch fails, is
     written again row by row, and only the refused rows are lost."""
