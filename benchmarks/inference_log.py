@@ -122,16 +122,16 @@ class NormalSyncStore(SqliteStore):
     """The same store with `synchronous=NORMAL`: in WAL mode a commit no longer waits for fsync (a killed
     process loses nothing, a power cut may lose the last commits): the fastest per-record logger SQLite allows."""
 
-    def _create_engine(self, uri: str):
+    def __init__(self, uri: str) -> None:
         import sqlalchemy as sa
 
-        engine = super()._create_engine(uri)
+        super().__init__(uri)  # llmops/db.py's policy: synchronous=FULL on connect, then this listener
 
-        @sa.event.listens_for(engine, "connect")
+        @sa.event.listens_for(self.engine, "connect")
         def _normal(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.execute("PRAGMA synchronous=NORMAL")
 
-        return engine
+        self.engine.dispose()  # the connections opened while migrating were FULL
 
 
 def run_per_record(db: Path, n: int, concurrency: int, side: str = "per-record",
