@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,31 +38,25 @@ def record(rid: str, *, t: float | None = None, prompt: object = None, response:
 
 
 @pytest.fixture(scope="module")
-def pg_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from tests.postgres_stack import create_database, postgres_server
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
+    from tests.postgres_stack import postgres_server
 
-    with postgres_server() as (port, user):
-        yield create_database(port, user, "inference_log")
+    with postgres_server() as server:
+        yield server
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def log(request: pytest.FixtureRequest, settings: Settings) -> Iterator[InferenceLog]:
     uri = f"sqlite:///{settings.state_dir / 'inference-log.db'}"
-    if request.param == "postgresql":
-        uri = request.getfixturevalue("pg_uri")
-    store = open_store(uri)
-    ilog = InferenceLog(store, InferenceLogParams(flush_interval_ms=1.0, batch_size=64))
+    if request.param == "postgresql":  # a fresh database per test: llmops/db.py migrates a URL once per process
+        from tests.postgres_stack import create_database
+
+        uri = create_database(*request.getfixturevalue("pg_server"), f"log_{uuid.uuid4().hex[:10]}")
+    ilog = InferenceLog(open_store(uri), InferenceLogParams(flush_interval_ms=1.0, batch_size=64))
     try:
         yield ilog
     finally:
         ilog.close()
-        if request.param == "postgresql":
-            import sqlalchemy as sa
-
-            engine = sa.create_engine(uri)
-            with engine.begin() as conn:
-                conn.execute(sa.text("DROP TABLE requests, feedback"))
-            engine.dispose()
 
 
 def test_store_upsert_feedback_query_and_retention(log: InferenceLog) -> None:

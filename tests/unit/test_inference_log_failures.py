@@ -205,7 +205,7 @@ def test_one_refused_row_costs_one_row_not_its_batch(database: Database) -> None
         assert {rid for rid, exc in outcomes.items() if exc is not None} == {r["request_id"] for r in bad}
         assert sorted(r.request_id for r in ilog.query()) == sorted(r["request_id"] for r in good)
         assert (ilog.writer.committed, ilog.writer.failed) == (6, len(bad))
-        assert 'llmops_inference_log_records_total{outcome="failed"} %s' % float(len(bad)) in _exposition(ilog)
+        assert f'llmops_inference_log_records_total{{outcome="failed"}} {float(len(bad))}' in _exposition(ilog)
     finally:
         ilog.close()
 
