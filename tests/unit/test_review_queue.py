@@ -90,6 +90,12 @@ def test_decisions_conflicts_audit_filters_and_prune(ilog: InferenceLog) -> None
     assert trail[2]["before"]["correction"] == "There are 7 days." and trail[2]["after"]["correction"] == "Seven."
     assert (trail[2]["via"], trail[2]["key_id"]) == ("web", "k_1") and trail[1]["via"] == "cli"
 
+    from monitoring.review import accepted_only
+
+    gated, held_back = accepted_only(ilog.store, ilog.query())  # the export's gate, on this backend
+    assert [(r.request_id, r.correction, len(r.feedback)) for r in gated] == [("r-edit", "Seven.", 1)]
+    assert held_back == 5
+
     ilog.store.prune(None, 2)  # the oldest requests go with their feedback and review rows; the audit stays
     assert queue.counts() == {"pending": 2, "accepted": 0, "rejected": 0} and len(queue.audit()) == 4
 
