@@ -7,7 +7,8 @@ Content-Length, or as soon as a chunked body passes the limit); 404 for a reques
 (the `x-request-id` of a response) or holds for another key. Auth: with `api_key`, the bearer key is checked
 here before anything is read (the router); without it the app's own middleware checks it (the model server).
 Feedback is bound to the caller's key identity: corrections become training data, so a caller may correct only
-the answers given to its own key.
+the answers given to its own key. It lands *pending* (`"review": "pending"` in the answer): only what a reviewer
+accepts in `llmops review` (monitoring/review) can be exported for training.
 """
 
 from __future__ import annotations
@@ -102,4 +103,5 @@ def add_feedback_route(app: FastAPI, log: InferenceLog, *, api_key: str | None =
         except LlmopsError as exc:
             return _error(400, exc.cause)
         return JSONResponse({"object": "feedback", "request_id": entry.request_id, "time": entry.time,
-                             "rating": entry.rating, "correction": entry.correction, "comment": entry.comment})
+                             "rating": entry.rating, "correction": entry.correction, "comment": entry.comment,
+                             "review": "pending"})

@@ -292,3 +292,23 @@ def test_web_api_auth_csrf_origin_and_host(settings: Settings) -> None:
         trail = client.get("/api/audit", headers=bearer).json()["decisions"]
         assert [(a["reviewer"], a["via"], a["key_id"][:2]) for a in trail] == [("cy", "web", "k_"),
                                                                              ("bot", "web", "k_")]
+
+
+def test_posted_feedback_lands_pending(settings: Settings) -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from monitoring.inference_log import add_feedback_route
+
+    with open_log(settings) as log:
+        seed_standard(log)
+        app = FastAPI()
+        add_feedback_route(app, log)
+        posted = TestClient(app).post("/v1/feedback", json={"request_id": "r-1", "rating": -1, "correction": "4"})
+        assert posted.status_code == 404  # not logged: nothing queued
+        posted = TestClient(app).post("/v1/feedback", json={"request_id": "r-good", "correction": "Hi there!"})
+        assert posted.status_code == 200 and posted.json()["review"] == "pending"
+        queue = ReviewQueue(log.store)
+        newest = queue.items()[-1]
+        assert (newest.request_id, newest.correction, newest.status) == ("r-good", "Hi there!", "pending")
+        assert queue.counts()["pending"] == 7
