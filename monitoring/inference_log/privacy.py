@@ -133,7 +133,11 @@ def manifests(settings: Settings, params: Params) -> list[Path]:
     from monitoring.inference_log.export import feedback_dir, preference_dir
 
     found: set[Path] = set()
-    for folder in (feedback_dir(settings, params), preference_dir(settings, params)):
+    for where in (feedback_dir, preference_dir):
+        try:
+            folder = where(settings, params)
+        except LlmopsError:  # no `feedback` source declared: its exports, if any, are in the index below
+            continue
         if folder.is_dir():
             found.update(p.resolve() for p in folder.glob("*" + MANIFEST_SUFFIX))
     index = settings.ensure_state_dir() / "exports.jsonl"
