@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,30 +26,25 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def pg_uri() -> Iterator[str]:
-    from tests.postgres_stack import create_database, postgres_server
+def pg_server() -> Iterator[tuple[int, str]]:
+    from tests.postgres_stack import postgres_server
 
-    with postgres_server() as (port, user):
-        yield create_database(port, user, "review_queue")
+    with postgres_server() as server:
+        yield server
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def ilog(request: pytest.FixtureRequest, settings: Settings) -> Iterator[InferenceLog]:
     uri = f"sqlite:///{settings.state_dir / 'inference-log.db'}"
-    if request.param == "postgresql":
-        uri = request.getfixturevalue("pg_uri")
+    if request.param == "postgresql":  # a fresh database per test: llmops/db.py migrates a URL once per process
+        from tests.postgres_stack import create_database
+
+        uri = create_database(*request.getfixturevalue("pg_server"), f"review_{uuid.uuid4().hex[:10]}")
     log = InferenceLog(open_store(uri), InferenceLogParams(flush_interval_ms=1.0, batch_size=64))
     try:
         yield log
     finally:
         log.close()
-        if request.param == "postgresql":
-            import sqlalchemy as sa
-
-            engine = sa.create_engine(uri)
-            with engine.begin() as conn:
-                conn.execute(sa.text("DROP TABLE requests, feedback, feedback_review, review_audit"))
-            engine.dispose()
 
 
 def _ids(queue: ReviewQueue, **flt: object) -> dict[str, int]:
