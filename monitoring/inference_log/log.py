@@ -186,8 +186,17 @@ class InferenceLog:
         return self.store.get(request_id)
 
     async def exists_async(self, request_id: str) -> bool:
-        """Whether `request_id` is logged, off the event loop (the router refuses a client's reused id)."""
-        return await asyncio.to_thread(self.store.exists, request_id)
+        """Whether `request_id` is logged, off the event loop (the router refuses a client's reused id with 409).
+        Bounded like the hook: a database that does not answer within `write_timeout_s` (or fails) reads as
+        "not logged" -- the request goes on, and the store still never overwrites a row (a reused id is stored
+        under a `.dup-` id)."""
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(self.store.exists, request_id),
+                                          self.params.write_timeout_s)
+        except Exception as exc:  # TimeoutError, or the database's error
+            log.warning("inference log: could not check request id %s (%s): taken as new", request_id[:64],
+                        type(exc).__name__)
+            return False
 
     def query(self, since: float | None = None, until: float | None = None, limit: int | None = None,
               newest_first: bool = False) -> list[LoggedRequest]:

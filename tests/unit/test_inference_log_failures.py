@@ -160,6 +160,13 @@ def test_a_stalled_database_never_holds_a_response(database: Database) -> None:
             assert ilog.hook(rec("held-4")) is None  # a caller without an event loop, likewise
             assert max(took, time.monotonic() - t0) < SLACK
             assert ilog.not_logged["stalled"] == 2
+            t0 = time.monotonic()  # the router's reused-id check is bounded too (WAL readers are never blocked)
+            loop = asyncio.new_event_loop()  # a server's long-lived loop: asyncio.run would join the stuck thread
+            try:
+                assert loop.run_until_complete(ilog.exists_async("before")) is (database.kind == "sqlite")
+            finally:
+                loop.close()
+            assert time.monotonic() - t0 < BOUND + SLACK
             text = _exposition(ilog)
             assert 'llmops_inference_log_write_failures_total{reason="timeout"} 2.0' in text
             assert 'llmops_inference_log_write_failures_total{reason="stalled"} 2.0' in text
