@@ -207,7 +207,7 @@ def create_engine(url: str, *, sqlite_begin: str = "IMMEDIATE", busy_timeout_s: 
 
 # ---- migrations ---------------------------------------------------------------------------------------------
 
-_MIGRATED: set[tuple[str, str]] = set()
+_MIGRATED: set[tuple[str, str, int | None]] = set()
 _MIGRATE_LOCK = threading.Lock()
 
 
@@ -289,7 +289,9 @@ def open_store(url: str, store: Store, **engine_options: Any) -> sa.Engine:
     LlmopsError naming the store, the URL (password hidden), the cause and the fix."""
     engine = create_engine(url, what=store.what or store.name, setting=store.setting,
                            application_name=f"llmops-{store.name}", **engine_options)
-    key = (str(engine.url), store.name)
+    path = sqlite_path(url)
+    # A sqlite file deleted and created anew (make clean under a running process) must be migrated again.
+    key = (str(engine.url), store.name, path.stat().st_ino if path is not None else None)
     try:
         with _MIGRATE_LOCK:
             if key not in _MIGRATED:
