@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from llmops.settings import get_settings
-from serving import engine_store
+from serving.engine_build import checks, store
+from serving.engine_build import runtimes as cpu_runtimes
+from serving.engines import built
 
 
 def _eager_generate(model, tokenizer, prompts: list[list[int]], new_tokens: int) -> dict[str, float]:
@@ -47,7 +49,7 @@ def _row(name: str, version: str, results: dict[int, dict[str, float]]) -> dict[
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=None, help="merged checkpoint dir (default: the base model)")
-    ap.add_argument("--runtimes", default=",".join(engine_store.CPU_RUNTIMES),
+    ap.add_argument("--runtimes", default=",".join(cpu_runtimes()),
                     help="comma-separated: onnxruntime, openvino, onnxruntime-int8 (lossy: reports agreement only)")
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--new-tokens", type=int, default=64)
@@ -73,26 +75,26 @@ def main(argv: list[str] | None = None) -> int:
 
     def build(name: str) -> dict[str, Any]:  # "onnxruntime", "openvino", "onnxruntime-int8"
         runtime, _, dtype = name.partition("-")
-        return engine_store.build_cpu_engine(settings, model_dir, runtime, progress=print, dtype=dtype or "float32")
+        return store.build_cpu_engine(settings, model_dir, runtime, progress=print, dtype=dtype or "float32")
 
     builds = {rt: build(rt) for rt in runtimes}
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    engines: dict[str, Any] = {rt: engine_store.load_engine(builds[rt], model_dir, max_slots=slots) for rt in runtimes}
+    engines: dict[str, Any] = {rt: built.load_built(builds[rt], model_dir, max_slots=slots) for rt in runtimes}
     eager_engine = EagerEngine(model_dir, max_slots=slots)
     tokenizer = eager_engine.tokenizer
-    base = engine_store.encode_prompts(tokenizer, params.engine.prompts)
+    base = checks.encode_prompts(tokenizer, params.engine.prompts)
 
     print("equivalence: eager reference...", flush=True)
-    reference = engine_store.eager_reference(model, tokenizer, params.engine)
-    equivalence = {rt: engine_store.check_equivalence(e, model, tokenizer, params.engine, reference)
+    reference = checks.eager_reference(model, tokenizer, params.engine)
+    equivalence = {rt: checks.check_equivalence(e, model, tokenizer, params.engine, reference)
                    for rt, e in engines.items()}
     print("equivalence:", {rt: f"{eq['identical']}/{eq['prompts']}" for rt, eq in equivalence.items()}, flush=True)
 
     best: dict[str, dict[int, dict[str, float]]] = {}
     runners: dict[str, Any] = {
         "eager-generate": lambda p: _eager_generate(model, tokenizer, p, args.new_tokens),
-        "eager-engine": lambda p: engine_store.engine_greedy(eager_engine, p, args.new_tokens),
-        **{rt: (lambda p, e=e: engine_store.engine_greedy(e, p, args.new_tokens)) for rt, e in engines.items()},
+        "eager-engine": lambda p: checks.engine_greedy(eager_engine, p, args.new_tokens),
+        **{rt: (lambda p, e=e: checks.engine_greedy(e, p, args.new_tokens)) for rt, e in engines.items()},
     }
     for run in runners.values():  # warm-up
         run(base[:1])
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             ratios[f"{rt}/eager batch{bs} tokens/s"] = round(best[rt][bs]["tokens_per_s"] / strongest, 2)
             fastest_ttft = min(best["eager-generate"][bs]["ttft_s"], best["eager-engine"][bs]["ttft_s"])
             ratios[f"{rt}/eager batch{bs} TTFT"] = round(best[rt][bs]["ttft_s"] / fastest_ttft, 2)
-    report = {"model": str(model_dir), "new_tokens": args.new_tokens, "hardware": engine_store.cpu_hardware(),
+    report = {"model": str(model_dir), "new_tokens": args.new_tokens, "hardware": host.cpu_hardware(),
               "host": host_fp, "rows": rows, "ratios": ratios,
               "build_seconds": {rt: builds[rt].get("build_seconds") for rt in runtimes},
               "equivalence": {rt: {k: eq[k] for k in ("identical", "prompts", "identical_rate", "new_tokens")}

@@ -20,8 +20,9 @@ import math
 import time
 from pathlib import Path
 
+from llmops import host
 from llmops.settings import get_settings
-from serving import engine_store
+from serving.engines import built
 
 
 def kernel_check(k: int = 64, n: int = 16) -> dict[str, float]:
@@ -65,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"emulated": args.emulated, "max_relative_error": kernel_check()}))
         return 0
     from llmops.modeling.prompts import encode_example
-    from serving import quality_gate
+    from serving.engine_build import gate as quality_gate
+
+    host_fp = host.for_benchmark()  # the machine these figures come from (said on stderr, recorded below)
 
     settings = get_settings()
     cfg = settings.params().engine.quantized
@@ -73,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     records = quality_gate.heldout_records(settings.project_dir, cfg)
     rows = {}
     for engine_dir in args.engine_dirs:
-        manifest = engine_store.read_manifest(engine_dir) | {"engine_dir": str(engine_dir)}
-        engine = engine_store.load_engine(manifest, model_dir, max_slots=8)
+        manifest = built.read_manifest(engine_dir) | {"engine_dir": str(engine_dir)}
+        engine = built.load_built(manifest, model_dir, max_slots=8)
         examples = []
         for r in records:
             ids, labels = encode_example(engine.tokenizer, r)
@@ -85,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         rows[manifest["name"]] = {"weights": quant.get("weights"), "reduce_range": quant.get("reduce_range"),
                                   "perplexity_engine": math.exp(nll / n),
                                   "answer_tokens": n, "seconds": round(time.perf_counter() - t0, 1)}
-    host = engine_store.host_summary()
+    where: dict = host_fp
     if args.emulated:
-        host = {"emulated_cpu": f"qemu-x86_64 -cpu {args.emulated}", "real_host": host}
-    report = {"host": host, "records": len(records), "rows": rows,
+        where = {"emulated_cpu": f"qemu-x86_64 -cpu {args.emulated}", "real_host": host_fp}
+    report = {"host": where, "records": len(records), "rows": rows,
               "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     lines = [f"{name}: reduce_range={r['reduce_range']} perplexity {r['perplexity_engine']:.3f}"
              for name, r in rows.items()]

@@ -19,8 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmops import host
 from llmops.settings import Settings, get_settings
-from serving import engine_store
+from serving.engine_build import checks, store
+from serving.engines import built
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,37 +31,38 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--settings", default="s8,s8-7bit", help="comma-separated: s8 (QInt8 weights), s8-7bit "
                     "(QInt8, reduce_range), u8u8 (QUInt8 weights: no u8s8 kernel, so no saturation); "
-                    "serving/engines/int8.py WEIGHTS")
+                    "serving/engine_build/quantize.py WEIGHTS")
     ap.add_argument("--no-fp32", action="store_true", help="skip the fp32 engine's timing")
     ap.add_argument("--store", type=Path, default=None, help="engine store state dir to build in / reuse (default: a "
                     "fresh temporary one)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    host_fp = host.for_benchmark()  # the machine these timings come from (said on stderr, recorded below)
 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from serving import quality_gate
+    from serving.engine_build import gate as quality_gate
 
     settings = get_settings()
     params = settings.params()
     cfg = params.engine
     model_dir = args.model or settings.base_model_dir
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    store = Settings(state_dir=args.store or Path(tempfile.mkdtemp(prefix="llmops-int8-settings-")))
+    state = Settings(state_dir=args.store or Path(tempfile.mkdtemp(prefix="llmops-int8-settings-")))
     slots = max([*cfg.benchmark.batch_sizes, 8])
     engines: dict[str, Any] = {}
     rows: dict[str, dict[str, Any]] = {}
     if not args.no_fp32:
-        fp32 = engine_store.build_cpu_engine(store, model_dir, "onnxruntime")
-        engines["onnxruntime fp32"] = engine_store.load_engine(fp32, model_dir, max_slots=slots)
+        fp32 = store.build_cpu_engine(state, model_dir, "onnxruntime")
+        engines["onnxruntime fp32"] = built.load_built(fp32, model_dir, max_slots=slots)
         rows["onnxruntime fp32"] = {"build_seconds": fp32["build_seconds"]}
     records = quality_gate.heldout_records(settings.project_dir, cfg.quantized)
     for key in args.settings.split(","):
         name = f"int8 {key}"
-        m = engine_store.build_cpu_engine(store, model_dir, "onnxruntime", dtype="int8", int8_weights=key)
-        engine = engine_store.load_engine(m, model_dir, max_slots=slots)
-        eos = set(engine.eos_token_ids) | engine_store.model_eos_ids(model)
+        m = store.build_cpu_engine(state, model_dir, "onnxruntime", dtype="int8", int8_weights=key)
+        engine = built.load_built(m, model_dir, max_slots=slots)
+        eos = set(engine.eos_token_ids) | checks.model_eos_ids(model)
         gate = quality_gate.quality_gate(engine, model, engine.tokenizer, records, cfg.quantized, eos)
         engines[name] = engine
         rows[name] = {"build_seconds": m["build_seconds"], "quantization": m["build_config"]["quantization"],
@@ -68,18 +71,18 @@ def main(argv: list[str] | None = None) -> int:
                       "identical_rate": gate["agreement"]["identical_rate"]}
     for _ in range(args.repeats):  # interleaved: a load spike hits every engine alike
         for name, engine in engines.items():
-            got = engine_store.short_benchmark(engine, engine.tokenizer, cfg)
+            got = checks.short_benchmark(engine, engine.tokenizer, cfg)
             for k, v in got.items():
                 best = rows[name].get(k)
                 better = max if k.endswith("tokens_per_s") else min
                 rows[name][k] = v if best is None else better(best, v)
-    report = {"model": str(model_dir), "host": engine_store.host_summary(), "records": len(records),
+    report = {"model": str(model_dir), "host": host_fp, "records": len(records),
               "new_tokens": cfg.quantized.new_tokens, "benchmark": cfg.benchmark.model_dump(),
               "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"host: {report['host']}  ({report['when']})")
+    print(f"host: {host.host_line(host_fp)}  ({report['when']})")
     for name, r in rows.items():
         q = (f"ppl {r['perplexity_engine']:.3f} vs eager {r['perplexity_eager']:.3f} "
              f"({r['perplexity_increase']:+.2%}), "

@@ -90,15 +90,15 @@ def list_engines(model: str = MODEL_ARG, as_json: bool = JSON_OPTION) -> None:
     `--engine auto` would pick and why, and the engine tags on its version."""
     from llmops.modeling.hashing import weights_digest
     from llmops.settings import get_settings
-    from serving import engine_store
+    from serving.engines import built
 
     settings = get_settings()
     model_dir, ref = _resolve(settings, model)
     digest = weights_digest(model_dir)
     rows = [{k: m.get(k) for k in ("name", "kind", "runtime", "runtime_version", "hardware", "build_config_hash",
                                     "build_seconds", "created", "engine_dir")}
-            | {"benchmark": (engine_store.recorded_benchmark(m) or {}).get("figures")}
-            for m in engine_store.list_engines(settings, digest)]
+            | {"benchmark": (built.recorded_benchmark(m) or {}).get("figures")}
+            for m in built.list_engines(settings, digest)]
     tags: dict[str, str] = {}
     if ref is not None:
         from llmops.registry import Registry

@@ -42,26 +42,27 @@ def _cpu_engine(settings: Settings, params: Params, model_dir: Path) -> dict[str
     import torch
     from transformers import AutoModelForCausalLM
 
-    from serving import engine_store
+    from serving.engine_build import checks, store
+    from serving.engines import built
 
     cfg = params.engine
-    manifest = engine_store.build_cpu_engine(
+    manifest = store.build_cpu_engine(
         settings, model_dir, cfg.cpu_runtime,
         progress=lambda m: print(f"[compile_engine] {m}", file=sys.stderr, flush=True))  # stdout: --json
-    checks_path = Path(manifest["engine_dir"]) / engine_store.CHECKS_FILE
+    checks_path = Path(manifest["engine_dir"]) / built.CHECKS_FILE
     wanted = {"equivalence": cfg.equivalence.model_dump(), "benchmark": cfg.benchmark.model_dump(),
               "prompts": cfg.prompts}
     if manifest["cache_hit"] and checks_path.is_file():
-        checks = json.loads(checks_path.read_text())
-        if checks.get("config") == wanted:
+        stored = json.loads(checks_path.read_text())
+        if stored.get("config") == wanted:
             if not (manifest.get("benchmark") or {}).get("figures"):  # built before the manifest kept it
-                engine_store.record_benchmark(manifest["engine_dir"], checks["benchmark"], passed="equivalence")
-            return manifest | {"equivalence": checks["equivalence"], "benchmark": checks["benchmark"],
+                store.record_benchmark(manifest["engine_dir"], stored["benchmark"], passed="equivalence")
+            return manifest | {"equivalence": stored["equivalence"], "benchmark": stored["benchmark"],
                                "checks_reused": True}
     slots = max([*cfg.benchmark.batch_sizes, cfg.equivalence.prompts or len(cfg.prompts), 1])
-    engine = engine_store.load_engine(manifest, model_dir, max_slots=slots)
+    engine = built.load_built(manifest, model_dir, max_slots=slots)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    equivalence = engine_store.check_equivalence(engine, model, engine.tokenizer, cfg)
+    equivalence = checks.check_equivalence(engine, model, engine.tokenizer, cfg)
     del model
     if not equivalence["passed"]:
         # Rejected, not attached: removed from the store so no server can pick it (they fall back to eager).
@@ -72,59 +73,59 @@ def _cpu_engine(settings: Settings, params: Params, model_dir: Path) -> dict[str
                   f"(need {equivalence['min_identical_rate']:.0%}); engine removed, serve with eager")
         return {"kind": "cpu", "skipped": True, "rejected": True, "reason": reason,
                 "record": f"engine=cpu rejected: {reason}", "equivalence": equivalence}
-    benchmark = engine_store.short_benchmark(engine, engine.tokenizer, cfg)
+    benchmark = checks.short_benchmark(engine, engine.tokenizer, cfg)
     benchmark["eager_batch1_tokens_per_s"] = round(equivalence["eager_batch1_tokens_per_s"], 2)
     checks_path.write_text(json.dumps({"config": wanted, "equivalence": equivalence, "benchmark": benchmark},
                                       indent=2))
     # in the manifest, with the host: what `--engine auto` ranks the built engines by on this machine
-    engine_store.record_benchmark(manifest["engine_dir"], benchmark, passed="equivalence")
+    store.record_benchmark(manifest["engine_dir"], benchmark, passed="equivalence")
     return manifest | {"equivalence": equivalence, "benchmark": benchmark, "checks_reused": False}
 
 
 def _cpu_int8_engine(settings: Settings, params: Params, model_dir: Path) -> dict[str, Any]:
-    """The int8 ONNX Runtime engine, gated on held-out quality vs eager (serving/quality_gate.py). A breach keeps
+    """The int8 ONNX Runtime engine, gated on held-out quality vs eager (serving/engine_build/gate.py). A breach keeps
     the engine on disk with its figures but out of serving (the registry's probe reads the gate's file)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from serving import engine_store, quality_gate
-    from serving.engines import int8
+    from serving.engine_build import checks, gate, quantize, store
+    from serving.engines import built
 
     cfg = params.engine
-    manifest = engine_store.build_cpu_engine(
-        settings, model_dir, int8.RUNTIME, dtype=int8.DTYPE, int8_weights=cfg.quantized.weights,
+    manifest = store.build_cpu_engine(
+        settings, model_dir, quantize.RUNTIME, dtype=quantize.DTYPE, int8_weights=cfg.quantized.weights,
         progress=lambda m: print(f"[compile_engine] {m}", file=sys.stderr, flush=True))
-    gate_path = Path(manifest["engine_dir"]) / int8.QUALITY_FILE
+    gate_path = Path(manifest["engine_dir"]) / built.QUALITY_FILE
     wanted = {"quantized": cfg.quantized.model_dump(), "benchmark": cfg.benchmark.model_dump(),
               "prompts": cfg.prompts}
-    gate = json.loads(gate_path.read_text()) if gate_path.is_file() else {}
-    if gate.get("config") != wanted:
+    result = json.loads(gate_path.read_text()) if gate_path.is_file() else {}
+    if result.get("config") != wanted:
         slots = max([*cfg.benchmark.batch_sizes, 8])
-        engine = engine_store.load_engine(manifest, model_dir, max_slots=slots)
+        engine = built.load_built(manifest, model_dir, max_slots=slots)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-        records = quality_gate.heldout_records(settings.project_dir, cfg.quantized)
-        eos = set(engine.eos_token_ids) | set(engine_store.model_eos_ids(model))
-        quality = quality_gate.quality_gate(engine, model, engine.tokenizer, records, cfg.quantized, eos)
+        records = gate.heldout_records(settings.project_dir, cfg.quantized)
+        eos = set(engine.eos_token_ids) | set(checks.model_eos_ids(model))
+        quality = gate.quality_gate(engine, model, engine.tokenizer, records, cfg.quantized, eos)
         del model
-        benchmark = engine_store.short_benchmark(engine, engine.tokenizer, cfg)
-        gate = {"config": wanted, **quality, "benchmark": benchmark}
-        gate_path.write_text(json.dumps(gate, indent=2))
-    quality = {k: v for k, v in gate.items() if k not in ("config", "benchmark")}
-    if not gate["passed"]:
-        reason = (f"{manifest['engine_name']} engine breached its quality tolerance ({'; '.join(gate['breaches'])}); "
-                  "kept out of serving")
+        benchmark = checks.short_benchmark(engine, engine.tokenizer, cfg)
+        result = {"config": wanted, **quality, "benchmark": benchmark}
+        gate_path.write_text(json.dumps(result, indent=2))
+    quality = {k: v for k, v in result.items() if k not in ("config", "benchmark")}
+    if not result["passed"]:
+        reason = (f"{manifest['engine_name']} engine breached its quality tolerance "
+                  f"({'; '.join(result['breaches'])}); kept out of serving")
         return {"kind": "cpu-int8", "skipped": True, "rejected": True, "reason": reason,
                 "record": f"engine=cpu-int8 rejected: {reason}", "quality": quality,
                 "quantization": manifest["build_config"].get("quantization")}
     recorded = manifest.get("benchmark") or {}
-    if recorded.get("figures") != gate["benchmark"]:  # passed: its speed here ranks it for `--engine auto`
-        engine_store.record_benchmark(manifest["engine_dir"], gate["benchmark"], passed="quality gate")
-    return manifest | {"quality": quality, "benchmark": gate["benchmark"]}
+    if recorded.get("figures") != result["benchmark"]:  # passed: its speed here ranks it for `--engine auto`
+        store.record_benchmark(manifest["engine_dir"], result["benchmark"], passed="quality gate")
+    return manifest | {"quality": quality, "benchmark": result["benchmark"]}
 
 
 def _trtllm_engine(settings: Settings, params: Params, model_dir: Path) -> dict[str, Any]:
     from llmops.modeling.hashing import weights_digest
-    from serving.engines import tensorrt_llm as trt
+    from serving.engine_build import trtllm as trt
 
     cfg = params.engine.trtllm
     pf = trt.preflight(cfg.min_compute_capability)
@@ -137,7 +138,7 @@ def _trtllm_engine(settings: Settings, params: Params, model_dir: Path) -> dict[
     if (out / trt.MANIFEST).is_file():
         return json.loads((out / trt.MANIFEST).read_text()) | {"cache_hit": True, "engine_dir": str(out)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "serving.engines.tensorrt_llm", "build", "--model-dir", str(model_dir),
+    cmd = [sys.executable, "-m", "serving.engine_build.trtllm", "build", "--model-dir", str(model_dir),
            "--out", str(out), "--weights-digest", digest, "--config", json.dumps(config.to_dict()),
            "--min-compute-capability", str(cfg.min_compute_capability)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=settings.project_dir)
@@ -152,10 +153,10 @@ def _unsupported(kind: str, model_dir: Path) -> dict[str, Any] | None:
     model itself is fine and serves with the eager engine, so the step goes on, as a TensorRT-LLM skip does."""
     if kind not in ("cpu", "cpu-int8"):
         return None
-    from serving.engines.decoder_graph import check_supported
+    from serving.engine_build.graph_spec import read_spec
 
     try:
-        check_supported(model_dir)
+        read_spec(model_dir)
     except ModelError as exc:
         reason = str(exc)
         return {"kind": kind, "skipped": True, "reason": reason, "record": f"engine={kind} skipped: {reason}"}
@@ -182,7 +183,7 @@ def version_tags(results: dict[str, dict[str, Any]], artifact_uris: dict[str, st
             tags[f"{p}.quality.agreement.identical_rate"] = f"{quality['agreement']['identical_rate']:.4g}"
             tags[f"{p}.quality.passed"] = str(bool(quality["passed"])).lower()
         quant = r.get("quantization") or (r.get("build_config") or {}).get("quantization")
-        if quant:  # the per-host settings it was quantised with (serving/engines/int8.py settings_for)
+        if quant:  # the per-host settings it was quantised with (serving/engine_build/quantize.py settings_for)
             tags[f"{p}.quantization.weights"] = str(quant.get("weights") or quant.get("weight_type"))
             tags[f"{p}.quantization.reduce_range"] = str(bool(quant.get("reduce_range"))).lower()
         if r.get("skipped"):

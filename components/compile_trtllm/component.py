@@ -31,10 +31,10 @@ def stage_checkpoint(parent_run_id: str, overrides: list, model_version: str, ch
 @dsl.container_component
 def compile_trtllm(checkpoint: dsl.Input[dsl.Model], weights_digest: str, build_config: str,
                    min_compute_capability: float, engine: dsl.Output[dsl.Artifact]):
-    """`python -m serving.engines.tensorrt_llm build` in the TRT-LLM image on a GPU node (its preflight fails
+    """`python -m serving.engine_build.trtllm build` in the TRT-LLM image on a GPU node (its preflight fails
     the step, naming what is missing, rather than writing a fake engine)."""
     return dsl.ContainerSpec(
-        image=TRTLLM_IMAGE, command=["python", "-m", "serving.engines.tensorrt_llm"],
+        image=TRTLLM_IMAGE, command=["python", "-m", "serving.engine_build.trtllm"],
         args=["build", "--model-dir", checkpoint.path, "--out", engine.path, "--weights-digest", weights_digest,
               "--config", build_config, "--min-compute-capability", min_compute_capability])
 

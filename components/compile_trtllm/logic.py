@@ -4,7 +4,7 @@ Three steps, because the TRT-LLM image carries NVIDIA's own package versions and
 MLflow client there): `stage_checkpoint` (CPU image) downloads the registered version's merged checkpoint
 into a KFP artifact and says what to build (weights digest, build config from params.yaml
 `engine.trtllm`, with this run's overrides); `compile_trtllm` (a container component on the TRT-LLM image,
-on a GPU node) runs `python -m serving.engines.tensorrt_llm build` into an engine artifact; `attach_trtllm`
+on a GPU node) runs `python -m serving.engine_build.trtllm build` into an engine artifact; `attach_trtllm`
 (CPU image) attaches that engine to the version: MLflow artifacts + the same `engine.tensorrt-llm.*` tags the
 CPU step writes. kfp.local cannot run container components, so the local DAG keeps the CPU step's recorded
 skip; `pipelines/_stages.py` adds these only when compiling for the cluster. This module never imports KFP.
@@ -26,7 +26,7 @@ def stage_checkpoint(settings: Settings, params: Params, *, name: str, version: 
     """Copy `name/version`'s merged checkpoint to `out_dir`; returns what the build step needs."""
     from components.compile_engine.logic import version_model_dir
     from llmops.modeling.hashing import weights_digest
-    from serving.engines import tensorrt_llm as trt
+    from serving.engine_build import trtllm as trt
 
     model_dir = version_model_dir(settings, name, version)
     trt.check_model(model_dir)
@@ -45,7 +45,7 @@ def attach_engine(settings: Settings, params: Params, *, name: str, version: str
 
     from components.compile_engine.logic import version_tags
     from llmops.tracking import step_run
-    from serving.engines import tensorrt_llm as trt
+    from serving.engine_build import trtllm as trt
 
     path = Path(engine_dir) / trt.MANIFEST
     if not path.is_file():

@@ -1,8 +1,12 @@
-"""Engine registry: every backend registers one factory; `--engine auto` picks the fastest one measured here.
+"""Engine registry: every runtime registers what it serves; `--engine auto` picks the fastest one measured here.
 
-A backend module registers itself with one line at import time::
+This package holds what serves, one module per runtime (eager, static_cache: the CUDA-graph GPU engine, ort:
+ONNX Runtime fp32 and int8, ov: OpenVINO); building, exporting, quantising, the quality gate and the engine
+store live apart in `serving/engine_build/`, which imports this package and never the other way round. A runtime
+module registers each engine it serves once, at import time::
 
-    register_engine("onnxruntime", factory, priority=20, probe=probe, speed=speed, preference=2)
+    register_engine("eager", factory, priority=0)
+    register_built("onnxruntime", OnnxRuntimeEngine, runtime_version, preference=2)  # built.py: stored engines
 
 `factory(model_dir, params) -> Engine` builds the engine for a resolved local checkpoint;
 `probe(model_dir) -> None | str` says whether it can run here for that checkpoint (None) or why not
@@ -47,7 +51,8 @@ log = logging.getLogger("llmops.engines")
 
 # Backend modules imported on first use, so registering costs nothing at import and a backend whose
 # runtime is missing only disappears from the list (its import error becomes its "why not").
-BACKEND_MODULES: list[str] = ["serving.engines.eager", "serving.engines.cpu", "serving.engines.static_cache"]
+BACKEND_MODULES: list[str] = ["serving.engines.eager", "serving.engines.ort", "serving.engines.ov",
+                               "serving.engines.static_cache"]
 _IMPORT_ERRORS: dict[str, str] = {}
 _loaded = False
 
@@ -65,7 +70,8 @@ def register_engine(name: str, factory: EngineFactory, *, priority: int = 10, pr
         SPEEDS[name] = speed
 
 
-def _load_backends() -> None:
+def load_backends() -> None:
+    """Import every runtime module once (each registers itself); a missing runtime only drops its engines."""
     global _loaded
     if _loaded:
         return
@@ -120,7 +126,7 @@ def _speed_of(name: str, model_dir: Path) -> dict[str, Any] | None:
 def available_engines(model_dir: Path | None = None, rank_by: str = DEFAULT_RANK_BY) -> list[EngineChoice]:
     """Every registered engine, best first (class, then measured speed here, then preference), with whether it
     can serve `model_dir` here and why not."""
-    _load_backends()
+    load_backends()
     out: list[EngineChoice] = []
     for name in ENGINES:
         reason, bench = None, None

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.engines.base import Engine, check_decode, check_prefill
+from serving.engines.built import register_built
+from serving.engines.slots import SlotCacheEngine
 
 RUNTIME = "onnxruntime"
 CAPACITY_STEP = 128  # view capacity grows in these steps (amortises rebuilds, bounds waste)
@@ -47,7 +48,7 @@ class _View:
         self.binding: Any = None
 
 
-class OnnxRuntimeEngine(Engine):
+class OnnxRuntimeEngine(SlotCacheEngine):
     kind = "cpu"
     runtime = RUNTIME
 
@@ -68,9 +69,7 @@ class OnnxRuntimeEngine(Engine):
         self._session = ort.InferenceSession(str(graph), session_options(threads), providers=["CPUExecutionProvider"])
         self._past = [f"past_{kind}.{i}" for i in range(self.layers) for kind in ("key", "value")]
         self._present = [f"present_{kind}.{i}" for i in range(self.layers) for kind in ("key", "value")]
-        self._kv: dict[int, list[np.ndarray]] = {}  # slot -> per (layer, kind) [Hkv, len, D], outside the view
-        self._len: dict[int, int] = {}
-        self._view: _View | None = None
+        self._init_slots()  # a slot's own cache: per (layer, kind) [Hkv, len, D]
 
     def info(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "engine": self.manifest.get("name"), "runtime": self.runtime,
@@ -79,7 +78,7 @@ class OnnxRuntimeEngine(Engine):
                 "build_config_hash": self.manifest.get("build_config_hash"),
                 "cache_key": self.manifest.get("cache_key"), "engine_dir": str(self.engine_dir)}
 
-    # -- views -------------------------------------------------------------------------------------
+    # -- views (the bookkeeping is SlotCacheEngine's) ------------------------------------------------
     def _rows(self, slot: int) -> list[np.ndarray]:
         """The slot's cache as per (layer, kind) [Hkv, len, D] arrays, wherever it lives now."""
         n = self._len[slot]
@@ -88,8 +87,16 @@ class OnnxRuntimeEngine(Engine):
             return [b[i, :, :n] for b in self._view.buffers]
         return self._kv[slot]
 
-    def _set_view(self, slots: tuple[int, ...], cap: int) -> None:
-        """Copy the caches of `slots` into fresh buffers of capacity `cap`; slots leaving keep their rows."""
+    def _take(self, view: _View, row: int, n: int) -> list[np.ndarray]:
+        return [b[row, :, :n].copy() for b in view.buffers]
+
+    def _fits(self, view: _View, need: int) -> bool:
+        return need <= view.cap
+
+    def _next_view(self, slots: tuple[int, ...], need: int) -> _View:
+        """Copy the caches of `slots` straight into fresh buffers (capacity rounded up to CAPACITY_STEP); slots
+        leaving keep their rows."""
+        cap = max(need, min(self.max_len, -(-(need + CAPACITY_STEP // 2) // CAPACITY_STEP) * CAPACITY_STEP))
         old = self._view
         buffers = [np.zeros((len(slots), self.kv_heads, cap, self.head_dim), dtype=np.float32)
                    for _ in self._past]
@@ -99,9 +106,9 @@ class OnnxRuntimeEngine(Engine):
                 buf[i, :, :n] = rows
             self._kv.pop(slot, None)
         if old is not None:
-            for slot in old.slots:
+            for row, slot in enumerate(old.slots):
                 if slot in self._len and slot not in slots:
-                    self._kv[slot] = [r.copy() for r in self._rows(slot)]
+                    self._kv[slot] = self._take(old, row, self._len[slot])
         view = _View(slots, buffers)
         binding = self._session.io_binding()
         binding.bind_output("logits", "cpu")
@@ -110,62 +117,46 @@ class OnnxRuntimeEngine(Engine):
             binding.bind_input(past, "cpu", 0, np.float32, shape, buf.ctypes.data)
             binding.bind_output(present, "cpu", 0, np.float32, shape, buf.ctypes.data)
         view.binding = binding
-        self._view = view
-
-    def _drop_view(self) -> None:
-        if self._view is not None:
-            for slot in self._view.slots:
-                if slot in self._len:
-                    self._kv[slot] = [r.copy() for r in self._rows(slot)]
-            self._view = None
+        return view
 
     # -- the Engine interface ----------------------------------------------------------------------
     def prefill(self, slot: int, token_ids: list[int]):
         """Run the prompt (fresh cache), keep its K/V for `slot`; fp32 logits [vocab] of the last position."""
         import torch
 
-        check_prefill(slot, token_ids, self.max_slots, self.max_len)
+        self._start(slot, token_ids)
         n = len(token_ids)
-        if self._view is not None and slot in self._view.slots:
-            self._drop_view()
-        self._len.pop(slot, None)
-        self._kv.pop(slot, None)
         empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
         feeds = {"input_ids": np.asarray([token_ids], dtype=np.int64),
                  "seqlens_k": np.asarray([n - 1], dtype=np.int32),
                  "total_sequence_length": np.asarray(n, dtype=np.int32),
                  **dict.fromkeys(self._past, empty)}
         out = self._session.run(["logits", *self._present], feeds)
-        self._kv[slot] = [p[0] for p in out[1:]]
-        self._len[slot] = n
+        self._keep(slot, [p[0] for p in out[1:]], n)
         return torch.from_numpy(np.array(out[0][0], dtype=np.float32))
 
     def decode(self, slots: list[int], token_ids: list[int]):
         """One new token per slot, K/V appended in place; fp32 logits [len(slots), vocab]."""
         import torch
 
-        check_decode(slots, token_ids, self._len, self.max_len)
-        key = tuple(slots)
-        lens = np.asarray([self._len[s] for s in key], dtype=np.int32)
+        binding = self._running(slots, token_ids).binding
+        lens = np.asarray([self._len[s] for s in slots], dtype=np.int32)
         need = int(lens.max()) + 1
-        if self._view is None or self._view.slots != key or need > self._view.cap:
-            cap = min(self.max_len, -(-(need + CAPACITY_STEP // 2) // CAPACITY_STEP) * CAPACITY_STEP)
-            self._set_view(key, max(cap, need))
-        binding = self._view.binding
         binding.bind_cpu_input("input_ids", np.asarray(token_ids, dtype=np.int64)[:, None])
         binding.bind_cpu_input("seqlens_k", lens)  # = tokens before this one = index the new K/V goes to
         binding.bind_cpu_input("total_sequence_length", np.asarray(need, dtype=np.int32))
         self._session.run_with_iobinding(binding)
         logits = binding.get_outputs()[0].numpy()
-        for s in key:
-            self._len[s] += 1
+        self._advance(slots)
         return torch.from_numpy(np.array(logits, dtype=np.float32))
-
-    def release(self, slot: int) -> None:
-        """Forget the slot's sequence (its row in the view is simply unused until the next rebuild)."""
-        self._len.pop(slot, None)
-        self._kv.pop(slot, None)
 
     def close(self) -> None:
         self._view = None
         self._kv.clear()
+
+
+# One registration per engine this module serves: the full-precision graph and its int8 quantisation share the
+# runtime. `preference` only orders engines built before measurements were recorded (benchmarks/README.md,
+# AVX-512 host: int8 over fp32 over OpenVINO); `--engine auto` otherwise ranks them by speed measured here.
+register_built("onnxruntime", OnnxRuntimeEngine, runtime_version, preference=2)
+register_built("onnxruntime-int8", OnnxRuntimeEngine, runtime_version, preference=3)

@@ -26,6 +26,7 @@ import torch
 from llmops.errors import LlmopsError, ModelError
 from serving.engines import register_engine
 from serving.engines.base import Engine, check_decode, check_prefill
+from serving.engines.checkpoint import attention, read_config
 
 if TYPE_CHECKING:
     from llmops.params import ServeParams
@@ -39,7 +40,7 @@ def unsupported(cfg: Any) -> str | None:
     if cfg.model_type not in SUPPORTED_MODEL_TYPES:
         return (f"the static-cache GPU engine does not support the {cfg.model_type!r} family "
                 f"(supported: {', '.join(sorted(SUPPORTED_MODEL_TYPES))})")
-    if "sliding_attention" in (getattr(cfg, "layer_types", None) or []):
+    if "sliding_attention" in attention(cfg).layer_types:
         return f"the static-cache GPU engine does not support {cfg.model_type!r} with per-layer sliding windows"
     return None
 
@@ -62,25 +63,21 @@ class StaticCacheEngine(Engine):
                               "serve a checkpoint saved with safe_serialization=True (pickled weights never load)")
         self.device = torch.device(device)
         self.graphs = (self.device.type == "cuda") if graphs is None else graphs
-        from transformers import AutoConfig
-
-        if (why := unsupported(AutoConfig.from_pretrained(model_dir))) is not None:
+        att = attention(config := read_config(model_dir))
+        if (why := unsupported(config)) is not None:
             raise ModelError(why, "serve with --engine eager")
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True)
-        cfg = model.config
         self.model = model.to(self.device).eval()
         self.dtype = dtype
         self.max_slots = max_slots
-        cap = int(getattr(cfg, "max_position_embeddings", max_len) or max_len)
+        cap = att.max_positions or max_len
         # Mistral: within the window every key is visible, so the unwindowed decode step is exact there
-        self.max_len = min(max_len, cap, int(getattr(cfg, "sliding_window", None) or cap))
+        self.max_len = min(max_len, cap, att.windows[0] or cap)
         gen_eos = getattr(model.generation_config, "eos_token_id", None)
         self.extra_eos_ids = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
 
-        self.n_heads = cfg.num_attention_heads
-        self.n_kv = cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.n_heads, self.n_kv, self.head_dim = att.heads, att.kv_heads, att.head_dim
         self.scale = float(getattr(self.model.model.layers[0].self_attn, "scaling", self.head_dim ** -0.5))
         width = self._bucket(self.max_len + 1)  # + the scratch column idle rows write to
         rows = max_slots
@@ -244,11 +241,9 @@ class StaticCacheEngine(Engine):
 def _probe(model_dir: Path) -> str | None:
     if not torch.cuda.is_available():
         return "no CUDA GPU here"
-    from transformers import AutoConfig
-
     try:
-        cfg = AutoConfig.from_pretrained(str(model_dir))
-    except (OSError, ValueError, KeyError) as exc:
+        cfg = read_config(model_dir)
+    except ModelError as exc:
         return f"unreadable config.json: {exc}"
     return unsupported(cfg)
 

@@ -49,7 +49,7 @@ def test_cluster_yaml_builds_trtllm_on_a_gpu_in_the_trtllm_image(settings: Setti
     assert want.gpus >= 1 and want.accelerator
     container = spec["deploymentSpec"]["executors"]["exec-compile-trtllm"]["container"]
     assert container["image"] == settings.trtllm_image
-    assert container["command"] == ["python", "-m", "serving.engines.tensorrt_llm"] and container["args"][0] == "build"
+    assert container["command"] == ["python", "-m", "serving.engine_build.trtllm"] and container["args"][0] == "build"
     args = dict(zip(container["args"][1::2], container["args"][2::2], strict=True))
     assert set(args) == {"--model-dir", "--out", "--weights-digest", "--config", "--min-compute-capability"}
     assert "checkpoint" in args["--model-dir"] and "engine" in args["--out"]

@@ -21,7 +21,9 @@ import torch
 
 from llmops.errors import ModelError
 from llmops.settings import Settings
-from serving import engine_store
+from serving import engine_build as build
+from serving.engine_build import checks, store
+from serving.engines import built
 
 FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3")
 TWEAKS = {"llama": {"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,  # Llama 3.1+
@@ -59,16 +61,16 @@ def family(request, tmp_path_factory: pytest.TempPathFactory, base_tokenizer_dir
     model_dir = build_tiny_model(root / "model", tokenizer_dir=base_tokenizer_dir, family=request.param)
     _edit_config(model_dir, **TWEAKS.get(request.param, {}))
     eager = EagerEngine(model_dir, max_slots=len(PROMPTS))
-    prompts = engine_store.encode_prompts(eager.tokenizer, PROMPTS)
+    prompts = checks.encode_prompts(eager.tokenizer, PROMPTS)
     eos = eager.eos_token_ids
-    tokens = engine_store.engine_greedy(eager, prompts, NEW_TOKENS)["tokens"]
-    reference = [engine_store.until_eos(t, eos) for t in tokens]
+    tokens = checks.engine_greedy(eager, prompts, NEW_TOKENS)["tokens"]
+    reference = [checks.until_eos(t, eos) for t in tokens]
     return Family(request.param, model_dir, Settings(state_dir=root / "state"), prompts, reference, eos)
 
 
 def _engine(fam: Family, runtime: str, dtype: str = "float32"):
-    manifest = engine_store.build_cpu_engine(fam.store, fam.model_dir, runtime, dtype=dtype)
-    return engine_store.load_engine(manifest, fam.model_dir, max_slots=len(PROMPTS))
+    manifest = store.build_cpu_engine(fam.store, fam.model_dir, runtime, dtype=dtype)
+    return built.load_built(manifest, fam.model_dir, max_slots=len(PROMPTS))
 
 
 def _identical_token_share(reference: list[list[int]], got: list[list[int]]) -> float:
@@ -79,11 +81,11 @@ def _identical_token_share(reference: list[list[int]], got: list[list[int]]) -> 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 def test_fp32_engine_gives_eager_greedy_tokens(family: Family, runtime: str) -> None:
     engine = _engine(family, runtime)
-    got = [engine_store.until_eos(t, family.eos)
-           for t in engine_store.engine_greedy(engine, family.prompts, NEW_TOKENS)["tokens"]]
+    got = [checks.until_eos(t, family.eos)
+           for t in checks.engine_greedy(engine, family.prompts, NEW_TOKENS)["tokens"]]
     share = _identical_token_share(family.reference, got)
     assert share >= 0.95, f"{family.name} on {runtime}: {share:.1%} of eager's greedy tokens"
-    assert engine_store.agreement(family.reference, got)["mean_leading_agreement"] >= 0.95
+    assert checks.agreement(family.reference, got)["mean_leading_agreement"] >= 0.95
 
 
 def test_int8_engine_stays_close_to_fp32(family: Family) -> None:
@@ -106,8 +108,8 @@ def test_static_cache_engine_refuses_what_it_cannot_express(family: Family) -> N
         window = TWEAKS.get(family.name, {}).get("sliding_window")
         assert engine.max_len == (window or engine.max_len)
         if window is None:
-            got = engine_store.engine_greedy(engine, family.prompts, NEW_TOKENS)["tokens"]
-            got = [engine_store.until_eos(t, family.eos) for t in got]
+            got = checks.engine_greedy(engine, family.prompts, NEW_TOKENS)["tokens"]
+            got = [checks.until_eos(t, family.eos) for t in got]
             assert _identical_token_share(family.reference, got) >= 0.95
         return
     model_type = json.loads((family.model_dir / "config.json").read_text())["model_type"]
@@ -125,9 +127,9 @@ def _config_only(tmp_path: Path, **config) -> Path:
 
 def test_unsupported_family_is_refused_by_name(tmp_path: Path, settings: Settings) -> None:
     model_dir = _config_only(tmp_path, model_type="gpt2", architectures=["GPT2LMHeadModel"])
-    for runtime in engine_store.CPU_RUNTIMES:
+    for runtime in build.runtimes():
         with pytest.raises(ModelError, match="'gpt2'") as err:
-            engine_store.build_cpu_engine(settings, model_dir, runtime)
+            store.build_cpu_engine(settings, model_dir, runtime)
         assert "serve with --engine eager" in str(err.value)
     assert not list(settings.engines_dir.glob("*"))
 
@@ -146,7 +148,7 @@ PHI3 = {"model_type": "phi3", "architectures": ["Phi3ForCausalLM"], "hidden_size
     (PHI3 | {"hidden_act": "relu"}, "Phi-3 model: activation 'relu'"),
 ])
 def test_features_the_graphs_cannot_express_are_refused(tmp_path: Path, config: dict, what: str) -> None:
-    from serving.engines.graph_spec import read_spec
+    from serving.engine_build.graph_spec import read_spec
 
     with pytest.raises(ModelError, match=what) as err:
         read_spec(_config_only(tmp_path, **config))
@@ -156,7 +158,7 @@ def test_features_the_graphs_cannot_express_are_refused(tmp_path: Path, config: 
 def test_longrope_is_served_only_within_the_original_context(tmp_path: Path) -> None:
     """Phi-3's longrope: transformers uses the short factors up to the original context and switches every
     position to the long ones beyond it, so the engines serve up to the original context (exact there)."""
-    from serving.engines.graph_spec import read_spec
+    from serving.engine_build.graph_spec import read_spec
 
     factors = [1.0 + i / 8 for i in range(8)]  # head_dim 16 -> 8 frequencies
     rope = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": factors,
@@ -171,7 +173,7 @@ def test_longrope_is_served_only_within_the_original_context(tmp_path: Path) -> 
 
 
 def test_tensorrt_llm_refuses_families_without_a_converter(tmp_path: Path) -> None:
-    from serving.engines import tensorrt_llm
+    from serving.engine_build import trtllm as tensorrt_llm
 
     model_dir = _config_only(tmp_path, model_type="gemma2", architectures=["Gemma2ForCausalLM"])
     with pytest.raises(ModelError, match="'gemma2' family") as err:

@@ -3,7 +3,7 @@ quantisation settings follow the host's ISA flags (7-bit weights on x86 without 
 
 The ranking test builds real fp32 and int8 ONNX Runtime engines of the tiny model through the compile_engine
 path (equivalence, quality gate, short benchmark recorded in each manifest); the figures are then rewritten
-with engine_store.record_benchmark, the product's own API, so each ranking case has known measurements."""
+with store.record_benchmark, the product's own API, so each ranking case has known measurements."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from llmops.settings import Settings
-from serving import engine_store
-from serving.engines import int8
+from serving.engine_build import quantize, store
+from serving.engines import built
 
 QUICK = ["engine.kinds=[cpu,cpu-int8]", "engine.quantized.records=2", "engine.quantized.new_tokens=4",
          "engine.quantized.max_perplexity_increase=100", "engine.quantized.max_rouge_l_drop=1",
@@ -32,24 +32,24 @@ QUICK = ["engine.kinds=[cpu,cpu-int8]", "engine.quantized.records=2", "engine.qu
     ({"asimd", "asimddp"}, "aarch64", "s8"),  # Arm: int8 dot products accumulate in int32
 ])
 def test_quantisation_settings_follow_the_host_flags(flags: set[str], machine: str, weights: str) -> None:
-    got = int8.settings_for(flags, machine)
+    got = quantize.settings_for(flags, machine)
     assert got["weights"] == weights and got["why"]
     assert got["weight_type"] == ("QUInt8" if weights == "u8u8" else "QInt8") and got["reduce_range"] is False
     assert {k: got[k] for k in ("per_channel", "op_types", "keep_float")} == \
-        {k: int8.CONFIG[k] for k in ("per_channel", "op_types", "keep_float")}  # the measured recipe is kept
-    forced = int8.settings_for(flags, machine, weights="s8-7bit")
+        {k: quantize.CONFIG[k] for k in ("per_channel", "op_types", "keep_float")}  # the measured recipe is kept
+    forced = quantize.settings_for(flags, machine, weights="s8-7bit")
     assert forced["reduce_range"] is True and "engine.quantized.weights" in forced["why"]
     from llmops.errors import LlmopsError
 
     with pytest.raises(LlmopsError, match="weights setting"):
-        int8.settings_for(flags, machine, weights="int4")
+        quantize.settings_for(flags, machine, weights="int4")
 
 
 def test_the_settings_are_part_of_the_build_config_and_its_hash() -> None:
-    avx2 = engine_store.cpu_build_config("onnxruntime", "int8", int8.settings_for({"avx2"}, "x86_64"))
-    vnni = engine_store.cpu_build_config("onnxruntime", "int8", int8.settings_for({"avx512_vnni"}, "x86_64"))
+    avx2 = store.cpu_build_config("onnxruntime", "int8", quantize.settings_for({"avx2"}, "x86_64"))
+    vnni = store.cpu_build_config("onnxruntime", "int8", quantize.settings_for({"avx512_vnni"}, "x86_64"))
     assert avx2["quantization"]["weight_type"] == "QUInt8" and vnni["quantization"]["weight_type"] == "QInt8"
-    assert engine_store.short_hash(avx2) != engine_store.short_hash(vnni)
+    assert store.short_hash(avx2) != store.short_hash(vnni)
 
 
 def test_auto_rank_by_must_name_a_benchmark_figure(settings: Settings) -> None:
@@ -72,13 +72,13 @@ def test_auto_picks_the_fastest_measured_engine_and_says_why(settings: Settings,
     fp32, q8 = result["cpu"], result["cpu-int8"]
     assert not fp32.get("skipped") and not q8.get("skipped")
     for r, gate in ((fp32, "equivalence"), (q8, "quality gate")):  # the build recorded its speed, with the host
-        bench = engine_store.read_manifest(Path(r["engine_dir"]))["benchmark"]
+        bench = built.read_manifest(Path(r["engine_dir"]))["benchmark"]
         assert bench["passed"] == gate and bench["figures"]["batch1_tokens_per_s"] > 0
-        assert bench["host"] == engine_store.host_summary()
+        assert bench["host"] == built.host_summary()
     fp32_dir, q8_dir = Path(fp32["engine_dir"]), Path(q8["engine_dir"])
 
-    engine_store.record_benchmark(q8_dir, _figures(61.0, 150.0), passed="quality gate")
-    engine_store.record_benchmark(fp32_dir, _figures(30.0, 170.0), passed="equivalence")
+    store.record_benchmark(q8_dir, _figures(61.0, 150.0), passed="quality gate")
+    store.record_benchmark(fp32_dir, _figures(30.0, 170.0), passed="equivalence")
     sel = select_engine("auto", tiny_model_dir)
     assert sel.name == "onnxruntime-int8"
     assert sel.reason.startswith("onnxruntime-int8: fastest measured on this host, 61 batch 1 tok/s vs onnxruntime 30")
@@ -86,7 +86,7 @@ def test_auto_picks_the_fastest_measured_engine_and_says_why(settings: Settings,
     # ranked by the figure serve.auto_rank_by names: at batch 2 fp32 is the faster here
     assert select_engine("auto", tiny_model_dir, "batch2_tokens_per_s").name == "onnxruntime"
 
-    engine_store.record_benchmark(q8_dir, _figures(20.0, 40.0), passed="quality gate")  # int8 slower on this host
+    store.record_benchmark(q8_dir, _figures(20.0, 40.0), passed="quality gate")  # int8 slower on this host
     engine = load_engine("auto", tiny_model_dir, settings.params().serve)
     assert engine.name == "onnxruntime" and engine.info()["dtype"] == "float32"
     info = engine.info()
@@ -95,18 +95,18 @@ def test_auto_picks_the_fastest_measured_engine_and_says_why(settings: Settings,
     assert by_name["onnxruntime-int8"]["batch1_tokens_per_s"] == 20.0 and not by_name["openvino"]["available"]
 
     # Measured on another machine (a store shared between hosts): not a measurement here.
-    manifest = engine_store.read_manifest(fp32_dir)
+    manifest = built.read_manifest(fp32_dir)
     manifest["benchmark"]["host"] = {**manifest["benchmark"]["host"], "cpu": "Some Other CPU"}
-    (fp32_dir / engine_store.MANIFEST).write_text(json.dumps(manifest))
+    (fp32_dir / built.MANIFEST).write_text(json.dumps(manifest))
     sel = select_engine("auto", tiny_model_dir)
     assert sel.name == "onnxruntime-int8" and "onnxruntime not measured here" in sel.reason
 
     # Old manifests, no figures anywhere: the fixed preference decides, and the reason says so.
     for d in (fp32_dir, q8_dir):
-        manifest = engine_store.read_manifest(d)
+        manifest = built.read_manifest(d)
         manifest.pop("benchmark")
-        (d / engine_store.MANIFEST).write_text(json.dumps(manifest))
-        for name in (engine_store.CHECKS_FILE, int8.QUALITY_FILE):
+        (d / built.MANIFEST).write_text(json.dumps(manifest))
+        for name in (built.CHECKS_FILE, built.QUALITY_FILE):
             if (d / name).is_file():
                 data = json.loads((d / name).read_text())
                 data.pop("benchmark", None)

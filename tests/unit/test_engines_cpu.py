@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from llmops import host
 from llmops.errors import LlmopsError
 from llmops.settings import Settings
-from serving import engine_store
+from serving.engine_build import checks
+from serving.engine_build import store as engine_store
+from serving.engines import built
 
 RUNTIMES = ["onnxruntime", "openvino"]
 
@@ -29,9 +32,9 @@ def eager(tiny_model_dir: Path):
 
 def test_cpu_hardware_names_the_isa_flags_that_change_kernels() -> None:
     info = "processor: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n"
-    hw = engine_store.cpu_hardware(info)
+    hw = host.cpu_hardware(info)
     assert hw.endswith("-avx2+avx512f+avx512_bf16+amx_tile")
-    assert engine_store.cpu_hardware("flags: fpu sse2\n").endswith("-baseline")
+    assert host.cpu_hardware("flags: fpu sse2\n").endswith("-baseline")
 
 
 def test_cache_key_changes_with_every_part() -> None:
@@ -53,25 +56,25 @@ def test_engine_matches_eager_and_rebuild_is_a_cache_hit(runtime: str, store: Se
     assert first["cache_hit"] is False and first["runtime"] == runtime
     second = engine_store.build_cpu_engine(store, tiny_model_dir, runtime)
     assert second["cache_hit"] is True and second["engine_dir"] == first["engine_dir"]
-    assert [m["name"] for m in engine_store.list_engines(store, first["weights_digest"])].count(first["name"]) == 1
+    assert [m["name"] for m in built.list_engines(store, first["weights_digest"])].count(first["name"]) == 1
 
-    engine = engine_store.load_engine(second, tiny_model_dir, max_slots=4)
-    prompts = engine_store.encode_prompts(engine.tokenizer, ["What is a list?", "Reverse a string in Python.",
+    engine = built.load_built(second, tiny_model_dir, max_slots=4)
+    prompts = checks.encode_prompts(engine.tokenizer, ["What is a list?", "Reverse a string in Python.",
                                                              "Explain json.", "What does os.path.join do?"])
-    reference, _ = engine_store.eager_greedy(eager, prompts, 12)
-    got = engine_store.engine_greedy(engine, prompts, 12)["tokens"]
+    reference, _ = checks.eager_greedy(eager, prompts, 12)
+    got = checks.engine_greedy(engine, prompts, 12)["tokens"]
     eos = engine.eos_token_ids
-    assert engine_store.agreement(reference, [engine_store.until_eos(t, eos) for t in got])["identical_rate"] == 1.0
+    assert checks.agreement(reference, [checks.until_eos(t, eos) for t in got])["identical_rate"] == 1.0
     assert engine.info()["runtime"] == runtime and engine.info()["cache_key"] == first["cache_key"]
 
 
 def test_slots_survive_changes_of_the_running_batch(store: Settings, tiny_model_dir: Path, eager) -> None:
     """A request joins mid-way and another leaves: every sequence still gets eager's tokens."""
     manifest = engine_store.build_cpu_engine(store, tiny_model_dir, "onnxruntime")
-    engine = engine_store.load_engine(manifest, tiny_model_dir, max_slots=3)
-    prompts = engine_store.encode_prompts(engine.tokenizer, ["Short?", "A much longer question about Python lists "
+    engine = built.load_built(manifest, tiny_model_dir, max_slots=3)
+    prompts = checks.encode_prompts(engine.tokenizer, ["Short?", "A much longer question about Python lists "
                                                              "and tuples and when to use which.", "Explain json."])
-    reference, _ = engine_store.eager_greedy(eager, prompts, 10)
+    reference, _ = checks.eager_greedy(eager, prompts, 10)
     out: dict[int, list[int]] = {}
     out[0] = [int(engine.prefill(0, prompts[0]).argmax())]
     out[1] = [int(engine.prefill(1, prompts[1]).argmax())]
@@ -87,7 +90,7 @@ def test_slots_survive_changes_of_the_running_batch(store: Settings, tiny_model_
     while len(out[2]) < 10:
         out[2].append(int(engine.decode([2], [out[2][-1]])[0].argmax()))
     eos = engine.eos_token_ids
-    assert [engine_store.until_eos(out[s], eos) for s in (0, 1, 2)] == reference
+    assert [checks.until_eos(out[s], eos) for s in (0, 1, 2)] == reference
     with pytest.raises(LlmopsError, match="no prefilled sequence"):
         engine.decode([0], [1])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llmops.settings import Settings
-from serving.engines import tensorrt_llm as trt
+from serving.engine_build import trtllm as trt
 
 
 def test_build_config_from_params_validates_and_hashes(settings: Settings) -> None:

@@ -6,7 +6,7 @@ back. transformers 5's cache objects and mask builders do not trace cleanly; thi
 same maths (RMSNorm, rotary embeddings, grouped-query attention, gated MLP, head, and each family's
 differences: biases, q/k norms, Gemma's scaled embeddings, sandwich norms and soft-capping, sliding windows)
 from the checkpoint's own weights in plain tensor ops that the exporter keeps exact. Equivalence with the
-transformers model is checked token for token on every build (`serving.engine_store`), so a mismatch never
+transformers model is checked token for token on every build (`serving.engine_build.checks`), so a mismatch never
 ships.
 
 Graph contract (all float32, KV packed in one tensor so a step has three inputs and two outputs):
@@ -25,7 +25,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from serving.engines.graph_spec import DecoderSpec, load_weights, read_spec
+from serving.engine_build import Builder, register_builder
+from serving.engine_build.graph_spec import DecoderSpec, load_weights, read_spec
 
 OPSET = 17
 GRAPH_FILE = "decoder.onnx"
@@ -179,3 +180,6 @@ def export_onnx(model_dir: Path, out_dir: Path) -> dict[str, Any]:
             external_data=True,
         )
     return shapes | {"export_seconds": round(time.perf_counter() - t0, 2), "opset": OPSET}
+
+
+register_builder(Builder("openvino", export_onnx, graph="llmops-decoder-graph/2", opset=OPSET))  # graph keys the cache

@@ -3,7 +3,8 @@
 Both graphs (`decoder_graph.py` for OpenVINO, `gqa_graph.py` for ONNX Runtime) re-express a model's maths in
 plain ops, so they must know exactly where each open family differs from Llama. The config is parsed by
 transformers itself (`AutoConfig`: defaults, legacy keys and per-layer attention types resolved as the
-reference model resolves them), the rotary frequencies come from the family's own rotary module, and the
+reference model resolves them; the attention facts come from `serving.engines.checkpoint`, the one parse the
+GPU engine shares), the rotary frequencies come from the family's own rotary module, and the
 weights are renamed to one canonical per-layer set:
 
     llama, mistral  the base: RMSNorm, rotary, grouped-query attention, SwiGLU (Mistral: sliding window)
@@ -26,15 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from llmops.errors import ModelError
+from serving.engines.checkpoint import ENGINE_FIX, FAMILIES, attention, read_config
 
-# model_type -> the family name users know
-FAMILIES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "gemma2": "Gemma 2",
-            "gemma3_text": "Gemma 3 (text)", "phi3": "Phi-3"}
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
 # Rope types whose frequencies are fixed for every position the engine serves (longrope: up to the original
 # context, where the short factors apply; dynamic NTK: up to max_position_embeddings, where it is unscaled).
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")
-ENGINE_FIX = "serve with --engine eager"
 
 
 def refuse(cfg: Any, what: str) -> ModelError:
@@ -83,17 +81,6 @@ class DecoderSpec:
                 "sliding_windows": sorted({w for w in self.windows if w})}
 
 
-def _config(model_dir: Path):
-    from transformers import AutoConfig
-
-    if not (Path(model_dir) / "config.json").is_file():
-        raise ModelError(f"no config.json in {model_dir}", "pass a Hugging Face checkpoint directory")
-    try:
-        return AutoConfig.from_pretrained(str(model_dir))
-    except (ValueError, KeyError, OSError) as exc:
-        raise ModelError(f"cannot read the config of {model_dir}: {exc}", ENGINE_FIX) from exc
-
-
 def _rope_params(cfg: Any, layer_type: str) -> dict[str, Any]:
     params = getattr(cfg, "rope_parameters", None) or {}
     if layer_type in params and isinstance(params[layer_type], dict):
@@ -131,7 +118,7 @@ def _rope(cfg: Any, layer_types: list[str]) -> tuple[dict[str, tuple[Any, float]
 
 def read_spec(model_dir: Path) -> DecoderSpec:
     """The checkpoint's spec when the graphs express its family exactly; ModelError (naming it) otherwise."""
-    cfg = _config(model_dir)
+    cfg = read_config(model_dir)
     if cfg.model_type not in FAMILIES:
         raise ModelError(f"the CPU engine graphs support {', '.join(FAMILIES.values())}; not model type "
                          f"{cfg.model_type!r}", ENGINE_FIX)
@@ -140,30 +127,22 @@ def read_spec(model_dir: Path) -> DecoderSpec:
     act = getattr(cfg, "hidden_activation", None) or getattr(cfg, "hidden_act", None)
     if act not in ACTIVATIONS:
         raise refuse(cfg, f"activation {act!r}")
-    n_layers, heads = int(cfg.num_hidden_layers), int(cfg.num_attention_heads)
-    layer_types = list(getattr(cfg, "layer_types", None) or ["full_attention"] * n_layers)
-    window = getattr(cfg, "sliding_window", None)
-    if getattr(cfg, "layer_types", None) is None:  # Mistral, Phi-3: one window for every layer
-        windows = [window] * n_layers
-    else:
-        windows = [window if lt == "sliding_attention" else None for lt in layer_types]
-    if any(lt not in ("full_attention", "sliding_attention") for lt in layer_types):
-        raise refuse(cfg, f"attention layer types {sorted(set(layer_types))}")
-    rope, limit = _rope(cfg, layer_types)
-    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    att = attention(cfg)
+    if any(lt not in ("full_attention", "sliding_attention") for lt in att.layer_types):
+        raise refuse(cfg, f"attention layer types {sorted(set(att.layer_types))}")
+    rope, limit = _rope(cfg, list(att.layer_types))
     gemma = cfg.model_type.startswith("gemma")
     pre_scalar = getattr(cfg, "query_pre_attn_scalar", None)
     return DecoderSpec(
-        model_type=cfg.model_type, layers=n_layers, heads=heads,
-        kv_heads=int(getattr(cfg, "num_key_value_heads", None) or heads), hidden=int(cfg.hidden_size),
-        head_dim=head_dim, intermediate=int(cfg.intermediate_size), vocab=int(cfg.vocab_size),
+        model_type=cfg.model_type, layers=att.layers, heads=att.heads, kv_heads=att.kv_heads, hidden=att.hidden,
+        head_dim=att.head_dim, intermediate=int(cfg.intermediate_size), vocab=int(cfg.vocab_size),
         eps=float(getattr(cfg, "rms_norm_eps", 1e-6)), max_positions=limit, activation=ACTIVATIONS[act],
-        scale=float(pre_scalar) ** -0.5 if pre_scalar else head_dim ** -0.5,
+        scale=float(pre_scalar) ** -0.5 if pre_scalar else att.head_dim ** -0.5,
         embed_scale=float(cfg.hidden_size) ** 0.5 if gemma else None,
         attn_softcap=getattr(cfg, "attn_logit_softcapping", None) or None,
         final_softcap=getattr(cfg, "final_logit_softcapping", None) or None,
-        tied=bool(getattr(cfg, "tie_word_embeddings", False)), layer_types=layer_types,
-        windows=[int(w) if w else None for w in windows], rope=rope)
+        tied=bool(getattr(cfg, "tie_word_embeddings", False)), layer_types=list(att.layer_types),
+        windows=list(att.windows), rope=rope)
 
 
 # -- weights in one canonical layout ----------------------------------------------------------------------

@@ -1,11 +1,11 @@
-"""int8 CPU engine: ONNX Runtime dynamic quantisation of the GroupQueryAttention graph's MatMul weights.
+"""int8 CPU engine builds: ONNX Runtime dynamic quantisation of the GroupQueryAttention graph's MatMul weights.
 
 Per-channel int8 weights, activations quantised per step (MatMulInteger / DynamicQuantizeMatMul kernels, VNNI
 where the CPU has it) for the attention output and gate/up projections; the projections measured to be
 sensitive (CONFIG keep_float), attention, norms and the tied embedding/head stay fp32. Chosen by measurement over ORT's
 8-bit weight-only `MatMulNBits` (block 32): dynamic quantisation was 2-3x the fp32 engine's tokens/s, the
 weight-only variant no faster than fp32 here (numbers in benchmarks/README.md). Being lossy, this engine is
-never trusted on equivalence: `serving.quality_gate` measures agreement, held-out answer perplexity and
+never trusted on equivalence: `serving.engine_build.gate` measures agreement, held-out answer perplexity and
 ROUGE-L against eager, and only an engine within params.yaml `engine.quantized` tolerances is offered by
 `--engine auto`.
 """
@@ -23,7 +23,6 @@ DTYPE = "int8"
 # (2026-11-23, benchmarks/README.md). The attention output and the gate/up projection (the largest) are int8.
 CONFIG = {"method": "onnxruntime.quantize_dynamic", "weight_type": "QInt8", "per_channel": True,
           "op_types": ["MatMul"], "keep_float": ["down", "qkv"]}
-QUALITY_FILE = "quality.json"  # the gate's result, written beside the manifest
 # x86 int8 dot products without saturation: VNNI (vpdpbusd) accumulates u8*s8 pairs straight into int32.
 # Without it MLAS's u8s8 kernel sums pairs with vpmaddubsw into int16, which saturates for 8-bit s8 weights
 # (255*127*2 > 32767). ONNX Runtime's guidance for such CPUs: 7-bit weights (reduce_range) or U8U8. Measured

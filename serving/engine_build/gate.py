@@ -86,7 +86,7 @@ def quality_gate(engine, model, tokenizer, records: list[dict[str, str]], cfg: Q
     """The engine's deltas vs eager on `records` and whether they are within `cfg`'s tolerances."""
     from llmops.modeling.prompts import encode_example, format_prompt
     from llmops.modeling.text_metrics import rouge_l_f1
-    from serving import engine_store
+    from serving.engine_build import checks
 
     t0 = time.perf_counter()
     examples = []
@@ -98,13 +98,13 @@ def quality_gate(engine, model, tokenizer, records: list[dict[str, str]], cfg: Q
     ppl_eager, ppl_engine = math.exp(e_nll / n), math.exp(q_nll / n_q)
 
     prompts = [tokenizer(format_prompt(tokenizer, r), add_special_tokens=False)["input_ids"] for r in records]
-    ref_tokens, _ = engine_store.eager_greedy(model, prompts, cfg.new_tokens)
+    ref_tokens, _ = checks.eager_greedy(model, prompts, cfg.new_tokens)
     got_tokens: list[list[int]] = []
     for start in range(0, len(prompts), engine.max_slots):
-        got_tokens += engine_store.engine_greedy(engine, prompts[start:start + engine.max_slots],
+        got_tokens += checks.engine_greedy(engine, prompts[start:start + engine.max_slots],
                                                  cfg.new_tokens)["tokens"]
-    ref_tokens = [engine_store.until_eos(t, eos) for t in ref_tokens]
-    got_tokens = [engine_store.until_eos(t, eos) for t in got_tokens]
+    ref_tokens = [checks.until_eos(t, eos) for t in ref_tokens]
+    got_tokens = [checks.until_eos(t, eos) for t in got_tokens]
 
     def rouge(tokens: list[list[int]]) -> float:
         texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
@@ -121,6 +121,6 @@ def quality_gate(engine, model, tokenizer, records: list[dict[str, str]], cfg: Q
     return {"records": len(records), "answer_tokens": n, "new_tokens": cfg.new_tokens,
             "perplexity_eager": ppl_eager, "perplexity_engine": ppl_engine, "perplexity_increase": ppl_increase,
             "rouge_l_eager": rouge_eager, "rouge_l_engine": rouge_engine, "rouge_l_drop": rouge_drop,
-            "agreement": engine_store.agreement(ref_tokens, got_tokens),
+            "agreement": checks.agreement(ref_tokens, got_tokens),
             "tolerances": cfg.model_dump(include={"max_perplexity_increase", "max_rouge_l_drop"}),
             "passed": not breaches, "breaches": breaches, "seconds": round(time.perf_counter() - t0, 1)}

@@ -2,7 +2,7 @@
 
 TensorRT-LLM pins its own torch, numpy and transformers, so it never runs in the main environment: the
 build runs in the TRT-LLM image (`infra/docker/trtllm/Dockerfile`, FROM NVIDIA's release image) as
-`python -m serving.engines.tensorrt_llm build --model-dir ... --out ... --config '<json>'`. This module
+`python -m serving.engine_build.trtllm build --model-dir ... --out ... --config '<json>'`. This module
 therefore imports only the standard library at module level; `tensorrt_llm` and torch are imported inside
 the functions that need them, and the preflight checks for them without importing the main pins.
 
@@ -187,8 +187,8 @@ def build(model_dir: Path, out_dir: Path, config: TrtllmBuildConfig, *, weights_
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m serving.engines.tensorrt_llm {preflight,build}`: the TRT-LLM image's entry point."""
-    ap = argparse.ArgumentParser(prog="python -m serving.engines.tensorrt_llm", description=__doc__.split("\n")[0])
+    """`python -m serving.engine_build.trtllm {preflight,build}`: the TRT-LLM image's entry point."""
+    ap = argparse.ArgumentParser(prog="python -m serving.engine_build.trtllm", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("preflight", help="print what a build needs and what is missing (JSON)")
     p.add_argument("--min-compute-capability", type=float, default=8.0)

@@ -38,7 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from serving.engines.graph_spec import DecoderSpec, load_weights, read_spec
+from serving.engine_build import Builder, register_builder
+from serving.engine_build.graph_spec import DecoderSpec, load_weights, read_spec
 
 GRAPH_FILE = "decoder.onnx"
 OPSET = 17
@@ -222,3 +223,7 @@ def build_graph(model_dir: Path, out_dir: Path) -> dict[str, Any]:
                     location=GRAPH_FILE + ".data", size_threshold=1024)
     return spec.shapes() | {"export_seconds": round(time.perf_counter() - t0, 2), "opset": OPSET,
                             "tied_head_stored_once": weights["head"] is weights["embed"]}
+
+
+register_builder(Builder("onnxruntime", build_graph, graph="llmops-gqa-graph/2", opset=OPSET,
+                         dtypes=("float32", "int8")))  # bump graph when the graph changes: it keys the cache
