@@ -95,6 +95,13 @@ class LoraParams(_Section):
     target_modules: Literal["auto"] | list[str]
 
 
+class DpoParams(_Section):
+    """`train.objective: dpo` (llmops/training/preference.py): the DPO loss against the base (adapter disabled)."""
+
+    beta: float = 0.1  # strength of the pull toward the reference: higher keeps the policy closer to the base
+    sft_weight: float = 0.0  # + this x token-mean NLL of the chosen answers (TRL loss_type ["sigmoid", "sft"])
+
+
 class TrainParams(_Section):
     num_workers: int
     strategy: Literal["fsdp", "ddp"]
@@ -112,6 +119,10 @@ class TrainParams(_Section):
     max_val_examples: int
     max_grad_norm: float
     cpus_per_worker: int
+    # sft: next-token loss on instruction records; dpo: preference pairs (train/validation paths hold
+    # {instruction, input, chosen, rejected} JSONL), same Ray Train / FSDP2 / LoRA loop
+    objective: Literal["sft", "dpo"] = "sft"
+    dpo: DpoParams = DpoParams()
 
     @model_validator(mode="before")
     @classmethod
@@ -140,6 +151,8 @@ class GateParams(_Section):
     max_regression: float
     max_general_ppl_increase: float
     task_metric: Literal["rouge_l", "exact_match", "embed_similarity"] = "rouge_l"
+    # held-out preference pairs (JSONL): set = the gate checks preference_accuracy (components/evaluate/preference.py)
+    preference_split: str = ""
 
 
 class SafetyParams(_Section):

@@ -5,6 +5,8 @@ Checks, every threshold from params.yaml `eval.gate` and every one relative so i
 - champion perplexity: candidate <= champion * (1 + max_regression) (when there is a champion);
 - champion task metric: candidate >= champion * (1 - max_regression) (higher is better: ROUGE-L etc.);
 - forgetting: candidate general-text perplexity <= base * (1 + max_general_ppl_increase).
+- preference (only where a held-out preference split was scored: `eval.gate.preference_split`): candidate
+  preference_accuracy >= reference * (1 - max_regression), the reference being the champion, else the base.
 A missing or non-finite number fails its check: the gate never passes on data it could not read.
 Each check records its numbers and a one-line message, so a verdict explains itself in MLflow tags.
 """
@@ -19,6 +21,7 @@ from llmops.params import GateParams
 
 PPL = "perplexity"
 GENERAL_PPL = "general_perplexity"
+PREFERENCE = "preference_accuracy"
 
 
 @dataclass
@@ -86,5 +89,10 @@ def decide(base: dict, candidate: dict, champion: dict | None, gate: GateParams)
     checks.append(_check("no_forgetting", GENERAL_PPL, _value(candidate, GENERAL_PPL), _value(base, GENERAL_PPL),
                          "base", 1.0 + gate.max_general_ppl_increase, True,
                          f"at most {gate.max_general_ppl_increase:.0%} above base"))
+    if candidate is not None and PREFERENCE in candidate:  # a preference split exists and was scored
+        ref_name, ref = ("champion", champion) if champion is not None else ("base", base)
+        checks.append(_check("preference_accuracy", PREFERENCE, _value(candidate, PREFERENCE), _value(ref, PREFERENCE),
+                             ref_name, 1.0 - gate.max_regression, False,
+                             f"at most {gate.max_regression:.0%} below {ref_name}"))
     reasons = [c["message"] for c in checks if not c["passed"]]
     return GateVerdict(passed=not reasons, reasons=reasons, checks=checks)

@@ -208,6 +208,9 @@ def evaluate_candidate(
         raise LlmopsError(f"eval.batch_size ({ev.batch_size}) and eval.max_new_tokens ({ev.max_new_tokens}) "
                           "must be at least 1", "fix them in params.yaml or --set")
     records = load_test_records(Path(test_path))
+    from components.evaluate import preference
+
+    preference.load_split(settings, params)  # a configured preference split that is missing fails now, not later
     from llmops.lineage import data_lineage
 
     lineage = data_lineage(settings.project_dir, {"test": Path(test_path)})
@@ -233,6 +236,7 @@ def evaluate_candidate(
                 name, base_model_dir, path, params, ppl_records, gen_records, embedder, reference_vectors,
                 precision.precision)
 
+        preference.score_models(settings, params, adapters, base_model_dir, models, precision.precision)
         verdict = decide(models["base"], models["candidate"], models.get("champion"), ev.gate)
         _say(f"gate {'PASSED' if verdict.passed else 'FAILED'}\n{verdict.summary()}")
         data = {

@@ -72,35 +72,36 @@ def _maybe_inject_fault(config: dict[str, Any], step_number: int, rank: int, wor
     os._exit(1)
 
 
-def evaluate_loss(model, blocks, batch_size: int, pad_id: int, device, precision: str, rank: int, world: int):
-    """Token-mean loss over `blocks`, split across ranks; every rank runs the same number of forwards."""
+def evaluate(objective, model, blocks, batch_size: int, pad_id: int, device, precision: str, rank: int,
+             world: int) -> dict[str, float]:
+    """The objective's validation metrics over `blocks` (`val_loss`, ...), split across ranks; every rank runs the
+    same number of forwards."""
     import torch
     import torch.distributed as dist
 
     from llmops.precision import autocast
-    from llmops.training.data import collate, loss_sum
 
     per_rank = math.ceil(len(blocks) / world)
     mine = blocks[rank * per_rank : (rank + 1) * per_rank]
     n_batches = math.ceil(per_rank / batch_size)
-    total = torch.zeros(2, dtype=torch.float64, device=device)
+    total = None
     model.eval()
     with torch.no_grad():
         for b in range(n_batches):
             chunk = mine[b * batch_size : (b + 1) * batch_size]
-            if not chunk:  # this rank ran out: a dummy forward keeps FSDP's collectives in step
-                chunk = blocks[:1]
-                weight = 0.0
-            else:
-                weight = 1.0
-            batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+            # this rank ran out: a dummy forward (weight 0) keeps FSDP's collectives in step
+            weight = 1.0 if chunk else 0.0
             with autocast(device.type, precision):
-                loss, n = loss_sum(model, batch)
-            total += torch.tensor([loss.item() * weight, n * weight], dtype=torch.float64, device=device)
+                sums = objective.eval_sums(model, chunk or blocks[:1], pad_id, device) * weight
+            total = sums if total is None else total + sums
     model.train()
     if world > 1:
         dist.all_reduce(total)
-    return (total[0] / total[1]).item() if total[1] > 0 else float("nan")
+    return objective.eval_metrics(total)
+
+
+def _val_line(step: int, max_steps: int, metrics: dict[str, float]) -> str:
+    return f"[llmops.train] step {step}/{max_steps} " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
 
 def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -110,12 +111,13 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     import torch.distributed as dist
     from ray.train import Checkpoint
 
+    from components.train._objective import Objective
     from llmops import host
     from llmops.precision import autocast, grad_scaler
     from llmops.training import attention
     from llmops.training import checkpoint as ck
     from llmops.training import model as lora
-    from llmops.training.data import BlockStream, collate, loss_sum
+    from llmops.training.data import BlockStream
     from llmops.training.optim import lr_factor, optimizer_step, step_seed
     from llmops.training.storage import worker_model_dir
 
@@ -149,10 +151,11 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         optimizer, lambda s: lr_factor(s, tp["warmup_steps"], max_steps)
     )
     stream = BlockStream(len(blocks), tp["seed"])
+    objective = Objective.from_train(tp)
     scaler = grad_scaler(device.type, precision, distributed=world > 1)
 
     state: dict[str, Any] = {"step": 0, "history": [], "tokens": 0, "train_seconds": 0.0, "resumed": 0,
-                             "resumed_from": [], "val_loss_before": None}
+                             "resumed_from": [], "val_before": None}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as ckpt_dir:
@@ -168,10 +171,10 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         if rank == 0:
             print(f"[llmops.train] resumed from checkpoint at step {state['step']}", flush=True)
 
-    if state["val_loss_before"] is None:
-        state["val_loss_before"] = evaluate_loss(model, val_blocks, per_rank, pad_id, device, precision, rank, world)
+    if state["val_before"] is None:
+        state["val_before"] = evaluate(objective, model, val_blocks, per_rank, pad_id, device, precision, rank, world)
         if rank == 0:
-            print(f"[llmops.train] step 0/{max_steps} val_loss {state['val_loss_before']:.4f}", flush=True)
+            print(_val_line(0, max_steps, state["val_before"]), flush=True)
 
     def save_checkpoint(metrics: dict[str, Any], final: bool) -> None:
         model_state = lora.trainable_state(model)  # collectives: every rank
@@ -195,24 +198,22 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         torch.manual_seed(step_seed(tp["seed"], rank, step))
         start = time.perf_counter()
         step_ids = stream.step_indices(step, global_batch)
-        global_targets = sum(blocks[i].n_targets for i in step_ids)
         global_tokens = sum(len(blocks[i]) for i in step_ids)
-        batch = {k: v.to(device) for k, v in
-                 collate([blocks[i] for i in step_ids[rank * per_rank : (rank + 1) * per_rank]], pad_id).items()}
+        mine = [blocks[i] for i in step_ids[rank * per_rank : (rank + 1) * per_rank]]
         with autocast(device.type, precision):
-            loss, _ = loss_sum(model, batch)
+            loss, stats = objective.step(model, [blocks[i] for i in step_ids], mine, pad_id, device, world)
         lr = optimizer.param_groups[0]["lr"]
-        grad_norm = optimizer_step(loss * (world / global_targets), params, optimizer, scaler, tp["max_grad_norm"])
+        grad_norm = optimizer_step(loss, params, optimizer, scaler, tp["max_grad_norm"])
         scheduler.step()
-        loss_total = loss.detach().to(torch.float64).reshape(1)
         if world > 1:
-            dist.all_reduce(loss_total)
-        train_loss = loss_total.item() / global_targets
+            dist.all_reduce(stats)
+        step_stats = dict(zip(objective.step_keys, stats.tolist(), strict=True))
+        train_loss = step_stats["train_loss"]
         seconds = time.perf_counter() - start
         state["step"] = step + 1
         state["tokens"] += global_tokens
         state["train_seconds"] += seconds
-        row = {"step": step + 1, "train_loss": train_loss, "lr": lr, "grad_norm": grad_norm.item(),
+        row = {"step": step + 1, **step_stats, "lr": lr, "grad_norm": grad_norm.item(),
                "tokens_per_s": global_tokens / seconds, "seconds": seconds, "tokens": global_tokens,
                "epoch": stream.epoch_of(step + 1, global_batch)}
         state["history"].append(row)
@@ -223,12 +224,11 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         if final or state["step"] % tp["checkpoint_every"] == 0:
             metrics = {"step": state["step"], "train_loss": train_loss}
             if final:
-                state["val_loss"] = evaluate_loss(model, val_blocks, per_rank, pad_id, device, precision, rank,
-                                                  world)
-                metrics["val_loss"] = state["val_loss"]
+                state["val"] = evaluate(objective, model, val_blocks, per_rank, pad_id, device, precision, rank,
+                                        world)
+                metrics.update(state["val"])
                 if rank == 0:
-                    print(f"[llmops.train] step {max_steps}/{max_steps} val_loss {state['val_loss']:.4f}",
-                          flush=True)
+                    print(_val_line(max_steps, max_steps, state["val"]), flush=True)
             save_checkpoint(metrics, final)
 
     peak = torch.tensor(_peak_memory(device), dtype=torch.float64, device=device)
@@ -238,8 +238,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         return None
     return {
         "history": state["history"],
-        "val_loss_before": state["val_loss_before"],
-        "val_loss": state.get("val_loss"),
+        "val_before": state["val_before"],  # {val_loss, ...} of the objective before the first step
+        "val": state.get("val") or {},  # ... and after the last
         "steps": state["step"],
         "tokens": state["tokens"],
         "train_seconds": state["train_seconds"],

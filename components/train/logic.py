@@ -28,10 +28,12 @@ from llmops.errors import LlmopsError, ModelError
 from llmops.params import Params
 from llmops.settings import Settings
 from llmops.training.data import prepare_data
+from llmops.training.preference import prepare_preference_data
 
 FAULT_ENV = "LLMOPS_FAULT_KILL_AT_STEP"
 # history key -> MLflow metric key (per step)
-CURVES = {"train_loss": "train_loss", "lr": "lr", "grad_norm": "grad_norm", "tokens_per_s": "step_tokens_per_s"}
+CURVES = {"train_loss": "train_loss", "lr": "lr", "grad_norm": "grad_norm", "tokens_per_s": "step_tokens_per_s",
+          "reward_accuracy": "reward_accuracy", "reward_margin": "reward_margin"}  # the last two: dpo only
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "README.md")
 
 
@@ -201,7 +203,7 @@ def _log_to_mlflow(params: Params, metrics: dict[str, Any], history: list[dict[s
     # throughput; the summary `tokens_per_s` is the whole run's). The summary skips train_loss: the
     # curve's last point is it.
     curve = [Metric(CURVES[key], float(row[key]), now, int(row["step"]))
-             for row in history for key in CURVES]
+             for row in history for key in CURVES if key in row]
     client = mlflow.MlflowClient()
     for start in range(0, len(curve), 900):  # MLflow caps a batch at 1000 metrics
         client.log_batch(run_id, metrics=curve[start : start + 900])
@@ -250,7 +252,8 @@ def train_adapter(
     from llmops.training.storage import share_base_model
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
-    data = prepare_data(params, tokenizer, Path(train_path), Path(validation_path))
+    prepare = prepare_preference_data if params.train.objective == "dpo" else prepare_data
+    data = prepare(params, tokenizer, Path(train_path), Path(validation_path))
     lineage |= data_lineage(settings.project_dir, {"train": Path(train_path), "validation": Path(validation_path)})
     quiet_ray_env()
     storage = settings.ray_storage
@@ -290,7 +293,9 @@ def train_adapter(
             "host_cache_dir": str(settings.state_dir),  # per-host probe/bandwidth cache (llmops.host)
             "probe_shape": list(shape),
         }
-        print(f"[llmops.train] {data.stats['examples']} examples -> {data.stats['blocks']} blocks of <= "
+        unit = "preference pairs" if params.train.objective == "dpo" else "examples"
+        print(f"[llmops.train] {params.train.objective}: {data.stats['examples']} {unit} -> {data.stats['blocks']} "
+              f"blocks of <= "
               f"{params.train.seq_len} tokens ({data.stats['pack_fill']:.0%} full); {params.train.num_workers} "
               f"{params.train.strategy} worker(s) x {config['cpus_per_worker']} CPU(s), "
               f"{params.train.max_steps} steps, run {run_name}", flush=True)
@@ -302,9 +307,10 @@ def train_adapter(
         lineage |= _host_lineage(out)
         seconds = time.perf_counter() - started
         metrics: dict[str, Any] = {
+            "objective": params.train.objective,
             "train_loss": out["history"][-1]["train_loss"],
-            "val_loss": out["val_loss"],
-            "val_loss_before": out["val_loss_before"],
+            **out["val"],  # val_loss (+ for dpo: val_reward_accuracy, val_reward_margin, val_preference_accuracy)
+            **{f"{k}_before": v for k, v in out["val_before"].items()},
             "steps": out["steps"],
             "tokens": out["tokens"],
             "tokens_per_s": out["tokens"] / out["train_seconds"],
