@@ -174,3 +174,25 @@ def test_gate_holds_preference_accuracy_against_the_champion_only_where_scored()
     assert not worse.passed and check["reference_model"] == "champion" and check["limit"] == pytest.approx(0.784)
     better = decide({**base, "preference_accuracy": 0.5}, {**good, "preference_accuracy": 0.79}, None, gate)
     assert better.passed and any(c["name"] == "preference_accuracy" for c in better.checks)
+
+
+def test_evaluate_scores_every_model_on_the_configured_split(settings, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """components/evaluate/preference.py: base first (reward margin 0 against itself), then the candidate
+    (its merged adapter), each on the held-out pairs; a configured split that is missing is a clear error."""
+    from components.evaluate.preference import load_split, score_models
+    from llmops.errors import DataError
+    from llmops.training.model import save_peft_adapter, trainable_state
+
+    split = tmp_path / "held_out.jsonl"
+    split.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    adapter = save_peft_adapter(_lora_model(tiny_model_dir), trainable_state(_lora_model(tiny_model_dir)),
+                                tmp_path / "adapter")
+    params = settings.params([f"eval.gate.preference_split={split}", "train.seq_len=256"])
+    models: dict[str, dict] = {"base": {}, "candidate": {}}
+    score_models(settings, params, [("base", None), ("candidate", adapter)], tiny_model_dir, models, "fp32")
+    assert models["base"]["preference_pairs"] == 3 and models["base"]["preference_reward_margin"] == 0.0
+    assert 0.0 <= models["candidate"]["preference_accuracy"] <= 1.0
+    assert models["candidate"]["preference_reward_margin"] != 0.0  # the adapter changed the log-probs
+    assert load_split(settings, settings.params()) is None  # not configured: no check
+    with pytest.raises(DataError, match="preference_split"):
+        load_split(settings, settings.params([f"eval.gate.preference_split={tmp_path / 'none.jsonl'}"]))
