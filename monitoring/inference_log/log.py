@@ -23,6 +23,7 @@ from typing import Any
 from llmops.errors import LlmopsError
 from llmops.params import InferenceLogParams, Params
 from llmops.settings import Settings
+from monitoring.inference_log.metrics import LogCollector
 from monitoring.inference_log.store import (
     FeedbackEntry,
     LoggedRequest,
@@ -63,11 +64,9 @@ class InferenceLog:
             self.pruner = Pruner(self._periodic_prune, params.prune_interval_s)
 
     @property
-    def metrics(self) -> Any:
+    def metrics(self) -> LogCollector:
         """A Prometheus collector of this log's failures and writer health: register it on the /metrics
         registry of the server or router this log is plugged into (serving's `collectors=`)."""
-        from monitoring.inference_log.metrics import LogCollector
-
         return LogCollector(self)
 
     # -- writing ------------------------------------------------------------------------------------------
