@@ -38,9 +38,14 @@ def _num(x: float) -> str:
 
 def groups(m: MonitoringParams) -> list[dict[str, Any]]:
     """Rule groups: recording rules first (dashboards read them too), then alerts."""
-    a, c, w = m.alerts, m.cost, RATE_WINDOW
+    return [{"name": "llmops-recording", "rules": _records(m)},
+            {"name": "llmops-alerts", "rules": _alerts(m) + _inference_log_alerts(m)}]
+
+
+def _records(m: MonitoringParams) -> list[dict[str, Any]]:
+    c, w = m.cost, RATE_WINDOW
     per_s = c.compute_usd_per_hour / 3600.0
-    records = [
+    return [
         {"record": f"llmops:request_error_ratio:rate{w}",
          "expr": f'sum by ({BY}) (rate(llmops_requests_total{{status=~"5.."}}[{w}]))\n'
                  f"  / clamp_min(sum by ({BY}) (rate(llmops_requests_total[{w}])), 1e-9)"},
@@ -71,6 +76,10 @@ def groups(m: MonitoringParams) -> list[dict[str, Any]]:
          "expr": f"histogram_quantile(0.95, sum by (job, side, model_version, le) "
                  f"(rate(llmops_router_time_to_first_token_seconds_bucket[{w}])))"},
     ]
+
+
+def _alerts(m: MonitoringParams) -> list[dict[str, Any]]:
+    a, c, w = m.alerts, m.cost, RATE_WINDOW
     hold = a.hold_for
     pct = f"{a.error_rate:.0%}" if (a.error_rate * 100).is_integer() else f"{a.error_rate:.1%}"
     alerts = [
@@ -126,6 +135,17 @@ def groups(m: MonitoringParams) -> list[dict[str, Any]]:
                f"time() - max by (job) (llmops_monitor_last_run_timestamp_seconds) > {a.monitor_stale_after_s}",
                "0m", "ticket", f"No drift monitor run for more than {a.monitor_stale_after_s} s",
                "Schedule `llmops monitor run` (cron, a Kubernetes CronJob) or check why it fails."),
+        _alert("LlmopsServerDown", 'absent(up{job=~".*llmops.*"} == 1)', "10m", "page",
+               "No llmops target is up", "Prometheus scrapes no healthy llmops target (server, router, monitor)."),
+    ]
+    return alerts
+
+
+def _inference_log_alerts(m: MonitoringParams) -> list[dict[str, Any]]:
+    """The log's own health (monitoring/inference_log/metrics.py): requests answered unlogged, a dead or stuck
+    writer."""
+    a, w = m.alerts, RATE_WINDOW
+    return [
         _alert("LlmopsInferenceLogWriteFailures",
                f"sum by (job, instance, reason) (increase(llmops_inference_log_write_failures_total[{w}])) > 0",
                "0m", "ticket", "{{ $labels.job }} {{ $labels.instance }}: answered requests went unlogged "
@@ -140,10 +160,7 @@ def groups(m: MonitoringParams) -> list[dict[str, Any]]:
                f"for more than {a.log_writer_stall_s} s",
                "Every request is answered unlogged meanwhile. Check the log database (disk space, locks, "
                "reachability); a dead writer thread needs a restart of the server or router."),
-        _alert("LlmopsServerDown", 'absent(up{job=~".*llmops.*"} == 1)', "10m", "page",
-               "No llmops target is up", "Prometheus scrapes no healthy llmops target (server, router, monitor)."),
     ]
-    return [{"name": "llmops-recording", "rules": records}, {"name": "llmops-alerts", "rules": alerts}]
 
 
 def _alert(name: str, expr: str, hold: str, severity: str, summary: str, description: str) -> dict[str, Any]:
