@@ -1,11 +1,12 @@
 """The train step: LoRA fine-tuning of the base model on Ray Train (FSDP2 or DDP), as a plain function.
 
-`train_adapter` tokenises and packs the data on the driver, runs a `TorchTrainer` whose workers train
-LoRA adapters on their shard of each global batch (see `_worker.py` for the math that keeps 1 and N
-workers identical), checkpoints every `train.checkpoint_every` steps so a dead worker costs at most that
-many steps, copies the final PEFT adapter into `out_dir`, and logs params, per-step curves, the loss plot
-and the final metrics to an MLflow child run. Ray is the product path: a laptop runs the same code on
-1-2 CPU workers that a cluster runs on GPU workers.
+`train.objective` picks what the step minimises: `sft` (instruction records) or `dpo` (preference pairs,
+llmops/training/preference.py; components/train/_objective.py). `train_adapter` tokenises and packs the data
+on the driver, runs a `TorchTrainer` whose workers train LoRA adapters on their shard of each global batch
+(see `_objective.py` for the math that keeps 1 and N workers identical), checkpoints every
+`train.checkpoint_every` steps so a dead worker costs at most that many steps, copies the final PEFT adapter
+into `out_dir`, and logs params, per-step curves, the loss plot and the final metrics to an MLflow child run.
+Ray is the product path: a laptop runs the same code on 1-2 CPU workers that a cluster runs on GPU workers.
 
 Fault drill: `LLMOPS_FAULT_KILL_AT_STEP=N` makes the last worker exit just before step N on the first
 attempt (once per run); the run must still finish all steps, resumed from its checkpoint.
@@ -195,7 +196,9 @@ def _log_to_mlflow(params: Params, metrics: dict[str, Any], history: list[dict[s
     from mlflow.entities import Metric
 
     flat = {f"lora.{k}": (",".join(v) if isinstance(v, list) else v) for k, v in params.lora.model_dump().items()}
-    flat.update({f"train.{k}": v for k, v in params.train.model_dump().items()})
+    for key, value in params.train.model_dump().items():  # sections (train.dpo) as their own dotted keys
+        flat.update({f"train.{key}.{k}": v for k, v in value.items()} if isinstance(value, dict)
+                    else {f"train.{key}": value})
     mlflow.log_params(flat)
     run_id = mlflow.active_run().info.run_id
     now = int(time.time() * 1000)

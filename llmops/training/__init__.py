@@ -4,6 +4,8 @@
     attention   packed-sequence attention ("packed_sdpa"): scores only pairs inside one example
     data        records -> tokenised examples -> packed blocks -> batches; the loss; the seeded block stream
     optim       learning-rate schedule, per-step dropout seeds, one optimizer step (clip, scaler)
+    preference  DPO: preference pairs packed whole, sequence log-probs, the loss against the adapter-disabled base
+    preference_split  preference pairs built from the instruction corpus (hard negatives), for DPO and the gate
     checkpoint  trainer checkpoints as safetensors + JSON (nothing pickled)
     storage     files between local paths and shared storage URIs; the base checkpoint for remote workers
     flops       an honest FLOP count of one LoRA step from the batch layout really run
