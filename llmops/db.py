@@ -1,12 +1,13 @@
 """One way to open a small durable table: a URL in, a migrated SQLAlchemy engine out (after MLflow's `store/db`).
 
-Every store of the project (audit trail, rollout state, retrain triggers, schedule runs, the inference log)
-opens its database here, so they share one policy instead of one each:
+Every store of the project (audit trail, rollout state, retrain triggers, schedule runs; the inference log is
+being moved onto it) opens its database here, so they share one policy instead of one each:
 
 - **URL**: `sqlite:///path` locally, `postgresql://...` (psycopg2) on a cluster; anything else is refused
   with the fix (the stores rely on per-dialect locking: sqlite `BEGIN IMMEDIATE`, PostgreSQL advisory locks).
-- **SQLite**: the file (and its parent directory) is created with mode 0600 before SQLite opens it (prompts,
-  actors and commands are private; SQLite gives its -wal/-shm files the same mode); WAL journal, switched
+- **SQLite**: the parent directory is created if missing and the file with mode 0600 before SQLite opens it
+  (prompts, actors and commands are private; SQLite gives its -wal/-shm files the same mode; an older file
+  with a wider mode is tightened when it is ours); WAL journal, switched
   with a retry because `PRAGMA journal_mode=WAL` answers "database is locked" at once, without the busy
   handler, while another process holds the file (one of 4 racing monitors died that way in CI);
   `synchronous=FULL` (a commit survives a power cut); a busy timeout so writers wait instead of failing;
@@ -46,7 +47,8 @@ How a store declares its tables and migrations and opens itself::
 
 Revisions are frozen copies of the schema at that point (never import the live `metadata` in one): a new
 column is a new revision *and* a change to the declared table; tests/unit/test_db.py checks that the
-migrated database matches the declared tables on SQLite and PostgreSQL (`schema_diff`).
+migrated database matches the declared tables on SQLite and PostgreSQL (`schema_diff`). SQLite cannot
+ALTER most things in place: write such changes with `op.batch_alter_table` (alembic copies the table).
 """
 
 from __future__ import annotations
