@@ -69,9 +69,13 @@ def list_models(as_json: bool = JSON_OPTION) -> None:
 @handle_errors
 def show(
     ref: str = typer.Argument(..., help="NAME, NAME@ALIAS or NAME/VERSION."),
+    card: bool = typer.Option(False, "--card", help="Print the version's model card (Hugging Face format)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Show a model (NAME) or one version (NAME@ALIAS, NAME/VERSION): aliases, tags, run, source."""
+    if card:
+        emit(_registry().card(ref), as_json, lambda d: print(d["card"], end=""))  # plain text: pipe it to a file
+        return
     info = _registry().show(ref)
 
     def human(d: dict[str, Any]) -> None:

@@ -175,6 +175,7 @@ class JudgeParams(_Section):
     api_key_env: str = "LLMOPS_JUDGE_API_KEY"
     max_examples: int = 8
     max_tokens: int = 256
+    rationale_max_chars: int = 0
     timeout_s: float = 120
 
 
@@ -410,9 +411,18 @@ class CanaryParams(_Section):
     calibration: CanaryCalibrationParams | None = None  # None only in rollout states stored before it existed
 
 
+class CardParams(_Section):
+    """What the model card (components/register/card.py) says that no run can measure."""
+
+    license: str = "apache-2.0"
+    intended_use: str = "Answering questions about the Python standard library in English."
+    out_of_scope: str = "Medical, legal or financial advice; decisions about people."
+
+
 class RegistryParams(_Section):
     first_champion: bool
     verify_new_tokens: int = 8
+    card: CardParams = CardParams()
 
 
 class Toleration(_Section):

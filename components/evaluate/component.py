@@ -32,6 +32,8 @@ def evaluate(parent_run_id: str, overrides: list, test_data: Input[Dataset], ada
             for key, value in values.items():
                 metrics.log_metric(f"{model_name}.{key}", float(value))
         metrics.metadata.update(result.lineage)  # data.test.* of the file really read: for register's lineage
+        metrics.metadata.update({"gate.summary": result.verdict.summary(), "eval.judge": result.data["judge"],
+                                 "eval.safety_set": result.data["safety_set"]})  # for register's model card
         shutil.copyfile(result.report_html, report.path)
         step.figures(**{f"ppl {name}": values["perplexity"] for name, values in result.models.items()
                         if "perplexity" in values}, gate="pass" if result.verdict.passed else "FAIL")

@@ -97,9 +97,10 @@ def _take(records: list[dict[str, str]], n: int) -> list[dict[str, str]]:
 
 def _evaluate_model(name: str, base_model_dir: Path, adapter_dir: Path | None, params: Params,
                     ppl_records: list[dict[str, str]], gen_records: list[dict[str, str]],
-                    embedder, reference_vectors, precision: str = "fp32") -> tuple[dict[str, float], list[str], int]:
-    """(metrics, generated texts, answer tokens scored) for one model, its forwards under the run's `precision`
-    (llmops.precision: the same choice as training); the model is freed afterwards."""
+                    embedder, reference_vectors, precision: str = "fp32",
+                    safety_records: list[dict] | None = None) -> tuple[dict[str, float], list[str], int, list[dict]]:
+    """(metrics, generated texts, answer tokens scored, safety rows) for one model, its forwards under the run's
+    `precision` (llmops.precision: the same choice as training); the model is freed afterwards."""
     from components.evaluate import metrics as m
     from llmops.modeling.generation import generate, load_model
     from llmops.modeling.prompts import format_prompt
@@ -133,10 +134,58 @@ def _evaluate_model(name: str, base_model_dir: Path, adapter_dir: Path | None, p
     _say(f"{name}: {len(prompts)} generations in {time.perf_counter() - t2:.1f} s, "
          f"ROUGE-L {result['rouge_l']:.3f}, EM {result['exact_match']:.3f}, "
          f"p50 {result['latency_p50_ms']:.0f} ms, {result['tokens_per_s']:.1f} tokens/s")
+    safety_rows = _safety(name, model, tokenizer, params, safety_records or [], precision, result)
     result["seconds"] = time.perf_counter() - t0
     del model
     gc.collect()
-    return result, gen.texts, answer_tokens
+    return result, gen.texts, answer_tokens, safety_rows
+
+
+def _safety(name: str, model, tokenizer, params: Params, records: list[dict], precision: str,
+            result: dict[str, float]) -> list[dict]:
+    """Answer the safety set with the loaded model; its rates and leak counts go into `result`."""
+    if not records:
+        return []
+    from components.evaluate import safety
+    from llmops.precision import autocast
+
+    t0 = time.perf_counter()
+    with autocast(model.device.type, precision):
+        answers = safety.answer_safety_set(model, tokenizer, records, params.eval.safety.max_new_tokens,
+                                           params.eval.batch_size)
+    metrics, rows = safety.score(records, answers, params)
+    result.update(metrics)
+    _say(f"{name}: safety set ({len(records)} prompts) refused {metrics['safety_refusal_rate']:.0%} of must-refuse, "
+         f"{metrics['safety_benign_refusal_rate']:.0%} of benign; secret leaks {metrics['safety_secret_leaks']:.0f}, "
+         f"PII leaks {metrics['safety_pii_leaks']:.0f} ({time.perf_counter() - t0:.1f} s)")
+    return rows
+
+
+def _safety_gate_and_judges(params: Params, models: dict[str, dict[str, float]], verdict: GateVerdict,
+                            gen_records: list[dict[str, str]], generations: dict[str, list[str]],
+                            safety_rows: list[dict], safety_path: Path):
+    """Add the safety checks (candidate vs champion, or vs base without one) to the verdict, write the
+    safety answers, and run the judges (if configured) on the candidate and that reference.
+    Returns (verdict, JudgeSummary)."""
+    from components.evaluate import judges, safety
+    from llmops.modeling.prompts import user_message
+
+    reference = "champion" if "champion" in models else "base"
+    checks = verdict.checks + safety.gate_checks(models["candidate"], models[reference], reference,
+                                                 params.eval.safety)
+    reasons = [c["message"] for c in checks if not c["passed"]]
+    verdict = GateVerdict(passed=not reasons, reasons=reasons, checks=checks)
+    with safety_path.open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in safety_rows)
+    gen_rows = [{"prompt": user_message(rec), "reference": rec["output"],
+                 "predictions": {n: generations[n][i] for n in generations}} for i, rec in enumerate(gen_records)]
+    judged = judges.run_judges(params.eval.judge, {
+        name: judges.examples(gen_rows, safety_rows, name, params.eval.judge.max_examples)
+        for name in ("candidate", reference)})
+    for name, scores in judged.scores.items():
+        models[name].update({f"judge_{j}": v for j, v in scores.items()})
+    _say(judged.note)
+    return verdict, judged
 
 
 def _log_to_active_run(params: Params, result: EvalResult, files: list[Path]) -> None:
@@ -164,6 +213,7 @@ def _log_to_active_run(params: Params, result: EvalResult, files: list[Path]) ->
         "gate.summary": verdict.summary()[:5000],
         "gate.failed_checks": ",".join(c["name"] for c in verdict.checks if not c["passed"]),
         "eval.models": ",".join(result.models),
+        "eval.judge": str(result.data.get("judge", ""))[:5000],
         "eval.precision": str(result.data.get("precision", "fp32")),
         **result.lineage,
     })
@@ -208,10 +258,10 @@ def evaluate_candidate(
         raise LlmopsError(f"eval.batch_size ({ev.batch_size}) and eval.max_new_tokens ({ev.max_new_tokens}) "
                           "must be at least 1", "fix them in params.yaml or --set")
     records = load_test_records(Path(test_path))
-    from components.evaluate import preference
-
-    preference.load_split(settings, params)  # a configured preference split that is missing fails now, not later
+    from components.evaluate import safety
     from llmops.lineage import data_lineage
+
+    safety_records = safety.load_safety_set(settings.project_dir / ev.safety.path)
 
     lineage = data_lineage(settings.project_dir, {"test": Path(test_path)})
     ppl_records, gen_records = _take(records, ev.max_examples), _take(records, ev.gen_examples)
@@ -231,13 +281,16 @@ def evaluate_candidate(
         models: dict[str, dict[str, float]] = {}
         generations: dict[str, list[str]] = {}
         answer_tokens = 0
+        safety_rows: dict[str, list[dict]] = {}
         for name, path in adapters:
-            models[name], generations[name], answer_tokens = _evaluate_model(
+            models[name], generations[name], answer_tokens, safety_rows[name] = _evaluate_model(
                 name, base_model_dir, path, params, ppl_records, gen_records, embedder, reference_vectors,
-                precision.precision)
+                precision.precision, safety_records)
 
-        preference.score_models(settings, params, adapters, base_model_dir, models, precision.precision)
         verdict = decide(models["base"], models["candidate"], models.get("champion"), ev.gate)
+        safety_path = out_dir / "safety.jsonl"
+        verdict, judged = _safety_gate_and_judges(params, models, verdict, gen_records, generations,
+                                                  safety.combined_rows(safety_records, safety_rows), safety_path)
         _say(f"gate {'PASSED' if verdict.passed else 'FAILED'}\n{verdict.summary()}")
         data = {
             "test_path": str(test_path),
@@ -252,6 +305,8 @@ def evaluate_candidate(
             "champion_adapter_dir": str(champion_adapter_dir) if champion_adapter_dir else None,
             "precision": precision.precision,
             "precision_reason": precision.reason,
+            "safety_set": f"{ev.safety.path} ({len(safety_records)} prompts)",
+            "judge": judged.note,
         }
         table_md = report.comparison_table(models)
         table_path = out_dir / "comparison.md"
@@ -274,10 +329,12 @@ def evaluate_candidate(
             examples=examples, context={"mlflow_run_id": run_id, **{k: v for k, v in data.items() if v}},
         )
         data["seconds"] = round(time.perf_counter() - started, 2)
+        data["judges"] = judged.to_dict()
         result = EvalResult(models=models, verdict=verdict, table_md=table_md, chart_png=chart_png,
                             report_html=report_html, results_json=out_dir / "eval.json",
                             generations_jsonl=gen_path, run_id=run_id, data=data, lineage=lineage)
         result.results_json.write_text(json.dumps(result.to_dict(), indent=2, default=str), encoding="utf-8")
-        _log_to_active_run(params, result, [table_path, chart_png, report_html, gen_path, result.results_json])
+        _log_to_active_run(params, result, [table_path, chart_png, report_html, gen_path, safety_path,
+                                            result.results_json])
     _say(f"done in {time.perf_counter() - started:.1f} s; MLflow run {run_id}; report {report_html}")
     return result

@@ -23,6 +23,12 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("latency_p50_ms", "latency p50 (ms)", "lower"),
     ("latency_p95_ms", "latency p95 (ms)", "lower"),
     ("tokens_per_s", "answer tokens/s (to EOS, batched)", "higher"),
+    ("safety_refusal_rate", "safety: must-refuse refused", "higher"),
+    ("safety_benign_refusal_rate", "safety: benign refused", "lower"),
+    ("safety_secret_leaks", "safety: secret leaks", "lower"),
+    ("safety_pii_leaks", "safety: PII leaks", "lower"),
+    ("judge_answer_correct", "judge: answer correct", "higher"),
+    ("judge_response_safe", "judge: response safe", "higher"),
 )
 
 _COLORS = {"base": "#8c8c8c", "candidate": "#1f77b4", "champion": "#ff7f0e"}

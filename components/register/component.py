@@ -12,7 +12,7 @@ def register(parent_run_id: str, overrides: list, kfp_run_id: str, adapter: Inpu
     """MLflow model version (adapter + merged weights) with lineage tags and alias `challenger`."""
     from pathlib import Path
 
-    from components.register.logic import register_candidate
+    from components.register.logic import EVALUATION_KEYS, register_candidate
     from llmops.lineage import collect_lineage
     from llmops.modeling.base import base_model_path, base_model_sha256
     from llmops.settings import get_settings
@@ -26,7 +26,9 @@ def register(parent_run_id: str, overrides: list, kfp_run_id: str, adapter: Inpu
                                   base_model_id=params.model.base, base_model_sha256=base_model_sha256(base_dir),
                                   step_lineage={**adapter.metadata, **eval_metrics.metadata})
         metrics = {k: float(v) for k, v in eval_metrics.metadata.items() if isinstance(v, int | float)}
+        evaluation = {k: str(v) for k, v in eval_metrics.metadata.items() if k in EVALUATION_KEYS}
         result = register_candidate(settings, params, adapter_dir=Path(adapter.path), base_model_dir=base_dir,
-                                    metrics=metrics, lineage=lineage, parent_run_id=parent_run_id)
+                                    metrics=metrics, lineage=lineage, parent_run_id=parent_run_id,
+                                    evaluation=evaluation)
         step.figures(model=f"{result['name']} v{result['version']}", aliases=",".join(result.get("aliases", [])))
     return str(result["version"])

@@ -25,6 +25,8 @@ from llmops.settings import Settings
 MODEL_ARTIFACT = "model"
 ADAPTER_FILES = ("*.safetensors", "*.json", "*.jinja", "README.md")  # what a PEFT adapter dir may carry
 # A fixed chat-formatted probe: the logged model must answer it token for token like base + adapter.
+# What the evaluate step hands on for the model card besides numbers (components/evaluate/component.py).
+EVALUATION_KEYS = ("gate.summary", "eval.judge", "eval.safety_set")
 PROBE_RECORD = {"instruction": "What does the Python function sorted() return?", "input": ""}
 
 
@@ -74,9 +76,11 @@ def register_candidate(
     metrics: dict[str, float],
     lineage: dict[str, str],
     parent_run_id: str | None,
+    evaluation: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Merge, log, verify and register the candidate; returns {name, version, aliases, run_id,
-    model_uri} plus `logged_model_uri`, `greedy_match`, `verify_tokens` and `seconds`."""
+    """Merge, log, verify and register the candidate, with its model card (`evaluation`: the evaluate step's
+    gate summary, safety set and judge notes); returns {name, version, aliases, run_id, model_uri} plus
+    `logged_model_uri`, `greedy_match`, `verify_tokens`, `card` (artifact path) and `seconds`."""
     import mlflow
     import torch
     from peft import PeftModel
@@ -142,6 +146,12 @@ def register_candidate(
         }
         mv = mlflow.register_model(info.model_uri, name, tags=version_tags)
     version = str(mv.version)
+    from components.register.card import build_card
+    from llmops.registry import card
+
+    text = build_card(settings.project_dir, params, name=name, version=version, metrics=metrics, lineage=lineage,
+                      evaluation=evaluation)
+    card_artifact = card.attach(registry.client, name, version, run_id, text)
 
     source = lineage.get("pipeline.kfp_run_id") or lineage.get("pipeline.mlflow_run_id") or run_id
     registry.set_alias(name, "challenger", version, action="register",
@@ -162,5 +172,6 @@ def register_candidate(
         "logged_model_uri": info.model_uri,
         "greedy_match": n_verify > 0,
         "verify_tokens": n_verify,
+        "card": card_artifact,
         "seconds": round(time.perf_counter() - t0, 2),
     }

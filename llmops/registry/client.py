@@ -338,6 +338,13 @@ class Registry:
                                 "re-register it; pickled adapters are never loaded")
         return local
 
+    def card(self, ref: str) -> dict[str, Any]:
+        """The model card (Hugging Face format) of the version `ref` points at: {name, version, artifact,
+        run_id, card}; NotFound when the version has none (llmops.registry.card)."""
+        from llmops.registry import card
+
+        return card.read(self, ref)
+
 
 def champion_adapter(settings: Settings, dst: Path, alias: str = "champion") -> Path | None:
     """The current champion's adapter downloaded to `dst`, or None when the name has no champion yet

@@ -167,7 +167,7 @@ def test_evaluate_candidate_end_to_end(settings: Settings, tmp_path: Path, tiny_
     from llmops import tracking
 
     params = settings.params(["eval.max_examples=8", "eval.gen_examples=4", "eval.max_new_tokens=6",
-                              "eval.batch_size=4", "eval.report_examples=2",
+                              "eval.batch_size=4", "eval.report_examples=2", "eval.safety.max_new_tokens=4",
                               # the expected perplexities below are computed in fp32
                               "train.precision=fp32"])
     test_path = _write_jsonl(tmp_path / "test.jsonl", RECORDS)
@@ -200,8 +200,11 @@ def test_evaluate_candidate_end_to_end(settings: Settings, tmp_path: Path, tiny_
     assert result.models["candidate"]["perplexity"] < 0.95 * result.models["base"]["perplexity"]
     expected = decide(result.models["base"], result.models["candidate"], result.models["champion"],
                       params.eval.gate)
-    assert result.verdict == expected
-    assert len(result.verdict.checks) == 4
+    # the gate's checks, then the safety set's four against the champion (tests/unit/test_eval_safety.py)
+    assert result.verdict.checks[: len(expected.checks)] == expected.checks
+    assert [c["name"] for c in result.verdict.checks[len(expected.checks):]] == [
+        "safety_refusal", "safety_benign_answered", "safety_no_secret_leak", "safety_no_pii_leak"]
+    assert len(expected.checks) == 4
     improvement = next(c for c in result.verdict.checks if c["name"] == "improvement_over_base")
     assert improvement["passed"]
 
