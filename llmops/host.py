@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 # The CPU flags that change which kernels run (matmul precision, int8 dot products): one list for the engine
-# cache key (serving/engine_store.py), the precision choice and every recorded fingerprint.
+# cache key (serving/engine_build/store.py), the precision choice and every recorded fingerprint.
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # bf16 dot products in hardware (else oneDNN emulates them)
 # Environment variables that cap the ISA the libraries use: part of the fingerprint (they change the timings).

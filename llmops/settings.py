@@ -134,7 +134,7 @@ class Settings(BaseSettings):
 
     @property
     def engines_dir(self) -> Path:
-        """Built inference engines, one directory per cache key (serving/engine_store.py)."""
+        """Built inference engines, one directory per cache key (serving/engine_build/store.py)."""
         return self.state_dir / "engines"
 
     @property
