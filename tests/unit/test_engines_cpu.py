@@ -68,10 +68,18 @@ def test_engine_matches_eager_and_rebuild_is_a_cache_hit(runtime: str, store: Se
     assert engine.info()["runtime"] == runtime and engine.info()["cache_key"] == first["cache_key"]
 
 
-def test_slots_survive_changes_of_the_running_batch(store: Settings, tiny_model_dir: Path, eager) -> None:
-    """A request joins mid-way and another leaves: every sequence still gets eager's tokens."""
-    manifest = engine_store.build_cpu_engine(store, tiny_model_dir, "onnxruntime")
-    engine = built.load_built(manifest, tiny_model_dir, max_slots=3)
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino", "eager"])
+def test_slots_survive_changes_of_the_running_batch(runtime: str, store: Settings, tiny_model_dir: Path,
+                                                    eager) -> None:
+    """A request joins mid-way, one is paused for a step, one leaves, a slot in the batch view is prefilled
+    again: every sequence still gets eager's tokens (the slot bookkeeping all step engines share: slots.py)."""
+    if runtime == "eager":
+        from serving.engines.eager import EagerEngine
+
+        engine = EagerEngine(tiny_model_dir, max_slots=3)
+    else:
+        manifest = engine_store.build_cpu_engine(store, tiny_model_dir, runtime)
+        engine = built.load_built(manifest, tiny_model_dir, max_slots=3)
     prompts = checks.encode_prompts(engine.tokenizer, ["Short?", "A much longer question about Python lists "
                                                              "and tuples and when to use which.", "Explain json."])
     reference, _ = checks.eager_greedy(eager, prompts, 10)
@@ -81,7 +89,7 @@ def test_slots_survive_changes_of_the_running_batch(store: Settings, tiny_model_
     for step in range(9):
         if step == 3:  # slot 2 joins the running batch
             out[2] = [int(engine.prefill(2, prompts[2]).argmax())]
-        running = [s for s in (1, 0, 2) if s in out and len(out[s]) < 10]
+        running = [s for s in (1, 0, 2) if s in out and len(out[s]) < 10 and (step, s) != (5, 2)]  # 2 paused
         logits = engine.decode(running, [out[s][-1] for s in running])
         for row, s in enumerate(running):
             out[s].append(int(logits[row].argmax()))
@@ -93,6 +101,11 @@ def test_slots_survive_changes_of_the_running_batch(store: Settings, tiny_model_
     assert [checks.until_eos(out[s], eos) for s in (0, 1, 2)] == reference
     with pytest.raises(LlmopsError, match="no prefilled sequence"):
         engine.decode([0], [1])
+    engine.decode([1, 2], [out[1][-1], out[2][-1]])  # slots 1 and 2 form the batch view ...
+    again = [int(engine.prefill(1, prompts[0]).argmax())]  # ... and slot 1 starts over inside it
+    while len(again) < 10:
+        again.append(int(engine.decode([1, 2], [again[-1], 0])[0].argmax()))
+    assert checks.until_eos(again, eos) == reference[0]
 
 
 def test_registry_offers_a_built_engine_for_its_weights_only(settings: Settings, tiny_model_dir: Path) -> None:
