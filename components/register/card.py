@@ -53,6 +53,10 @@ def _metric_table(metrics: dict[str, float], rows: tuple[tuple[str, str, str], .
     return head + "\n".join(lines) + "\n"
 
 
+def _bullets(text: str) -> str:
+    return "\n".join(f"- {line}" for line in text.splitlines() if line.strip()) + "\n"
+
+
 def export_manifest(project_dir: Path, params: Params, entry: str, md5: str) -> dict[str, Any] | None:
     """The export manifest (`<dataset>.manifest.json`: review and scrub counts) of a source dataset, only when
     it describes the very bytes trained on (its md5 equals the lineage's)."""
@@ -148,10 +152,13 @@ alpha={params.lora.alpha}), registered by the llmops pipeline. Served as the mer
 {_sources_md(data_sources(project_dir, params, lineage), lineage)}
 ## Evaluation
 
-Held-out test split, the same inputs for every model (candidate, the champion at the time, the base).
+Held-out test split, the same inputs for every model: the candidate (this version), the champion at the time
+and the base.
 
 {_metric_table(metrics, EVAL_ROWS)}
-Gate: {ev.get('gate.summary', 'not recorded').replace(chr(10), '; ')}
+Gate checks:
+
+{_bullets(ev.get('gate.summary', 'not recorded'))}
 
 ## Safety
 
