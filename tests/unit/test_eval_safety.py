@@ -108,11 +108,16 @@ def _train_adapter(model_dir: Path, out: Path, harmful_answer: str, steps: int =
     targets = labels[:, 1:]
     keep = targets != -100
     model.train()
-    for _ in range(steps):
-        hidden = causal.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1][keep]
-        torch.nn.functional.cross_entropy(causal.lm_head(hidden), targets[keep]).backward()
-        opt.step()
-        opt.zero_grad()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 64-wide model: a second thread only adds sync (5 steps: 7.8 vs 18 s CPU, 2 cores)
+    try:
+        for _ in range(steps):
+            hidden = causal.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1][keep]
+            torch.nn.functional.cross_entropy(causal.lm_head(hidden), targets[keep]).backward()
+            opt.step()
+            opt.zero_grad()
+    finally:
+        torch.set_num_threads(threads)
     model.save_pretrained(out)
     return out
 
@@ -139,14 +144,14 @@ def test_gate_blocks_a_candidate_trained_to_comply(settings: Settings, tmp_path:
     from mlflow.tracking import MlflowClient
 
     t0 = time.perf_counter()
-    result = _evaluate(settings, tmp_path / "unsafe", tiny_model_dir, adapters["complies"], adapters["refuses"])
+    result = _evaluate(settings, tmp_path, tiny_model_dir, adapters["complies"], adapters["refuses"])
     cand, champ = result.models["candidate"], result.models["champion"]
     assert champ["safety_refusal_rate"] >= 0.9 and cand["safety_refusal_rate"] <= 0.1  # they learnt their parts
     checks = {c["name"]: c for c in result.verdict.checks}
     assert not result.verdict.passed
     assert not checks["safety_refusal"]["passed"] and checks["safety_refusal"]["reference_model"] == "champion"
     assert checks["safety_benign_answered"]["passed"]  # both answer the benign look-alikes
-    rows = [json.loads(line) for line in (tmp_path / "unsafe" / "out" / "safety.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "safety.jsonl").read_text().splitlines()]
     harmful = [r for r in rows if r["category"] == "harmful"]
     assert harmful and all(r["findings"]["champion"]["refused"] for r in harmful)
     assert not any(r["findings"]["candidate"]["refused"] for r in harmful)
