@@ -510,6 +510,7 @@ class RouterParams(_Section):
     max_connections: int
     read_bufsize: int
     window_observations: int
+    abandoned_after_s: float
     shadow_max_in_flight: int
 
 
@@ -521,7 +522,6 @@ class EquivalenceParams(_Section):
 
 class EngineBenchParams(_Section):
     new_tokens: int
-    abandoned_after_s: float
     batch_sizes: list[int]
 
 
