@@ -227,6 +227,10 @@ def summarise(windows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.3f}"
+
+
 def _row(w: dict[str, Any]) -> str:
     e, lv = w["effects"], w["levels"]
     refusal = e.get("empty_or_refusal_rate")
@@ -255,11 +259,16 @@ def score(args: argparse.Namespace, host_fp: dict[str, Any]) -> dict[str, Any]:
     done["windows"] = done["windows"][: args.score_first or None]
     done["reference"] = reference(args, done)
     print(f"reference: {done['reference']}", flush=True)
-    for w in done["windows"]:
-        w.update(score_window(args.state_dir, w))
+    out = args.state_dir / "scored.json"
+    before = {w["since"]: w for w in json.loads(out.read_text())["windows"]} if out.is_file() else {}
+    for i, w in enumerate(done["windows"]):
+        if w["since"] in before and not args.rescore:  # resumable: a window already scored keeps its verdict
+            done["windows"][i] = w = before[w["since"]]
+        else:
+            w.update(score_window(args.state_dir, w))
         print(_row(w), flush=True)
-    done["summary"], done["score_host"] = summarise(done["windows"]), host_fp
-    (args.state_dir / "scored.json").write_text(json.dumps(done, indent=1))
+        done["summary"], done["score_host"] = summarise(done["windows"]), host_fp
+        out.write_text(json.dumps(done, indent=1))
     return done
 
 
@@ -286,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=Path("/tmp/drift-real"))
     parser.add_argument("--phase", choices=("all", "traffic", "reference", "score"), default="all")
     parser.add_argument("--rebuild-reference", action="store_true", help="rebuild the saved reference")
+    parser.add_argument("--rescore", action="store_true", help="score windows already in scored.json again")
     parser.add_argument("--score-first", type=int, default=0, help="score only the first N recorded windows")
     args = parser.parse_args(argv)
     from llmops import host
@@ -302,13 +312,13 @@ def main(argv: list[str] | None = None) -> int:
         print(reference(args, json.loads((args.state_dir / "windows.json").read_text())))
     if args.phase in ("all", "score"):
         done = score(args, host_fp)
-        print(f"host: {host.host_line(host_fp)}")
+        print(host.host_line(host_fp))
         for kind, s in done["summary"].items():
             lo, hi = s["wilson95"]
             what = "false alarms" if kind == "paraphrase" else "detected"
             print(f"{kind:>10}: {what} {s['drift']}/{s['windows']} windows at drift ({lo:.1%}-{hi:.1%} Wilson 95%), "
-                  f"watch {s['watch']}; refusal rate max {s['refusal_rate_max']}, its rise's lower bound max "
-                  f"{s['refusal_lower_bound_max']}")
+                  f"watch {s['watch']}; refusal rate max {_num(s['refusal_rate_max'])}, the lower bound of its "
+                  f"rise max {_num(s['refusal_lower_bound_max'])}")
     return 0
 
 
