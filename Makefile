@@ -93,8 +93,9 @@ bench: setup ## training throughput vs HF Trainer/TRL baselines (installs the be
 	@$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev,cluster,bench]' 2>&1 | grep -v '^WARNING: Location' || true
 	@$(BIN)/python -m benchmarks.train_throughput
 
-bench-serving: setup ## llmops serve vs transformers serve --continuous-batching (streaming chat, c=1 and 16)
-	@$(BIN)/python -m benchmarks.serving
+bench-serving: setup ## llmops serve vs llama.cpp llama-server (Q8_0/F16, built here) and vLLM CPU (own venv), c=1 and 16
+	@$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev,cluster,bench]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(BIN)/python -m benchmarks.serving --sides llama-q8,llama-f16,vllm,ours,ours-fp32
 
 bench-engines: setup ## CPU engines vs eager (tokens/s at batch 1 and 8, TTFT)
 	@$(BIN)/python -m benchmarks.engines
