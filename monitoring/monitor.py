@@ -16,6 +16,7 @@ from typing import Any
 from llmops.params import Params
 from llmops.settings import Settings
 from monitoring import exposition, triggers
+from monitoring.drift.publish import log_to_mlflow, write_html
 
 EXPERIMENT = "llmops-monitor"
 
@@ -93,7 +94,7 @@ def run_monitor(
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "drift-report.json"
     json_path.write_text(report.to_json())
-    html_path = report.to_html(out_dir / "drift-report.html", calibration=load_calibration(settings))
+    html_path = write_html(report, out_dir / "drift-report.html", calibration=load_calibration(settings))
 
     ref_id, win_id = reference_identity(reference), window_identity(rows)
     times = [t for t in (_field(r, "time") for r in rows) if t]
@@ -203,7 +204,7 @@ def _log_mlflow(settings: Settings, report: Any, ref_id: str, win_id: str, windo
     try:
         for key in ("requests", "rated", "negative"):
             client.log_metric(run.info.run_id, f"window_{key}", float(window[key]))
-        report.log_to_mlflow(run.info.run_id, settings)
+        log_to_mlflow(report, run.info.run_id, settings)
         client.set_terminated(run.info.run_id, "FINISHED")
     except Exception:
         client.set_terminated(run.info.run_id, "FAILED")

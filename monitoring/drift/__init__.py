@@ -3,7 +3,7 @@
     reference = ensure_reference(settings, params)          # built once from data/splits/train.jsonl
     report = evaluate_window(reference, window_from_logged(rows), params)
     report.severity (none | watch | drift), report.drifted (severity drift), report.to_json(),
-    report.to_html(path), report.log_to_mlflow(run_id), report.prometheus_lines()
+    publish.write_html(report, path), publish.log_to_mlflow(report, run_id), report.prometheus_lines()
 """
 
 from monitoring.drift.detect import evaluate_window

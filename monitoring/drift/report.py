@@ -5,14 +5,10 @@ from __future__ import annotations
 import enum
 import json
 import math
-import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from llmops.settings import Settings
 
 
 class Severity(enum.StrEnum):
@@ -108,15 +104,6 @@ class DriftReport:
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
 
-    def to_html(self, path: Path | str, calibration: dict[str, Any] | None = None) -> Path:
-        """The HTML page; with `calibration` (calibration.json) the window's effects are drawn on its plot."""
-        from monitoring.drift.html import render_html
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render_html(self, calibration), encoding="utf-8")
-        return path
-
     def metrics(self) -> dict[str, float]:
         """Flat metric names for MLflow: drift_detected, drift_<detector>_statistic / _p_value."""
         out: dict[str, float] = {"drift_detected": float(self.drifted), "drift_severity": float(self.severity.rank),
@@ -129,27 +116,6 @@ class DriftReport:
             if d.effect is not None and math.isfinite(d.effect):
                 out[f"drift_{d.name}_effect"] = float(d.effect)
         return out
-
-    def log_to_mlflow(self, run_id: str, settings: Settings | None = None) -> None:
-        """Log the metrics and attach the JSON and HTML report (artifact folder `drift/`) to an existing run."""
-        from mlflow.tracking import MlflowClient
-
-        from llmops import tracking
-        from llmops.settings import get_settings
-
-        settings = settings or get_settings()
-        tracking.configure(settings)
-        client = MlflowClient(settings.tracking_uri)
-        step = int(self.created)
-        for key, value in self.metrics().items():
-            client.log_metric(run_id, key, value, timestamp=int(self.created * 1000), step=step)
-        client.set_tag(run_id, "llmops.drift.detected", str(self.drifted).lower())
-        client.set_tag(run_id, "llmops.drift.severity", self.severity.value)
-        client.set_tag(run_id, "llmops.drift.fired", ",".join(self.fired) or "-")
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "drift-report.json").write_text(self.to_json())
-            self.to_html(Path(tmp) / "drift-report.html")
-            client.log_artifacts(run_id, tmp, artifact_path="drift")
 
     def prometheus_lines(self) -> str:
         """Text exposition of the gauges: score, p-value, effect and severity per detector, and the verdict."""

@@ -34,10 +34,10 @@ from typing import Any
 from llmops.errors import DataError, LlmopsError
 from llmops.params import Params
 from llmops.settings import Settings
+from monitoring.inference_log.datasets import SOURCE, feedback_dir, preference_dir, user_text
 from monitoring.inference_log.log import InferenceLog
 from monitoring.inference_log.store import LoggedRequest
 
-SOURCE = "feedback"  # the data.sources entry exports go to, and every exported record's `source`
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -64,21 +64,6 @@ class ExportResult:
     manifest: str | None = None  # <dataset>.manifest.json: the request ids the records came from
 
 
-def _user_text(req: LoggedRequest) -> tuple[str | None, str | None]:
-    """(instruction, None) or (None, why it cannot be a training record)."""
-    if req.extra.get("tool"):
-        return None, "tool call"
-    prompt = req.prompt
-    if isinstance(prompt, str):
-        return (prompt.strip(), None) if prompt.strip() else (None, "empty prompt")
-    if isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
-        if len(prompt) == 1 and prompt[0].get("role") == "user" and isinstance(prompt[0].get("content"), str):
-            text = prompt[0]["content"].strip()
-            return (text, None) if text else (None, "empty prompt")
-        return None, "not one user turn (system prompt or multi-turn)"
-    return None, "token-id prompt"
-
-
 def feedback_records(requests: list[LoggedRequest]) -> tuple[list[dict[str, str]], dict[str, int]]:
     """The records the rule above keeps (oldest first, one per prompt) and why the others were skipped."""
     from llmops.data.text import group_key, record_id
@@ -98,7 +83,7 @@ def feedback_records(requests: list[LoggedRequest]) -> tuple[list[dict[str, str]
         else:
             skipped["no correction and not rated good"] += 1
             continue
-        instruction, why = _user_text(req)
+        instruction, why = user_text(req)
         if instruction is None:
             skipped[why or "unusable prompt"] += 1
             continue
@@ -111,19 +96,6 @@ def feedback_records(requests: list[LoggedRequest]) -> tuple[list[dict[str, str]
         by_prompt[key] = rec
     return list(by_prompt.values()), dict(skipped)
 
-
-def feedback_dir(settings: Settings, params: Params) -> Path:
-    """The folder of the `feedback` entry of data.sources (H7's data sources declare it)."""
-    for src in params.data.sources:
-        if src.name == SOURCE:
-            path = Path(src.path)
-            path = path if path.is_absolute() else settings.project_dir / path
-            if path.suffix == ".jsonl":
-                raise LlmopsError(f"data.sources entry {SOURCE!r} is a file ({src.path}); exports need a folder",
-                                  f"declare it as a folder: - {{name: {SOURCE}, path: data/feedback}}")
-            return path
-    raise LlmopsError(f"params.yaml data.sources has no {SOURCE!r} entry, so a retraining run would not read "
-                      "the export", f"add `- {{name: {SOURCE}, path: data/feedback}}` to data.sources")
 
 
 KINDS = ("sft", "preference")
@@ -247,12 +219,6 @@ def _writer(kind: str) -> Callable[[list[dict[str, Any]], Path], Any]:
     from monitoring.inference_log.preferences import write_preferences
 
     return write_preferences
-
-
-def preference_dir(settings: Settings, params: Params) -> Path:
-    """Where preference exports go (params.yaml inference_log.preference_dir)."""
-    path = Path(params.inference_log.preference_dir)
-    return path if path.is_absolute() else settings.project_dir / path
 
 
 def _with_min_rows(params: Params, min_rows: int) -> Params:

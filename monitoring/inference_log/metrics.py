@@ -7,14 +7,20 @@ server answered 200: these series make them alertable (monitoring/prometheus/rul
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from monitoring.inference_log.log import InferenceLog
+
+class LogView(Protocol):
+    """What the collector reads of an `InferenceLog` (declared here so the log imports the collector, not back)."""
+
+    writer: Any  # the writer thread (None once closed): committed, failed, alive, busy_for(), depth(), last_commit
+    not_logged: Mapping[str, int]
+    params: Any  # InferenceLogParams: max_queue
+
 
 FAILURES = "llmops_inference_log_write_failures"  # exposed as ..._total
 WRITER_UP = "llmops_inference_log_writer_up"
@@ -22,7 +28,7 @@ WRITER_BUSY = "llmops_inference_log_writer_busy_seconds"
 
 
 class LogCollector(Collector):
-    def __init__(self, ilog: InferenceLog) -> None:
+    def __init__(self, ilog: LogView) -> None:
         self.ilog = ilog
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:

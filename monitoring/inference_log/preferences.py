@@ -43,7 +43,7 @@ def _pair(req: LoggedRequest, instruction: str, chosen: str, rejected: str, sour
 def preference_records(requests: list[LoggedRequest]) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Pairs by the rule above (corrections first, then ratings, each oldest first) and why others were skipped."""
     from llmops.data.text import group_key
-    from monitoring.inference_log.export import _user_text
+    from monitoring.inference_log.datasets import user_text
 
     skipped: Counter[str] = Counter()
     pairs: list[dict[str, Any]] = []
@@ -54,7 +54,7 @@ def preference_records(requests: list[LoggedRequest]) -> tuple[list[dict[str, An
         if req.status != 200:
             skipped["not answered (status != 200)"] += 1
             continue
-        instruction, why = _user_text(req)
+        instruction, why = user_text(req)
         if instruction is None:
             skipped[why or "unusable prompt"] += 1
             continue

@@ -50,11 +50,11 @@ def _request_ids(kind: str, records: list[dict[str, Any]], requests: Sequence[Lo
     if kind != "sft":
         return [list(r.get("request_ids") or []) for r in records]
     from llmops.data.text import group_key
-    from monitoring.inference_log.export import _user_text
+    from monitoring.inference_log.datasets import user_text
 
     by_key: dict[str, list[str]] = {}
     for req in requests:
-        text, _ = _user_text(req) if req.feedback else (None, None)
+        text, _ = user_text(req) if req.feedback else (None, None)
         if text is not None:
             by_key.setdefault(group_key(text, ""), []).append(req.request_id)
     return [sorted(by_key.get(group_key(r["instruction"], r.get("input", "")), [])) for r in records]
@@ -130,7 +130,7 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
 
 def manifests(settings: Settings, params: Params) -> list[Path]:
     """Every export manifest: in the feedback and preference folders, and those the export index lists."""
-    from monitoring.inference_log.export import feedback_dir, preference_dir
+    from monitoring.inference_log.datasets import feedback_dir, preference_dir
 
     found: set[Path] = set()
     for where in (feedback_dir, preference_dir):

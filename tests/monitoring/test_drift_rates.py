@@ -14,6 +14,7 @@ from llmops.params import Params
 from llmops.settings import Settings
 from monitoring.drift import stats
 from monitoring.drift.detect import _rate_tests, _Test, verdict
+from monitoring.drift.publish import write_html
 from monitoring.drift.records import WindowRecord
 from monitoring.drift.reference import Reference
 from monitoring.drift.report import Severity
@@ -103,7 +104,7 @@ def test_report_shows_the_bound_and_why_it_is_watch(params: Params, tmp_path) ->
 
     results, severity, note = _score(_reference(0, 60), _window(4), params)
     report = DriftReport(severity, list(results.values()), params.drift.alpha, {"requests": 60}, {}, 0.0, note=note)
-    page = report.to_html(tmp_path / "r.html").read_text()
+    page = write_html(report, tmp_path / "r.html").read_text()
     lower = results["empty_or_refusal_rate"].effect_lower
     assert f"lower bound {lower:.3g}" in page and "WATCH" in page
     assert report.to_dict()["detectors"][0]["effect_lower"] == pytest.approx(lower)

@@ -28,6 +28,7 @@ from monitoring.drift import (
     window_from_logged,
 )
 from monitoring.drift.calibration import MemoEmbedder, draw_windows, severity_rates
+from monitoring.drift.publish import log_to_mlflow, write_html
 from monitoring.drift.report import Severity
 from monitoring.drift.shifted_slice import DEFAULT_OUT, build_shifted_sql
 
@@ -183,7 +184,7 @@ def test_report_outputs(reference, holdout, drift_params, memo, settings, tmp_pa
     mmd = next(d for d in data["detectors"] if d["name"] == "prompt_embedding_mmd")
     assert mmd["effect_name"] == "MMD^2" and mmd["effect"] >= mmd["effect_threshold"] and mmd["severity"] == "drift"
     assert data["moved"][0]["x_threshold"] >= 1 and data["clusters"]
-    page = report.to_html(tmp_path / "r.html").read_text()
+    page = write_html(report, tmp_path / "r.html").read_text()
     assert page.count("data:image/png;base64,") == 5 and "severity: DRIFT" in page and "What changed" in page
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -202,7 +203,7 @@ def test_report_outputs(reference, holdout, drift_params, memo, settings, tmp_pa
     from llmops import tracking
 
     run_id = tracking.start_pipeline_run(settings, "drift-test")
-    report.log_to_mlflow(run_id, settings)
+    log_to_mlflow(report, run_id, settings)
     client = MlflowClient(settings.tracking_uri)
     run = client.get_run(run_id)
     assert run.data.metrics["drift_detected"] == 1.0 and run.data.tags["llmops.drift.severity"] == "drift"
@@ -288,7 +289,7 @@ def test_report_clusters_name_a_planted_new_topic(reference, drift_params, memo,
     topical = [c for c in report.clusters if all(e in cooking_prompts for e in c["examples"])]
     assert topical and sum(c["share"] for c in topical) >= 0.15, report.clusters
     assert sum(c["share"] for c in report.clusters if c not in topical) < 0.1, report.clusters
-    page = report.to_html(tmp_path / "r.html").read_text()
+    page = write_html(report, tmp_path / "r.html").read_text()
     example = topical[0]["examples"][0]
     import html as _html
 
