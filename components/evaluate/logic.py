@@ -258,6 +258,9 @@ def evaluate_candidate(
         raise LlmopsError(f"eval.batch_size ({ev.batch_size}) and eval.max_new_tokens ({ev.max_new_tokens}) "
                           "must be at least 1", "fix them in params.yaml or --set")
     records = load_test_records(Path(test_path))
+    from components.evaluate import preference
+
+    preference.load_split(settings, params)  # a configured preference split that is missing fails now, not later
     from components.evaluate import safety
     from llmops.lineage import data_lineage
 
@@ -287,6 +290,7 @@ def evaluate_candidate(
                 name, base_model_dir, path, params, ppl_records, gen_records, embedder, reference_vectors,
                 precision.precision, safety_records)
 
+        preference.score_models(settings, params, adapters, base_model_dir, models, precision.precision)
         verdict = decide(models["base"], models["candidate"], models.get("champion"), ev.gate)
         safety_path = out_dir / "safety.jsonl"
         verdict, judged = _safety_gate_and_judges(params, models, verdict, gen_records, generations,
