@@ -10,7 +10,8 @@ concurrency level; a side's figures are measured from the client: output tokens/
 time, with every answer's tokens counted by re-tokenising its text with the checkpoint's tokenizer (the same
 count for every server, whatever its `usage` says), time to first token (first content delta), inter-token
 latency and end-to-end latency percentiles. The load generator is plain aiohttp, the same for every side, so
-no client library's overhead favours one server. Precision is matched side by side: ours (auto: int8 where its
+no client library's overhead favours one server; it opens a connection per request (llama-server closes kept-alive
+connections the client would otherwise reuse). Precision is matched side by side: ours (auto: int8 where its
 gate passes) beside Q8_0, ours-fp32 beside F16.
 
     python -m benchmarks.serving [--sides llama-q8,llama-f16,vllm,ours,ours-fp32] [--concurrency 1,16]
@@ -197,8 +198,8 @@ async def _level(base: str, side: Side, prompts: list[str], concurrency: int, re
     queue = list(range(requests))
     results: list[tuple[bool, str, float, float]] = []
     timeout = aiohttp.ClientTimeout(total=600)
-    async with aiohttp.ClientSession(timeout=timeout,
-                                     connector=aiohttp.TCPConnector(limit=concurrency + 4)) as session:
+    connector = aiohttp.TCPConnector(limit=concurrency + 4, force_close=True)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         async def worker() -> None:
             while queue:
                 i = queue.pop(0)
