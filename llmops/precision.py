@@ -3,8 +3,8 @@
 `train.precision: auto` picks the fastest precision that is correct on the device at hand:
 - CPU: bf16 autocast only where the hardware multiplies bf16 natively (avx512_bf16 or AMX-BF16 in the CPU
   flags) AND a short matmul probe (fp32 vs bf16 autocast, shapes like the model's, a few hundred ms)
-  confirms it is faster; otherwise fp32. Without native bf16, oneDNN emulates it: on an AVX2-only EPYC bf16
-  autocast ran 6.3x slower than fp32 and training fell from ~130 to 7 tokens/s. The flag alone is not
+  confirms it is faster; otherwise fp32. Without native bf16, oneDNN emulates it, several times slower than
+  fp32 (benchmarks/README.md, `train.precision: auto`). The flag alone is not
   enough either (`ONEDNN_MAX_CPU_ISA=AVX2` keeps the flag but emulates). The probe's result is cached per
   host fingerprint (llmops.host) in the state dir, so it runs once per host.
 - GPU: bf16 where `torch.cuda.is_bf16_supported()`, else fp16 autocast with a gradient scaler.

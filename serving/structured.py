@@ -1,11 +1,11 @@
 """Constrained decoding for structured outputs through llguidance (JSON schema -> token mask per step).
 
-Picked by measurement on our tokenizer (SmolLM2, 49,152 tokens): llguidance 1.9.1 computes a mask in about
-0.12 ms per token (max 1.7 ms) for a nested object schema on a lightly loaded machine (median 2-18 ms with
-the 2 cores at load 16); its first matcher in a process pays a one-time 5-10 s setup, which the server's
-warmup takes. It installs as one 3 MB wheel with no dependencies; xgrammar 0.2.8 (not measured: its install
-pulls triton, 286 MB, and apache-tvm-ffi into a CPU environment). The constraint masks logits before
-sampling and advances with each chosen token, so even a tiny random model returns schema-valid JSON.
+Picked by measurement on our tokenizer (SmolLM2, 49,152 tokens; figures in benchmarks/README.md, measurements
+cited by the code): llguidance computes a mask per token far below a decode step; its first matcher in a process
+pays a one-time setup of seconds, which the server's warmup takes. It installs as one small wheel with no
+dependencies; xgrammar was not measured (its install pulls triton and apache-tvm-ffi into a CPU environment).
+The constraint masks logits before sampling and advances with each chosen token, so even a tiny random model
+returns schema-valid JSON.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Packed-sequence attention that scores only pairs inside one example ("packed_sdpa").
 
 Why: a packed 512-token block of ~57-token examples given to SDPA as a block-diagonal mask makes the CPU
-kernel score all 512 x 512 pairs, of which ~6% are inside an example; attention was 39% of our step's time.
+kernel score all 512 x 512 pairs, of which only a few percent are inside an example, and attention was the largest
+share of our step's time (benchmarks/README.md, packed attention).
 Here the examples of a batch (segments: they start wherever a row's position id does not follow the
 previous one, the same rule transformers uses to build its packed mask) are gathered into a few padded
 mini-batches of examples of similar length and run through SDPA with `is_causal=True`. Right padding
@@ -10,9 +11,10 @@ padded query rows are dropped on the way back. So the result is the block-diagon
 computed on about sum(l^2)/2 pairs instead of 512^2.
 
 On CPU the kernel runs in fp32 even under bf16 autocast: torch 2.13's CPU flash-attention backward in bf16
-costs about as much for 18 sequences of 64 tokens as for 2 of 512 (24.5 vs 32.8 ms, measured), in fp32 it is
-3.6x cheaper; the output is cast back to the autocast dtype. In fp32 the result equals the masked SDPA
-(tests/unit/test_train_attention.py); under bf16 autocast it is the same attention with fp32 rounding inside.
+costs about as much for many short sequences as for a few long ones, in fp32 it is several times cheaper
+(benchmarks/README.md, measurements cited by the code); the output is cast back to the autocast dtype. In
+fp32 the result equals the masked SDPA (tests/unit/test_train_attention.py); under bf16 autocast it is the same
+attention with fp32 rounding inside.
 
 Registered with transformers' AttentionInterface and its mask interface: the mask function returns no mask
 for the packed case (no 2D attention mask, no KV cache; it would be ignored), and any other call (a padding

@@ -3,7 +3,8 @@ GroupQueryAttention, KV cache updated in place.
 
 Why a second graph next to `decoder_graph.py` (which OpenVINO runs): that graph takes the whole past and
 returns past + new as a fresh tensor, so every decode step copies the entire KV cache of the batch
-(concatenation, GQA head repetition, output copy: measured 16% of node time at batch 8, growing with context).
+(concatenation, GQA head repetition, output copy: a measured share of node time that grows with context;
+benchmarks/README.md).
 ORT's `com.microsoft.GroupQueryAttention` kernel reads a right-padded cache with per-row lengths (`seqlens_k`),
 applies the rotary embedding itself and, when a step's `past_key` and `present_key` are the same buffer (IO
 binding), writes only the new token's K/V into it. The graph is written node by node with `onnx.helper` from

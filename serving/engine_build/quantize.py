@@ -3,8 +3,8 @@
 Per-channel int8 weights, activations quantised per step (MatMulInteger / DynamicQuantizeMatMul kernels, VNNI
 where the CPU has it) for the attention output and gate/up projections; the projections measured to be
 sensitive (CONFIG keep_float), attention, norms and the tied embedding/head stay fp32. Chosen by measurement over ORT's
-8-bit weight-only `MatMulNBits` (block 32): dynamic quantisation was 2-3x the fp32 engine's tokens/s, the
-weight-only variant no faster than fp32 here (numbers in benchmarks/README.md). Being lossy, this engine is
+8-bit weight-only `MatMulNBits` (block 32): dynamic quantisation was the faster of the two, the weight-only
+variant no faster than fp32 here (numbers in benchmarks/README.md). Being lossy, this engine is
 never trusted on equivalence: `serving.engine_build.gate` measures agreement, held-out answer perplexity and
 ROUGE-L against eager, and only an engine within params.yaml `engine.quantized` tolerances is offered by
 `--engine auto`.
@@ -18,17 +18,17 @@ from typing import Any
 
 RUNTIME = "onnxruntime"
 DTYPE = "int8"
-# Kept fp32: the MLP down projection and the fused QKV projection. Quantising every MatMul cost +18% answer
-# perplexity on 16 held-out records of the base model; without down: +10%; without down and QKV: +3.8%
-# (2026-11-23, benchmarks/README.md). The attention output and the gate/up projection (the largest) are int8.
+# Kept fp32: the MLP down projection and the fused QKV projection, the two whose quantisation cost the most
+# answer perplexity (benchmarks/README.md, measurements cited by the code). The attention output and the gate/up
+# projection (the largest) are int8.
 CONFIG = {"method": "onnxruntime.quantize_dynamic", "weight_type": "QInt8", "per_channel": True,
           "op_types": ["MatMul"], "keep_float": ["down", "qkv"]}
 # x86 int8 dot products without saturation: VNNI (vpdpbusd) accumulates u8*s8 pairs straight into int32.
 # Without it MLAS's u8s8 kernel sums pairs with vpmaddubsw into int16, which saturates for 8-bit s8 weights
 # (255*127*2 > 32767). ONNX Runtime's guidance for such CPUs: 7-bit weights (reduce_range) or U8U8. Measured
-# (benchmarks/README.md, int8 per host): 7-bit weights cost +6.05% answer perplexity on SmolLM2 (over the 5%
-# gate) even without saturation; U8U8 (u8 weights: the kernel widens to 16 bits, cannot saturate) +2.36%,
-# s8 8-bit +3.76%; on this VNNI host s8 was the fastest (25 vs 21 tok/s at batch 1), so VNNI hosts keep s8.
+# (benchmarks/README.md, int8 per host): 7-bit weights fail the perplexity gate even without saturation; U8U8
+# (u8 weights: the kernel widens to 16 bits, cannot saturate) passes it; on a VNNI host s8 is the fastest and
+# passes, so VNNI hosts keep s8.
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 X86 = ("x86_64", "amd64", "i386", "i686")
 WEIGHTS = {"s8": {"weight_type": "QInt8", "reduce_range": False},  # 8-bit signed: the u8s8 kernel
