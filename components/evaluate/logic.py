@@ -172,7 +172,7 @@ def _safety_gate_and_judges(params: Params, models: dict[str, dict[str, float]],
 
     reference = "champion" if "champion" in models else "base"
     checks = verdict.checks + safety.gate_checks(models["candidate"], models[reference], reference,
-                                                 params.eval.safety)
+                                                 params.eval.safety, safety_rows)
     reasons = [c["message"] for c in checks if not c["passed"]]
     verdict = GateVerdict(passed=not reasons, reasons=reasons, checks=checks)
     with safety_path.open("w", encoding="utf-8") as f:
