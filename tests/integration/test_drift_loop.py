@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 NAME = "llmops-smollm2"
 COPY = ["dvc.yaml", "dvc.lock", "params.yaml", "data/expectations", "data/sample", "data/splits", "data/metrics",
         "data/user/README.md", "data/feedback/README.md", "data/drift/shifted.jsonl", "data/drift/paraphrased.jsonl",
+        "data/safety",  # the gate answers the safety set
         # whole: the trigger starts `python -m cli.main` in the project, where a partial copy would shadow it
         "llmops"]
 
