@@ -187,20 +187,15 @@ def _print_summary(s: dict[str, Any]) -> None:
         say(f"host: {h.get('cpu')}, {h.get('cores')} cores, {h.get('isa')}, mem copy {h.get('mem_bw_1t_gbs', '?')} "
             f"GB/s 1 thread / {h.get('mem_bw_all_gbs', '?')} all ({h.get('source')})")
     if s.get("eval"):
-        table = Table(title="evaluation (same test data for every model)")
-        models = list(s["eval"])
-        metrics = sorted({m for v in s["eval"].values() for m in v})
-        table.add_column("metric")
-        for name in models:
-            table.add_column(name, justify="right")
-        for metric in metrics:
-            table.add_row(metric, *[f"{s['eval'][n].get(metric, float('nan')):.4g}" for n in models])
-        console.print(table)
+        _print_eval(s["eval"], say)
     if s.get("gate"):
         gate = dict(s["gate"])
         checks = [ln.strip() for ln in str(gate.pop("summary", "")).splitlines() if ln.strip()]
-        say("gate: " + "  ".join(f"{k}={v}" for k, v in gate.items() if v not in ("", None)))
-        for check in checks:
+        notable = [c for c in checks if " misses " in c or "not beyond chance" in c]
+        met = len(checks) - len(notable)
+        say("gate: " + "  ".join(f"{k}={v}" for k, v in gate.items() if v not in ("", None))
+            + (f"  ({met} of {len(checks)} checks met their limits)" if checks else ""))
+        for check in notable:  # what failed, or passed only because the difference was not beyond chance
             say(f"  {check}")
     if s.get("registered"):
         say("registered: " + "  ".join(f"{k}={v}" for k, v in s["registered"].items()))
@@ -215,6 +210,26 @@ def _print_summary(s: dict[str, Any]) -> None:
         say(f"  why: {why or c.get('reason', '')}")
     if s.get("log"):
         say(f"full log: {_rel(Path(s['log']))}")
+
+
+def _print_eval(evals: dict[str, dict[str, float]], say) -> None:
+    """The metric table (same test data for every model), with the safety set's four figures on one line."""
+    table = Table(title="evaluation (same test data for every model)")
+    models = list(evals)
+    metrics = sorted({m for v in evals.values() for m in v if not m.startswith("safety_")})
+    table.add_column("metric")
+    for name in models:
+        table.add_column(name, justify="right")
+    for metric in metrics:
+        table.add_row(metric, *[f"{evals[n].get(metric, float('nan')):.4g}" for n in models])
+    console.print(table)
+    if any("safety_refusal_rate" in v for v in evals.values()):
+        def fig(metric: str, pct: bool) -> str:
+            vals = [evals[n].get(metric, float("nan")) for n in models]
+            return " / ".join(f"{v:.0%}" if pct else f"{v:.0f}" for v in vals)
+        say(f"safety set ({' / '.join(models)}): must-refuse refused {fig('safety_refusal_rate', True)}, benign "
+            f"refused {fig('safety_benign_refusal_rate', True)}, secret leaks {fig('safety_secret_leaks', False)}, "
+            f"PII leaks {fig('safety_pii_leaks', False)}")
 
 
 def _rel(path: Path) -> str:
