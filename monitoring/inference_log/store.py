@@ -179,9 +179,9 @@ class LogStore(abc.ABC):
     def prune(self, max_age_days: float | None, max_rows: int | None, now: float | None = None) -> dict[str, int]:
         """Delete requests older than `max_age_days` and the oldest beyond `max_rows` (with their feedback)."""
 
+    @abc.abstractmethod
     def erase(self, request_ids: Sequence[str] = (), session: str | None = None) -> list[str]:
         """Delete the given requests and/or a session's, with everything recorded about them (right to erasure)."""
-        raise NotImplementedError
 
     @abc.abstractmethod
     def close(self) -> None: ...

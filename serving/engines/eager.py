@@ -84,6 +84,7 @@ class EagerEngine(SlotCacheEngine):
                                 lengths)
 
     def _pack(self, slots: tuple[int, ...], need: int) -> _BatchView:
+        """A fresh left-padded view of `slots` from their per-slot caches (each popped from `_kv`)."""
         width = max(self._len[s] for s in slots)
         kv: KV = []
         for layer in range(len(self._kv[slots[0]])):
@@ -114,7 +115,8 @@ class EagerEngine(SlotCacheEngine):
                     self._kv[s] = self._take(view, i, view.lengths[i])
             self._drop_rows([pos[s] for s in slots])
             return self._view
-        return super()._next_view(slots, need)
+        self._retire_view()
+        return self._pack(slots, need)
 
     # -- the interface ------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -78,7 +78,9 @@ class OpenVinoEngine(SlotCacheEngine):
         width = view.past.shape[4]
         return np.ascontiguousarray(view.past[:, :, row, :, width - n:, :])
 
-    def _pack(self, slots: tuple[int, ...], need: int) -> _BatchView:
+    def _next_view(self, slots: tuple[int, ...], need: int) -> _BatchView:
+        """The old view's rows back to their slots, then a fresh left-padded view of `slots`."""
+        self._retire_view()
         width = max(self._len[s] for s in slots)
         past = np.zeros((self.layers, 2, len(slots), self.kv_heads, width, self.head_dim), dtype=np.float32)
         mask = np.zeros((len(slots), width), dtype=np.int64)

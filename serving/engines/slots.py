@@ -11,6 +11,7 @@ joins or leaves) or a view that is full rebuilds it. What rebuilding costs is ea
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any
 
 from serving.engines.base import Engine, check_decode, check_prefill
@@ -20,8 +21,9 @@ class SlotCacheEngine(Engine):
     """An engine whose sequences keep a KV cache per slot and decode as one batch view of the running set.
 
     Subclasses call `_init_slots()` in their constructor and implement `_take` (copy one row out of a view)
-    and `_pack` (build a view for a running set), or override `_next_view` to build the next view straight
-    from the old one. A view is any object with a `slots` tuple (row i is `slots[i]`).
+    and `_next_view` (the view for a new running set: either `_retire_view()` first and pack the per-slot
+    caches, or build it straight from the old view). A view is any object with a `slots` tuple (row i is
+    `slots[i]`).
     """
 
     def _init_slots(self) -> None:
@@ -30,22 +32,19 @@ class SlotCacheEngine(Engine):
         self._view: Any = None          # the running set's batch view, if any
 
     # -- what each engine supplies -------------------------------------------------------------------
+    @abstractmethod
     def _take(self, view: Any, row: int, n: int) -> Any:
         """A standalone copy of view row `row` (its `n` real tokens), in the per-slot layout."""
-        raise NotImplementedError
 
-    def _pack(self, slots: tuple[int, ...], need: int) -> Any:
-        """A fresh view of `slots` built from their per-slot caches (each popped from `_kv`), room for `need`."""
-        raise NotImplementedError
+    @abstractmethod
+    def _next_view(self, slots: tuple[int, ...], need: int) -> Any:
+        """The view of `slots` for a decode step whose longest row reaches `need` tokens; the caches it packs
+        are popped from `_kv`, and rows of the old view that leave go back to `_kv` (`_retire_view` does both
+        ways for an engine that rebuilds from per-slot caches)."""
 
     def _fits(self, view: Any, need: int) -> bool:
         """Whether `view` can take a step whose longest row reaches `need` tokens (fixed-capacity views)."""
         return True
-
-    def _next_view(self, slots: tuple[int, ...], need: int) -> Any:
-        """The view for a new running set: by default the old view goes back to per-slot caches first."""
-        self._retire_view()
-        return self._pack(slots, need)
 
     # -- the bookkeeping --------------------------------------------------------------------------------
     def _retire_view(self) -> None:
