@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.procs import wait_http
+
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("paraphrase", "sql", "spanish", "cooking")
 
@@ -41,24 +43,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _wait(url: str, proc: subprocess.Popen, timeout: float) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: process exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} not ready after {timeout:.0f}s")
-        time.sleep(0.5)
 
 
 def _env(state_dir: Path) -> dict[str, str]:
@@ -80,13 +64,13 @@ def start_stack(model: str, state_dir: Path, threads: int) -> tuple[list[subproc
                                "--set", "serve.request_timeout_s=900"],
                               cwd=REPO, env=env,
                               stdout=open(log_dir / "serve.log", "w"), stderr=subprocess.STDOUT)]  # noqa: SIM115
-    _wait(f"http://127.0.0.1:{serve_port}/ready", procs[0], 600)
+    wait_http(f"http://127.0.0.1:{serve_port}/ready", procs[0], 600, poll_s=0.5)
     procs.append(subprocess.Popen([sys.executable, "-m", "cli.main", "router", "--stable",
                                    f"http://127.0.0.1:{serve_port}", "--port", str(router_port), "--set",
                                    "router.read_timeout_s=960"], cwd=REPO, env=env,
                                   stdout=open(log_dir / "router.log", "w"), stderr=subprocess.STDOUT))  # noqa: SIM115
     router = f"http://127.0.0.1:{router_port}"
-    _wait(f"{router}/ready", procs[1], 120)
+    wait_http(f"{router}/ready", procs[1], 120, poll_s=0.5)
     return procs, router
 
 

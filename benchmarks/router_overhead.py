@@ -28,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.procs import wait_http
+
 REPO = Path(__file__).resolve().parents[1]
 CHAT = {"id": "chatcmpl-stub", "object": "chat.completion", "created": 0, "model": "stub",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "The answer is 42."},
@@ -99,24 +101,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _wait(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} not up after {timeout}s")
-        time.sleep(0.2)
 
 
 async def _aiohttp_load(url: str, rate: float, seconds: float, stream: bool,
@@ -212,13 +196,13 @@ def main() -> None:
                               cwd=REPO, env=env)]
     try:
         stub = f"http://127.0.0.1:{stub_port}"
-        _wait(f"{stub}/ready", procs[0])
+        wait_http(f"{stub}/ready", procs[0])
         procs.append(subprocess.Popen([sys.executable, "-m", "cli.main", "router", "--stable", stub,
                                        "--port", str(router_port), "--log-level", "warning", "--no-log"],
                                       cwd=REPO, env=env,
                                       stdout=subprocess.DEVNULL))
         router = f"http://127.0.0.1:{router_port}"
-        _wait(f"{router}/ready", procs[1])
+        wait_http(f"{router}/ready", procs[1])
         load0 = os.getloadavg()
         results: dict[str, dict[str, list[float]]] = {}
         phases = [("direct", stub, False), ("router", router, False), ("direct_stream", stub, True),
