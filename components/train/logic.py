@@ -229,8 +229,10 @@ def train_adapter(
     base_model_dir: Path,
     out_dir: Path,
     parent_run_id: str | None = None,
+    step: str = "train",
 ) -> TrainResult:
-    """Fine-tune LoRA adapters on Ray Train and write the PEFT adapter to `out_dir` (see module doc)."""
+    """Fine-tune LoRA adapters on Ray Train and write the PEFT adapter to `out_dir` (see module doc); `step` names
+    the MLflow child run (the retrain's DPO stage trains as its own step)."""
     started = time.perf_counter()
     _check_params(params)
     base_model_dir, out_dir = Path(base_model_dir), Path(out_dir)
@@ -269,7 +271,7 @@ def train_adapter(
         Path(storage).mkdir(parents=True, exist_ok=True)
         run_dir = Path(storage) / run_name
 
-    with step_run(settings, parent_run_id, "train") as run_id, ray_session(settings):
+    with step_run(settings, parent_run_id, step) as run_id, ray_session(settings):
         import ray
 
         # GPU workers when this machine or the joined Ray cluster has GPUs (a KubeRay driver may have none).
