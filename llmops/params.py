@@ -559,6 +559,20 @@ class EngineParams(_Section):
     prompts: list[str]
 
 
+class RetrainDpoParams(_Section):
+    """The retrain DAG's DPO stage (components/retrain/dpo.py): after SFT, DPO on the exported preference pairs,
+    starting from the SFT model (which is also its reference)."""
+
+    enabled: bool = True
+    min_pairs: int = 8  # fewer training pairs than this: the stage is skipped, with the reason on the run
+    max_steps: int = 20  # DPO optimizer steps (train.max_steps is the SFT stage's)
+    lr: float = 1.0e-4
+
+
+class RetrainParams(_Section):
+    dpo: RetrainDpoParams = RetrainDpoParams()
+
+
 class Params(_Section):
     data: DataParams
     model: ModelParams
@@ -576,6 +590,7 @@ class Params(_Section):
     inference_log: InferenceLogParams = InferenceLogParams()
     review: ReviewParams = ReviewParams()
     privacy: PrivacyParams = PrivacyParams()
+    retrain: RetrainParams = RetrainParams()
     canary: CanaryParams
 
     def digest(self) -> str:

@@ -19,6 +19,7 @@ from llmops.params import ClusterParams, StepResources
 _ACTIVE: ContextVar[ClusterParams | None] = ContextVar("llmops_cluster_params", default=None)
 DEFAULT_STEP = "default"
 OPTIONAL_STEPS = {"stage_checkpoint", "compile_trtllm", "attach_trtllm"}  # only with cluster.trtllm_engine
+SAME_AS = {"train_dpo": "train"}  # the retrain's DPO stage trains like train: its pod settings are train's
 
 
 @contextlib.contextmanager
@@ -105,6 +106,7 @@ def apply_cluster_settings() -> None:
     seen = set()
     for task in pipeline.tasks.values():
         step = task.component_spec.name.replace("-", "_")
+        step = SAME_AS.get(step, step)
         apply_task_settings(task, step, cluster)
         seen.add(step)
     unknown = sorted(set(cluster.steps) - seen - {DEFAULT_STEP} - OPTIONAL_STEPS)

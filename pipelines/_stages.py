@@ -8,6 +8,7 @@ DAGs is only what comes before (retrain refreshes the data and plans the run fro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,23 +34,28 @@ class StageTasks:
     registered: Any
     compiled: Any
     deployed: Any
+    refined: Any = None
 
 
-def model_stages(*, parent_run_id: Any, kfp_run_id: Any, overrides: Any, data_dir: Any) -> StageTasks:
-    """Add validate -> train -> evaluate -> gate -> register -> compile_engine -> canary_deploy to the pipeline.
+def model_stages(*, parent_run_id: Any, kfp_run_id: Any, overrides: Any, data_dir: Any,
+                 refine: Callable[[Any], Any] | None = None) -> StageTasks:
+    """Add validate -> train [-> refine] -> evaluate -> gate -> register -> compile_engine -> canary_deploy.
 
     Every argument may be a pipeline parameter or an upstream task's output (retrain passes the refreshed
-    data dir and the planned overrides from its own steps).
+    data dir and the planned overrides from its own steps). `refine(trained)` adds a task after train whose
+    `adapter` output is what evaluate and register take (retrain: the DPO stage).
     """
     data = validate_data(parent_run_id=parent_run_id, overrides=overrides, data_dir=data_dir)
     trained = train(parent_run_id=parent_run_id, overrides=overrides, train_data=data.outputs["train_data"],
                     validation_data=data.outputs["validation_data"])
+    refined = refine(trained) if refine is not None else None
+    adapter = (refined or trained).outputs["adapter"]
     evaluated = evaluate(parent_run_id=parent_run_id, overrides=overrides, test_data=data.outputs["test_data"],
-                         adapter=trained.outputs["adapter"])
+                         adapter=adapter)
     # kfp.local resolves conditions on a component's single return value, not on NamedTuple fields.
     with dsl.If(evaluated.outputs["Output"] == "pass", name="gate-passed"):
         registered = register(parent_run_id=parent_run_id, overrides=overrides, kfp_run_id=kfp_run_id,
-                              adapter=trained.outputs["adapter"], eval_metrics=evaluated.outputs["metrics"])
+                              adapter=adapter, eval_metrics=evaluated.outputs["metrics"])
         compiled = compile_engine(parent_run_id=parent_run_id, overrides=overrides, model_version=registered.output)
         cluster = building_for_cluster()
         if cluster is not None and cluster.trtllm_engine:  # kfp.local cannot run the TRT-LLM container step
@@ -65,4 +71,4 @@ def model_stages(*, parent_run_id: Any, kfp_run_id: Any, overrides: Any, data_di
         deployed = canary_deploy(parent_run_id=parent_run_id, overrides=overrides,
                                  model_version=registered.output).after(compiled)
     return StageTasks(data=data, trained=trained, evaluated=evaluated, registered=registered, compiled=compiled,
-                      deployed=deployed)
+                      deployed=deployed, refined=refined)
