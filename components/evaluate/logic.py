@@ -237,33 +237,18 @@ def evaluate_candidate(
     Returns an EvalResult; `verdict.passed` says whether the candidate may be registered. Raises
     DataError / ModelError (cause + fix) for an unusable test split, model or adapter directory.
     """
-    from components.evaluate import report
+    from components.evaluate import preference, safety
     from llmops import tracking
+    from llmops.lineage import data_lineage
     from llmops.modeling.embedder import ensure_embedder, load_embedder
-    from llmops.modeling.prompts import user_message
+    from llmops.precision import local_device, probe_shape, resolve
 
     started = time.perf_counter()
     base_model_dir, adapter_dir = Path(base_model_dir), Path(adapter_dir)
-    if not (base_model_dir / "config.json").is_file():
-        raise ModelError(f"no base model checkpoint at {base_model_dir}", "run `llmops model pull`")
-    adapters: list[tuple[str, Path | None]] = [("base", None), ("candidate", adapter_dir)]
-    if champion_adapter_dir is not None:
-        adapters.append(("champion", Path(champion_adapter_dir)))
-    for name, path in adapters:
-        if path is not None and not (path / "adapter_config.json").is_file():
-            raise ModelError(f"{name} adapter not found at {path} (no adapter_config.json)",
-                             "pass the adapter directory written by the train step or the registry")
+    adapters = _checked_inputs(params, base_model_dir, adapter_dir, champion_adapter_dir)
     ev = params.eval
-    if ev.batch_size < 1 or ev.max_new_tokens < 1:
-        raise LlmopsError(f"eval.batch_size ({ev.batch_size}) and eval.max_new_tokens ({ev.max_new_tokens}) "
-                          "must be at least 1", "fix them in params.yaml or --set")
     records = load_test_records(Path(test_path))
-    from components.evaluate import preference
-
     preference.load_split(settings, params)  # a configured preference split that is missing fails now, not later
-    from components.evaluate import safety
-    from llmops.lineage import data_lineage
-
     safety_records = safety.load_safety_set(settings.project_dir / ev.safety.path)
 
     lineage = data_lineage(settings.project_dir, {"test": Path(test_path)})
@@ -273,8 +258,6 @@ def evaluate_candidate(
     _say(f"{len(records)} test records: perplexity on {len(ppl_records)}, generations on {len(gen_records)} "
          f"(max {ev.max_new_tokens} new tokens); models: {', '.join(n for n, _ in adapters)}")
     embedder = load_embedder(ensure_embedder(settings, params))
-    from llmops.precision import local_device, probe_shape, resolve
-
     precision = resolve(params.train.precision, local_device(), settings.state_dir,
                         probe_shape(params.train.batch_size, params.train.seq_len, base_model_dir))
     _say(precision.line())
@@ -297,48 +280,71 @@ def evaluate_candidate(
                                                   safety.combined_rows(safety_records, safety_rows), safety_path)
         _say(f"gate {'PASSED' if verdict.passed else 'FAILED'}\n{verdict.summary()}")
         data = {
-            "test_path": str(test_path),
-            "test_sha256": _sha256(Path(test_path)),
-            "test_records": len(records),
-            "ppl_examples": len(ppl_records),
-            "gen_examples": len(gen_records),
-            "answer_tokens": answer_tokens,
-            "max_new_tokens": ev.max_new_tokens,
-            "base_model_dir": str(base_model_dir),
+            "test_path": str(test_path), "test_sha256": _sha256(Path(test_path)), "test_records": len(records),
+            "ppl_examples": len(ppl_records), "gen_examples": len(gen_records), "answer_tokens": answer_tokens,
+            "max_new_tokens": ev.max_new_tokens, "base_model_dir": str(base_model_dir),
             "adapter_dir": str(adapter_dir),
             "champion_adapter_dir": str(champion_adapter_dir) if champion_adapter_dir else None,
-            "precision": precision.precision,
-            "precision_reason": precision.reason,
-            "safety_set": f"{ev.safety.path} ({len(safety_records)} prompts)",
-            "judge": judged.note,
+            "precision": precision.precision, "precision_reason": precision.reason,
+            "safety_set": f"{ev.safety.path} ({len(safety_records)} prompts)", "judge": judged.note,
         }
-        table_md = report.comparison_table(models)
-        table_path = out_dir / "comparison.md"
-        table_path.write_text(table_md, encoding="utf-8")
-        chart_png = report.bar_chart(models, out_dir / "comparison.png",
-                                     title=f"gate {'passed' if verdict.passed else 'failed'}")
-        gen_path = out_dir / "generations.jsonl"
-        with gen_path.open("w", encoding="utf-8") as f:
-            for i, rec in enumerate(gen_records):
-                row = {"id": rec["id"], "instruction": rec["instruction"], "input": rec["input"],
-                       "reference": rec["output"], **{n: generations[n][i] for n in generations}}
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        examples = [
-            {"prompt": user_message(rec),
-             "reference": rec["output"], "predictions": {n: generations[n][i] for n in generations}}
-            for i, rec in enumerate(gen_records[: max(ev.report_examples, 0)])
-        ]
-        report_html = report.html_report(
-            out_dir / "report.html", models=models, verdict=verdict.to_dict(), chart_png=chart_png,
-            examples=examples, context={"mlflow_run_id": run_id, **{k: v for k, v in data.items() if v}},
-        )
-        data["seconds"] = round(time.perf_counter() - started, 2)
-        data["judges"] = judged.to_dict()
-        result = EvalResult(models=models, verdict=verdict, table_md=table_md, chart_png=chart_png,
-                            report_html=report_html, results_json=out_dir / "eval.json",
-                            generations_jsonl=gen_path, run_id=run_id, data=data, lineage=lineage)
-        result.results_json.write_text(json.dumps(result.to_dict(), indent=2, default=str), encoding="utf-8")
-        _log_to_active_run(params, result, [table_path, chart_png, report_html, gen_path, safety_path,
-                                            result.results_json])
-    _say(f"done in {time.perf_counter() - started:.1f} s; MLflow run {run_id}; report {report_html}")
+        result = _write_results(params, out_dir, models, verdict, gen_records, generations, data, run_id,
+                                lineage, started, judges=judged.to_dict())
+        _log_to_active_run(params, result, [out_dir / "comparison.md", result.chart_png, result.report_html,
+                                            result.generations_jsonl, safety_path, result.results_json])
+    _say(f"done in {time.perf_counter() - started:.1f} s; MLflow run {run_id}; report {result.report_html}")
+    return result
+
+
+def _checked_inputs(params: Params, base_model_dir: Path, adapter_dir: Path,
+                    champion_adapter_dir: Path | None) -> list[tuple[str, Path | None]]:
+    """The models to compare, after the checks that fail before any model loads (cause + fix)."""
+    if not (base_model_dir / "config.json").is_file():
+        raise ModelError(f"no base model checkpoint at {base_model_dir}", "run `llmops model pull`")
+    adapters: list[tuple[str, Path | None]] = [("base", None), ("candidate", adapter_dir)]
+    if champion_adapter_dir is not None:
+        adapters.append(("champion", Path(champion_adapter_dir)))
+    for name, path in adapters:
+        if path is not None and not (path / "adapter_config.json").is_file():
+            raise ModelError(f"{name} adapter not found at {path} (no adapter_config.json)",
+                             "pass the adapter directory written by the train step or the registry")
+    ev = params.eval
+    if ev.batch_size < 1 or ev.max_new_tokens < 1:
+        raise LlmopsError(f"eval.batch_size ({ev.batch_size}) and eval.max_new_tokens ({ev.max_new_tokens}) "
+                          "must be at least 1", "fix them in params.yaml or --set")
+    return adapters
+
+
+def _write_results(params: Params, out_dir: Path, models: dict[str, dict[str, float]], verdict, gen_records: list,
+                   generations: dict[str, list[str]], data: dict, run_id: str, lineage, started: float, *,
+                   judges: dict) -> EvalResult:
+    """The comparison table, chart, generations, HTML report and eval.json, for people and the next steps."""
+    from components.evaluate import report
+    from llmops.modeling.prompts import user_message
+
+    table_md = report.comparison_table(models)
+    (out_dir / "comparison.md").write_text(table_md, encoding="utf-8")
+    chart_png = report.bar_chart(models, out_dir / "comparison.png",
+                                 title=f"gate {'passed' if verdict.passed else 'failed'}")
+    gen_path = out_dir / "generations.jsonl"
+    with gen_path.open("w", encoding="utf-8") as f:
+        for i, rec in enumerate(gen_records):
+            row = {"id": rec["id"], "instruction": rec["instruction"], "input": rec["input"],
+                   "reference": rec["output"], **{n: generations[n][i] for n in generations}}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    examples = [
+        {"prompt": user_message(rec),
+         "reference": rec["output"], "predictions": {n: generations[n][i] for n in generations}}
+        for i, rec in enumerate(gen_records[: max(params.eval.report_examples, 0)])
+    ]
+    report_html = report.html_report(
+        out_dir / "report.html", models=models, verdict=verdict.to_dict(), chart_png=chart_png,
+        examples=examples, context={"mlflow_run_id": run_id, **{k: v for k, v in data.items() if v}},
+    )
+    data["seconds"] = round(time.perf_counter() - started, 2)
+    data["judges"] = judges
+    result = EvalResult(models=models, verdict=verdict, table_md=table_md, chart_png=chart_png,
+                        report_html=report_html, results_json=out_dir / "eval.json",
+                        generations_jsonl=gen_path, run_id=run_id, data=data, lineage=lineage)
+    result.results_json.write_text(json.dumps(result.to_dict(), indent=2, default=str), encoding="utf-8")
     return result
