@@ -19,16 +19,18 @@ def drift(
     requests: int = typer.Option(200, "--requests", min=1, help="Requests per phase (the monitor's window)."),
     max_tokens: int = typer.Option(32, "--max-tokens", min=1, help="Tokens generated per request."),
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="Requests in flight at once."),
-    feedback: int = typer.Option(60, "--feedback", min=0, help="Shifted requests given a corrected answer "
-                                 "(exported with `log export --dvc`, so the retrain trains on them)."),
+    feedback: int = typer.Option(150, "--feedback", min=0, help="Shifted requests given a corrected answer "
+                                 "(reviewed, then exported as SFT records and preference pairs, so the retrain "
+                                 "trains on them: SFT, then DPO)."),
     seed: int = typer.Option(0, "--seed", help="Which prompts each phase sends (a fixed sample)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a params.yaml value for the servers and "
                                         "the monitor: section.key=value."),
     summary_out: Path = typer.Option(None, "--summary-out", help="Also write the summary JSON here."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Serve the champion, replay reference-like then shifted traffic, watch drift fire and start the retrain,
-    which goes through the gate and the canary; prints what each phase did."""
+    """Serve the champion, replay reference-like then shifted traffic, watch drift fire, review and export the
+    corrections (SFT records + preference pairs), and start the retrain (SFT then DPO), which goes through the
+    gate and the canary; prints what each phase did and DPO vs SFT-only on held-out pairs."""
     from cli.drift_demo import DemoConfig, run_drift_demo
     from llmops.settings import get_settings
 
@@ -63,3 +65,8 @@ def _print(r: dict[str, Any]) -> None:
         say("  registered: " + "  ".join(f"{k}={v}" for k, v in rt["registered"].items()), highlight=False)
     if rt.get("canary"):
         say(f"  canary: {rt['canary']}", soft_wrap=True, highlight=False)
+    if r.get("dpo"):
+        from cli.drift_demo import dpo_lines
+
+        for line in dpo_lines(r["dpo"]):  # held-out preference accuracy and margin: SFT-only vs SFT->DPO
+            say(line, soft_wrap=True, highlight=False)

@@ -8,11 +8,15 @@
 4. shifted traffic (data/drift/shifted.jsonl) over `monitoring.trigger.persist_windows` windows with no new
    data: the first windows are `pending` (persistence), then the drift is `held` (nothing new to learn since
    the champion's training data) and its prompts are queued for labelling;
-5. corrected answers for some shifted requests through POST /v1/feedback, exported as a DVC dataset in the
-   feedback source (`llmops log export --dvc`) -> one more shifted window -> `monitor run`: drift, new data
-   that covers it, and the trigger starts `llmops run retrain --drift-report ...` detached;
+5. corrected answers for some shifted requests through POST /v1/feedback (the simulated users' corrections are
+   the shifted set's reference answers: held-out data, never the evaluation split); a reviewer accepts them
+   with `llmops review accept --all` (only accepted feedback can be exported); exported as a DVC dataset in
+   the feedback source (`llmops log export --dvc`) and as preference pairs (`log export --kind preference
+   --dvc`: chosen = the correction, rejected = the served answer) -> one more shifted window -> `monitor run`:
+   drift, new data that covers it, and the trigger starts `llmops run retrain --drift-report ...` detached;
 6. the servers stop (the retrain's canary starts its own), and the demo waits for the retrain to finish and
-   reads back what it did: refreshed data (with the feedback), gate, registered version, canary decision.
+   reads back what it did: refreshed data (with the feedback), SFT then DPO on the pairs from the SFT model
+   (held-out preference accuracy and reward margin of SFT-only vs SFT->DPO), gate, registered version, canary.
 
 Traffic is greedy (temperature 0) on a fixed seeded sample, so a run's verdicts repeat; the severity's false
 `drift` rate on paraphrased windows is measured by `llmops monitor calibrate` (benchmarks/README.md).
@@ -42,7 +46,8 @@ class DemoConfig:
     max_tokens: int = 32
     concurrency: int = 8
     seed: int = 0
-    feedback: int = 60  # shifted requests answered with a correction (the slice's reference answer)
+    feedback: int = 150  # shifted requests answered with a correction (the slice's reference answer); the
+    # prompts that hash to the held-out splits (~20%) are the pairs DPO vs SFT-only is measured on
     retrain_timeout_s: float = 3 * 3600
     overrides: list[str] = field(default_factory=list)  # --set for the servers and the monitor
 
@@ -133,22 +138,46 @@ def _said(say: Callable[[str], None], res: dict[str, Any]) -> None:
         + (f" trigger={trigger['outcome']}{held} ({trigger['reason']})" if trigger else ""))
 
 
-def _review_feedback(log: Any, since: float) -> int:
-    """The demo's reviewer accepts the corrections it posted (people do it on `llmops review`'s page)."""
-    from monitoring.review.queue import Filters, ReviewQueue
+def review_accept(settings: Settings, since: float) -> dict[str, Any]:
+    """The demo's reviewer accepts the corrections it posted, through the CLI (`llmops review accept --all
+    --since ...`; people do it on `llmops review`'s page): {"accepted": N, "refused": N, "pending": N}."""
+    import os
+    import subprocess
+    import sys
 
-    queue = ReviewQueue(log.store)
-    items = queue.items(Filters(since=since, limit=10000))
-    for item in items:
-        queue.decide(item.id, "accept", reviewer="drift-demo", via="cli")
-    return len(items)
+    cmd = [sys.executable, "-m", "cli.main", "review", "accept", "--all", "--since", f"{since:.3f}",
+           "--reviewer", "drift-demo", "--json"]
+    env = dict(os.environ, LLMOPS_PROJECT_DIR=str(settings.project_dir), LLMOPS_STATE_DIR=str(settings.state_dir))
+    done = subprocess.run(cmd, cwd=settings.project_dir, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise LlmopsError(f"`llmops review accept` failed ({done.returncode}): {done.stderr.strip()[-500:]}",
+                          "run it by hand: " + " ".join(cmd[2:]))
+    out = json.loads(done.stdout)
+    return {"accepted": len(out["decided"]), "refused": len(out["refused"]), "pending": out["counts"]["pending"]}
+
+
+def _export_feedback(settings: Settings, params: Params, since: float, out: dict[str, Any],
+                     say: Callable[[str], None]) -> None:
+    """Review, then the two exports the retrain reads: SFT records (feedback source) and preference pairs."""
+    from monitoring.inference_log import open_log
+    from monitoring.inference_log.export import export_feedback
+
+    review = out["review"] = review_accept(settings, since)  # only reviewed feedback can be exported
+    say(f"  review (`llmops review accept --all`): accepted {review['accepted']} corrections, "
+        f"refused {review['refused']}, {review['pending']} still waiting")
+    with open_log(settings, params, start_writer=False) as log:
+        exported = export_feedback(log, settings, params, since=since, dvc=True, push=False, data_docs=False)
+        pairs = export_feedback(log, settings, params, since=since, dvc=True, push=False, data_docs=False,
+                                kind="preference")
+    out["feedback_export"] = {"rows": exported.rows, "path": exported.path, "md5": exported.md5}
+    out["preference_export"] = {"rows": pairs.rows, "path": pairs.path, "md5": pairs.md5}
+    say(f"  exported {exported.rows} corrected answers to the feedback source (DVC) and {pairs.rows} preference "
+        f"pairs (`log export --kind preference`) to {pairs.path}")
 
 
 def _shift_phases(settings: Settings, params: Params, cfg: DemoConfig, server_url: str, router_url: str,
                   reference: Any, stamp: str, out: dict[str, Any], say: Callable[[str], None]) -> None:
     """Shifted windows with no new data (pending, then held), the feedback export, one more shifted window."""
-    from monitoring.inference_log import open_log
-    from monitoring.inference_log.export import export_feedback
     from monitoring.monitor import run_monitor
 
     persist = params.monitoring.trigger.persist_windows
@@ -168,12 +197,7 @@ def _shift_phases(settings: Settings, params: Params, cfg: DemoConfig, server_ur
     for rec, rid in sent[: cfg.feedback]:
         _post_feedback(server_url, rid, rec["output"])
     if cfg.feedback:
-        with open_log(settings, params, start_writer=False) as log:
-            accepted = _review_feedback(log, t_first)  # only reviewed feedback can be exported for training
-            say(f"  review: accepted {accepted} corrections (as `llmops review accept --all --since ...` does)")
-            exported = export_feedback(log, settings, params, since=t_first, dvc=True, push=False, data_docs=False)
-        out["feedback_export"] = {"rows": exported.rows, "path": exported.path, "md5": exported.md5}
-        say(f"  exported {exported.rows} corrected answers to the feedback source (DVC)")
+        _export_feedback(settings, params, t_first, out, say)
     say(f"phase 3: {n} more shifted requests, now with corrected answers for this kind of traffic")
     t = time.time()
     replay(router_url, shifted[persist * n:], f"shift{persist}{stamp}", cfg)
@@ -243,11 +267,42 @@ def run_drift_demo(settings: Settings, params: Params, cfg: DemoConfig,
     run_id = latest_parent_run(settings, since_ms)
     if run_id:
         out["retrain"] = summarize(settings, run_id)
+        out["dpo"] = dpo_figures(out["retrain"])
     else:
         log = Path(trigger["log_path"] or "")
         out["retrain"] = {"state": "NOT STARTED", "error": f"the retrain opened no MLflow run; see {log}",
                           "log_tail": log.read_text(errors="replace")[-3000:] if log.is_file() else ""}
     return out
+
+
+def dpo_figures(retrain: dict[str, Any]) -> dict[str, Any]:
+    """The retrain's DPO stage from its run summary (components/retrain/dpo.py tags): what it did, and per model
+    (SFT-only, SFT->DPO) the held-out preference accuracy and reward margin vs base."""
+    tags = retrain.get("retrain") or {}
+    out: dict[str, Any] = {"status": tags.get("dpo", "no DPO stage in this run")}
+    for key, name in (("sft", "sft_only"), ("sft_dpo", "sft_dpo")):
+        acc, margin = tags.get(f"dpo.{key}.preference_accuracy"), tags.get(f"dpo.{key}.preference_reward_margin")
+        if acc is not None:
+            out[name] = {"preference_accuracy": float(acc), "reward_margin": float(margin or "nan")}
+    for key in ("held_out_pairs", "train_pairs", "steps"):
+        if f"dpo.{key}" in tags:
+            out[key] = int(float(tags[f"dpo.{key}"]))
+    if "sft_only" in out and "sft_dpo" in out:
+        out["dpo_beats_sft"] = out["sft_dpo"]["preference_accuracy"] > out["sft_only"]["preference_accuracy"]
+    return out
+
+
+def dpo_lines(d: dict[str, Any]) -> list[str]:
+    lines = [f"[bold]DPO stage[/]: {d['status']}"]
+    for name, label in (("sft_only", "SFT only"), ("sft_dpo", "SFT->DPO")):
+        if name in d:
+            lines.append(f"  {label:9s} prefers the chosen answer on {d[name]['preference_accuracy']:.1%} of "
+                         f"{d.get('held_out_pairs', '?')} held-out pairs, reward margin vs base "
+                         f"{d[name]['reward_margin']:+.4f}")
+    if "dpo_beats_sft" in d:
+        lines.append("  DPO beats SFT-only on held-out preference accuracy: "
+                     + ("[green]yes[/]" if d["dpo_beats_sft"] else "[red]no[/]"))
+    return lines
 
 
 def _phase_line(name: str, res: dict[str, Any]) -> str:
@@ -277,9 +332,14 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         if q := res.get("labelling"):
             lines.append(f"  {q['queued']} drifted prompts queued for labelling in {q['path']}")
         lines.append(f"  report {res['report_html']}")
+    if rv := r.get("review"):
+        lines.append(f"review (`llmops review accept`): {rv['accepted']} corrections accepted, {rv['refused']} "
+                     f"refused, {rv['pending']} waiting")
     if r.get("feedback_export"):
         fx = r["feedback_export"]
         lines.append(f"feedback export (the new data): {fx['rows']} corrected answers -> {fx['path']}")
+    if px := r.get("preference_export"):
+        lines.append(f"preference export (`log export --kind preference`): {px['rows']} pairs -> {px['path']}")
     if r.get("shifted"):
         res, t = r["shifted"], r["shifted"].get("trigger")
         lines.append(_phase_line("shifted window with new data", res))

@@ -11,7 +11,7 @@ from llmops.steplog import STEP_ERROR_TAG
 from llmops.tracking import FINAL_STATE_TAG, close_run, ensure_experiment
 
 STEPS = ("validate_data", "train", "evaluate", "register", "compile_engine", "canary_deploy")
-RETRAIN_STEPS = ("refresh_data",)  # steps only the retrain DAG has, listed when the run had them
+RETRAIN_STEPS = ("refresh_data", "train_dpo")  # steps only the retrain DAG has, listed when the run had them
 
 
 def latest_parent_run(settings: Settings, since_ms: int) -> str | None:

@@ -52,20 +52,11 @@ class DpoOutcome:
 
 
 def vouched_exports(settings: Settings, params: Params) -> tuple[list[Path], list[str]]:
-    """(export files to read, files refused): a file counts only when its `<file>.manifest.json` says the
-    preference export wrote it and its md5 (or, without one, its row count) still matches."""
-    from llmops.modeling.hashing import file_md5
+    """(preference exports to read, names of the files refused): components/retrain/exports.py."""
+    from components.retrain.exports import vouched
     from monitoring.inference_log.datasets import preference_dir
-    from monitoring.inference_log.privacy import MANIFEST_SUFFIX
 
-    folder = preference_dir(settings, params)
-    ok, refused = [], []
-    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
-        manifest = path.with_name(path.name + MANIFEST_SUFFIX)
-        doc = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
-        rows = sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-        same = doc.get("md5") == file_md5(path) if doc.get("md5") else doc.get("rows") == rows
-        (ok if doc.get("kind") == "preference" and same else refused).append(path)
+    ok, refused = vouched(preference_dir(settings, params), "preference")
     return ok, [p.name for p in refused]
 
 

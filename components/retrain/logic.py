@@ -14,7 +14,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmops.errors import LlmopsError, ModelError
+from llmops.errors import DataError, LlmopsError, ModelError
+from llmops.params import Params
 from llmops.settings import Settings
 
 OVERRIDES_TAG = "llmops.overrides_json"  # start_run: the run's overrides, exactly (a list, JSON)
@@ -71,6 +72,27 @@ def champion_recipe(settings: Settings, overrides: list[str]) -> Recipe:
     return Recipe(overrides=recipe, champion=f"{name}/{version}")
 
 
+def check_feedback_exports(settings: Settings, params: Params | None = None) -> None:
+    """Refuse the refresh when the feedback source holds a file `llmops log export` did not write (or that changed
+    since): an unreviewed or unscrubbed correction must never reach a training run (components/retrain/exports.py).
+    """
+    from components.retrain.exports import vouched
+    from monitoring.inference_log.datasets import feedback_dir
+
+    try:
+        folder = feedback_dir(settings, params or settings.params())
+    except LlmopsError:  # no feedback source declared: nothing of users' reaches the merge
+        return
+    _, refused = vouched(folder, "sft")
+    if refused:
+        names = ", ".join(p.relative_to(settings.project_dir).as_posix() if p.is_relative_to(settings.project_dir)
+                          else str(p) for p in refused)
+        raise DataError(f"the feedback source holds data no reviewed, scrubbed export vouches for: {names} (no "
+                        "export manifest, or the file changed since)",
+                        "remove it: corrections reach training only through `llmops review` and `llmops log "
+                        "export --dvc`; a curated dataset goes in with `llmops data add`")
+
+
 def refresh_data(settings: Settings, *, parent_run_id: str, champion: str, reason: str, drift_report: str,
                  drift_report_path: str) -> str:
     """`dvc repro split` (merge the newest sources, feedback exports included, split, GX-check), then record on the
@@ -83,6 +105,7 @@ def refresh_data(settings: Settings, *, parent_run_id: str, champion: str, reaso
     from llmops.tracking import step_run
 
     with step_run(settings, parent_run_id, "refresh_data"):
+        check_feedback_exports(settings)
         out = dvc.repro(["split"], settings=settings)
         if settings.profile == "cluster":
             dvc.push(settings=settings)  # the refreshed splits outlive the pod: their md5s are the lineage
