@@ -82,14 +82,50 @@ def register_candidate(
     gate summary, safety set and judge notes); returns {name, version, aliases, run_id, model_uri} plus
     `logged_model_uri`, `greedy_match`, `verify_tokens`, `card` (artifact path) and `seconds`."""
     import mlflow
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmops.registry import Registry
+    from components.register.card import build_card
+    from llmops.registry import Registry, card
     from llmops.tracking import step_run
 
     t0 = time.perf_counter()
+    adapter_dir, base_model_dir = _checked_inputs(adapter_dir, base_model_dir)
+    name = settings.registered_model
+    registry = Registry(settings)
+    n_verify = params.registry.verify_new_tokens
+
+    with step_run(settings, parent_run_id, "register") as run_id:
+        mlflow.set_tags(lineage)
+        if metrics:
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        model_uri = _log_verified_model(adapter_dir, base_model_dir, n_verify)
+        version_tags = {
+            **lineage,
+            **{f"metric.{k}": f"{float(v):.6g}" for k, v in metrics.items()},
+            "register.run_id": run_id,
+            "verify.greedy_match": "true" if n_verify > 0 else "skipped",
+        }
+        mv = mlflow.register_model(model_uri, name, tags=version_tags)
+    version = str(mv.version)
+    text = build_card(settings.project_dir, params, name=name, version=version, metrics=metrics, lineage=lineage,
+                      evaluation=evaluation)
+    card_artifact = card.attach(registry.client, name, version, run_id, text)
+    aliases = _set_aliases(registry, params, name, version, run_id, lineage)
+    return {
+        "name": name,
+        "version": version,
+        "aliases": aliases,
+        "run_id": run_id,
+        "model_uri": f"models:/{name}/{version}",
+        "logged_model_uri": model_uri,
+        "greedy_match": n_verify > 0,
+        "verify_tokens": n_verify,
+        "card": card_artifact,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def _checked_inputs(adapter_dir: Path, base_model_dir: Path) -> tuple[Path, Path]:
+    """Fail before any model loads: the adapter must be safetensors only (pickles are never loaded)."""
     adapter_dir = _check_dir(adapter_dir, "adapter_config.json", "LoRA adapter")
     if not any(adapter_dir.glob("*.safetensors")):
         raise ModelError(f"no safetensors adapter weights in {adapter_dir}",
@@ -97,62 +133,51 @@ def register_candidate(
     if pickled := _pickled_files(adapter_dir):
         raise ModelError(f"adapter dir {adapter_dir} holds pickled files {pickled}",
                          "keep only safetensors + json: pickles are never loaded or registered")
-    base_model_dir = _check_dir(base_model_dir, "config.json", "base model")
-    name = settings.registered_model
-    registry = Registry(settings)
-    n_verify = params.registry.verify_new_tokens
+    return adapter_dir, _check_dir(base_model_dir, "config.json", "base model")
 
-    with step_run(settings, parent_run_id, "register") as run_id:
-        tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
-        base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
-        peft_model = PeftModel.from_pretrained(base, adapter_dir).eval()
-        expected = greedy_tokens(peft_model, tokenizer, n_verify) if n_verify > 0 else []
-        merged = peft_model.merge_and_unload().eval()
 
-        mlflow.set_tags(lineage)
-        if metrics:
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-        for pattern in ADAPTER_FILES:
-            for f in sorted(adapter_dir.glob(pattern)):
-                mlflow.log_artifact(str(f), artifact_path="adapter")
-        info = mlflow.transformers.log_model(
-            {"model": merged, "tokenizer": tokenizer}, name=MODEL_ARTIFACT, task="text-generation",
-            pip_requirements=_pip_requirements(), save_pretrained=True,
-        )
-        del merged, peft_model, base
+def _log_verified_model(adapter_dir: Path, base_model_dir: Path, n_verify: int) -> str:
+    """Log the adapter and the merged model to the active run, then load the logged copy back and check it
+    generates the same greedy tokens as base + adapter: what gets registered is what was evaluated."""
+    import mlflow
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        with tempfile.TemporaryDirectory(prefix="llmops-register-") as tmp:
-            local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=tmp))
-            if pickled := _pickled_files(local):
-                raise ModelError(f"the logged model contains pickled files {pickled}",
-                                 "log with save_pretrained=True and a transformers version that writes safetensors")
-            got: list[int] = []
-            if n_verify > 0:
-                loaded = mlflow.transformers.load_model(str(local), return_type="components")
-                got = greedy_tokens(loaded["model"].eval(), loaded["tokenizer"], n_verify)
-                del loaded
-            shutil.rmtree(local, ignore_errors=True)
-        if got != expected:
-            raise ModelError(f"the logged model generates {got} but base + adapter generates {expected}",
-                             "the merge or the saved weights are wrong; nothing was registered")
-        mlflow.set_tags({"verify.greedy_match": "true" if n_verify > 0 else "skipped",
-                         "verify.tokens": str(n_verify)})
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    expected = greedy_tokens(peft_model, tokenizer, n_verify) if n_verify > 0 else []
+    merged = peft_model.merge_and_unload().eval()
+    for pattern in ADAPTER_FILES:
+        for f in sorted(adapter_dir.glob(pattern)):
+            mlflow.log_artifact(str(f), artifact_path="adapter")
+    info = mlflow.transformers.log_model(
+        {"model": merged, "tokenizer": tokenizer}, name=MODEL_ARTIFACT, task="text-generation",
+        pip_requirements=_pip_requirements(), save_pretrained=True,
+    )
+    del merged, peft_model, base
 
-        version_tags = {
-            **lineage,
-            **{f"metric.{k}": f"{float(v):.6g}" for k, v in metrics.items()},
-            "register.run_id": run_id,
-            "verify.greedy_match": "true" if n_verify > 0 else "skipped",
-        }
-        mv = mlflow.register_model(info.model_uri, name, tags=version_tags)
-    version = str(mv.version)
-    from components.register.card import build_card
-    from llmops.registry import card
+    with tempfile.TemporaryDirectory(prefix="llmops-register-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=tmp))
+        if pickled := _pickled_files(local):
+            raise ModelError(f"the logged model contains pickled files {pickled}",
+                             "log with save_pretrained=True and a transformers version that writes safetensors")
+        got: list[int] = []
+        if n_verify > 0:
+            loaded = mlflow.transformers.load_model(str(local), return_type="components")
+            got = greedy_tokens(loaded["model"].eval(), loaded["tokenizer"], n_verify)
+            del loaded
+        shutil.rmtree(local, ignore_errors=True)
+    if got != expected:
+        raise ModelError(f"the logged model generates {got} but base + adapter generates {expected}",
+                         "the merge or the saved weights are wrong; nothing was registered")
+    mlflow.set_tags({"verify.greedy_match": "true" if n_verify > 0 else "skipped", "verify.tokens": str(n_verify)})
+    return info.model_uri
 
-    text = build_card(settings.project_dir, params, name=name, version=version, metrics=metrics, lineage=lineage,
-                      evaluation=evaluation)
-    card_artifact = card.attach(registry.client, name, version, run_id, text)
 
+def _set_aliases(registry, params: Params, name: str, version: str, run_id: str, lineage: dict[str, str]) -> list:
+    """challenger always; champion only for a model's first version (registry.first_champion), audited."""
     source = lineage.get("pipeline.kfp_run_id") or lineage.get("pipeline.mlflow_run_id") or run_id
     registry.set_alias(name, "challenger", version, action="register",
                        reason=f"registered by pipeline run {source}")
@@ -163,15 +188,4 @@ def register_candidate(
     registry.client.set_tag(run_id, "registered.name", name)
     registry.client.set_tag(run_id, "registered.version", version)
     registry.client.set_tag(run_id, "registered.aliases", ",".join(sorted(aliases)))
-    return {
-        "name": name,
-        "version": version,
-        "aliases": aliases,
-        "run_id": run_id,
-        "model_uri": f"models:/{name}/{version}",
-        "logged_model_uri": info.model_uri,
-        "greedy_match": n_verify > 0,
-        "verify_tokens": n_verify,
-        "card": card_artifact,
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
+    return aliases
