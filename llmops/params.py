@@ -566,7 +566,7 @@ class RetrainDpoParams(_Section):
     enabled: bool = True
     min_pairs: int = 8  # fewer training pairs than this: the stage is skipped, with the reason on the run
     max_steps: int = 20  # DPO optimizer steps (train.max_steps is the SFT stage's)
-    lr: float = 1.0e-4
+    lr: float = 3.0e-4
 
 
 class RetrainParams(_Section):
