@@ -13,6 +13,7 @@ def train(parent_run_id: str, overrides: list, train_data: Input[Dataset], valid
     from pathlib import Path
 
     from components.train.logic import train_adapter
+    from llmops.data.erasures import source_md5s_from_tags
     from llmops.modeling.base import base_model_path
     from llmops.settings import get_settings
     from llmops.steplog import step_report
@@ -23,7 +24,8 @@ def train(parent_run_id: str, overrides: list, train_data: Input[Dataset], valid
         result = train_adapter(settings, params, train_path=Path(train_data.path),
                                validation_path=Path(validation_data.path),
                                base_model_dir=base_model_path(settings, params), out_dir=Path(adapter.path),
-                               parent_run_id=parent_run_id)
+                               parent_run_id=parent_run_id,
+                               data_sources=source_md5s_from_tags(train_data.metadata))
         report.figures(**{k: result.metrics[k] for k in ("train_loss", "val_loss", "tokens_per_s")
                           if k in result.metrics})
     adapter.metadata["format"] = "peft-lora-safetensors"

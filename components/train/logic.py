@@ -230,11 +230,18 @@ def train_adapter(
     out_dir: Path,
     parent_run_id: str | None = None,
     step: str = "train",
+    data_sources: dict[str, str] | None = None,
 ) -> TrainResult:
     """Fine-tune LoRA adapters on Ray Train and write the PEFT adapter to `out_dir` (see module doc); `step` names
-    the MLflow child run (the retrain's DPO stage trains as its own step)."""
+    the MLflow child run (the retrain's DPO stage trains as its own step); `data_sources` ({entry: md5}) names the
+    datasets the splits were merged from when no sources.json lies beside them (the pipeline's artifacts)."""
     started = time.perf_counter()
     _check_params(params)
+    from llmops.data.erasures import check_training_data
+
+    # first, before any model work: never train on a dataset version `llmops log erase` marked
+    check_training_data(settings.state_dir, settings.project_dir,
+                        {"train": Path(train_path), "validation": Path(validation_path)}, data_sources)
     base_model_dir, out_dir = Path(base_model_dir), Path(out_dir)
     if not (base_model_dir / "config.json").is_file():
         raise ModelError(f"no model checkpoint at {base_model_dir}", "run `llmops model pull` or pass the model dir")

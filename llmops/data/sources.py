@@ -113,6 +113,11 @@ def merge_and_split(project_dir: Path, params: Params, out_dir: Path,
     from llmops.modeling.hashing import file_md5
 
     merged, read = merge(project_dir, list(sources if sources is not None else params.data.sources))
+    from llmops.data.erasures import check_sources_not_erased
+    from llmops.settings import get_settings
+
+    # an export `llmops log erase` marked never reaches the splits (llmops/data/erasures.py)
+    check_sources_not_erased(get_settings().state_dir, project_dir, [asdict(f) for f in read])
     parts = split_frame(merged, params.data.split)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".merge-") as tmp:

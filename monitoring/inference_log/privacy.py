@@ -6,10 +6,12 @@ Before writing (export.py `before_writing`, every kind, always):
 2. an SFT record that near-duplicates data a run already trains on (params data.sources, MinHash at
    data.dedup.threshold) is dropped and counted: it would only repeat the training data.
 
-Every export writes a manifest beside the dataset (`<name>.jsonl.manifest.json`): the request ids its records
-came from, the scrub counts and the drops. `llmops log erase` deletes a person's requests from the log (and every
-row naming them) and appends an `erasures` entry to each manifest that held them, so every dataset version still
-carrying their data is marked; the erasure itself is recorded in `<state_dir>/erasures.jsonl`.
+Every export writes a manifest beside the dataset (`<name>.jsonl.manifest.json`): its md5, the request ids its
+records came from (per SFT record id too), the scrub counts and the drops. `llmops log erase` deletes a person's
+requests from the log (and every row naming them) and appends an `erasures` entry to each manifest that held them,
+so every dataset version still carrying their data is marked; the erasure itself, with each marked version's md5
+and record ids, is recorded in `<state_dir>/erasures.jsonl`, which the merge and every training run check
+(llmops/data/erasures.py) before they read a marked version.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmops.data.erasures import ERASURES_LOG, MANIFEST_SUFFIX
 from llmops.errors import LlmopsError
 from llmops.params import Params
 from llmops.settings import Settings
 from monitoring.inference_log.store import LoggedRequest
 
-MANIFEST_SUFFIX = ".manifest.json"
 REPEATS = "repeats training data (near-duplicate)"
 
 
@@ -39,6 +41,7 @@ class Prepared:
     repeats_dropped: int = 0
     repeat_examples: list[dict[str, Any]] = field(default_factory=list)
     request_ids: list[list[str]] = field(default_factory=list)  # per kept record
+    record_ids: list[str | None] = field(default_factory=list)  # per kept record: its content id (SFT)
 
     def summary(self) -> dict[str, Any]:
         return {"scrubbed": dict(sorted(self.scrubbed.items())), "scrubbed_total": sum(self.scrubbed.values()),
@@ -103,6 +106,7 @@ def prepare(records: list[dict[str, Any]], kind: str, requests: Sequence[LoggedR
         scrubbed = [r for i, r in enumerate(scrubbed) if i not in gone]
         ids = [x for i, x in enumerate(ids) if i not in gone]
     done.request_ids = ids
+    done.record_ids = [r.get("id") for r in scrubbed]
     return scrubbed, done
 
 
@@ -110,11 +114,14 @@ def write_manifest(dataset: Path, settings: Settings, *, name: str, kind: str, r
                    prepared: Prepared) -> Path:
     """`<dataset>.manifest.json` (and, for a file outside the project's sources, a line in the state dir's
     export index so `log erase` finds it)."""
+    from llmops.modeling.hashing import file_md5
+
     path = dataset.with_name(dataset.name + MANIFEST_SUFFIX)
-    doc = {"dataset": name, "kind": kind, "path": str(result.path), "md5": result.md5, "rows": result.rows,
-           "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-           "request_ids": sorted({i for ids in prepared.request_ids for i in ids}), **prepared.summary(),
-           "erasures": []}
+    records = {rid: sorted(ids) for rid, ids in zip(prepared.record_ids, prepared.request_ids, strict=False) if rid}
+    doc = {"dataset": name, "kind": kind, "path": str(result.path), "md5": result.md5 or file_md5(dataset),
+           "rows": result.rows, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+           "request_ids": sorted({i for ids in prepared.request_ids for i in ids}), "records": records,
+           **prepared.summary(), "erasures": []}
     _write_json(path, doc)
     index = settings.ensure_state_dir() / "exports.jsonl"
     with index.open("a", encoding="utf-8") as fh:
@@ -158,24 +165,36 @@ def erase(store: Any, settings: Settings, params: Params, request_ids: Iterable[
     deleted = store.erase(wanted, session)
     gone = set(deleted) | set(wanted)  # an id pruned from the log may still sit in an export
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    marked = []
-    for path in manifests(settings, params):
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        held = sorted(gone & set(doc.get("request_ids", [])))
-        if held:
-            doc.setdefault("erasures", []).append({"time": now, "request_ids": held})
-            _write_json(path, doc)
-            marked.append({"dataset": doc["dataset"], "kind": doc["kind"], "path": doc["path"], "md5": doc.get("md5"),
-                           "manifest": str(path), "request_ids": held})
+    marked = [m for path in manifests(settings, params) if (m := _mark(path, gone, now)) is not None]
     if not deleted and not marked:
         who = ", ".join(wanted) if wanted else f"session {session}"
         raise LlmopsError(f"nothing to erase: no logged request or export holds {who}",
                           "check the id (`llmops log show ID`) or the session name")
     entry = {"time": now, "request_ids": wanted, "session": session, "deleted": deleted, "datasets": marked}
-    log_path = settings.ensure_state_dir() / "erasures.jsonl"
+    log_path = settings.ensure_state_dir() / ERASURES_LOG
     with log_path.open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(entry) + "\n")
     return {**entry, "erasures_log": str(log_path)}
+
+
+def _mark(manifest: Path, gone: set[str], now: str) -> dict[str, Any] | None:
+    """Append an erasure to the manifest when its dataset holds records of `gone`; what was marked (its md5 and the
+    ids of the records made from those requests, which training checks against), or None."""
+    doc = json.loads(manifest.read_text(encoding="utf-8"))
+    held = sorted(gone & set(doc.get("request_ids", [])))
+    if not held:
+        return None
+    record_ids = sorted(rid for rid, ids in (doc.get("records") or {}).items() if gone & set(ids))
+    doc.setdefault("erasures", []).append({"time": now, "request_ids": held, "record_ids": record_ids})
+    _write_json(manifest, doc)
+    md5 = doc.get("md5")
+    dataset = manifest.with_name(manifest.name[: -len(MANIFEST_SUFFIX)])
+    if md5 is None and dataset.is_file():  # a manifest from before md5s were always recorded
+        from llmops.modeling.hashing import file_md5
+
+        md5 = file_md5(dataset)
+    return {"dataset": doc["dataset"], "kind": doc["kind"], "path": doc["path"], "md5": md5,
+            "manifest": str(manifest), "request_ids": held, "record_ids": record_ids}
 
 
 class RedactingStore:
