@@ -217,7 +217,7 @@ def serve(host: str | None = typer.Option(None, "--host", help="Bind address (de
              f"set {api_key_env} (or --api-key-file), or bind 127.0.0.1")
     ilog, queue = _queue()
     app = create_app(queue, api_key=key, reviewer=_reviewer(reviewer), session_hours=params.session_hours,
-                     loopback=host in LOOPBACK)
+                     loopback=host in LOOPBACK, review=params)
     console.print(f"review queue on http://{host}:{port}/ ({queue.counts()['pending']} waiting; "
                   + ("sign in with the API key)" if key else "no API key: no sign-in, loopback only)"), highlight=False)
     try:

@@ -283,6 +283,14 @@ class ReviewParams(_Section):
     host: str = "127.0.0.1"
     port: int = 8790
     session_hours: float = 12.0  # a signed-in browser session lasts this long
+    login_failures: int = 5  # wrong keys one client address may try in a burst (sign-in and bearer calls)...
+    login_window_s: float = 300.0  # ...refilled over this window; past it: 429 + Retry-After (monitoring/review)
+
+    @model_validator(mode="after")
+    def _login_limit_is_a_limit(self) -> ReviewParams:
+        if self.login_failures < 1 or self.login_window_s <= 0:
+            raise ValueError("review.login_failures must be >= 1 and review.login_window_s > 0")
+        return self
 
 
 class MonitoringLogParams(_Section):

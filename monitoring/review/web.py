@@ -3,10 +3,11 @@ keyboard shortcuts, filters and the count of what is waiting, over a small JSON 
 
 Auth is the servers' bearer key (serving/http/auth.py): scripts send `Authorization: Bearer <key>`; a browser
 signs in once with the key and then holds a session cookie + CSRF token (sessions.py). Without a configured key
-(auth off, loopback only) a browser gets a session on its first visit. On a loopback bind the Host header must
-name the loopback (a DNS-rebinding page cannot reach the API). Every decision is audited with the reviewer's
-name, how it was made (web) and the key identity. The page is static (no inline script: a strict CSP) and writes
-every user-supplied text with textContent, never as HTML.
+(auth off, loopback only) a browser gets a session on its first visit. Wrong keys are limited per client
+address on both paths (throttle.py: review.login_failures per review.login_window_s, then 429 + Retry-After).
+On a loopback bind the Host header must name the loopback (a DNS-rebinding page cannot reach the API). Every
+decision is audited with the reviewer's name, how it was made (web) and the key identity. The page is static (no
+inline script: a strict CSP) and writes every user-supplied text with textContent, never as HTML.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
 from llmops.errors import LlmopsError
+from llmops.params import ReviewParams
 from monitoring.review.queue import ACTIONS, Conflict, Filters, ReviewError, ReviewQueue, UnknownItem
 from monitoring.review.sessions import COOKIE, CSRF_HEADER, Session, Sessions, csrf_ok, same_origin
+from monitoring.review.throttle import FailureLimit
 
 STATIC = Path(__file__).parent / "static"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -32,6 +35,16 @@ MAX_BODY = 256 * 1024
 
 def _error(status: int, message: str, fix: str | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "fix": fix}}, status_code=status)
+
+
+def _too_many(wait: int) -> JSONResponse:
+    response = _error(429, "too many wrong API keys from this address", f"wait {wait} s (Retry-After) and try again")
+    response.headers["Retry-After"] = str(wait)
+    return response
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "?"
 
 
 def _status_of(exc: LlmopsError) -> int:
@@ -48,20 +61,37 @@ class _Caller:
 class _Auth:
     """The servers' bearer key for scripts; sign-in sessions (cookie + CSRF token) for browsers."""
 
-    def __init__(self, api_key: str | None, reviewer: str, session_hours: float) -> None:
+    def __init__(self, api_key: str | None, reviewer: str, session_hours: float, review: ReviewParams) -> None:
         from serving.http.identity import key_identity
 
         self.api_key, self.reviewer, self.session_hours = api_key, reviewer, session_hours
         self.key_id = key_identity(api_key)
         self.sessions = Sessions(session_hours * 3600)
+        self.limit = FailureLimit(review.login_failures, review.login_window_s)
+
+    def key_ok(self, request: Request, key: str | None) -> bool | JSONResponse:
+        """Whether `key` is the servers' key, counted against the caller's address (a 429 once it is spent)."""
+        from serving.http.auth import token_matches
+
+        if not self.api_key:
+            return True
+        if wait := self.limit.take(_address(request)):
+            return _too_many(wait)
+        if not token_matches(key or "", self.api_key):
+            return False
+        self.limit.give_back(_address(request))
+        return True
 
     def caller(self, request: Request, *, writing: bool) -> _Caller | JSONResponse:
         """The caller, or the error response: 401 unknown, 403 a state change without token or from elsewhere."""
-        from serving.http.auth import bearer_token, is_authorized
+        from serving.http.auth import bearer_token
         from serving.http.identity import key_identity
 
         if request.headers.get("authorization"):  # a script: the bearer key, no cookie, no CSRF exposure
-            if not is_authorized(request.headers, self.api_key):
+            ok = self.key_ok(request, bearer_token(request.headers.get("authorization")))
+            if isinstance(ok, JSONResponse):
+                return ok
+            if not ok:
                 return _error(401, "wrong API key", "send Authorization: Bearer <the servers' key>")
             name = request.headers.get("x-reviewer") or self.reviewer
             if not _REVIEWER.match(name):
@@ -82,10 +112,11 @@ class _Auth:
 
 
 def create_app(queue: ReviewQueue, *, api_key: str | None, reviewer: str, session_hours: float = 12.0,
-               loopback: bool = True) -> FastAPI:
-    """The app over `queue`; `reviewer`: the default name for sign-ins and bearer calls without X-Reviewer."""
+               loopback: bool = True, review: ReviewParams | None = None) -> FastAPI:
+    """The app over `queue`; `reviewer`: the default name for sign-ins and bearer calls without X-Reviewer;
+    `review`: params.yaml `review:` (the wrong-key limit; its defaults when None)."""
     app = FastAPI(title="llmops review", docs_url=None, redoc_url=None, openapi_url=None)
-    auth = _Auth(api_key, reviewer, session_hours)
+    auth = _Auth(api_key, reviewer, session_hours, review or ReviewParams())
     if loopback:
         from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -105,8 +136,6 @@ def create_app(queue: ReviewQueue, *, api_key: str | None, reviewer: str, sessio
 
 
 def _add_pages(app: FastAPI, auth: _Auth) -> None:
-    from serving.http.auth import token_matches
-
     @app.get("/")
     def page(request: Request) -> Response:
         if auth.sessions.get(request.cookies.get(COOKIE)) is not None:
@@ -121,7 +150,10 @@ def _add_pages(app: FastAPI, auth: _Auth) -> None:
             return _error(403, "cross-site sign-in refused")
         form = await _form(request)
         name = (form.get("reviewer") or auth.reviewer).strip()
-        if auth.api_key and not token_matches((form.get("key") or "").strip(), auth.api_key):
+        ok = auth.key_ok(request, (form.get("key") or "").strip())
+        if isinstance(ok, JSONResponse):
+            return ok
+        if not ok:
             return RedirectResponse("/?error=key", status_code=303)
         if not _REVIEWER.match(name):
             return RedirectResponse("/?error=name", status_code=303)
