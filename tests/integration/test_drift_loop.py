@@ -1,9 +1,11 @@
 """The drift loop closed on the tiny model, every piece real: `llmops demo drift`'s logic serves the champion behind
 the router (server writing the inference log), builds the reference, replays paraphrased in-domain traffic (below
-drift), shifted windows with no new data (pending, then held: nothing new to learn), then feedback corrections
-exported as a DVC dataset and one more shifted window (drift with new data that covers it), the trigger starts
-`llmops run retrain` as its own process, which refreshes the data (the feedback export merged in by the DVC split
-stage), trains the champion's recipe, registers, and takes the candidate through the canary.
+drift), a shifted window with no new data (held: nothing new to learn), then feedback corrections,
+accepted through `llmops review accept`, exported as a DVC dataset and as preference pairs (`log export --kind
+preference`), and one more shifted window (drift with new data that covers it); the trigger starts `llmops run
+retrain` as its own process, which refreshes the data (the feedback export merged in by the DVC split stage),
+trains the champion's recipe (SFT), then DPO on the pairs from the SFT model, registers the stacked adapter, and
+takes the candidate through the canary.
 
 Runs in a throwaway git + DVC copy of the project's data stages (the retrain's `dvc repro` must not touch the
 checkout). The champion comes from a finetune run of the tiny recipe, as `make run` makes one."""
@@ -24,7 +26,8 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 NAME = "llmops-smollm2"
 COPY = ["dvc.yaml", "dvc.lock", "params.yaml", "data/expectations", "data/sample", "data/splits", "data/metrics",
-        "data/user/README.md", "data/feedback/README.md", "data/drift/shifted.jsonl", "data/drift/paraphrased.jsonl",
+        "data/user/README.md", "data/feedback/README.md", "data/preferences/README.md", "data/drift/shifted.jsonl",
+        "data/drift/paraphrased.jsonl",
         "data/safety",  # the gate answers the safety set
         # whole: the trigger starts `python -m cli.main` in the project, where a partial copy would shadow it
         "llmops"]
@@ -38,7 +41,7 @@ def recipe(tiny_model_dir: Path) -> list[str]:
         "train.max_steps=8", "train.seq_len=256", "train.batch_size=2", "train.lr=3e-3", "train.warmup_steps=1",
         "train.checkpoint_every=4", "train.max_train_examples=256", "train.num_workers=1",
         "eval.max_examples=24", "eval.gen_examples=4", "eval.max_new_tokens=8",
-        "engine.kinds=[]", "registry.verify_new_tokens=0",
+        "engine.kinds=[]", "registry.verify_new_tokens=0", "retrain.dpo.max_steps=2",
         "canary.steps=[{weight: 50}, {weight: 100}]", "canary.step_defaults={min_duration_s: 2, min_requests: 5}",
         "canary.max_step_duration_s=60", "canary.interval_s=1", "canary.heartbeat_s=0.5",
         "canary.loadgen.rate=10", "canary.loadgen.max_tokens=6",
@@ -94,7 +97,9 @@ def test_shift_fires_drift_and_the_trigger_retrains_through_the_canary(project: 
 
     settings = project
     champion = _champion(settings, tiny_model_dir)
-    params = settings.params()
+    # one drifted window without new data is held at once (the pending windows before it are
+    # tests/monitoring/test_monitor_trigger.py's): one window of traffic and one monitor run fewer
+    params = settings.params(["monitoring.trigger.persist_windows=1"])
     n = params.drift.min_window + 10
     cfg = DemoConfig(requests=n, max_tokens=8, concurrency=4, feedback=20, retrain_timeout_s=1500,
                      overrides=recipe(tiny_model_dir))
@@ -104,7 +109,7 @@ def test_shift_fires_drift_and_the_trigger_retrains_through_the_canary(project: 
     quiet, shifted = out["reference_like"], out["shifted"]
     assert quiet["window"]["requests"] == n and quiet["severity"] != "drift", quiet  # paraphrased in-domain
     assert quiet["trigger"] is None
-    # shifted with no new data: pending until persist_windows, then held (nothing to learn) and queued
+    # shifted with no new data: held (nothing to learn) and queued (pending windows first when persist_windows > 1)
     *pending, held = out["shifted_without_new_data"]
     assert len(pending) + 1 == params.monitoring.trigger.persist_windows
     assert all(p["trigger"]["outcome"] == "pending" for p in pending)
@@ -113,8 +118,10 @@ def test_shift_fires_drift_and_the_trigger_retrains_through_the_canary(project: 
     assert shifted["window"]["requests"] == n and shifted["drifted"], shifted
     assert "prompt_embedding_mmd" in shifted["fired"]
     assert shifted["trigger"]["outcome"] == "started" and "feedback/" in shifted["trigger"]["reason"]
-    export = out["feedback_export"]
+    assert out["review"] == {"accepted": 20, "refused": 0, "pending": 0}  # through `llmops review accept --all`
+    export, pairs = out["feedback_export"], out["preference_export"]
     assert export["rows"] == 20 and export["path"].startswith("data/feedback/")
+    assert pairs["rows"] == 20 and pairs["path"].startswith("data/preferences/")  # correction vs served answer
 
     rt = out["retrain"]
     assert rt["state"] == "SUCCEEDED", (rt, said)
@@ -123,6 +130,14 @@ def test_shift_fires_drift_and_the_trigger_retrains_through_the_canary(project: 
     feedback_entry = f"feedback/{Path(export['path']).stem}@{export['md5']}"
     assert feedback_entry in rt["data_sources"].split(",")  # the export was merged into the refreshed splits
     assert rt["steps"]["refresh_data"] == rt["steps"]["register"] == rt["steps"]["canary_deploy"] == "FINISHED"
+    # SFT, then DPO on the exported pairs from the SFT model; both compared on the held-out pairs
+    assert rt["steps"]["train"] == rt["steps"]["train_dpo"] == "FINISHED", rt["steps"]
+    dpo = out["dpo"]
+    assert dpo["status"].startswith("trained: "), dpo
+    assert dpo["train_pairs"] >= 8 and dpo["held_out_pairs"] >= 1 and dpo["train_pairs"] + dpo["held_out_pairs"] == 20
+    for model in ("sft_only", "sft_dpo"):
+        assert 0 <= dpo[model]["preference_accuracy"] <= 1 and dpo[model]["reward_margin"] == dpo[model][
+            "reward_margin"], dpo  # measured (not NaN)
 
     registry = Registry(settings)
     new = rt["registered"]["version"]
@@ -131,6 +146,7 @@ def test_shift_fires_drift_and_the_trigger_retrains_through_the_canary(project: 
     entry = f"feedback/{Path(export['path']).stem}"
     assert tags[f"data.source.{entry}.dvc"] == f"data/feedback/{Path(export['path']).name}@{export['md5']}"
     assert tags["base_model.sha256"] == registry.show(f"{NAME}/{champion}")["tags"]["base_model.sha256"]
+    assert tags[f"data.preferences.{Path(pairs['path']).stem}.md5"] == pairs["md5"]  # the pairs DPO read
     decision = rt["canary"]["decision"]
     assert decision == "promoted" or decision.startswith("rolled_back"), rt["canary"]
     assert registry.alias_version(NAME, "champion") == (new if decision == "promoted" else champion)

@@ -106,3 +106,18 @@ def test_no_pairs_skips_dpo_with_the_reason_and_passes_sft_through(settings: Set
     assert not out.trained and "fewer than retrain.dpo.min_pairs (50)" in out.reason
     parts = dpo.split_pairs([{**PAIR, "instruction": f"q{i}"} for i in range(200)], few)
     assert len(parts["train"]) > len(parts["validation"]) > 0 and len(parts["test"]) > 0  # the SFT split's hash
+
+
+def test_demo_reads_the_dpo_stage_from_the_run_summary() -> None:
+    from cli.drift_demo import dpo_figures, dpo_lines
+
+    tags = {"dpo": "trained: 120 pairs ...", "dpo.sft.preference_accuracy": "0.7", "dpo.held_out_pairs": "30",
+            "dpo.sft.preference_reward_margin": "0.5", "dpo.sft_dpo.preference_accuracy": "0.9",
+            "dpo.sft_dpo.preference_reward_margin": "2.25", "dpo.train_pairs": "120"}
+    d = dpo_figures({"retrain": tags})
+    assert d["sft_only"] == {"preference_accuracy": 0.7, "reward_margin": 0.5} and d["dpo_beats_sft"]
+    text = "\n".join(dpo_lines(d))
+    assert "SFT->DPO  prefers the chosen answer on 90.0% of 30 held-out pairs, reward margin vs base +2.2500" in text
+    skipped = dpo_figures({"retrain": {"dpo": "skipped: no preference pairs: ..."}})
+    assert skipped == {"status": "skipped: no preference pairs: ..."}
+    assert dpo_lines(skipped) == ["[bold]DPO stage[/]: skipped: no preference pairs: ..."]
