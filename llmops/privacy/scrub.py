@@ -1,7 +1,9 @@
 """Find and scrub PII: one cached Presidio AnalyzerEngine per privacy config, with no NLP model.
 
 Presidio's AnalyzerEngine loads a spaCy model by default; ours gets Presidio's `NoOpNlpEngine` (no tokens,
-no model) and a registry holding only the recognizers of `recognizers.py`, so it starts offline. The cost:
+no model) and a registry holding only the recognizers of `recognizers.py`, so it starts offline. Presidio is
+imported on the first scrub only (a process that never scrubs never imports it), without torch and transformers
+(presidio_import.py), and the analyzer and anonymizer are built once per process. The cost:
 context words cannot raise a score (e.g. "call me at" before a bare number), which is why the phone
 recognizer's 0.4 clears `privacy.min_score` on its own. Overlapping findings keep the higher score (then the
 longer span), so a placeholder never lands inside another.
@@ -43,6 +45,9 @@ def _privacy(params: Params | PrivacyParams | None) -> PrivacyParams:
 
 @functools.lru_cache(maxsize=4)
 def _engine(config: str) -> tuple[Any, dict[str, str]]:
+    from llmops.privacy.presidio_import import import_presidio
+
+    import_presidio()
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
     from presidio_analyzer.nlp_engine.no_op_nlp_engine import NoOpNlpEngine
 
@@ -78,13 +83,20 @@ def scrub_text(text: str, params: Params | PrivacyParams | None = None) -> tuple
     findings = find_pii(text, params)
     if not findings:
         return text, {}
-    from presidio_anonymizer import AnonymizerEngine
     from presidio_anonymizer.entities import OperatorConfig, RecognizerResult
 
     results = [RecognizerResult(f.kind, f.start, f.end, f.score) for f in findings]
     operators = {k: OperatorConfig("replace", {"new_value": f"<{k}>"}) for k in {f.kind for f in findings}}
-    out = AnonymizerEngine().anonymize(text=text, analyzer_results=results, operators=operators)
+    out = _anonymizer().anonymize(text=text, analyzer_results=results, operators=operators)
     return out.text, dict(Counter(f.kind for f in findings))
+
+
+@functools.cache
+def _anonymizer() -> Any:
+    """One AnonymizerEngine per process (it holds no per-call state)."""
+    from presidio_anonymizer import AnonymizerEngine
+
+    return AnonymizerEngine()
 
 
 def _scrub_value(value: Any, params: PrivacyParams, counts: Counter[str]) -> Any:
