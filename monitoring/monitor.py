@@ -73,7 +73,6 @@ def run_monitor(
     """Score the latest window and act on the verdict. `rows` (inference-log rows) replaces reading the log;
     `reference`/`embedder` replace the saved reference and the pinned embedder (tests, the demo)."""
     from monitoring.drift import ensure_reference, evaluate_window, window_from_logged
-    from monitoring.drift.records import is_negative
 
     say = progress or (lambda _m: None)
     size = window or params.drift.window_size
@@ -89,20 +88,9 @@ def run_monitor(
     say(f"scoring {len(records)} requests against the reference")
     report = evaluate_window(reference, records, params, settings=settings, embedder=embedder, progress=say)
 
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"-{int(now * 1000) % 1000:03d}"
-    out_dir = monitor_dir(settings) / "reports" / stamp
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / "drift-report.json"
-    json_path.write_text(report.to_json())
-    html_path = write_html(report, out_dir / "drift-report.html", calibration=load_calibration(settings))
-
+    json_path, html_path = _write_report(settings, report, now)
     ref_id, win_id = reference_identity(reference), window_identity(rows)
-    times = [t for t in (_field(r, "time") for r in rows) if t]
-    rated = [r for r in records if r.feedback is not None]
-    window_stats = {"requests": len(records), "rated": len(rated),
-                    "negative": sum(is_negative(r.feedback) for r in rated),
-                    "since": min(times) if times else None, "until": max(times) if times else None}
-
+    window_stats = _window_stats(rows, records)
     run_id = _log_mlflow(settings, report, ref_id, win_id, window_stats)
 
     consecutive = triggers.record_window(settings.state_dir, reference_id=ref_id, window_id=win_id,
@@ -120,24 +108,35 @@ def run_monitor(
         exposition.render(report.prometheus_lines() + trigger_gauges(consecutive, held), window_stats,
                           triggers.counts(settings.state_dir, settings.triggers_db_uri), now))
     summary = {
-        "severity": report.severity.value,
-        "drifted": report.drifted,
-        "consecutive_drift_windows": consecutive,
+        "severity": report.severity.value, "drifted": report.drifted, "consecutive_drift_windows": consecutive,
         "clusters": [{k: c[k] for k in ("share", "prompts", "examples")} for c in report.clusters],
-        "fired": report.fired,
-        "note": report.note,
-        "window": window_stats,
-        "reference_id": ref_id,
-        "window_id": win_id,
-        "report_json": str(json_path),
-        "report_html": str(html_path),
-        "metrics_file": str(prom),
-        "mlflow_run_id": run_id,
-        "trigger": decision.to_dict() if decision else None,
-        "labelling": queued,
+        "fired": report.fired, "note": report.note, "window": window_stats,
+        "reference_id": ref_id, "window_id": win_id,
+        "report_json": str(json_path), "report_html": str(html_path), "metrics_file": str(prom),
+        "mlflow_run_id": run_id, "trigger": decision.to_dict() if decision else None, "labelling": queued,
     }
     (monitor_dir(settings) / "latest.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+
+def _write_report(settings: Settings, report: Any, now: float) -> tuple[Path, Path]:
+    """The window's JSON and HTML report in their own time-stamped folder (millisecond stamps never collide)."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"-{int(now * 1000) % 1000:03d}"
+    out_dir = monitor_dir(settings) / "reports" / stamp
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "drift-report.json"
+    json_path.write_text(report.to_json())
+    return json_path, write_html(report, out_dir / "drift-report.html", calibration=load_calibration(settings))
+
+
+def _window_stats(rows: Sequence[Any], records: Sequence[Any]) -> dict[str, Any]:
+    from monitoring.drift.records import is_negative
+
+    times = [t for t in (_field(r, "time") for r in rows) if t]
+    rated = [r for r in records if r.feedback is not None]
+    return {"requests": len(records), "rated": len(rated), "negative": sum(is_negative(r.feedback) for r in rated),
+            "since": min(times) if times else None, "until": max(times) if times else None}
 
 
 def trigger_gauges(consecutive: int, held: bool) -> str:
