@@ -175,6 +175,71 @@ def _summary(samples: list[float]) -> dict[str, float]:
     return {"p50_ms": _pct(samples, 0.5) * 1000, "p99_ms": _pct(samples, 0.99) * 1000, "n": len(samples)}
 
 
+def _measure(args: argparse.Namespace, stub: str, router: str, router_pid: int
+             ) -> tuple[dict[str, dict[str, list[float]]], float]:
+    """Two rounds of every phase (direct, through the router, JSON and stream) and of both client libraries;
+    the router's CPU seconds while it was loaded."""
+    results: dict[str, dict[str, list[float]]] = {}
+    phases = [("direct", stub, False), ("router", router, False), ("direct_stream", stub, True),
+              ("router_stream", router, True)]
+    router_cpu = 0.0
+    for _round in range(2):
+        for name, base, stream in phases:
+            probe = (lambda: _cpu_seconds(router_pid)) if base == router else None
+            got = asyncio.run(_aiohttp_load(f"{base}/v1/chat/completions", args.rate, args.seconds, stream, probe))
+            router_cpu += sum(got.pop("cpu"))
+            acc = results.setdefault(name, {"latency": [], "ttft": [], "errors": []})
+            for k in acc:
+                acc[k] += got[k]
+        clients = {"client_aiohttp": lambda: _aiohttp_load(f"{stub}/v1/chat/completions", args.rate,
+                                                          args.seconds, False),
+                   "client_httpx2": lambda: _httpx_load(f"{stub}/v1/chat/completions", args.rate, args.seconds)}
+        for name, run in clients.items():
+            got = asyncio.run(run())
+            acc = results.setdefault(name, {"latency": [], "ttft": [], "errors": []})
+            for k in acc:
+                acc[k] += got[k]
+    return results, router_cpu
+
+
+def _report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]], router_cpu: float,
+            loads: tuple, host_fp: dict[str, Any]) -> dict[str, Any]:
+    load0, load1 = loads
+    report: dict[str, Any] = {"rate_per_s": args.rate, "seconds_per_phase": args.seconds * 2,
+                              "loadavg_1m": [round(load0[0], 2), round(load1[0], 2)], "cores": os.cpu_count(),
+                              "uvicorn_http_loop": _uvicorn_flavour(), "host": host_fp}
+    for name, got in results.items():
+        report[name] = {**_summary(got["latency"]), "errors": len(got["errors"])}
+        if "stream" in name:
+            report[name]["ttft_p50_ms"] = _pct(got["ttft"], 0.5) * 1000
+    for kind in ("", "_stream"):
+        d, r = report[f"direct{kind}"], report[f"router{kind}"]
+        report[f"overhead{kind}"] = {"p50_ms": r["p50_ms"] - d["p50_ms"], "p99_ms": r["p99_ms"] - d["p99_ms"],
+                                     "p50_ratio": r["p50_ms"] / d["p50_ms"], "p99_ratio": r["p99_ms"] / d["p99_ms"]}
+    routed = report["router"]["n"] + report["router_stream"]["n"]
+    report["router_cpu_ms_per_request"] = router_cpu / max(routed, 1) * 1000
+    report["client_httpx2_vs_aiohttp_p50_ratio"] = report["client_httpx2"]["p50_ms"] / report["client_aiohttp"][
+        "p50_ms"]
+    return report
+
+
+def _print(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    print(f"open loop {args.rate:g} req/s, {args.seconds * 2:g} s per phase, loadavg(1m) {report['loadavg_1m']} "
+          f"on {report['cores']} cores; router on uvicorn {report['uvicorn_http_loop']}")
+    for name in ("direct", "router", "direct_stream", "router_stream", "client_aiohttp", "client_httpx2"):
+        x = report[name]
+        extra = f"  ttft p50 {x['ttft_p50_ms']:.2f} ms" if "ttft_p50_ms" in x else ""
+        print(f"  {name:15s} p50 {x['p50_ms']:6.2f} ms  p99 {x['p99_ms']:7.2f} ms  n={x['n']} "
+              f"errors={x['errors']}{extra}")
+    for kind in ("", "_stream"):
+        o = report[f"overhead{kind}"]
+        print(f"router overhead{kind or ' (json)'}: p50 +{o['p50_ms']:.2f} ms ({o['p50_ratio']:.2f}x direct), "
+              f"p99 +{o['p99_ms']:.2f} ms ({o['p99_ratio']:.2f}x); target p50 <= 1 ms")
+    print(f"router CPU time per request (user+sys, /proc): {report['router_cpu_ms_per_request']:.2f} ms")
+    print(f"client: httpx2 p50 / aiohttp p50 = {report['client_httpx2_vs_aiohttp_p50_ratio']:.2f}x")
+
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="per phase (each phase runs twice)")
@@ -204,65 +269,18 @@ def main() -> None:
         router = f"http://127.0.0.1:{router_port}"
         wait_http(f"{router}/ready", procs[1])
         load0 = os.getloadavg()
-        results: dict[str, dict[str, list[float]]] = {}
-        phases = [("direct", stub, False), ("router", router, False), ("direct_stream", stub, True),
-                  ("router_stream", router, True)]
-        router_cpu = 0.0
-        router_pid = procs[1].pid
-        for _round in range(2):
-            for name, base, stream in phases:
-                probe = (lambda: _cpu_seconds(router_pid)) if base == router else None
-                got = asyncio.run(_aiohttp_load(f"{base}/v1/chat/completions", args.rate, args.seconds, stream,
-                                                probe))
-                router_cpu += sum(got.pop("cpu"))
-                acc = results.setdefault(name, {"latency": [], "ttft": [], "errors": []})
-                for k in acc:
-                    acc[k] += got[k]
-            clients = {"client_aiohttp": lambda: _aiohttp_load(f"{stub}/v1/chat/completions", args.rate,
-                                                              args.seconds, False),
-                       "client_httpx2": lambda: _httpx_load(f"{stub}/v1/chat/completions", args.rate, args.seconds)}
-            for name, run in clients.items():
-                got = asyncio.run(run())
-                acc = results.setdefault(name, {"latency": [], "ttft": [], "errors": []})
-                for k in acc:
-                    acc[k] += got[k]
+        results, router_cpu = _measure(args, stub, router, procs[1].pid)
         load1 = os.getloadavg()
     finally:
         for p in reversed(procs):
             p.terminate()
             p.wait(timeout=10)
 
-    report: dict[str, Any] = {"rate_per_s": args.rate, "seconds_per_phase": args.seconds * 2,
-                              "loadavg_1m": [round(load0[0], 2), round(load1[0], 2)], "cores": os.cpu_count(),
-                              "uvicorn_http_loop": _uvicorn_flavour(), "host": host_fp}
-    for name, got in results.items():
-        report[name] = {**_summary(got["latency"]), "errors": len(got["errors"])}
-        if "stream" in name:
-            report[name]["ttft_p50_ms"] = _pct(got["ttft"], 0.5) * 1000
-    for kind in ("", "_stream"):
-        d, r = report[f"direct{kind}"], report[f"router{kind}"]
-        report[f"overhead{kind}"] = {"p50_ms": r["p50_ms"] - d["p50_ms"], "p99_ms": r["p99_ms"] - d["p99_ms"],
-                                     "p50_ratio": r["p50_ms"] / d["p50_ms"], "p99_ratio": r["p99_ms"] / d["p99_ms"]}
-    routed = report["router"]["n"] + report["router_stream"]["n"]
-    report["router_cpu_ms_per_request"] = router_cpu / max(routed, 1) * 1000
-    report["client_httpx2_vs_aiohttp_p50_ratio"] = report["client_httpx2"]["p50_ms"] / report["client_aiohttp"][
-        "p50_ms"]
+    report = _report(args, results, router_cpu, (load0, load1), host_fp)
     if args.json:
         print(json.dumps(report, indent=2))
-        return
-    print(f"open loop {args.rate:g} req/s, {args.seconds * 2:g} s per phase, loadavg(1m) {report['loadavg_1m']} "
-          f"on {report['cores']} cores; router on uvicorn {report['uvicorn_http_loop']}")
-    for name in ("direct", "router", "direct_stream", "router_stream", "client_aiohttp", "client_httpx2"):
-        x = report[name]
-        extra = f"  ttft p50 {x['ttft_p50_ms']:.2f} ms" if "ttft_p50_ms" in x else ""
-        print(f"  {name:15s} p50 {x['p50_ms']:6.2f} ms  p99 {x['p99_ms']:7.2f} ms  n={x['n']} "
-              f"errors={x['errors']}{extra}")
-    for kind in ("", "_stream"):
-        o = report[f"overhead{kind}"]
-        print(f"router overhead{kind or ' (json)'}: p50 +{o['p50_ms']:.2f} ms ({o['p50_ratio']:.2f}x direct), "
-              f"p99 +{o['p99_ms']:.2f} ms ({o['p99_ratio']:.2f}x); target p50 <= 1 ms")
-    print(f"router CPU time per request (user+sys, /proc): {report['router_cpu_ms_per_request']:.2f} ms")
-    print(f"client: httpx2 p50 / aiohttp p50 = {report['client_httpx2_vs_aiohttp_p50_ratio']:.2f}x")
+    else:
+        _print(args, report)
 
 
 if __name__ == "__main__":
