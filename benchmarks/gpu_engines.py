@@ -126,7 +126,7 @@ def equivalence(model_dir: Path, tokens: int, slots: int, fuse: bool = False) ->
     return {"prompts": slots, "tokens": tokens, "identical_prompts": identical, "identical_rate": identical / slots}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model-dir", type=Path, required=True, help="checkpoint dir (or config dir with --random-init)")
     ap.add_argument("--random-init", action="store_true", help="random weights of the config's architecture")
@@ -136,14 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-compiled-baseline", action="store_true")
     ap.add_argument("--fused", action="store_true", help="also measure the engine with Inductor-fused steps")
     ap.add_argument("--json-out", type=Path, default=None)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from serving.engines.eager import EagerEngine
-    from serving.engines.static_cache import StaticCacheEngine
-
     model_dir = args.model_dir
     if args.random_init:
         model_dir = random_model_dir(args.model_dir, Path("/tmp/llmops-random-model"))
@@ -164,6 +163,29 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             report["equivalence_fp32_fused"] = f"{type(exc).__name__}: {exc}"[:500]
         print("equivalence fused", report["equivalence_fp32_fused"], flush=True)
+
+    sides = _hf_sides(args, model_dir, sizes, report)
+    sides["eager-engine"] = _eager_side(args, model_dir, sizes, slots)
+    variants = [("cuda-graph", False)] + ([("cuda-graph-fused", True)] if args.fused else [])
+    for name, fuse in list(variants):
+        got = _graph_side(args, model_dir, sizes, slots, name, fuse, report)
+        if got is None:
+            variants.remove((name, fuse))
+        else:
+            sides[name] = got
+        torch.cuda.empty_cache()
+    report["sides"] = sides
+    report["ratios"] = _ratios(sides, sizes, [name for name, _ in variants])
+    print(json.dumps(report["ratios"], indent=2), flush=True)
+    if args.json_out:
+        args.json_out.write_text(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def _hf_sides(args: argparse.Namespace, model_dir: Path, sizes: list[int], report: dict[str, Any]
+              ) -> dict[str, dict[int, dict[str, float]]]:
+    """transformers' generate, eager and (unless skipped) with the compiled static cache."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).cuda().eval()
@@ -190,55 +212,60 @@ def main(argv: list[str] | None = None) -> int:
             print("hf-generate-static-compiled failed:", report["hf_static_compiled_error"], flush=True)
     del model
     torch.cuda.empty_cache()
+    return sides
+
+
+def _eager_side(args: argparse.Namespace, model_dir: Path, sizes: list[int], slots: int
+                ) -> dict[int, dict[str, float]]:
+    from serving.engines.eager import EagerEngine
 
     eager = EagerEngine(model_dir, max_slots=slots, max_len=1024, device="cuda", dtype=torch.bfloat16)
-    sides["eager-engine"] = {}
+    out = {}
     for b in sizes:
         run_engine(eager, _prompt_ids(eager.tokenizer, b), 8)
-        sides["eager-engine"][b] = run_engine(eager, _prompt_ids(eager.tokenizer, b), args.new_tokens)
-        print("eager-engine", b, sides["eager-engine"][b], flush=True)
+        out[b] = run_engine(eager, _prompt_ids(eager.tokenizer, b), args.new_tokens)
+        print("eager-engine", b, out[b], flush=True)
     del eager
     torch.cuda.empty_cache()
+    return out
 
-    variants = [("cuda-graph", False)] + ([("cuda-graph-fused", True)] if args.fused else [])
-    for name, fuse in list(variants):
-        try:
-            t0 = time.perf_counter()
-            graph = StaticCacheEngine(model_dir, max_slots=slots, max_len=1024, dtype=torch.bfloat16, fuse=fuse)
-            load_s = time.perf_counter() - t0
-            report[f"{name}_build"] = {"load_s": load_s, "capture_s": graph.capture_all(),
-                                       "graphs": len(graph._graphs)}
-            print(name, "build", report[f"{name}_build"], flush=True)
-            sides[name] = {}
-            for b in sizes:
-                run_engine(graph, _prompt_ids(graph.tokenizer, b), 8)
-                sides[name][b] = run_engine(graph, _prompt_ids(graph.tokenizer, b), args.new_tokens)
-                print(name, b, sides[name][b], flush=True)
-            del graph
-        except Exception as exc:  # the fused variant is optional: report why it did not run
-            if not fuse:
-                raise
-            report[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:500]
-            print(name, "failed:", report[f"{name}_error"], flush=True)
-            variants.remove((name, fuse))
-            sides.pop(name, None)
-        torch.cuda.empty_cache()
 
-    report["sides"] = sides
-    report["ratios"] = {}
-    ours = [name for name, _ in variants]
+def _graph_side(args: argparse.Namespace, model_dir: Path, sizes: list[int], slots: int, name: str, fuse: bool,
+                report: dict[str, Any]) -> dict[int, dict[str, float]] | None:
+    """The CUDA-graph engine; the fused variant is optional: None (and the reason in the report) if it fails."""
+    from serving.engines.static_cache import StaticCacheEngine
+
+    try:
+        t0 = time.perf_counter()
+        graph = StaticCacheEngine(model_dir, max_slots=slots, max_len=1024, dtype=torch.bfloat16, fuse=fuse)
+        load_s = time.perf_counter() - t0
+        report[f"{name}_build"] = {"load_s": load_s, "capture_s": graph.capture_all(), "graphs": len(graph._graphs)}
+        print(name, "build", report[f"{name}_build"], flush=True)
+        out = {}
+        for b in sizes:
+            run_engine(graph, _prompt_ids(graph.tokenizer, b), 8)
+            out[b] = run_engine(graph, _prompt_ids(graph.tokenizer, b), args.new_tokens)
+            print(name, b, out[b], flush=True)
+        del graph
+        return out
+    except Exception as exc:
+        if not fuse:
+            raise
+        report[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:500]
+        print(name, "failed:", report[f"{name}_error"], flush=True)
+        return None
+
+
+def _ratios(sides: dict[str, dict[int, dict[str, float]]], sizes: list[int], ours: list[str]) -> dict:
+    ratios = {}
     for b in sizes:
         baselines = {k: v[b]["tokens_per_s"] for k, v in sides.items() if k not in ours and b in v}
         best = max(baselines, key=baselines.get)
-        report["ratios"][b] = {"best_baseline": best} | {
+        ratios[b] = {"best_baseline": best} | {
             f"{name}_vs_best": sides[name][b]["tokens_per_s"] / baselines[best] for name in ours} | {
             f"{name}_vs_eager_engine": sides[name][b]["tokens_per_s"] / sides["eager-engine"][b]["tokens_per_s"]
             for name in ours}
-    print(json.dumps(report["ratios"], indent=2), flush=True)
-    if args.json_out:
-        args.json_out.write_text(json.dumps(report, indent=2, default=str))
-    return 0
-
+    return ratios
 
 if __name__ == "__main__":
     raise SystemExit(main())
