@@ -97,47 +97,17 @@ def run_steps(model, batches: list[dict], warmup: int = 3) -> dict[str, float]:
     return {"tokens_per_s": tokens / seconds, "seconds": seconds, "tokens": tokens, "final_loss": last}
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model-dir", type=Path, default=REPO / ".llmops/models/smollm2-135m-instruct")
-    ap.add_argument("--data", type=Path, default=REPO / "data/splits/train.jsonl")
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--seq-len", type=int, default=2048, help="packed block length")
-    ap.add_argument("--blocks-per-step", type=int, default=8)
-    ap.add_argument("--strategy", choices=["fsdp", "none"], default="fsdp")
-    ap.add_argument("--random-init", action="store_true", help="random weights from config.json (see above)")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args(argv)
-
+def _batches(examples: list, args: argparse.Namespace, pad: int) -> tuple[list[dict], list[dict]]:
+    """Ours: packed blocks; baseline: one example per row padded to 256. Same examples per step."""
     import torch
 
-    if not torch.cuda.is_available():
-        print("no CUDA device: GPU benchmark skipped")
-        return {"skipped": "no CUDA device"}
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from llmops.training.data import collate, pack_examples, single_blocks
 
-    from llmops.training.data import collate, encode_records, pack_examples, single_blocks
-
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    records = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
-    examples, _ = encode_records(tokenizer, records, 256)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    model_dir = args.model_dir
-    tmp = None
-    if args.random_init:
-        tmp = tempfile.TemporaryDirectory()
-        torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.model_dir)).save_pretrained(tmp.name)
-        model_dir = Path(tmp.name)
-
-    # Ours: packed blocks; baseline: one example per row padded to 256. Same examples per step.
     blocks = pack_examples(examples, args.seq_len)
     per_step = math.ceil(len(examples) / len(blocks) * args.blocks_per_step)
-    n_batches = args.steps + 3
     ours, base = [], []
     order = list(range(len(blocks)))
-    for s in range(n_batches):
+    for s in range(args.steps + 3):
         chosen = [blocks[order[(s * args.blocks_per_step + j) % len(blocks)]] for j in range(args.blocks_per_step)]
         b = {k: v.cuda() for k, v in collate(chosen, pad).items()}
         b["useful_tokens"] = sum(len(x) for x in chosen)
@@ -157,7 +127,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             padded[k] = out.cuda()
         padded["useful_tokens"] = sum(len(x) for x in singles)
         base.append(padded)
+    return ours, base
 
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model-dir", type=Path, default=REPO / ".llmops/models/smollm2-135m-instruct")
+    ap.add_argument("--data", type=Path, default=REPO / "data/splits/train.jsonl")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--seq-len", type=int, default=2048, help="packed block length")
+    ap.add_argument("--blocks-per-step", type=int, default=8)
+    ap.add_argument("--strategy", choices=["fsdp", "none"], default="fsdp")
+    ap.add_argument("--random-init", action="store_true", help="random weights from config.json (see above)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print("no CUDA device: GPU benchmark skipped")
+        return {"skipped": "no CUDA device"}
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from llmops.training.data import encode_records
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    records = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
+    examples, _ = encode_records(tokenizer, records, 256)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    model_dir = args.model_dir
+    tmp = None
+    if args.random_init:
+        tmp = tempfile.TemporaryDirectory()
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.model_dir)).save_pretrained(tmp.name)
+        model_dir = Path(tmp.name)
+
+    ours, base = _batches(examples, args, pad)
     peak = bf16_matmul_flops()
     n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
                    .parameters())
