@@ -56,10 +56,15 @@ def read_erasures(state_dir: Path) -> Erasures | None:
         return None
     marked: list[Marked] = []
     ids: set[str] = set()
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
-        entry = json.loads(line)
+        try:
+            entry = json.loads(line)
+        except ValueError:  # refuse rather than train on what a lost line may have marked
+            raise DataError(f"{path}: line {n} is not JSON, so the erasures it records cannot be checked",
+                            "repair that line (each is one `llmops log erase`; see the export manifests' erasures)"
+                            ) from None
         ids.update(entry.get("request_ids") or [], entry.get("deleted") or [])
         for ds in entry.get("datasets") or []:
             ids.update(ds.get("request_ids") or [])
@@ -138,9 +143,10 @@ def _listed_sources(files: Mapping[str, Path], md5s: Mapping[str, str],
 
 def _check_records(split: str, path: Path, found: Erasures, by_record: Mapping[str, Marked]) -> None:
     for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        rec = json.loads(line)
+        try:
+            rec = json.loads(line) if line.strip() else None
+        except ValueError:
+            continue  # not JSON: the reader that follows names the line
         held = set(rec.get("request_ids") or []) & found.request_ids if isinstance(rec, dict) else set()
         mark = by_record.get(rec.get("id")) if isinstance(rec, dict) else None
         if held:
@@ -156,7 +162,9 @@ def check_training_data(state_dir: Path, project_dir: Path, files: Mapping[str, 
     they hold records a person had erased; `sources`: {entry: md5} of the datasets they were merged from."""
     from llmops.modeling.hashing import file_md5
 
-    files = {split: Path(p) for split, p in files.items()}
+    files = {split: Path(p) for split, p in files.items() if Path(p).is_file()}  # a missing one: the reader says
+    if not files:
+        return
     found = read_erasures(state_dir)
     md5s = {split: file_md5(p) for split, p in files.items()}
     listed = _listed_sources(files, md5s, sources)
