@@ -63,7 +63,7 @@ demo: setup ## drift demo: serve the champion, reference then shifted traffic, d
 	@$(BIN)/llmops demo drift --summary-out $(STATE)/last-demo.json
 
 test: setup ## the whole test suite
-	@$(BIN)/pytest -q -m "not gpu" --timeout 900 $(PYTEST_ARGS)
+	@$(BIN)/pytest -q -m "not gpu" --timeout 900 --durations=30 $(PYTEST_ARGS)
 
 test-fast: setup ## unit tests only (no multi-process / whole-pipeline tests)
 	@$(BIN)/pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
