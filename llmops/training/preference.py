@@ -38,11 +38,18 @@ REQUIRED = ("instruction", "chosen", "rejected")
 
 
 def read_preferences(path: Path) -> list[dict[str, Any]]:
-    """Preference records of a JSONL file; a line that is not such a record is a DataError naming the line."""
+    """Preference records of a JSONL file; a line that is not such a record is a DataError naming the line, and
+    so are pairs from requests a person had erased (llmops/data/erasures.py: checked before anything reads them,
+    e.g. the retrain's DPO stage before it builds its start model)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such preference file", "pass a JSONL of {instruction, input, chosen, "
                         "rejected} records (`llmops log export --kind preference`)")
+    from llmops.data.erasures import check_training_data
+    from llmops.settings import get_settings
+
+    settings = get_settings()
+    check_training_data(settings.state_dir, settings.project_dir, {"preference": path})
     records = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():

@@ -130,6 +130,11 @@ def test_dpo_refuses_erased_preference_pairs(project: Settings, tmp_path: Path) 
     copy.write_text("".join(json.dumps(r) + "\n" for r in rows if "r1" in r["request_ids"]))
     with pytest.raises(DataError, match="holds records from dataset 'p-1'"):
         check_training_data(settings.state_dir, settings.project_dir, {"train": copy})
+    from llmops.training.preference import read_preferences
+
+    with pytest.raises(DataError, match="holds records from dataset 'p-1'"):  # the DPO stage's reader, first
+        read_preferences(copy)
     rest = tmp_path / "rest.jsonl"
     rest.write_text("".join(json.dumps(r) + "\n" for r in rows if "r1" not in r["request_ids"]))
     check_training_data(settings.state_dir, settings.project_dir, {"train": rest})  # the others' pairs: fine
+    assert len(read_preferences(rest)) == len(rows) - 1
