@@ -26,6 +26,7 @@ validation records). `--profile` adds a torch.profiler table of our step (one pr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -247,7 +248,7 @@ def _lora_targets(config, spec) -> list[str]:
         return resolve_target_modules(AutoModelForCausalLM.from_config(config), spec)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], argparse.ArgumentParser]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="measured optimizer steps per side (+1 warm-up)")
     parser.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated, from {','.join(SIDES)}")
@@ -265,6 +266,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = [s for s in sides if s not in SIDES]
     if unknown or not sides or args.steps < 1:
         parser.error(f"--sides takes {','.join(SIDES)} (got {unknown or 'none'}); --steps must be >= 1")
+    return args, sides, parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args, sides, parser = _parse_args(argv)
 
     json_fd = None
     if args.json:  # Ray workers and the Trainers print to fd 1: keep it for the JSON alone
@@ -286,10 +292,69 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
 
     import torch
+
+    plan = _plan(args, work, log)
+    params, tp = plan.params, plan.params.train
+    if args.profile_only:
+        table = profile_ours(params, plan.base_dir, plan.tokenizer, args.train, args.validation)
+        print(table)
+        return {"profile_ours": table}
+    # The machine may be shared: the peak is measured before every side and the best one is the reference.
+    peaks = [matmul_peak()]
+    peak = peaks[0]
+    log(f"model {args.model}, bf16 matmul peak {peak / 1e9:.0f} GFLOP/s ({torch.get_num_threads()} threads); "
+        f"{plan.n_examples} examples, {plan.total_steps} steps (1 warm-up); sides {','.join(sides)}")
+    raw = _run_sides(plan, sides, peaks, args, work, log)
+    peak, shape = max(peaks), plan.shape
+    results = {side: {**summarise(side, out, shape, peak), "eval_loss": out["eval_loss"]} for side, out in raw.items()}
+    ratios = _ratios(results)
+    report: dict[str, Any] = {
+        "model": args.model, "overrides": args.set, "precision": tp.precision, "host": plan.host,
+        "threads": torch.get_num_threads(),
+        "measured_steps": args.steps, "warmup_steps_excluded": 1, "examples": plan.n_examples,
+        "val_examples": len(plan.val_records), "matmul_peak_flops_per_s": peak, "flops_formula": FORMULA,
+        "matmul_peaks_measured": peaks,
+        "model_shape": {"n_linear": shape.n_linear, "n_lora": shape.n_lora, "per_token": shape.per_token,
+                        "per_logit": shape.per_logit, "per_pair": shape.per_pair},
+        "sides": results, "ratios_ours_over": ratios,
+    }
+    if args.profile:
+        report["profile_ours"] = profile_ours(params, plan.base_dir, plan.tokenizer, args.train, args.validation)
+    if json_fd is not None:
+        sys.stdout.flush()
+        os.dup2(json_fd, 1)
+        print(json.dumps(report, indent=2, default=str), flush=True)
+    else:
+        print(render(report))
+    return report
+
+
+@dataclasses.dataclass
+class Plan:
+    """What every side trains on: the resolved params, the same examples and step count, and the model shape
+    the FLOP counts use."""
+
+    params: Any
+    base_dir: Path
+    tokenizer: Any
+    host: dict[str, Any]
+    examples_all: list
+    examples: list
+    n_examples: int
+    global_batch: int
+    micro: int
+    accum: int
+    total_steps: int
+    val_records: list
+    shape: ModelShape
+
+
+def _plan(args: argparse.Namespace, work: Path, log) -> Plan:
     from transformers import AutoConfig, AutoTokenizer
 
-    from benchmarks import hf_baselines
+    from llmops import host
     from llmops.modeling.tiny import build_tiny_model
+    from llmops.precision import probe_shape, resolve
     from llmops.settings import get_settings
     from llmops.training.data import encode_records, read_records
 
@@ -301,42 +366,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.model == "tiny":
         base_dir = build_tiny_model(work / "tiny", tokenizer_dir=base_dir)
     total_steps = args.steps + 1
-    params = settings.params([*args.set, f"train.max_steps={total_steps}"])
-    tp = params.train
-    from llmops import host
-    from llmops.precision import probe_shape, resolve
-
+    tp = settings.params([*args.set, f"train.max_steps={total_steps}"]).train
     host_fp = host.for_benchmark()
     # every side trains in the precision `auto` (or the --set value) resolves to on this host
     choice = resolve(tp.precision, "cpu", settings.state_dir, probe_shape(tp.batch_size, tp.seq_len, base_dir))
     log(f"{choice.line()}")
     args.set = [*args.set, f"train.precision={choice.precision}"]
-    params = settings.params([*args.set, f"train.max_steps={total_steps}"])
-    tp = params.train
+    tp = settings.params([*args.set, f"train.max_steps={total_steps}"]).train
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     examples_all, _ = encode_records(tokenizer, read_records(args.train), tp.seq_len)
     global_batch = tp.batch_size * tp.num_workers
     n_examples = choose_examples(examples_all, tp.seq_len, total_steps * global_batch, tp.seed)
     # The first E records (ours reads records; no record of the split is dropped at seq_len 512).
     params = settings.params([*args.set, f"train.max_steps={total_steps}", f"train.max_train_examples={n_examples}"])
-    examples = examples_all[:n_examples]
-    val_records = read_records(args.validation)[: tp.max_val_examples or None]
     config = AutoConfig.from_pretrained(base_dir)
     shape = ModelShape.from_config(config, params.lora.r, _lora_targets(config, params.lora.target_modules))
     # Baselines without packing: `global_batch` micro-batches per step (ours: that many blocks), each of about
     # E / (steps * global_batch) examples, so a step sees about the same examples and tokens as ours.
-    accum = global_batch
-    micro = max(1, round(n_examples / (total_steps * accum)))
+    return Plan(params=params, base_dir=base_dir, tokenizer=tokenizer, host=host_fp, examples_all=examples_all,
+                examples=examples_all[:n_examples], n_examples=n_examples, global_batch=global_batch,
+                micro=max(1, round(n_examples / (total_steps * global_batch))), accum=global_batch,
+                total_steps=total_steps, val_records=read_records(args.validation)[: tp.max_val_examples or None],
+                shape=shape)
 
-    if args.profile_only:
-        table = profile_ours(params, base_dir, tokenizer, args.train, args.validation)
-        print(table)
-        return {"profile_ours": table}
-    # The machine may be shared: the peak is measured before every side and the best one is the reference.
-    peaks = [matmul_peak()]
-    peak = peaks[0]
-    log(f"model {args.model}, bf16 matmul peak {peak / 1e9:.0f} GFLOP/s ({torch.get_num_threads()} threads); "
-        f"{n_examples} examples, {total_steps} steps (1 warm-up); sides {','.join(sides)}")
+
+def _run_sides(plan: Plan, sides: list[str], peaks: list[float], args: argparse.Namespace, work: Path,
+               log) -> dict[str, dict[str, Any]]:
+    """Each side in turn, the matmul peak re-measured before it (the machine may be shared: the best peak is the
+    reference); partial results are written after every side."""
+    from benchmarks import hf_baselines
+
+    params, base_dir, tokenizer, tp = plan.params, plan.base_dir, plan.tokenizer, plan.params.train
     raw: dict[str, dict[str, Any]] = {}
     for side in sides:
         before, pressure = loadavg(), CpuPressure()
@@ -346,50 +406,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if side == "ours":
             out = run_ours(params, base_dir, args.train, args.validation, work / "ours", tokenizer)
         else:
-            kwargs = {"micro": 1, "accum": global_batch} if side == "trl" else {"micro": micro, "accum": accum}
-            side_examples = examples_all[: n_examples if side == "trl" else micro * accum * total_steps]
+            kwargs = ({"micro": 1, "accum": plan.global_batch} if side == "trl"
+                      else {"micro": plan.micro, "accum": plan.accum})
+            side_examples = plan.examples_all[: plan.n_examples if side == "trl"
+                                              else plan.micro * plan.accum * plan.total_steps]
             out = hf_baselines.run_side(side, base_dir=base_dir, tokenizer=tokenizer,
                                         lora=params.lora.model_dump(), tp=tp, examples=side_examples,
-                                        steps=total_steps, out_dir=work, **kwargs)
+                                        steps=plan.total_steps, out_dir=work, **kwargs)
         out.update(loadavg_before=before, loadavg_after=loadavg(), cpu_pressure=pressure.share())
         if side in ("flatten", "trl"):
-            out["cross_attention_max_diff"] = hf_baselines.cross_attention_probe(side, base_dir, tokenizer, examples)
-        out["eval_loss"] = eval_loss(base_dir, out.pop("adapter_dir"), tokenizer, val_records, tp.seq_len)
+            out["cross_attention_max_diff"] = hf_baselines.cross_attention_probe(side, base_dir, tokenizer,
+                                                                                 plan.examples)
+        out["eval_loss"] = eval_loss(base_dir, out.pop("adapter_dir"), tokenizer, plan.val_records, tp.seq_len)
         raw[side] = out
         log(f"[{side}] done in {out['wall_seconds']:.0f} s, eval loss {out['eval_loss']:.4f}, loadavg {loadavg()}")
-        partial = {s: {**summarise(s, o, shape, peak), "eval_loss": o["eval_loss"]} for s, o in raw.items()}
+        partial = {s: {**summarise(s, o, plan.shape, peak), "eval_loss": o["eval_loss"]} for s, o in raw.items()}
         (work / "partial.json").write_text(json.dumps({"matmul_peak_flops_per_s": peak, "sides": partial},
                                                       indent=2, default=str))
         log(f"[{side}] results so far: {work / 'partial.json'}")
+    return raw
 
-    results = {side: {**summarise(side, out, shape, peak), "eval_loss": out["eval_loss"]} for side, out in raw.items()}
-    ratios = {}
-    if "ours" in results:
-        o = results["ours"]
-        for side, r in results.items():
-            if side != "ours":
-                ratios[side] = {"step_time": r["step_seconds_mean"] / o["step_seconds_mean"],
-                                "tokens_per_s": o["tokens_per_s"] / r["tokens_per_s"],
-                                "eval_loss_delta": o["eval_loss"] - r["eval_loss"]}
-    report: dict[str, Any] = {
-        "model": args.model, "overrides": args.set, "precision": tp.precision, "host": host_fp,
-        "threads": torch.get_num_threads(),
-        "measured_steps": args.steps, "warmup_steps_excluded": 1, "examples": n_examples,
-        "val_examples": len(val_records), "matmul_peak_flops_per_s": peak, "flops_formula": FORMULA,
-        "matmul_peaks_measured": peaks,
-        "model_shape": {"n_linear": shape.n_linear, "n_lora": shape.n_lora, "per_token": shape.per_token,
-                        "per_logit": shape.per_logit, "per_pair": shape.per_pair},
-        "sides": results, "ratios_ours_over": ratios,
-    }
-    if args.profile:
-        report["profile_ours"] = profile_ours(params, base_dir, tokenizer, args.train, args.validation)
-    if json_fd is not None:
-        sys.stdout.flush()
-        os.dup2(json_fd, 1)
-        print(json.dumps(report, indent=2, default=str), flush=True)
-    else:
-        print(render(report))
-    return report
+
+def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    if "ours" not in results:
+        return {}
+    o = results["ours"]
+    return {side: {"step_time": r["step_seconds_mean"] / o["step_seconds_mean"],
+                   "tokens_per_s": o["tokens_per_s"] / r["tokens_per_s"],
+                   "eval_loss_delta": o["eval_loss"] - r["eval_loss"]}
+            for side, r in results.items() if side != "ours"}
 
 
 def render(report: dict[str, Any]) -> str:
