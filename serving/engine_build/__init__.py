@@ -3,7 +3,8 @@
     graph_spec.py     what the CPU graphs need from a checkpoint (on `serving.engines.checkpoint`'s config parse)
     gqa_graph.py      the ONNX Runtime graph (GroupQueryAttention, KV cache in place)   registers "onnxruntime"
     decoder_graph.py  the portable traced graph OpenVINO runs                           registers "openvino"
-    quantize.py       int8 dynamic quantisation of the ONNX Runtime graph, per-host settings
+    quantize.py       quantisation of the ONNX Runtime graph (weight-only blocks or dynamic int8), per host
+    threads.py        the ONNX Runtime engine's thread settings, timed on the host that builds it
     store.py          build, key and cache a CPU engine; record its measured speed in the manifest
     checks.py         equivalence against eager and the short benchmark
     gate.py           the quality gate of a quantised engine
@@ -38,6 +39,10 @@ class Builder:
     graph: str                                        # graph version: bump when the graph changes (cache key)
     opset: int
     dtypes: tuple[str, ...] = ("float32",)            # the dtypes it can build (int8: quantize.py)
+    # (engine_dir, model_dir, manifest) -> settings measured on the built engine, stored in the manifest under
+    # `threads` (ONNX Runtime: threads.py); `tuning` names that recipe in the build config (bump it to rebuild)
+    tune: Callable[[Path, Path, dict[str, Any]], dict[str, Any]] | None = None
+    tuning: str = ""
 
 
 BUILDERS: dict[str, Builder] = {}

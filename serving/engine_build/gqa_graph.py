@@ -226,5 +226,12 @@ def build_graph(model_dir: Path, out_dir: Path) -> dict[str, Any]:
                             "tied_head_stored_once": weights["head"] is weights["embed"]}
 
 
+def _tune(engine_dir: Path, model_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    from serving.engine_build import threads
+
+    return threads.measure(engine_dir, model_dir, manifest)
+
+
+# bump graph when the graph changes, tuning when the thread measurement does: both key the cache
 register_builder(Builder("onnxruntime", build_graph, graph="llmops-gqa-graph/2", opset=OPSET,
-                         dtypes=("float32", "int8")))  # bump graph when the graph changes: it keys the cache
+                         dtypes=("float32", "int8"), tune=_tune, tuning="threads/1"))

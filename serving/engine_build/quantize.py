@@ -1,13 +1,21 @@
-"""int8 CPU engine builds: ONNX Runtime dynamic quantisation of the GroupQueryAttention graph's MatMul weights.
+"""Quantised CPU engine builds of the GroupQueryAttention graph: two ONNX Runtime methods, chosen per host.
 
-Per-channel int8 weights, activations quantised per step (MatMulInteger / DynamicQuantizeMatMul kernels, VNNI
-where the CPU has it) for the attention output and gate/up projections; the projections measured to be
-sensitive (CONFIG keep_float), attention, norms and the tied embedding/head stay fp32. Chosen by measurement over ORT's
-8-bit weight-only `MatMulNBits` (block 32): dynamic quantisation was the faster of the two, the weight-only
-variant no faster than fp32 here (numbers in benchmarks/README.md). Being lossy, this engine is
-never trusted on equivalence: `serving.engine_build.gate` measures agreement, held-out answer perplexity and
-ROUGE-L against eager, and only an engine within params.yaml `engine.quantized` tolerances is offered by
-`--engine auto`.
+`onnxruntime.matmul_nbits` (weight-only, `WEIGHTS` q8 / q4-mlp): every projection and the tied LM head become
+`com.microsoft.MatMulNBits` nodes with block-wise symmetric weights (block 32, one fp32 scale per block) that the
+kernel reads as stored (accuracy level 4: activations quantised to int8 per block inside the kernel). A decode
+step at batch 1 reads every weight once and is bound by memory bandwidth (benchmarks/README.md, the decode-step
+ladder), so fewer bytes per weight is the speed-up, and block scales keep the error small enough to quantise the
+projections the per-channel method had to leave fp32. The head is untied for it (`_untie_head`): the embedding
+stays fp32 for the Gather, the head gets its own quantised copy.
+
+`onnxruntime.quantize_dynamic` (`WEIGHTS` s8 / s8-7bit / u8u8): per-channel int8 weights, activations quantised
+per step (MatMulInteger / DynamicQuantizeMatMul), down and QKV projections kept fp32 (CONFIG keep_float); the
+head is quantised too (ORT's quantiser rewrites the Gemm). Kept for x86 without VNNI, where its u8u8 setting is
+the one measured to pass the gate (see `settings_for`).
+
+Being lossy, these engines are never trusted on equivalence: `serving.engine_build.gate` measures agreement,
+held-out answer perplexity and ROUGE-L against eager, and only an engine within params.yaml `engine.quantized`
+tolerances is offered by `--engine auto`.
 """
 
 from __future__ import annotations
@@ -31,15 +39,21 @@ CONFIG = {"method": "onnxruntime.quantize_dynamic", "weight_type": "QInt8", "per
 # passes, so VNNI hosts keep s8.
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 X86 = ("x86_64", "amd64", "i386", "i686")
-WEIGHTS = {"s8": {"weight_type": "QInt8", "reduce_range": False},  # 8-bit signed: the u8s8 kernel
-           "s8-7bit": {"weight_type": "QInt8", "reduce_range": True},  # ORT's reduce_range
-           "u8u8": {"weight_type": "QUInt8", "reduce_range": False}}  # 8-bit unsigned: the u8u8 kernel
+# Weight-only block quantisation (MatMulNBits); `bits` per projection, by initializer prefix ("*": the rest,
+# "lm_head": the untied head)
+NBITS = {"method": "onnxruntime.matmul_nbits", "block_size": 32, "symmetric": True, "accuracy_level": 4}
+WEIGHTS = {"s8": CONFIG | {"weight_type": "QInt8", "reduce_range": False},  # 8-bit signed: the u8s8 kernel
+           "s8-7bit": CONFIG | {"weight_type": "QInt8", "reduce_range": True},  # ORT's reduce_range
+           "u8u8": CONFIG | {"weight_type": "QUInt8", "reduce_range": False},  # 8-bit unsigned: the u8u8 kernel
+           "q8": NBITS | {"bits": {"*": 8}},  # every projection and the head: 8-bit blocks
+           "q4-mlp": NBITS | {"bits": {"gate_up": 4, "*": 8}}}  # gate/up (half the weights) 4-bit, the rest 8
 
 
 def settings_for(flags: set[str] | frozenset[str], machine: str, weights: str = "auto") -> dict[str, Any]:
-    """The quantisation settings for a CPU with these ISA `flags`: CONFIG with s8 weights where u8s8 cannot
-    saturate (VNNI, or not x86), U8U8 on x86 without VNNI; `weights` (params.yaml engine.quantized.weights:
-    s8 | s8-7bit | u8u8) overrides. The choice and its cause go into the engine's build config."""
+    """The quantisation settings for a CPU with these ISA `flags`: weight-only q8 blocks where int8 dot products
+    accumulate in int32 (VNNI: measured fastest and closest to fp32), dynamic s8 off x86, dynamic U8U8 on x86
+    without VNNI (the setting measured to pass the gate there); `weights` (params.yaml engine.quantized.weights:
+    a `WEIGHTS` key) overrides. The choice and its cause go into the engine's build config (so the cache key)."""
     x86 = machine.lower() in X86
     vnni = sorted(set(flags) & set(VNNI_FLAGS))
     if weights != "auto":
@@ -52,11 +66,13 @@ def settings_for(flags: set[str] | frozenset[str], machine: str, weights: str = 
     elif not x86:
         key, why = "s8", f"{machine}: no x86 u8s8 saturation (int8 dot products accumulate in int32)"
     elif vnni:
-        key, why = "s8", f"VNNI ({'+'.join(vnni)}): u8s8 products accumulate in int32 without saturation"
+        key, why = "q8", (f"VNNI ({'+'.join(vnni)}): int8 products accumulate in int32; 8-bit weight blocks "
+                          "(MatMulNBits) measured faster than per-channel s8 with every projection and the head "
+                          "quantised")
     else:
         key, why = "u8u8", ("x86 without VNNI: u8s8 pairs sum in int16 (vpmaddubsw) and saturate; u8 weights use "
                             "the u8u8 kernel, which cannot")
-    return CONFIG | WEIGHTS[key] | {"weights": key, "why": why}
+    return WEIGHTS[key] | {"weights": key, "why": why}
 
 
 def quantize(src_dir: Path, out_dir: Path, graph_file: str = "decoder.onnx",
@@ -68,7 +84,9 @@ def quantize(src_dir: Path, out_dir: Path, graph_file: str = "decoder.onnx",
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    settings = settings or CONFIG
+    settings = settings or WEIGHTS["s8"]
+    if settings.get("method") == NBITS["method"]:
+        return quantize_nbits(src_dir, out_dir, graph_file, settings)
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     graph = onnx.load(str(src_dir / graph_file), load_external_data=False).graph
@@ -89,3 +107,67 @@ def quantize(src_dir: Path, out_dir: Path, graph_file: str = "decoder.onnx",
         logging.getLogger().setLevel(quiet)
     return {"quantize_seconds": round(time.perf_counter() - t0, 2), "int8_matmuls": sum(
         n.op_type == "MatMul" for n in graph.node) - len(exclude), "float_matmuls": len(exclude)}
+
+
+def _untie_head(model) -> None:
+    """Turn the head (`Gemm(transB=1)` over `embed` when tied, over `lm_head` when not) into a MatMul over its own
+    [hidden, vocab] weight `lm_head`, so the quantiser can quantise it; a tied embedding stays fp32 for its Gather."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    for i, node in enumerate(graph.node):
+        if node.op_type == "Gemm" and node.input[1] in ("embed", "lm_head"):
+            table = next(t for t in graph.initializer if t.name == node.input[1])
+            if table.name == "lm_head":
+                graph.initializer.remove(table)
+            graph.initializer.append(numpy_helper.from_array(
+                np.ascontiguousarray(numpy_helper.to_array(table).T), "lm_head"))
+            graph.node.remove(node)
+            graph.node.insert(i, helper.make_node("MatMul", [node.input[0], "lm_head"], list(node.output),
+                                                  name=node.name))
+            return
+
+
+def _matches(weight: str, prefix: str) -> bool:
+    """Weight initializers are named `<projection>.<layer>` (`lm_head` for the head); "*" matches any."""
+    return prefix == "*" or weight == prefix or weight.startswith(f"{prefix}.")
+
+
+def quantize_nbits(src_dir: Path, out_dir: Path, graph_file: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """Weight-only block quantisation: each MatMul with a constant weight becomes MatMulNBits, `settings["bits"]`
+    choosing the width per projection (the first matching prefix; "*" matches every other)."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    t0 = time.perf_counter()
+    model = onnx.load(str(src_dir / graph_file))
+    _untie_head(model)
+    weights = {t.name for t in model.graph.initializer}
+    quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level, quiet.level = quiet.level, logging.WARNING  # it logs every node it skips or quantises
+    counts: dict[str, int] = {}
+    try:
+        for prefix, bits in settings["bits"].items():
+            matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
+            names = [n.name for n in matmuls if n.input[1] in weights and _matches(n.input[1], prefix)]
+            if not names:
+                continue
+            config = DefaultWeightOnlyQuantConfig(
+                block_size=settings["block_size"], is_symmetric=settings["symmetric"], bits=bits,
+                accuracy_level=settings["accuracy_level"], op_types_to_quantize=("MatMul",))
+            # it quantises every MatMul of op_types_to_quantize (nodes_to_include only adds to them): exclude
+            quantizer = MatMulNBitsQuantizer(model, algo_config=config,
+                                             nodes_to_exclude=[n.name for n in matmuls if n.name not in names])
+            quantizer.process()
+            model = quantizer.model.model
+            counts[f"int{bits}_matmuls"] = counts.get(f"int{bits}_matmuls", 0) + len(names)
+    finally:
+        quiet.level = level
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(out_dir / graph_file), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=graph_file + ".data", size_threshold=1024)
+    return {"quantize_seconds": round(time.perf_counter() - t0, 2), **counts,
+            "float_matmuls": sum(n.op_type == "MatMul" for n in model.graph.node)}

@@ -35,6 +35,8 @@ def cpu_build_config(runtime: str, dtype: str = "float32", quantization: dict[st
     dtype records its settings (`quantization`, default: quantize.settings_for this CPU)."""
     found = builder(runtime, dtype)
     config = {"runtime": runtime, "graph": found.graph, "opset": found.opset, "dtype": dtype}
+    if found.tuning:
+        config["tuning"] = found.tuning
     if dtype != "float32":
         from serving.engine_build import quantize
 
@@ -107,6 +109,9 @@ def build_cpu_engine(settings: Settings, model_dir: Path, runtime_name: str,
         engine = runtime(runtime_name).engine(staging, model_dir, manifest=manifest, max_slots=1)
         engine.prefill(0, [1, 2])
         del engine
+        if found.tune is not None:
+            say("timing thread settings on this host")
+            manifest["threads"] = found.tune(staging, model_dir, manifest)
         manifest["build_seconds"] = round(time.perf_counter() - t0, 2)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
         shutil.rmtree(engine_dir, ignore_errors=True)

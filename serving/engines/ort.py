@@ -28,7 +28,9 @@ def runtime_version() -> str:
     return onnxruntime.__version__
 
 
-def session_options(threads: int | None):
+def session_options(threads: int | None, spinning: bool = False):
+    """Spinning off unless chosen: idle pool threads that spin take the cores from the server's own threads and
+    from everything else on a shared host (measured per host at build: serving/engine_build/threads.py)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -36,6 +38,7 @@ def session_options(threads: int | None):
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return so
 
 
@@ -53,7 +56,8 @@ class OnnxRuntimeEngine(SlotCacheEngine):
     runtime = RUNTIME
 
     def __init__(self, engine_dir: Path, model_dir: Path, *, max_slots: int = 8, max_len: int = 2048,
-                 threads: int | None = None, manifest: dict[str, Any] | None = None) -> None:
+                 threads: int | None = None, manifest: dict[str, Any] | None = None,
+                 spinning: bool | None = None) -> None:
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
@@ -66,7 +70,11 @@ class OnnxRuntimeEngine(SlotCacheEngine):
         self.name = self.manifest.get("engine_name") or self.runtime
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         graph = self.engine_dir / self.manifest.get("graph_file", "decoder.onnx")
-        self._session = ort.InferenceSession(str(graph), session_options(threads), providers=["CPUExecutionProvider"])
+        chosen = self.manifest.get("threads") or {}  # measured on this host when it was built (explicit wins)
+        self.threads = threads or chosen.get("intra_op") or os.cpu_count() or 1
+        self.spinning = bool(chosen.get("spinning", False)) if spinning is None else spinning
+        self._session = ort.InferenceSession(str(graph), session_options(self.threads, self.spinning),
+                                             providers=["CPUExecutionProvider"])
         self._past = [f"past_{kind}.{i}" for i in range(self.layers) for kind in ("key", "value")]
         self._present = [f"present_{kind}.{i}" for i in range(self.layers) for kind in ("key", "value")]
         self._init_slots()  # a slot's own cache: per (layer, kind) [Hkv, len, D]
@@ -76,7 +84,8 @@ class OnnxRuntimeEngine(SlotCacheEngine):
                 "runtime_version": self.manifest.get("runtime_version"), "device": "cpu",
                 "dtype": self.manifest.get("build_config", {}).get("dtype", "float32"),
                 "build_config_hash": self.manifest.get("build_config_hash"),
-                "cache_key": self.manifest.get("cache_key"), "engine_dir": str(self.engine_dir)}
+                "cache_key": self.manifest.get("cache_key"), "engine_dir": str(self.engine_dir),
+                "threads": self.threads, "spinning": self.spinning}
 
     # -- views (the bookkeeping is SlotCacheEngine's) ------------------------------------------------
     def _rows(self, slot: int) -> list[np.ndarray]:

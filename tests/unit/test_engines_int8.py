@@ -34,9 +34,10 @@ def test_int8_engine_gated_then_offered_and_a_breach_keeps_it_out(settings: Sett
     assert q["perplexity_eager"] > 1 and q["perplexity_engine"] > 1 and 0 <= q["agreement"]["identical_rate"] <= 1
     assert abs(q["perplexity_increase"] - (q["perplexity_engine"] / q["perplexity_eager"] - 1)) < 1e-9
     manifest = r["build_config"]
-    assert manifest["dtype"] == "int8" and manifest["quantization"]["weight_type"] in ("QInt8", "QUInt8")  # per host
+    assert manifest["dtype"] == "int8" and manifest["quantization"]["weights"] in ("q8", "s8", "u8u8")  # per host
     graph = (Path(r["engine_dir"]) / "decoder.onnx").read_bytes()
-    assert b"MatMulInteger" in graph or b"DynamicQuantizeMatMul" in graph  # really quantised
+    assert b"MatMulNBits" in graph or b"MatMulInteger" in graph  # really quantised
+    assert r["threads"]["intra_op"] >= 1 and r["threads"]["ms_per_token"]  # timed on this host at build
     tags = version_tags(result, {})
     assert tags["engine.cpu-int8.quality.passed"] == "true" and "engine.cpu-int8.quality.rouge_l_drop" in tags
     assert _choices(tiny_model_dir)["onnxruntime-int8"] is None
@@ -56,3 +57,34 @@ def test_int8_engine_gated_then_offered_and_a_breach_keeps_it_out(settings: Sett
     assert gate["passed"] is False
     assert "breached its quality tolerance" in (_choices(tiny_model_dir)["onnxruntime-int8"] or "")
     assert pick_engine("auto", tiny_model_dir) != "onnxruntime-int8"
+
+
+def test_weight_only_recipe_quantises_each_projection_and_the_head_to_its_width(tmp_path: Path,
+                                                                                tiny_model_dir: Path) -> None:
+    """q4-mlp: gate/up as 4-bit MatMulNBits, every other projection and the untied head 8-bit, the embedding's
+    Gather fp32; the engine serves it through the slot API, close to the fp32 engine; recipes key the cache."""
+    import numpy as np
+    import onnx
+
+    from serving.engine_build import quantize, store
+    from serving.engines import built
+
+    state = Settings(state_dir=tmp_path / "state")
+    q4 = quantize.settings_for(set(), "x86_64", weights="q4-mlp")
+    r = store.build_cpu_engine(state, tiny_model_dir, "onnxruntime", dtype="int8", quantization=q4)
+    graph = onnx.load(str(Path(r["engine_dir"]) / "decoder.onnx"), load_external_data=False).graph
+    bits = {n.input[1].rsplit("_Q", 1)[0]: next(a.i for a in n.attribute if a.name == "bits")
+            for n in graph.node if n.op_type == "MatMulNBits"}
+    assert bits and not any(n.op_type in ("MatMul", "Gemm") for n in graph.node)  # nothing left in fp32
+    assert {w for w, b in bits.items() if b == 4} == {w for w in bits if w.startswith("gate_up.")}
+    assert bits["lm_head"] == 8 and any(n.op_type == "Gather" and n.input[0] == "embed" for n in graph.node)
+    fp32 = store.build_cpu_engine(state, tiny_model_dir, "onnxruntime")
+    assert r["cache_key"] != fp32["cache_key"] and r["threads"]["intra_op"] >= 1
+    q8 = store.cpu_build_config("onnxruntime", "int8", quantize.settings_for(set(), "x86_64", weights="q8"))
+    assert store.short_hash(q8) != store.short_hash(r["build_config"])
+    engines = [built.load_built(m, tiny_model_dir, max_slots=2) for m in (fp32, r)]
+    prompt = [1, 200, 300, 400, 500]
+    first = [np.asarray(e.prefill(0, prompt)) for e in engines]
+    assert np.corrcoef(*first)[0, 1] > 0.95
+    step = [np.asarray(e.decode([0], [int(first[0].argmax())])[0]) for e in engines]
+    assert np.isfinite(step[1]).all() and np.corrcoef(*step)[0, 1] > 0.95

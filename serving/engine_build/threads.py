@@ -1,0 +1,59 @@
+"""Thread settings of an ONNX Runtime engine, chosen on the host that builds it by timing decode steps.
+
+Why measured: at batch 1 a decode step is a chain of ~300 small kernels, and whether a second intra-op thread
+and a spinning pool help depends on the cores and on what else runs there. On the 2-core shared host E1, pool
+threads that spin while idle took the cores from every other process and made each step several times slower
+under load (benchmarks/README.md, the decode-step ladder). So the candidates (all cores, spinning or not; one
+thread) are timed interleaved on the built engine, the fastest median wins, and the choice goes into the
+manifest (`threads`), which the engine reads; `serve.threads` still overrides the thread count.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+PROMPT = list(range(100, 132))  # 32 tokens: a short chat prompt's length
+STEPS = 12                      # decode steps per timing
+ROUNDS = 3                      # candidates interleaved, median per candidate
+
+
+def candidates(cores: int) -> list[tuple[int, bool]]:
+    """(intra-op threads, spinning) to time: every core with and without spinning, and one thread."""
+    if cores <= 1:
+        return [(1, False)]
+    return [(cores, False), (cores, True), (1, False)]
+
+
+def _ms_per_step(engine) -> float:
+    engine.prefill(0, PROMPT)
+    token = PROMPT[-1]
+    t0 = time.perf_counter()
+    for _ in range(STEPS):
+        engine.decode([0], [token])
+    engine.release(0)
+    return (time.perf_counter() - t0) / STEPS * 1000
+
+
+def measure(engine_dir: Path, model_dir: Path, manifest: dict[str, Any], cores: int | None = None
+            ) -> dict[str, Any]:
+    """Time each candidate on the engine in `engine_dir`; the manifest's `threads` entry for the fastest."""
+    from serving.engines.ort import OnnxRuntimeEngine
+
+    cores = cores or len(os.sched_getaffinity(0))
+    engines = {c: OnnxRuntimeEngine(engine_dir, model_dir, manifest=manifest, max_slots=1, threads=c[0],
+                                    spinning=c[1]) for c in candidates(cores)}
+    times: dict[tuple[int, bool], list[float]] = {c: [] for c in engines}
+    for engine in engines.values():  # warm-up: first runs allocate
+        _ms_per_step(engine)
+    for _ in range(ROUNDS):
+        for c, engine in engines.items():
+            times[c].append(_ms_per_step(engine))
+    medians = {c: statistics.median(t) for c, t in times.items()}
+    best = min(medians, key=medians.__getitem__)
+    return {"intra_op": best[0], "spinning": best[1], "load_average": round(os.getloadavg()[0], 2),
+            "ms_per_token": {f"{n} thread{'s' * (n > 1)}{', spinning' * s}": round(ms, 2)
+                             for (n, s), ms in medians.items()}}
