@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from llmops.errors import LlmopsError
 from llmops.params import ReviewParams
@@ -41,6 +41,15 @@ def _too_many(wait: int) -> JSONResponse:
     response = _error(429, "too many wrong API keys from this address", f"wait {wait} s (Retry-After) and try again")
     response.headers["Retry-After"] = str(wait)
     return response
+
+
+def _too_many_page(refused: JSONResponse) -> HTMLResponse:
+    """The same 429 for a browser's sign-in form: a page that says how long to wait, not raw JSON."""
+    wait = refused.headers["Retry-After"]
+    page = (f"<!doctype html><meta charset=utf-8><title>Sign-in paused</title><h1>Sign-in paused</h1>"
+            f"<p>Too many wrong API keys from this address. Wait {int(wait)} s, then "
+            "<a href=\"/\">sign in again</a>.</p>")
+    return HTMLResponse(page, status_code=429, headers={"Retry-After": wait})
 
 
 def _address(request: Request) -> str:
@@ -152,7 +161,7 @@ def _add_pages(app: FastAPI, auth: _Auth) -> None:
         name = (form.get("reviewer") or auth.reviewer).strip()
         ok = auth.key_ok(request, (form.get("key") or "").strip())
         if isinstance(ok, JSONResponse):
-            return ok
+            return _too_many_page(ok) if "text/html" in request.headers.get("accept", "") else ok
         if not ok:
             return RedirectResponse("/?error=key", status_code=303)
         if not _REVIEWER.match(name):

@@ -53,6 +53,9 @@ def test_wrong_keys_are_limited_per_address_over_real_http(limited_env: dict[str
         assert refused.status_code == 429 and "too many" in refused.json()["error"]["message"]
         wait = int(refused.headers["Retry-After"])
         assert 1 <= wait <= WINDOW / BURST + 1
+        page = a.post("/login", data={"key": KEY, "reviewer": "ana"}, headers={"Accept": "text/html"})
+        assert page.status_code == 429 and page.headers["content-type"].startswith("text/html")  # a browser's form
+        assert "Wait" in page.text and page.headers["Retry-After"]  # says how long, not raw JSON
         assert a.get("/api/items", headers={"Authorization": "Bearer guess-9"}).status_code == 429  # the API too
         assert a.get("/api/items", headers={"Authorization": f"Bearer {KEY}"}).status_code == 429
         assert a.get("/api/items").status_code == 200  # its session (cookie, no key check) goes on working
