@@ -98,6 +98,7 @@ def test_first_version_then_promoted_then_rolled_back(settings: Settings, tiny_m
     assert _closed(status["traffic_url"])  # the router (and the servers behind it) were stopped
     client, run = _step_run(settings, parent)
     assert run.data.tags["canary.decision"] == "promoted" and run.data.tags["canary.champion_after"] == v2
+    assert (run.data.tags["canary.version"], run.data.tags["canary.stable_version"]) == (v2, v1)  # summaries read these
     assert run.data.metrics["canary.weight"] == 100  # the last analysed interval ran at the 100% step
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "canary")}
     assert arts == {"canary/rollout.json", "canary/rollout.png"}
@@ -115,6 +116,8 @@ def test_first_version_then_promoted_then_rolled_back(settings: Settings, tiny_m
     assert tags["canary.verdict"] == "rejected" and tags["canary.rejected.metric"].startswith("error_rate")
     _, run = _step_run(settings, parent)
     assert run.data.tags["canary.decision"] == bad["decision"][:5000]
+    assert (run.data.tags["canary.version"], run.data.tags["canary.stable_version"]) == (v3, v2)
+    assert run.data.tags["canary.champion_after"] == v2
     rollout = json.loads(Path(client.download_artifacts(run.info.run_id, "canary/rollout.json",
                                                         str(settings.state_dir / "b"))).read_text())
     assert rollout["outcome"]["breach"]["metric"].startswith("error_rate")
