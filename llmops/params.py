@@ -550,9 +550,9 @@ class QuantizedParams(_Section):
     new_tokens: int  # greedy tokens per answer for ROUGE-L (and the agreement rate)
     max_perplexity_increase: float  # relative: engine answer perplexity / eager's - 1
     max_rouge_l_drop: float  # absolute: eager ROUGE-L F1 - engine's
-    # quantised weights: auto = q8 (MatMulNBits) with VNNI, s8 off x86, u8u8 on x86 without VNNI
+    # quantised weights: auto = s8+q8 with VNNI, s8 off x86, u8u8 on x86 without VNNI
     # (serving/engine_build/quantize.py settings_for / WEIGHTS)
-    weights: Literal["auto", "s8", "s8-7bit", "u8u8", "q8", "q4-mlp"] = "auto"
+    weights: Literal["auto", "s8", "s8-7bit", "u8u8", "q8", "q4-mlp", "s8+q8"] = "auto"
 
 
 class EngineParams(_Section):

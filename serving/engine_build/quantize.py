@@ -1,17 +1,18 @@
-"""Quantised CPU engine builds of the GroupQueryAttention graph: two ONNX Runtime methods, chosen per host.
+"""Quantised CPU engine builds of the GroupQueryAttention graph: ONNX Runtime recipes (`WEIGHTS`), chosen per host.
 
-`onnxruntime.matmul_nbits` (weight-only, `WEIGHTS` q8 / q4-mlp): every projection and the tied LM head become
-`com.microsoft.MatMulNBits` nodes with block-wise symmetric weights (block 32, one fp32 scale per block) that the
-kernel reads as stored (accuracy level 4: activations quantised to int8 per block inside the kernel). A decode
-step at batch 1 reads every weight once and is bound by memory bandwidth (benchmarks/README.md, the decode-step
-ladder), so fewer bytes per weight is the speed-up, and block scales keep the error small enough to quantise the
-projections the per-channel method had to leave fp32. The head is untied for it (`_untie_head`): the embedding
-stays fp32 for the Gather, the head gets its own quantised copy.
+A decode step at small batch reads every weight once, so bytes per weight and the kernel that reads them decide
+its time (benchmarks/README.md, the decode-step ladder). Two ONNX Runtime methods, alone or combined:
 
-`onnxruntime.quantize_dynamic` (`WEIGHTS` s8 / s8-7bit / u8u8): per-channel int8 weights, activations quantised
-per step (MatMulInteger / DynamicQuantizeMatMul), down and QKV projections kept fp32 (CONFIG keep_float); the
-head is quantised too (ORT's quantiser rewrites the Gemm). Kept for x86 without VNNI, where its u8u8 setting is
-the one measured to pass the gate (see `settings_for`).
+- `onnxruntime.quantize_dynamic` (s8 / s8-7bit / u8u8): per-channel int8 weights, activations quantised per step
+  (MatMulInteger / DynamicQuantizeMatMul: the fastest kernels here, VNNI where the CPU has it) for the attention
+  output, gate/up and the tied head (ORT's quantiser rewrites the head's Gemm); QKV and down (CONFIG keep_float:
+  the two whose per-channel quantisation cost the most perplexity) stay fp32 -- the fp32 MatMuls left were the
+  largest share of the int8 engine's step.
+- `onnxruntime.matmul_nbits` (q8 / q4-mlp): weight-only blocks (`com.microsoft.MatMulNBits`, block 32, one fp32
+  scale per block, accuracy level 4: int8 compute), accurate enough to quantise every projection and the head
+  (untied for it by `_untie_head`; the embedding stays fp32 for its Gather), but slower than the dynamic kernels
+  at batch 8 and in prefill.
+- s8+q8 (auto with VNNI): s8, then QKV and down as 8-bit blocks instead of fp32 (`then`).
 
 Being lossy, these engines are never trusted on equivalence: `serving.engine_build.gate` measures agreement,
 held-out answer perplexity and ROUGE-L against eager, and only an engine within params.yaml `engine.quantized`
@@ -46,12 +47,15 @@ WEIGHTS = {"s8": CONFIG | {"weight_type": "QInt8", "reduce_range": False},  # 8-
            "s8-7bit": CONFIG | {"weight_type": "QInt8", "reduce_range": True},  # ORT's reduce_range
            "u8u8": CONFIG | {"weight_type": "QUInt8", "reduce_range": False},  # 8-bit unsigned: the u8u8 kernel
            "q8": NBITS | {"bits": {"*": 8}},  # every projection and the head: 8-bit blocks
-           "q4-mlp": NBITS | {"bits": {"gate_up": 4, "*": 8}}}  # gate/up (half the weights) 4-bit, the rest 8
+           "q4-mlp": NBITS | {"bits": {"gate_up": 4, "*": 8}},  # gate/up (half the weights) 4-bit, the rest 8
+           # s8 (attention output, gate/up, head: the fast dynamic int8 kernels), then the projections s8 must keep
+           # float (QKV, down: the sensitive ones) as 8-bit weight blocks instead of fp32
+           "s8+q8": CONFIG | {"weight_type": "QInt8", "reduce_range": False, "then": NBITS | {"bits": {"*": 8}}}}
 
 
 def settings_for(flags: set[str] | frozenset[str], machine: str, weights: str = "auto") -> dict[str, Any]:
-    """The quantisation settings for a CPU with these ISA `flags`: weight-only q8 blocks where int8 dot products
-    accumulate in int32 (VNNI: measured fastest and closest to fp32), dynamic s8 off x86, dynamic U8U8 on x86
+    """The quantisation settings for a CPU with these ISA `flags`: s8+q8 where int8 dot products accumulate in
+    int32 (VNNI: measured fastest, within the gate), dynamic s8 off x86, dynamic U8U8 on x86
     without VNNI (the setting measured to pass the gate there); `weights` (params.yaml engine.quantized.weights:
     a `WEIGHTS` key) overrides. The choice and its cause go into the engine's build config (so the cache key)."""
     x86 = machine.lower() in X86
@@ -66,9 +70,9 @@ def settings_for(flags: set[str] | frozenset[str], machine: str, weights: str = 
     elif not x86:
         key, why = "s8", f"{machine}: no x86 u8s8 saturation (int8 dot products accumulate in int32)"
     elif vnni:
-        key, why = "q8", (f"VNNI ({'+'.join(vnni)}): int8 products accumulate in int32; 8-bit weight blocks "
-                          "(MatMulNBits) measured faster than per-channel s8 with every projection and the head "
-                          "quantised")
+        key, why = "s8+q8", (f"VNNI ({'+'.join(vnni)}): int8 products accumulate in int32; s8 with the QKV and "
+                             "down projections in 8-bit weight blocks instead of fp32 measured fastest at batch 1 "
+                             "and 8 and within the gate")
     else:
         key, why = "u8u8", ("x86 without VNNI: u8s8 pairs sum in int16 (vpmaddubsw) and saturate; u8 weights use "
                             "the u8u8 kernel, which cannot")
@@ -105,8 +109,13 @@ def quantize(src_dir: Path, out_dir: Path, graph_file: str = "decoder.onnx",
                          extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
         logging.getLogger().setLevel(quiet)
-    return {"quantize_seconds": round(time.perf_counter() - t0, 2), "int8_matmuls": sum(
+    done = {"quantize_seconds": round(time.perf_counter() - t0, 2), "int8_matmuls": sum(
         n.op_type == "MatMul" for n in graph.node) - len(exclude), "float_matmuls": len(exclude)}
+    if "then" in settings:  # the projections kept float, in weight-only blocks (s8+q8)
+        more = quantize_nbits(out_dir, out_dir, graph_file, settings["then"])
+        done |= {"quantize_seconds": round(time.perf_counter() - t0, 2), "nbits_matmuls": more.get("int8_matmuls", 0),
+                 "float_matmuls": more["float_matmuls"]}
+    return done
 
 
 def _untie_head(model) -> None:
@@ -167,6 +176,7 @@ def quantize_nbits(src_dir: Path, out_dir: Path, graph_file: str, settings: dict
     finally:
         quiet.level = level
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{graph_file}.data").unlink(missing_ok=True)  # in place (s8+q8): onnx appends to an existing file
     onnx.save_model(model, str(out_dir / graph_file), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=graph_file + ".data", size_threshold=1024)
     return {"quantize_seconds": round(time.perf_counter() - t0, 2), **counts,

@@ -26,20 +26,19 @@ QUICK = ["engine.kinds=[cpu,cpu-int8]", "engine.quantized.records=2", "engine.qu
 @pytest.mark.parametrize(("flags", "machine", "weights"), [
     ({"avx2", "fma"}, "x86_64", "u8u8"),  # AVX2-only laptop / cloud CPU: u8s8 saturates, u8 weights cannot
     ({"avx2", "avx512f", "avx512bw"}, "x86_64", "u8u8"),  # Skylake-X: AVX-512 but no VNNI, same saturation
-    ({"avx2", "avx512f", "avx512_vnni"}, "x86_64", "q8"),  # Cascade Lake+, Zen 4+ (this host)
-    ({"avx2", "avx_vnni"}, "x86_64", "q8"),  # Alder Lake: VEX-encoded VNNI
-    ({"avx2", "amx_int8", "amx_tile"}, "x86_64", "q8"),
+    ({"avx2", "avx512f", "avx512_vnni"}, "x86_64", "s8+q8"),  # Cascade Lake+, Zen 4+ (this host)
+    ({"avx2", "avx_vnni"}, "x86_64", "s8+q8"),  # Alder Lake: VEX-encoded VNNI
+    ({"avx2", "amx_int8", "amx_tile"}, "x86_64", "s8+q8"),
     ({"asimd", "asimddp"}, "aarch64", "s8"),  # Arm: int8 dot products accumulate in int32
 ])
 def test_quantisation_settings_follow_the_host_flags(flags: set[str], machine: str, weights: str) -> None:
     got = quantize.settings_for(flags, machine)
     assert got["weights"] == weights and got["why"]
-    if weights == "q8":  # weight-only 8-bit blocks, every projection and the head
-        assert got["method"] == quantize.NBITS["method"] and got["bits"] == {"*": 8}
-    else:
-        assert got["weight_type"] == ("QUInt8" if weights == "u8u8" else "QInt8") and got["reduce_range"] is False
-        assert {k: got[k] for k in ("per_channel", "op_types", "keep_float")} == \
-            {k: quantize.CONFIG[k] for k in ("per_channel", "op_types", "keep_float")}  # the measured recipe
+    assert got["weight_type"] == ("QUInt8" if weights == "u8u8" else "QInt8") and got["reduce_range"] is False
+    assert {k: got[k] for k in ("per_channel", "op_types", "keep_float")} == \
+        {k: quantize.CONFIG[k] for k in ("per_channel", "op_types", "keep_float")}  # the measured recipe is kept
+    if weights == "s8+q8":  # then the projections s8 keeps float as 8-bit weight blocks
+        assert got["then"]["method"] == quantize.NBITS["method"] and got["then"]["bits"] == {"*": 8}
     forced = quantize.settings_for(flags, machine, weights="s8-7bit")
     assert forced["reduce_range"] is True and "engine.quantized.weights" in forced["why"]
     from llmops.errors import LlmopsError
@@ -51,7 +50,7 @@ def test_quantisation_settings_follow_the_host_flags(flags: set[str], machine: s
 def test_the_settings_are_part_of_the_build_config_and_its_hash() -> None:
     avx2 = store.cpu_build_config("onnxruntime", "int8", quantize.settings_for({"avx2"}, "x86_64"))
     vnni = store.cpu_build_config("onnxruntime", "int8", quantize.settings_for({"avx512_vnni"}, "x86_64"))
-    assert avx2["quantization"]["weight_type"] == "QUInt8" and vnni["quantization"]["weights"] == "q8"
+    assert avx2["quantization"]["weight_type"] == "QUInt8" and vnni["quantization"]["weights"] == "s8+q8"
     assert store.short_hash(avx2) != store.short_hash(vnni)
 
 
