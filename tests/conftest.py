@@ -65,3 +65,13 @@ def tracking_stack_pg(tmp_path_factory: pytest.TempPathFactory):
 
     with tracking_stack(tmp_path_factory.mktemp("pg-stack")) as stack:
         yield stack
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[tuple[int, str]]:
+    """One PostgreSQL server (tests/postgres_stack.py) for the session: (port, superuser). Each test makes its own
+    database in it (`create_database`), so tests stay apart while the seconds of `initdb` are paid once."""
+    from tests.postgres_stack import postgres_server
+
+    with postgres_server() as server:
+        yield server

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,14 +28,6 @@ from serving.rollout import state
 
 STORES = {"audit": audit.STORE, "rollout": state.STORE, "triggers": triggers.STORE,
           "schedule_runs": schedules.STORE}
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[tuple[int, str]]:
-    from tests.postgres_stack import postgres_server
-
-    with postgres_server() as server:
-        yield server
 
 
 @pytest.fixture

@@ -37,14 +37,6 @@ def record(rid: str, *, t: float | None = None, prompt: object = None, response:
                          status=status, finish_reason="stop", time=time.time() if t is None else t, **kw)
 
 
-@pytest.fixture(scope="module")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
-    from tests.postgres_stack import postgres_server
-
-    with postgres_server() as server:
-        yield server
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def log(request: pytest.FixtureRequest, settings: Settings) -> Iterator[InferenceLog]:
     uri = f"sqlite:///{settings.state_dir / 'inference-log.db'}"

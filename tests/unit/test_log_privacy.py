@@ -108,10 +108,9 @@ def store_uri(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'log.db'}"
         return
-    from tests.postgres_stack import create_database, postgres_server
+    from tests.postgres_stack import create_database
 
-    with postgres_server() as (port, user):
-        yield create_database(port, user, "erase_log")
+    yield create_database(*request.getfixturevalue("pg_server"), f"erase_log_{time.time_ns()}")
 
 
 def test_store_erase_by_id_with_its_renamed_copies_and_by_session(store_uri: str) -> None:

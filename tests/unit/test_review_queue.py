@@ -25,14 +25,6 @@ from tests.review_data import STANDARD, logged, seed, seed_standard
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[tuple[int, str]]:
-    from tests.postgres_stack import postgres_server
-
-    with postgres_server() as server:
-        yield server
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def ilog(request: pytest.FixtureRequest, settings: Settings) -> Iterator[InferenceLog]:
     uri = f"sqlite:///{settings.state_dir / 'inference-log.db'}"
