@@ -33,6 +33,43 @@ COPY = ["dvc.yaml", "dvc.lock", "params.yaml", "data/expectations", "data/sample
         "llmops"]
 
 
+def answering_model(tiny_model_dir: Path, out: Path) -> Path:
+    """The tiny random model, except that it answers with words: its greedy answers are newlines otherwise, and a
+    blank served answer cannot be the rejected side of a preference pair (the preferences suite). Mutes (zero
+    embedding rows, tied to the output head) whatever blank, control or special token greedy decoding starts
+    with, until three shifted prompts get a non-blank answer."""
+    import json
+    import re
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmops.modeling.prompts import user_message
+
+    shutil.copytree(tiny_model_dir, out)
+    tok = AutoTokenizer.from_pretrained(out)
+    bad = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd-\uffff]")
+    prompts = [user_message(json.loads(line)) for line in
+               (REPO / "data/drift/shifted.jsonl").read_text().splitlines()[:3]]
+    for _ in range(20):
+        model = AutoModelForCausalLM.from_pretrained(out).eval()
+        muted = set()
+        for prompt in prompts:
+            ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                          return_tensors="pt", return_dict=True)["input_ids"]
+            with torch.no_grad():
+                new = model.generate(ids, max_new_tokens=8, do_sample=False)[0, ids.shape[1]:].tolist()
+            muted |= {t for t in new if t in tok.all_special_ids or not tok.decode([t]).strip()
+                      or bad.search(tok.decode([t]))}
+        if not muted:
+            return out
+        weights = load_file(str(out / "model.safetensors"))
+        weights["model.embed_tokens.weight"][sorted(muted)] = 0
+        save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    raise AssertionError("the tiny model still answers blank")
+
+
 def recipe(tiny_model_dir: Path) -> list[str]:
     """The champion's recipe: tiny, short training; no engine build (tests/integration/test_compile_engine.py
     covers it); a two-step canary on a quick load (as tests/integration/test_canary_deploy.py)."""
@@ -90,12 +127,13 @@ def _champion(settings: Settings, tiny_model_dir: Path) -> str:
     return version
 
 
-def test_shift_fires_drift_and_the_trigger_retrains_through_the_canary(project: Settings,
-                                                                       tiny_model_dir: Path) -> None:
+def test_shift_fires_drift_and_the_trigger_retrains_through_the_canary(project: Settings, tiny_model_dir: Path,
+                                                                       tmp_path: Path) -> None:
     from cli.drift_demo import DemoConfig, run_drift_demo
     from llmops.registry import Registry
 
     settings = project
+    tiny_model_dir = answering_model(tiny_model_dir, tmp_path / "answering")  # served answers: pairs' rejected side
     champion = _champion(settings, tiny_model_dir)
     # one drifted window without new data is held at once (the pending windows before it are
     # tests/monitoring/test_monitor_trigger.py's): one window of traffic and one monitor run fewer
