@@ -26,7 +26,10 @@ def tiny_qwen2_dir(tmp_path_factory: pytest.TempPathFactory, base_tokenizer_dir:
 def test_pipeline_on_a_qwen2_checkpoint(settings: Settings, tiny_qwen2_dir: Path) -> None:
     from llmops.registry.client import Registry
 
-    overrides = [*tiny_overrides(tiny_qwen2_dir), "train.num_workers=1", "train.max_steps=6", "train.batch_size=4",
+    # The safety set at its params.yaml answer length, not tiny_overrides' 8 tokens: read from 8 tokens, this tiny
+    # Qwen2's benign refusals rose 50% -> 75% after training, passing the gate only as not beyond chance.
+    tiny = [o for o in tiny_overrides(tiny_qwen2_dir) if not o.startswith("eval.safety.")]
+    overrides = [*tiny, "train.num_workers=1", "train.max_steps=6", "train.batch_size=4",
                  "train.max_train_examples=160", "eval.max_examples=12", "eval.gen_examples=2",
                  "eval.max_new_tokens=6", "engine.kinds=[cpu]", "engine.equivalence.prompts=2",
                  "engine.equivalence.new_tokens=8", "engine.benchmark.batch_sizes=[1]"]
