@@ -34,10 +34,10 @@ COPY = ["dvc.yaml", "dvc.lock", "params.yaml", "data/expectations", "data/sample
 
 
 def answering_model(tiny_model_dir: Path, out: Path) -> Path:
-    """The tiny random model, except that it answers with words: its greedy answers are newlines otherwise, and a
-    blank served answer cannot be the rejected side of a preference pair (the preferences suite). Mutes (zero
-    embedding rows, tied to the output head) whatever blank, control or special token greedy decoding starts
-    with, until three shifted prompts get a non-blank answer."""
+    """The tiny random model, except that it answers with words: its greedy answers are newlines otherwise (before
+    and after the champion's few training steps), and a blank served answer cannot be the rejected side of a
+    preference pair (the preferences suite). Mutes (zero embedding rows, tied to the output head) every blank,
+    control and special token, then checks three shifted prompts get a non-blank answer."""
     import json
     import re
 
@@ -52,7 +52,12 @@ def answering_model(tiny_model_dir: Path, out: Path) -> Path:
     bad = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd-\uffff]")
     prompts = [user_message(json.loads(line)) for line in
                (REPO / "data/drift/shifted.jsonl").read_text().splitlines()[:3]]
+    muted = {t for t in range(len(tok)) if t in tok.all_special_ids or not tok.decode([t]).strip()
+             or bad.search(tok.decode([t]))}
     for _ in range(20):
+        weights = load_file(str(out / "model.safetensors"))
+        weights["model.embed_tokens.weight"][sorted(muted)] = 0
+        save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
         model = AutoModelForCausalLM.from_pretrained(out).eval()
         muted = set()
         for prompt in prompts:
@@ -64,9 +69,6 @@ def answering_model(tiny_model_dir: Path, out: Path) -> Path:
                       or bad.search(tok.decode([t]))}
         if not muted:
             return out
-        weights = load_file(str(out / "model.safetensors"))
-        weights["model.embed_tokens.weight"][sorted(muted)] = 0
-        save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
     raise AssertionError("the tiny model still answers blank")
 
 
