@@ -29,13 +29,14 @@ from serving.metrics import Metrics
 from serving.model_source import ResolvedModel
 from serving.records import RequestHook, RequestRecord, run_hooks
 from serving.sampling import SamplingParams
-from serving.scheduler import EventKind, FinishReason, QueueFull, Scheduler, Sequence
+from serving.scheduler import Event, EventKind, FinishReason, QueueFull, Scheduler, Sequence
 from serving.structured import Constraint, compile_schema
 
 log = logging.getLogger("llmops.serving")
 FAULTS_ENV = "LLMOPS_SERVE_FAULTS"
 CPU_WORKERS = 2  # threads that tokenize and compile schemas; the tokenizer releases the GIL while it works
 T = TypeVar("T")
+_STALLED = Event(EventKind.ERROR, "no answer from the scheduler", FinishReason.TIMEOUT)  # the watchdog's event
 
 
 @dataclass(frozen=True)
@@ -105,9 +106,9 @@ class GenerationService:
             self.engine.warmup()
             # llguidance's first matcher builds its token trie and lexer caches (seconds); pay it here, so
             # the first structured-output request does not.
-            import torch
+            import numpy as np
 
-            Constraint.json_object(self.engine.tokenizer, self.vocab).mask(torch.zeros(self.vocab))
+            Constraint.json_object(self.engine.tokenizer, self.vocab).mask(np.zeros(self.vocab, dtype=np.float32))
             self.ready.set()
         except Exception as exc:
             log.exception("warmup failed")
@@ -205,26 +206,33 @@ class GenerationService:
             self.scheduler.wake()
 
     async def events(self, seq: Sequence) -> AsyncIterator[tuple[EventKind, str]]:
-        """(DELTA, text)... then (DONE, finish_reason); a timeout or engine error raises ApiError."""
+        """(DELTA, text)... then (DONE, finish_reason); a timeout or engine error raises ApiError.
+
+        The scheduler times a sequence out itself; a watchdog 5 s past the deadline (one timer per request,
+        not a `wait_for` task per token) covers a scheduler that never answers."""
         timeout_s = self.params.request_timeout_s
-        while True:
-            remaining = seq.deadline - time.perf_counter() + 5.0
-            try:
-                ev = await asyncio.wait_for(seq.events.get(), timeout=max(remaining, 0.1))
-            except TimeoutError:
-                self.cancel(seq)
-                raise ApiError(504, f"request timed out after {timeout_s:g}s", code="timeout") from None
-            if ev.kind is EventKind.DELTA:
-                yield ev.kind, ev.text
-            elif ev.kind is EventKind.DONE:
-                yield ev.kind, str(ev.finish_reason or FinishReason.STOP)
-                return
-            elif ev.finish_reason is FinishReason.TIMEOUT:
-                raise ApiError(504, f"{ev.text} after {timeout_s:g}s", code="timeout")
-            elif ev.finish_reason is FinishReason.CANCELLED:
-                raise ApiError(503, ev.text, code="cancelled")
-            else:
-                raise ApiError(500, ev.text, code="engine_error")
+        loop = asyncio.get_running_loop()
+        grace = max(seq.deadline - time.perf_counter() + 5.0, 0.1)
+        watchdog = loop.call_later(grace, seq.events.put_nowait, _STALLED)
+        try:
+            while True:
+                ev = await seq.events.get()
+                if ev is _STALLED:
+                    self.cancel(seq)
+                    raise ApiError(504, f"request timed out after {timeout_s:g}s", code="timeout")
+                if ev.kind is EventKind.DELTA:
+                    yield ev.kind, ev.text
+                elif ev.kind is EventKind.DONE:
+                    yield ev.kind, str(ev.finish_reason or FinishReason.STOP)
+                    return
+                elif ev.finish_reason is FinishReason.TIMEOUT:
+                    raise ApiError(504, f"{ev.text} after {timeout_s:g}s", code="timeout")
+                elif ev.finish_reason is FinishReason.CANCELLED:
+                    raise ApiError(503, ev.text, code="cancelled")
+                else:
+                    raise ApiError(500, ev.text, code="engine_error")
+        finally:
+            watchdog.cancel()
 
     async def inject_faults(self, job: Job) -> None:
         """LLMOPS_SERVE_FAULTS (tests only): fail this request with a 500 at the set rate, else delay it."""

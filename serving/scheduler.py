@@ -24,11 +24,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from serving.engines.base import Engine
 from serving.metrics import Metrics
-from serving.sampling import Sampler, SamplingParams
+from serving.sampling import Sampler, SamplingParams, as_array, logsumexp
 from serving.structured import Constraint
 
 log = logging.getLogger("llmops.serving")
@@ -143,6 +144,7 @@ class Scheduler:
         self.loop_faults = 0  # iterations that hit the last-resort handler
         self.leaked_slots = 0  # slots neither free nor held by a sequence, at the last idle check
         self._busy_since: float | None = None  # start of the iteration in progress (stall detection)
+        self._children: dict[tuple[int, str], Any] = {}  # (histogram, model label) -> its labelled child
 
     # -- called from the server (any thread) -----------------------------------------------------------
     def start(self) -> None:
@@ -236,29 +238,48 @@ class Scheduler:
             self._emit(seq, Event(EventKind.DELTA, text=text[seq.emitted:upto]))
             seq.emitted = upto
 
-    def _sample(self, seq: Sequence, logits: torch.Tensor, now: float) -> int:
+    def _sample(self, seq: Sequence, row: np.ndarray, lse: float, now: float) -> int:
         """Mask, sample and account one token for `seq` (log-probability, TTFT/ITL metrics)."""
-        raw = logits
         if seq.constraint is not None:
-            logits = seq.constraint.mask(logits)
+            row = seq.constraint.mask(row)  # in place: an allowed token keeps its raw logit
         assert seq.sampler is not None
-        token = seq.sampler(logits)
-        # the model's own log-probability of the token (unmasked, temperature 1): one logsumexp over the vocab
-        seq.logprob_sum += float(raw[token] - torch.logsumexp(raw.float(), dim=-1))
+        token = seq.sampler(row)
+        # the model's own log-probability of the token (unmasked, temperature 1); `lse` is the row's
+        # log-sum-exp taken before any mask
+        seq.logprob_sum += float(row[token]) - lse
         seq.logprob_count += 1
         if seq.t_first is None:
             seq.t_first = now
-            self.metrics.ttft.labels(model=seq.model_label).observe(now - seq.t_submit)
+            self._observe(self.metrics.ttft, seq.model_label, now - seq.t_submit)
         elif seq.t_last is not None:
-            self.metrics.itl.labels(model=seq.model_label).observe(now - seq.t_last)
+            self._observe(self.metrics.itl, seq.model_label, now - seq.t_last)
         seq.t_last = now
         if seq.constraint is not None:
             seq.constraint.advance(token)
         return token
 
-    def _accept(self, seq: Sequence, logits: torch.Tensor, now: float) -> None:
+    def _observe(self, histogram: Any, label: str, value: float) -> None:
+        """Observe into the histogram's child for `label` (looked up once, not per token)."""
+        key = (id(histogram), label)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = histogram.labels(model=label)
+        child.observe(value)
+
+    def _accept_all(self, batch: list[Sequence], logits: Any, now: float) -> None:
+        """One token for each sequence of `batch` from its row of `logits` [B, vocab]; a fault fails that
+        sequence alone. The log-sum-exps for the log-probabilities are taken for the batch at once."""
+        rows = as_array(logits)
+        lse = logsumexp(rows).tolist()
+        for i, seq in enumerate(batch):
+            try:
+                self._accept(seq, rows[i], lse[i], now)
+            except Exception as exc:
+                self._fail(seq, "sampling", exc)
+
+    def _accept(self, seq: Sequence, row: np.ndarray, lse: float, now: float) -> None:
         """Sample one token for `seq`, extend its text, and decide whether it is finished."""
-        token = self._sample(seq, logits, now)
+        token = self._sample(seq, row, lse, now)
         if token in self.eos:
             self._finish(seq, FinishReason.STOP)
             return
@@ -344,14 +365,10 @@ class Scheduler:
         if admitted:
             rows = self._prefill(admitted)
             now = time.perf_counter()
-            for seq, logits in zip(admitted, rows, strict=True):
-                if logits is None:
-                    continue
-                self._running.append(seq)
-                try:
-                    self._accept(seq, logits, now)
-                except Exception as exc:
-                    self._fail(seq, "sampling", exc)
+            done = [(seq, as_array(row)) for seq, row in zip(admitted, rows, strict=True) if row is not None]
+            if done:
+                self._running.extend(seq for seq, _ in done)
+                self._accept_all([seq for seq, _ in done], np.stack([row for _, row in done]), now)
         self._admitting = []
         self._running = [s for s in self._running if s.finish_reason is None]
         self.metrics.running.set(len(self._running))
@@ -372,12 +389,7 @@ class Scheduler:
             return
         self.steps += 1
         self.metrics.batch_size.observe(len(batch))
-        now = time.perf_counter()
-        for i, seq in enumerate(batch):
-            try:
-                self._accept(seq, logits[i], now)
-            except Exception as exc:
-                self._fail(seq, "sampling", exc)
+        self._accept_all(batch, logits, time.perf_counter())
         self._running = [s for s in self._running if s.finish_reason is None]
 
     def _recover(self) -> None:

@@ -15,9 +15,10 @@ import json
 import threading
 from typing import Any
 
-import torch
+import numpy as np
 
 from llmops.errors import LlmopsError
+from serving.sampling import as_array
 
 _TOKENIZERS: dict[int, Any] = {}
 _LOCK = threading.Lock()
@@ -73,17 +74,19 @@ def compile_schema(schema: Any) -> str:
 
 
 class Constraint:
-    """A grammar the next tokens must follow; `mask` before sampling, `advance` after."""
+    """A grammar the next tokens must follow; `mask` before sampling, `advance` after. The mask is applied
+    with numpy on the scheduler thread (llguidance's torch helper is a torch.compile'd kernel: a compile on
+    first use and torch's thread pool on every step; see serving/sampling.py)."""
 
     def __init__(self, tokenizer: Any, grammar: str, vocab: int) -> None:
         import llguidance
-        import llguidance.torch as lt
+        import llguidance.numpy as ln
 
-        self._lt = lt
+        self._ln = ln
         self.matcher = llguidance.LLMatcher(ll_tokenizer(tokenizer), grammar)
         if self.matcher.is_error():
             raise LlmopsError(f"bad grammar: {self.matcher.get_error()}", "check the response_format schema")
-        self._bitmask = lt.allocate_token_bitmask(1, ll_tokenizer(tokenizer).vocab_size)
+        self._bitmask = ln.allocate_token_bitmask(1, ll_tokenizer(tokenizer).vocab_size)
         self.vocab = vocab
 
     @classmethod
@@ -94,15 +97,16 @@ class Constraint:
     def json_object(cls, tokenizer: Any, vocab: int) -> Constraint:
         return cls.json_schema(tokenizer, {"type": "object"}, vocab)
 
-    def mask(self, logits: torch.Tensor) -> torch.Tensor:
-        """Set every token the grammar forbids to -inf (in place on a [vocab] tensor)."""
-        self._lt.fill_next_token_bitmask(self.matcher, self._bitmask, 0)
-        width = min(logits.shape[-1], self._bitmask.shape[-1] * 32)
-        view = logits[:width].unsqueeze(0)
-        self._lt.apply_token_bitmask_inplace(view, self._bitmask)
-        if logits.shape[-1] > width:  # padded vocab rows the tokenizer never produces
-            logits[width:] = float("-inf")
-        return logits
+    def mask(self, logits: Any) -> np.ndarray:
+        """Set every token the grammar forbids to -inf (in place on a [vocab] array, or a CPU tensor's memory)."""
+        row = as_array(logits)
+        self._ln.fill_next_token_bitmask(self.matcher, self._bitmask, 0)
+        words = self._bitmask[0].astype("<i4", copy=False)  # little-endian words: bit i of the bytes = token i
+        allowed = np.unpackbits(words.view(np.uint8), bitorder="little")
+        width = min(row.shape[-1], allowed.size)
+        row[:width][allowed[:width] == 0] = -np.inf
+        row[width:] = -np.inf  # padded vocab rows the tokenizer never produces
+        return row
 
     def advance(self, token: int) -> None:
         if not self.matcher.consume_token(token):
