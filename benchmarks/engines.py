@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -59,12 +61,15 @@ def _op_profile(engine, new_tokens: int) -> dict[str, Any]:
 
     so = session_options(engine.threads, engine.spinning)
     so.enable_profiling = True
+    so.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="llmops-ort-profile-")) / "ort")  # not the cwd
     graph = engine.engine_dir / engine.manifest.get("graph_file", "decoder.onnx")
     profiled = OnnxRuntimeEngine(engine.engine_dir, engine.model_dir, manifest=engine.manifest, max_slots=1,
                                  threads=engine.threads, spinning=engine.spinning)
     profiled._session = ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"])  # profiler on
     checks.engine_greedy(profiled, [[1, *range(200, 232)]], new_tokens)
-    events = _json.loads(Path(profiled._session.end_profiling()).read_text())
+    trace = Path(profiled._session.end_profiling())
+    events = _json.loads(trace.read_text())
+    shutil.rmtree(trace.parent, ignore_errors=True)
     per_op: collections.Counter[str] = collections.Counter()
     nodes: collections.Counter[str] = collections.Counter()
     for e in events:
