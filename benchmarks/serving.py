@@ -253,6 +253,38 @@ PAIRS = (("ours", "llama-q8"), ("ours-int8", "llama-q8"), ("ours-fp32", "llama-f
          ("ours", "ours-eager"))
 
 
+def _bare_engine(side: Side, model_dir: Path, prompts: list[str], requests: int, max_tokens: int,
+                 count: Callable[[str], int]) -> float:
+    """The engine `side` served, loaded here with the server's settings and driven one prompt at a time as
+    the scheduler does (prefill, greedy decode to eos or max_tokens; tokens chosen with a numpy argmax, as
+    the scheduler does): tokens/s over the same prompts, counted the same way. The served c=1 rate over this
+    is the server's cost (issue 18: within 10%)."""
+    from llmops.settings import get_settings
+    from serving.engines import load_engine
+    from serving.generation_prompt import encode_chat
+
+    params = get_settings().params().serve
+    name = side.argv[side.argv.index("--engine") + 1] if "--engine" in side.argv else params.engine
+    engine = load_engine(name, model_dir, params)
+    try:
+        engine.warmup()
+        tok, eos = engine.tokenizer, engine.eos_token_ids
+
+        def answer(text: str) -> str:
+            out = [int(engine.prefill(0, encode_chat(tok, [{"role": "user", "content": text}])).numpy().argmax())]
+            while out[-1] not in eos and len(out) < max_tokens:
+                out.append(int(engine.decode([0], [out[-1]])[0].numpy().argmax()))
+            engine.release(0)
+            return tok.decode(out, skip_special_tokens=True)
+
+        answer(prompts[0])
+        t0 = time.perf_counter()
+        tokens = sum(count(answer(prompts[i % len(prompts)])) for i in range(requests))
+        return round(tokens / (time.perf_counter() - t0), 2)
+    finally:
+        engine.close()
+
+
 def _model_dir(ref: str) -> Path:
     """A checkpoint dir as is; a registry reference resolved to its merged weights (what `llmops serve` serves)."""
     path = Path(ref)
@@ -287,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", default="", help="requests per level, comma list (default: 4 at 1, 2x conc else)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--json", action="store_true", help="print the results as JSON only")
+    ap.add_argument("--bare-engine", action="store_true", help="also run each ours* side's engine bare at batch 1 "
+                    "(in this process, same prompts) and print served c=1 / bare (issue 18: >= 0.9)")
     args = ap.parse_args(argv)
     from llmops import host
 
@@ -302,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[LevelResult] = []
     startups: dict[str, float] = {}
     precision: dict[str, str] = {}
+    bare: dict[str, float] = {}
     for side in _sides(model_dir, args.sides.split(",")):
         if not args.json:
             print(f"== {side.name}: {side.describe}", flush=True)
@@ -310,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         rows, startups[side.name] = _run_side(side, port, levels, per_level, prompts, args.max_tokens, log_dir,
                                               count)
         results.extend(rows)
+        if args.bare_engine and side.name.startswith("ours") and 1 in per_level:
+            bare[side.name] = _bare_engine(side, model_dir, prompts, per_level[1], args.max_tokens, count)
+            if not args.json:
+                print(f"   bare engine, batch 1: {bare[side.name]:8.1f} tok/s", flush=True)
         if not args.json:
             for r in rows:
                 print(f"   c={r.concurrency:<3} {r.tokens_per_s:8.1f} tok/s  ttft p50 {r.ttft_p50_s:.3f} "
@@ -323,8 +362,12 @@ def main(argv: list[str] | None = None) -> int:
                 ratios[f"{a}/{b} tokens/s @c={c}"] = round(by[(a, c)].tokens_per_s / by[(b, c)].tokens_per_s, 2)
             if (a, c) in by and (b, c) in by and by[(a, c)].ttft_p50_s > 0:
                 ratios[f"{b}/{a} ttft p50 @c={c}"] = round(by[(b, c)].ttft_p50_s / by[(a, c)].ttft_p50_s, 2)
+    for name, rate in bare.items():
+        if (name, 1) in by and rate > 0:
+            ratios[f"{name} served c=1 / bare engine"] = round(by[(name, 1)].tokens_per_s / rate, 2)
     report = {"model": str(args.model), "model_dir": str(model_dir), "host": host_fp, "max_tokens": args.max_tokens,
-              "startup_s": startups, "precision": precision, "results": [asdict(r) for r in results], "ratios": ratios}
+              "startup_s": startups, "precision": precision, "bare_engine_tokens_per_s": bare,
+              "results": [asdict(r) for r in results], "ratios": ratios}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
