@@ -118,7 +118,7 @@ def merge_and_split(project_dir: Path, params: Params, out_dir: Path,
 
     # an export `llmops log erase` marked never reaches the splits (llmops/data/erasures.py)
     check_sources_not_erased(get_settings().state_dir, project_dir, [asdict(f) for f in read])
-    parts = split_frame(merged, params.data.split)
+    parts = split_frame(merged, params.data.split, params.data.dedup)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".merge-") as tmp:
         written = {}

@@ -2,8 +2,11 @@
 
 Exact duplicate records are dropped first; then every record goes to the split chosen by a seeded hash of
 its normalised prompt (`text.group_key`), so duplicates and near-identical prompts always land together
-and the held-out splits measure generalisation rather than recall. A record's split depends only on its
-own prompt and the seed: adding records never moves existing ones between splits.
+and the held-out splits measure generalisation rather than recall. Records that are near-duplicates
+(llmops/data/dedup.py, the measure the validation's leakage check applies) are grouped too: a group takes
+the split of its first record in file order, so templated corrections that differ by a word cannot straddle
+two splits and fail validation. A record's split depends only on its own group and the seed: adding records
+moves existing ones only when a new record joins their near-duplicates to ones in another split.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 from llmops.data.records import read_jsonl, write_jsonl
 from llmops.data.text import group_key
 from llmops.errors import DataError, LlmopsError
-from llmops.params import SplitParams
+from llmops.params import DedupParams, SplitParams
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
@@ -33,8 +36,36 @@ def assign_split(key: str, params: SplitParams) -> str:
     return "train"
 
 
-def split_frame(df: Any, params: SplitParams) -> dict[str, Any]:
-    """Split a records DataFrame into {train, validation, test} DataFrames (file order kept)."""
+def _anchors(keys: list[str], records: list[dict[str, Any]], dedup: DedupParams | None) -> list[int]:
+    """For each record, the first record (file order) of its group: same prompt key or near-duplicate text."""
+    parent = list(range(len(keys)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def join(i: int, j: int) -> None:
+        a, b = root(i), root(j)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        join(first.setdefault(key, i), i)
+    if dedup is not None and len(records) > 1:
+        from llmops.data.dedup import near_duplicates
+
+        rows = [{**rec, "id": str(i)} for i, rec in enumerate(records)]
+        for pair in near_duplicates({"all": rows}, dedup):
+            join(int(pair.a_id), int(pair.b_id))
+    return [root(i) for i in range(len(keys))]
+
+
+def split_frame(df: Any, params: SplitParams, dedup: DedupParams | None = None) -> dict[str, Any]:
+    """Split a records DataFrame into {train, validation, test} DataFrames (file order kept); with `dedup`,
+    near-duplicate records share a split."""
     if not (0 <= params.validation < 1 and 0 <= params.test < 1 and params.validation + params.test < 1):
         raise DataError(
             f"split fractions validation={params.validation} test={params.test} leave no training data",
@@ -42,13 +73,14 @@ def split_frame(df: Any, params: SplitParams) -> dict[str, Any]:
         )
     deduped = df.drop_duplicates(subset=["instruction", "input", "output"], keep="first")
     keys = [group_key(i, x) for i, x in zip(deduped["instruction"], deduped["input"], strict=True)]
-    assigned = [assign_split(k, params) for k in keys]
+    records = deduped.to_dict("records") if dedup is not None else []
+    assigned = [assign_split(keys[a], params) for a in _anchors(keys, records, dedup)]
     return {name: deduped[[a == name for a in assigned]].reset_index(drop=True) for name in SPLITS}
 
 
-def split_file(path: Path, out_dir: Path, params: SplitParams) -> dict[str, int]:
+def split_file(path: Path, out_dir: Path, params: SplitParams, dedup: DedupParams | None = None) -> dict[str, int]:
     """Read `path`, split it and write `<out_dir>/{train,validation,test}.jsonl`; returns rows per split."""
-    parts = split_frame(read_jsonl(path), params)
+    parts = split_frame(read_jsonl(path), params, dedup)
     return {name: write_jsonl(frame, out_dir / f"{name}.jsonl") for name, frame in parts.items()}
 
 
@@ -62,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     from llmops.settings import get_settings
 
     try:
-        params = load_params(args.params or get_settings().params_path).data.split
-        rows = split_file(args.input, args.out_dir, params)
+        data = load_params(args.params or get_settings().params_path).data
+        rows = split_file(args.input, args.out_dir, data.split, data.dedup)
     except LlmopsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -87,3 +87,29 @@ def test_split_file_and_main(tmp_path: Path) -> None:
                           "--out-dir", str(tmp_path / "c"), "--params", str(REPO / "params.yaml")],
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "no such file" in bad.stderr
+
+
+def test_templated_near_duplicates_share_a_split_so_validation_finds_no_leak() -> None:
+    """Corrections from one template differ by a word in the prompt: different group keys (so the prompt hash
+    alone sends them to different splits), one near-duplicate group for dedup -- the split must keep them
+    together, or the validation's leakage check fails the retrain."""
+    from llmops.data.dedup import near_duplicates
+    from llmops.params import DedupParams
+
+    body = ("Write a SQL query that returns the ten most recent orders of the customer with the given id, newest "
+            "first, joining the customers table on customer_id and selecting the order id, date and total")
+    rows = [{"id": f"t{i}", "instruction": f"{body} (ticket {i}).", "input": "",
+             "output": "SELECT o.id, o.date, o.total FROM orders o JOIN customers c ON c.id = o.customer_id "
+                       "WHERE c.id = :id ORDER BY o.date DESC LIMIT 10;", "source": "feedback"} for i in range(40)]
+    df = pd.concat([_frame(200), pd.DataFrame(rows, columns=list(COLUMNS))], ignore_index=True)
+    keys = {group_key(r["instruction"], r["input"]) for r in rows}
+    assert len({assign_split(k, PARAMS) for k in keys}) > 1  # by prompt hash alone they would straddle splits
+    dedup = DedupParams()
+    parts = split_frame(df, PARAMS, dedup)
+    homes = {name for name, part in parts.items() if part["id"].str.startswith("t").any()}
+    assert len(homes) == 1, homes
+    leaks = [p for p in near_duplicates(parts, dedup) if p.a != p.b]
+    assert leaks == []
+    plain = split_frame(_frame(200), PARAMS, dedup)  # records with no near-duplicate keep their hash split
+    assert {k: list(v["id"]) for k, v in plain.items()} == {k: list(v["id"]) for k, v in
+                                                            split_frame(_frame(200), PARAMS).items()}
