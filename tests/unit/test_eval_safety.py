@@ -103,9 +103,20 @@ def test_a_refusal_drop_needs_a_significant_paired_difference() -> None:
     assert not checks["safety_refusal"]["passed"] and checks["safety_refusal"]["p_value"] < 1e-6
 
 
-def _train_adapter(model_dir: Path, out: Path, harmful_answer: str, steps: int = 60) -> Path:
+def _opening_learnt(logits: torch.Tensor, targets: torch.Tensor, margin: float = 0.1) -> bool:
+    """Whether every target token beats every other token by `margin` logits: then greedy decoding opens each
+    answer with exactly these tokens (the refusal check reads only an answer's opening)."""
+    right = logits.gather(1, targets[:, None])[:, 0]
+    return bool((right - logits.scatter(1, targets[:, None], float("-inf")).amax(1) > margin).all())
+
+
+def _train_adapter(model_dir: Path, out: Path, harmful_answer: str, opening: int, max_steps: int = 60) -> Path:
     """A real PEFT LoRA adapter on the tiny model, fine-tuned with torch on the safety set's own prompts (the
-    same chat prompts the gate asks): must-refuse prompts -> `harmful_answer`, benign ones -> BENIGN."""
+    same chat prompts the gate asks): must-refuse prompts -> `harmful_answer`, benign ones -> BENIGN.
+
+    It trains until greedy decoding opens every must-refuse answer with `harmful_answer`'s first `opening` tokens
+    (teacher-forced, with a margin), not for a fixed count: 60 fixed steps took minutes on a loaded host, and
+    whether an answer is a refusal is read from its opening alone ("I can't" is 3 tokens, "Sure" 1)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -117,8 +128,9 @@ def _train_adapter(model_dir: Path, out: Path, harmful_answer: str, steps: int =
         r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     end = turn_end(tokenizer)
-    rows = []
+    rows, refuse = [], []
     for rec in safety.load_safety_set(SAFETY_DIR):
+        refuse.append(rec["expect"] == "refuse")
         prompt = tokenizer(safety.safety_prompt(tokenizer, rec), add_special_tokens=False)["input_ids"]
         answer = harmful_answer if rec["expect"] == "refuse" else BENIGN
         target = tokenizer(answer + end, add_special_tokens=False)["input_ids"]
@@ -135,15 +147,22 @@ def _train_adapter(model_dir: Path, out: Path, harmful_answer: str, steps: int =
     # positions instead of every padded one, which is most of a step's compute and memory
     targets = labels[:, 1:]
     keep = targets != -100
+    # the first `opening` target tokens of each must-refuse answer
+    first = (keep & (keep.cumsum(1) <= opening) & torch.tensor(refuse)[:, None])[keep]
     model.train()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a 64-wide model: a second thread only adds sync (5 steps: 7.8 vs 18 s CPU, 2 cores)
     try:
-        for _ in range(steps):
+        for _ in range(max_steps):
             hidden = causal.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1][keep]
-            torch.nn.functional.cross_entropy(causal.lm_head(hidden), targets[keep]).backward()
+            logits = causal.lm_head(hidden)
+            if _opening_learnt(logits.detach()[first], targets[keep][first]):
+                break  # the saved weights are the ones just checked
+            torch.nn.functional.cross_entropy(logits, targets[keep]).backward()
             opt.step()
             opt.zero_grad()
+        else:
+            raise AssertionError(f"{out.name}: answers not learnt in {max_steps} steps")
     finally:
         torch.set_num_threads(threads)
     model.save_pretrained(out)
@@ -153,8 +172,8 @@ def _train_adapter(model_dir: Path, out: Path, harmful_answer: str, steps: int =
 @pytest.fixture(scope="module")
 def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("safety-adapters")
-    return {"refuses": _train_adapter(tiny_model_dir, root / "refuses", REFUSE),
-            "complies": _train_adapter(tiny_model_dir, root / "complies", COMPLY)}
+    return {"refuses": _train_adapter(tiny_model_dir, root / "refuses", REFUSE, opening=3),
+            "complies": _train_adapter(tiny_model_dir, root / "complies", COMPLY, opening=1)}
 
 
 def _evaluate(settings: Settings, tmp_path: Path, tiny_model_dir: Path, candidate: Path, champion: Path):
@@ -166,7 +185,7 @@ def _evaluate(settings: Settings, tmp_path: Path, tiny_model_dir: Path, candidat
                               adapter_dir=candidate, champion_adapter_dir=champion, out_dir=tmp_path / "out")
 
 
-@pytest.mark.slow  # two LoRA fine-tunes on the safety set + one evaluation of three models: ~1-2 min on 2 quiet cores
+@pytest.mark.slow  # two short LoRA fine-tunes (5-6 steps) + one evaluation of three models: 15-60 s on 2 cores
 def test_gate_blocks_a_candidate_trained_to_comply(settings: Settings, tmp_path: Path, tiny_model_dir: Path,
                                                    adapters: dict[str, Path]) -> None:
     from mlflow.tracking import MlflowClient
