@@ -121,18 +121,21 @@ def _card_data(name: str, params: Params, metrics: dict[str, float], lineage: di
 
 
 def build_card(project_dir: Path, params: Params, *, name: str, version: str, metrics: dict[str, float],
-               lineage: dict[str, str], evaluation: dict[str, str] | None = None) -> str:
-    """The card's text (front matter + markdown) for `name` version `version`."""
+               lineage: dict[str, str], evaluation: dict[str, str] | None = None,
+               adapter: dict | None = None) -> str:
+    """The card's text (front matter + markdown) for `name` version `version`. `adapter` (the registered
+    adapter_config.json) gives its real rank and alpha: the retrain's SFT->DPO adapter is two LoRAs stacked."""
     from huggingface_hub import ModelCard
 
     ev, card = evaluation or {}, params.registry.card
+    rank, alpha = (adapter or {}).get("r", params.lora.r), (adapter or {}).get("lora_alpha", params.lora.alpha)
     lineage_rows = [(k, lineage[k]) for k in sorted(lineage)
                     if k.startswith(("git.", "params.", "pipeline.", "base_model.", "train.", "host."))]
     body = f"""
 # {name} version {version}
 
-A LoRA fine-tune of `{lineage.get('base_model.id', params.model.base)}` (adapter r={params.lora.r},
-alpha={params.lora.alpha}), registered by the llmops pipeline. Served as the merged model
+A LoRA fine-tune of `{lineage.get('base_model.id', params.model.base)}` (adapter r={rank},
+alpha={alpha}), registered by the llmops pipeline. Served as the merged model
 (`models:/{name}/{version}`); the adapter is the register run's `adapter/` artifact.
 
 ## Intended use

@@ -11,6 +11,7 @@ through the audited alias path. This module never imports KFP: the KFP wrapper i
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -107,7 +108,7 @@ def register_candidate(
         mv = mlflow.register_model(model_uri, name, tags=version_tags)
     version = str(mv.version)
     text = build_card(settings.project_dir, params, name=name, version=version, metrics=metrics, lineage=lineage,
-                      evaluation=evaluation)
+                      evaluation=evaluation, adapter=json.loads((adapter_dir / "adapter_config.json").read_text()))
     card_artifact = card.attach(registry.client, name, version, run_id, text)
     aliases = _set_aliases(registry, params, name, version, run_id, lineage)
     return {

@@ -68,6 +68,10 @@ def test_card_names_lineage_sources_with_review_and_scrub_counts(settings: Setti
     assert "7 accepted in review" in text and "EMAIL 2, PHONE 1" in text
     assert "must-refuse prompts refused | higher | 0.95 | 0.9 |" in text
     assert "no judge configured" in text and "[pass] safety_refusal" in text
+    assert f"(adapter r={params.lora.r}," in text  # without the adapter's config: the params' rank
+    stacked = build_card(project, params, name="m", version="3", metrics=METRICS, lineage=lineage,
+                         evaluation=EVALUATION, adapter={"r": 16, "lora_alpha": 32})
+    assert "(adapter r=16,\nalpha=32)" in stacked  # SFT->DPO: two LoRAs stacked, the registered adapter's rank
 
 
 def test_register_attaches_the_card_and_the_cli_shows_it(settings: Settings, tiny_model_dir: Path,
