@@ -1,4 +1,9 @@
-"""`llmops models ...` as a user runs it: a subprocess, JSON on stdout, exit 2 with one line on bad input."""
+"""`llmops models ...` as a user runs it: JSON on stdout, exit 2 with one line on bad input.
+
+The commands run in-process through Typer's CliRunner (same app, same registry, same stdout/stderr split); one
+bad-input call runs as a real subprocess, so the exit code, the empty stdout and the traceback-free stderr are
+also checked as a shell sees them (each subprocess start re-imports the CLI: tens of seconds on a loaded host).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from typer.testing import CliRunner
+
 from llmops.settings import Settings
 from tests.registry_setup import backend_settings, registry_with_versions  # noqa: F401 - backend_settings: fixture
 
@@ -14,15 +21,25 @@ REPO = Path(__file__).resolve().parents[2]
 NAME = "cli-test"
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cli.main", "models", *args], cwd=REPO,
+def _cli(*args: str) -> tuple[int, str, str]:
+    """`llmops models ARGS` in this process: (exit code, stdout, stderr)."""
+    from cli.main import app
+
+    done = CliRunner().invoke(app, ["models", *args])
+    return done.exit_code, done.stdout, done.stderr
+
+
+def _cli_process(*args: str) -> tuple[int, str, str]:
+    """`llmops models ARGS` in a new process, as a shell runs it (the settings travel in the environment)."""
+    done = subprocess.run([sys.executable, "-m", "cli.main", "models", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout, done.stderr
 
 
 def _json(*args: str):
-    done = _cli(*args, "--json")
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout)
+    code, out, err = _cli(*args, "--json")
+    assert code == 0, err[-2000:]
+    return json.loads(out)
 
 
 def test_models_cli_json_and_errors(settings: Settings) -> None:
@@ -39,13 +56,14 @@ def test_models_cli_json_and_errors(settings: Settings) -> None:
         (None, "1", "first"), ("1", "2", "better"), ("2", "1", "p95 latency")]
     assert reg.alias_version(NAME, "champion") == "1"  # the CLI changed the real registry
 
-    for bad, cause in ((("show", f"{NAME}@canary"), f"model '{NAME}' has no alias 'canary'"),
-                       (("promote", NAME, "7", "--reason", "x"), f"model '{NAME}' has no version 7")):
-        done = _cli(*bad, "--json")
-        assert done.returncode == 2, (bad, done.stdout, done.stderr)
-        assert done.stdout == "" and "Traceback" not in done.stderr
-        lines = done.stderr.strip().splitlines()
+    no_version = f"model '{NAME}' has no version 7"
+    for run, bad, cause in ((_cli, ("show", f"{NAME}@canary"), f"model '{NAME}' has no alias 'canary'"),
+                            (_cli_process, ("promote", NAME, "7", "--reason", "x"), no_version)):
+        code, out, err = run(*bad, "--json")
+        assert code == 2, (bad, out, err)
+        assert out == "" and "Traceback" not in err
+        lines = err.strip().splitlines()
         assert lines[0] == f"error: {cause}" and lines[1].startswith("fix: ")
 
-    human = _cli("list")
-    assert human.returncode == 0 and NAME in human.stdout and "champion=1" in human.stdout
+    code, out, _ = _cli("list")
+    assert code == 0 and NAME in out and "champion=1" in out
