@@ -50,13 +50,16 @@ def until_eos(tokens: list[int], eos: set[int]) -> list[int]:
 def engine_greedy(engine, prompt_ids: list[list[int]], new_tokens: int) -> dict[str, Any]:
     """Greedy decode of all prompts as one batch through prefill/decode (slot i = prompt i), as the
     scheduler would run them; returns tokens, seconds, TTFT (all prompts prefilled) and tokens/s."""
+    from serving.sampling import as_array  # numpy argmax: torch's would wake its thread pool, which then spins
+    # on the cores the engine needs (as in the scheduler) and skews the timings `--engine auto` ranks by
+
     slots = list(range(len(prompt_ids)))
     t0 = time.perf_counter()
-    last = [int(engine.prefill(s, ids).argmax()) for s, ids in zip(slots, prompt_ids, strict=True)]
+    last = [int(as_array(engine.prefill(s, ids)).argmax()) for s, ids in zip(slots, prompt_ids, strict=True)]
     ttft = time.perf_counter() - t0
     tokens = [[t] for t in last]
     for _ in range(new_tokens - 1):
-        last = engine.decode(slots, last).argmax(-1).tolist()
+        last = as_array(engine.decode(slots, last)).argmax(-1).tolist()
         for row, t in zip(tokens, last, strict=True):
             row.append(int(t))
     seconds = time.perf_counter() - t0
