@@ -69,7 +69,7 @@ def source_lineage(project_dir: Path, data_dir: Path, split_md5: dict[str, str])
     believed only when the split md5s it records are those of the files read (`split_md5`); otherwise, or
     without a manifest, `data.sources` says so and no source is named."""
     from llmops.data.dvc import data_hashes
-    from llmops.data.sources import read_manifest
+    from llmops.data.splits_manifest import read_manifest
 
     manifest = read_manifest(Path(data_dir))
     if manifest is None:

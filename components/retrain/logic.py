@@ -101,7 +101,7 @@ def refresh_data(settings: Settings, *, parent_run_id: str, champion: str, reaso
     from mlflow.tracking import MlflowClient
 
     from llmops.data import dvc
-    from llmops.data.sources import read_manifest
+    from llmops.data.splits_manifest import read_manifest
     from llmops.tracking import step_run
 
     with step_run(settings, parent_run_id, "refresh_data"):

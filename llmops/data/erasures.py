@@ -130,7 +130,7 @@ def _listed_sources(files: Mapping[str, Path], md5s: Mapping[str, str],
     exactly these files; None when unknown."""
     if sources is not None:
         return [{"entry": entry, "md5": md5} for entry, md5 in sources.items()]
-    from llmops.data.sources import read_manifest
+    from llmops.data.splits_manifest import read_manifest
 
     manifest = read_manifest(next(iter(files.values())).parent)
     if manifest is None:

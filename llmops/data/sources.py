@@ -25,11 +25,11 @@ from typing import Any
 
 from llmops.data.records import read_jsonl, write_jsonl
 from llmops.data.split import SPLITS, split_frame
+from llmops.data.splits_manifest import MANIFEST
 from llmops.data.text import group_key
 from llmops.errors import DataError
 from llmops.params import Params, SourceParams
 
-MANIFEST = "sources.json"
 SPLIT_STAGE = "split"  # the dvc.yaml stage that runs this module
 
 
@@ -137,17 +137,6 @@ def merge_and_split(project_dir: Path, params: Params, out_dir: Path,
             (Path(tmp) / f"{name}.jsonl").replace(out_dir / f"{name}.jsonl")
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
-
-
-def read_manifest(data_dir: Path) -> dict[str, Any] | None:
-    """`<data_dir>/sources.json`, or None when the splits there were not made by this module."""
-    path = Path(data_dir) / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        raise DataError(f"{path} is not valid JSON", "rebuild the splits with `llmops data build`") from None
 
 
 def check_stage_deps(project_dir: Path, sources: list[SourceParams]) -> None:

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from llmops.data.records import read_jsonl, write_jsonl
-from llmops.data.sources import MANIFEST, check_stage_deps, merge_and_split, read_manifest, user_dataset_splits
+from llmops.data.sources import MANIFEST, check_stage_deps, merge_and_split, user_dataset_splits
 from llmops.data.split import SPLITS, split_file
+from llmops.data.splits_manifest import read_manifest
 from llmops.data.text import group_key
 from llmops.errors import DataError
 from llmops.lineage import source_lineage
