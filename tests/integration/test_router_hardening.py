@@ -321,9 +321,13 @@ def test_a_stream_abandoned_while_its_side_is_slow_counts_against_that_side(tiny
                     for _ in r.iter_lines():
                         pass
 
-            hog = threading.Thread(target=busy, daemon=True)
-            hog.start()
-            time.sleep(1.0)
+            # Several long answers queue behind the one slot: a fast host finishes one (or meets an EOS) in under
+            # the 2.8 s below, so one hog alone made this a race; four keep the slot busy well past it.
+            hogs = [threading.Thread(target=busy, daemon=True) for _ in range(4)]
+            for hog in hogs:
+                hog.start()
+                time.sleep(0.25)
+            time.sleep(0.25)
             with httpx.stream("POST", f"{router.url}/v1/chat/completions", json=short, timeout=60) as r:
                 assert r.status_code == 200
                 time.sleep(1.8)  # no token comes: the slot is taken; the client gives up
@@ -333,7 +337,8 @@ def test_a_stream_abandoned_while_its_side_is_slow_counts_against_that_side(tiny
                 time.sleep(0.1)
             metrics = httpx.get(f"{router.url}/metrics").text
             assert re.search(r'llmops_router_upstream_errors_total\{kind="abandoned"[^}]*\} 1', metrics), metrics
-            hog.join(timeout=120)
+            for hog in hogs:
+                hog.join(timeout=120)
             with httpx.stream("POST", f"{router.url}/v1/chat/completions", json=short, timeout=60) as r:
                 for i, _line in enumerate(r.iter_lines()):
                     if i > 3:
