@@ -38,16 +38,6 @@ def _pairs(split: Path, out: Path, seed: int) -> Path:
     return out
 
 
-def _merge(base: Path, adapter: Path, out: Path) -> Path:
-    """base + adapter merged and saved (safetensors): the DPO run's base, and so its reference."""
-    from llmops.modeling.generation import load_model
-
-    model, tokenizer = load_model(base, adapter, device="cpu")
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 def _score(models: dict[str, tuple[Path, Path | None]], records: list[dict], seq_len: int, beta: float,
            precision: str) -> dict[str, dict[str, Any]]:
     from llmops.modeling.generation import load_model
@@ -104,7 +94,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sft = train_adapter(settings, sft_params, train_path=splits / "train.jsonl",
                         validation_path=splits / "validation.jsonl", base_model_dir=base, out_dir=work / "sft")
     sft_seconds = time.perf_counter() - t0
-    merged = _merge(base, sft.adapter_dir, work / "sft-merged")
+    from components.retrain.dpo import merge_into_copy  # the retrain's own merge: the DPO run's base and reference
+
+    merged = merge_into_copy(base, sft.adapter_dir, work / "sft-merged")
     t1 = time.perf_counter()
     dpo_params = settings.params([*args.overrides, f"train.max_steps={args.dpo_steps}", "train.objective=dpo",
                                   f"train.dpo.beta={args.beta}"])
