@@ -56,19 +56,59 @@ def ray_session(settings: Settings) -> Iterator[None]:
     if settings.ray_address:
         _join(settings.ray_address)
     else:
-        temp = ray_temp_dir(settings)
-        temp.mkdir(parents=True, exist_ok=True)
-        ray.init(
-            include_dashboard=False,
-            _temp_dir=str(temp),
-            object_store_memory=OBJECT_STORE_BYTES,
-            log_to_driver=True,
-            configure_logging=False,
-        )
+        _start_local(ray_temp_dir(settings))
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _start_local(temp: Path, attempts: int = 2) -> None:
+    """A private local Ray. Its raylet must register with the GCS within Ray's fixed 30 s; on a loaded 2-core
+    host (seen once in CI, after other tests' servers and Ray sessions) it sometimes does not. What the failed
+    start left behind is stopped and the start is tried once more; a second failure names the raylet's log."""
+    import ray
+
+    temp.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(include_dashboard=False, _temp_dir=str(temp), object_store_memory=OBJECT_STORE_BYTES,
+                     log_to_driver=True, configure_logging=False)
+            return
+        except Exception as exc:
+            if "timed out during startup" not in str(exc):
+                raise
+            _stop_leftovers(temp)
+            if attempt == attempts:
+                raise LlmopsError(f"the local Ray node did not start ({attempt} attempts): {exc}"
+                                  f"{_raylet_log_tail(temp)}",
+                                  "the host is probably overloaded: stop other heavy processes (`uptime`, `ps`) "
+                                  "and retry, or set LLMOPS_RAY_ADDRESS to train on a running cluster") from exc
+
+
+def _stop_leftovers(temp: Path) -> None:
+    """Kill the Ray processes a failed start left running (this process's children that use `temp`)."""
+    import psutil
+    import ray
+
+    with contextlib.suppress(Exception):
+        ray.shutdown()
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if str(temp) in " ".join(child.cmdline()):
+                child.kill()
+
+
+def _raylet_log_tail(temp: Path, lines: int = 8) -> str:
+    logs = temp / "session_latest" / "logs"
+    tails = []
+    for name in ("raylet.err", "raylet.out", "gcs_server.err"):
+        path = logs / name
+        if path.is_file():
+            text = path.read_text(errors="replace").strip().splitlines()[-lines:]
+            if text:
+                tails.append(f"\n--- {path} ---\n" + "\n".join(text))
+    return "".join(tails)
 
 
 def _join(address: str, attempts: int = 3) -> None:
