@@ -39,16 +39,19 @@ def session_options(threads: int | None, spinning: bool = False):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if spinning:  # spin between a step's kernels, not after it: the server's own threads need the cores then
+        so.add_session_config_entry("session.force_spinning_stop", "1")
     return so
 
 
 class _View:
     """The running set's caches: per (layer, kind) one buffer [B, Hkv, cap, D], row i = slots[i]."""
 
-    def __init__(self, slots: tuple[int, ...], buffers: list[np.ndarray]) -> None:
+    def __init__(self, slots: tuple[int, ...], buffers: list[np.ndarray], vocab: int) -> None:
         self.slots, self.buffers = slots, buffers
         self.cap = buffers[0].shape[2]
         self.binding: Any = None
+        self.logits = np.empty((len(slots), vocab), dtype=np.float32)  # bound as the output: no per-step lookup
 
 
 class OnnxRuntimeEngine(SlotCacheEngine):
@@ -65,6 +68,7 @@ class OnnxRuntimeEngine(SlotCacheEngine):
         self.manifest = manifest or {}
         shapes = self.manifest.get("graph", {})
         self.layers, self.kv_heads, self.head_dim = shapes["layers"], shapes["kv_heads"], shapes["head_dim"]
+        self.vocab = int(shapes["vocab"])
         self.max_slots = max_slots
         self.max_len = min(max_len, int(shapes.get("max_position_embeddings", max_len)))
         self.name = self.manifest.get("engine_name") or self.runtime
@@ -118,9 +122,9 @@ class OnnxRuntimeEngine(SlotCacheEngine):
             for row, slot in enumerate(old.slots):
                 if slot in self._len and slot not in slots:
                     self._kv[slot] = self._take(old, row, self._len[slot])
-        view = _View(slots, buffers)
+        view = _View(slots, buffers, self.vocab)
         binding = self._session.io_binding()
-        binding.bind_output("logits", "cpu")
+        binding.bind_output("logits", "cpu", 0, np.float32, list(view.logits.shape), view.logits.ctypes.data)
         shape = list(buffers[0].shape)
         for past, present, buf in zip(self._past, self._present, buffers, strict=True):
             binding.bind_input(past, "cpu", 0, np.float32, shape, buf.ctypes.data)
@@ -148,16 +152,16 @@ class OnnxRuntimeEngine(SlotCacheEngine):
         """One new token per slot, K/V appended in place; fp32 logits [len(slots), vocab]."""
         import torch
 
-        binding = self._running(slots, token_ids).binding
+        view = self._running(slots, token_ids)
+        binding = view.binding
         lens = np.asarray([self._len[s] for s in slots], dtype=np.int32)
         need = int(lens.max()) + 1
         binding.bind_cpu_input("input_ids", np.asarray(token_ids, dtype=np.int64)[:, None])
         binding.bind_cpu_input("seqlens_k", lens)  # = tokens before this one = index the new K/V goes to
         binding.bind_cpu_input("total_sequence_length", np.asarray(need, dtype=np.int32))
         self._session.run_with_iobinding(binding)
-        logits = binding.get_outputs()[0].numpy()
         self._advance(slots)
-        return torch.from_numpy(np.array(logits, dtype=np.float32))
+        return torch.from_numpy(view.logits.copy())  # the buffer is the next step's output
 
     def close(self) -> None:
         self._view = None
