@@ -18,7 +18,10 @@ gate passes) beside Q8_0, ours-fp32 beside F16.
                                  [--max-tokens 64] [--model DIR|NAME@ALIAS] [--json]
 
 `ours-serial` is our server with one sequence at a time: the ratio ours / ours-serial at concurrency 16 is
-what continuous batching buys. Not part of the test suite.
+what continuous batching buys. `--long-context N` gives every 4th request a document of about N tokens to
+read first: the longest pause between two tokens of a stream (`stall`) shows whether a long prompt's prefill
+stalls the streams already running; `ours-whole` is our server prefilling every prompt whole (no chunked
+prefill). Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ class LevelResult:
     e2e_p50_s: float
     e2e_p95_s: float
     loadavg: str
+    stall_p50_s: float = float("nan")  # per stream: the longest pause between two content chunks
+    stall_p95_s: float = float("nan")
 
 
 def _free_port() -> int:
@@ -116,6 +121,8 @@ def _sides(model_dir: Path, names: list[str]) -> list[Side]:
                            [*llmops, "--engine", "eager"], model),
         "ours-serial": Side("ours-serial", "llmops serve, one sequence at a time", [*llmops, "--max-slots", "1"],
                             model),
+        "ours-whole": Side("ours-whole", "llmops serve, every prompt prefilled whole (no chunked prefill)",
+                           [*llmops, "--set", "serve.prefill_chunk=0"], model, precision="auto"),
     }
     peer_names = {"llama-q8", "llama-f16", "vllm"}
     unknown = [n for n in names if n not in known and n not in peer_names]
@@ -130,13 +137,18 @@ def _sides(model_dir: Path, names: list[str]) -> list[Side]:
     return out
 
 
-def _prompts(n: int) -> list[str]:
-    """The first `n` instructions of the held-out split (fixed, so every side answers the same)."""
+def _prompts(n: int, long_context: int = 0) -> list[str]:
+    """The first `n` instructions of the held-out split (fixed, so every side answers the same); with
+    `long_context`, every 4th carries a document of about that many tokens (training rows) to read first."""
     rows = [json.loads(line) for line in (ROOT / "data/splits/test.jsonl").read_text().splitlines() if line.strip()]
     out = []
     for row in rows[:n]:
         text = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
         out.append(text)
+    if long_context:
+        docs = (ROOT / "data/splits/train.jsonl").read_text()
+        doc = docs[:long_context * 4]  # ~4 characters per token in this corpus
+        out = [f"Read this log first:\n{doc}\n\n{q}" if i % 4 == 3 else q for i, q in enumerate(out)]
     return out
 
 
@@ -158,17 +170,19 @@ async def _wait_ready(base: str, path: str, proc: subprocess.Popen, timeout_s: f
     raise RuntimeError(f"server not ready after {timeout_s:.0f} s")
 
 
-async def _one(session, url: str, model: str, prompt: str, max_tokens: int) -> tuple[bool, str, float, float]:
-    """One streaming chat request: (ok, the answer's text, ttft, e2e)."""
+async def _one(session, url: str, model: str, prompt: str, max_tokens: int
+               ) -> tuple[bool, str, float, float, float]:
+    """One streaming chat request: (ok, the answer's text, ttft, e2e, longest pause between content chunks)."""
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
     ttft = None
+    last, stall = 0.0, 0.0
     parts: list[str] = []
     async with session.post(url, json=body) as resp:
         if resp.status != 200:
             await resp.read()
-            return False, "", float("nan"), time.perf_counter() - t0
+            return False, "", float("nan"), time.perf_counter() - t0, float("nan")
         buffer = b""
         async for raw in resp.content.iter_any():
             buffer += raw
@@ -184,10 +198,14 @@ async def _one(session, url: str, model: str, prompt: str, max_tokens: int) -> t
                     for choice in doc.get("choices") or []:
                         if content := (choice.get("delta") or {}).get("content"):
                             parts.append(content)
+                            now = time.perf_counter() - t0
                             if ttft is None:
-                                ttft = time.perf_counter() - t0
+                                ttft = now
+                            else:
+                                stall = max(stall, now - last)
+                            last = now
     e2e = time.perf_counter() - t0
-    return True, "".join(parts), ttft or e2e, e2e
+    return True, "".join(parts), ttft or e2e, e2e, stall
 
 
 async def _level(base: str, side: Side, prompts: list[str], concurrency: int, requests: int,
@@ -196,7 +214,7 @@ async def _level(base: str, side: Side, prompts: list[str], concurrency: int, re
 
     url = base + "/v1/chat/completions"
     queue = list(range(requests))
-    results: list[tuple[bool, str, float, float]] = []
+    results: list[tuple[bool, str, float, float, float]] = []
     timeout = aiohttp.ClientTimeout(total=600)
     connector = aiohttp.TCPConnector(limit=concurrency + 4, force_close=True)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
@@ -214,6 +232,7 @@ async def _level(base: str, side: Side, prompts: list[str], concurrency: int, re
     counts = [count(r[1]) for r in ok]
     tokens = sum(counts)
     itls = sorted((r[3] - r[2]) / (n - 1) for r, n in zip(ok, counts, strict=True) if n > 1) or [float("nan")]
+    stalls = sorted(r[4] for r, n in zip(ok, counts, strict=True) if n > 1) or [float("nan")]
 
     def pct(xs: list[float], q: float) -> float:
         return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
@@ -222,7 +241,8 @@ async def _level(base: str, side: Side, prompts: list[str], concurrency: int, re
                        round(statistics.median(ttfts), 3), round(pct(ttfts, 0.95), 3),
                        round(statistics.median(itls), 4), round(pct(itls, 0.95), 4),
                        round(statistics.median(e2es), 3), round(pct(e2es, 0.95), 3),
-                       Path("/proc/loadavg").read_text().split(" ")[0])
+                       Path("/proc/loadavg").read_text().split(" ")[0],
+                       round(statistics.median(stalls), 4), round(pct(stalls, 0.95), 4))
 
 
 def _run_side(side: Side, port: int, levels: list[int], per_level: dict[int, int], prompts: list[str],
@@ -313,12 +333,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="checkpoint dir or registry reference (NAME@ALIAS, NAME/VERSION: its merged weights) every "
                     "side serves (default: the pulled base model)")
     ap.add_argument("--sides", default="llama-q8,llama-f16,ours,ours-fp32", help="comma list: llama-q8, llama-f16, "
-                    "vllm, peer (transformers serve), peer-serial, ours, ours-fp32, ours-int8, ours-eager, ours-serial "
+                    "vllm, peer (transformers serve), peer-serial, ours, ours-fp32, ours-int8, ours-eager, "
+                    "ours-serial, ours-whole "
                     "(ours is --engine auto: the int8 engine where it is built and passed its gate)")
     ap.add_argument("--concurrency", default="1,16", help="comma list of concurrency levels")
     ap.add_argument("--requests", default="", help="requests per level, comma list (default: 4 at 1, 2x conc else)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--json", action="store_true", help="print the results as JSON only")
+    ap.add_argument("--long-context", type=int, default=0, metavar="TOKENS", help="every 4th request reads a "
+                    "document of about TOKENS tokens first (keep under 1,000: llama-server's per-slot context)")
     ap.add_argument("--bare-engine", action="store_true", help="also run each ours* side's engine bare at batch 1 "
                     "(in this process, same prompts) and print served c=1 / bare (issue 18: >= 0.9)")
     args = ap.parse_args(argv)
@@ -330,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(x) for x in args.concurrency.split(",")]
     counts = [int(x) for x in args.requests.split(",")] if args.requests else [4 if c == 1 else 2 * c for c in levels]
     per_level = dict(zip(levels, counts, strict=True))
-    prompts = _prompts(max(counts))
+    prompts = _prompts(max(counts), args.long_context)
     log_dir = ROOT / ".llmops/bench-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     results: list[LevelResult] = []
@@ -353,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows:
                 print(f"   c={r.concurrency:<3} {r.tokens_per_s:8.1f} tok/s  ttft p50 {r.ttft_p50_s:.3f} "
                       f"p95 {r.ttft_p95_s:.3f} s  itl p50 {r.itl_p50_s * 1000:.1f} p95 {r.itl_p95_s * 1000:.1f} ms  "
-                      f"e2e p50 {r.e2e_p50_s:.2f} s  ok {r.ok}/{r.requests}  load {r.loadavg}", flush=True)
+                      f"stall p95 {r.stall_p95_s * 1000:.0f} ms  e2e p50 {r.e2e_p50_s:.2f} s  ok {r.ok}/{r.requests}  "
+                      f"load {r.loadavg}", flush=True)
     by = {(r.side, r.concurrency): r for r in results}
     ratios = {}
     for c in levels:
@@ -366,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         if (name, 1) in by and rate > 0:
             ratios[f"{name} served c=1 / bare engine"] = round(by[(name, 1)].tokens_per_s / rate, 2)
     report = {"model": str(args.model), "model_dir": str(model_dir), "host": host_fp, "max_tokens": args.max_tokens,
+              "long_context": args.long_context,
               "startup_s": startups, "precision": precision, "bare_engine_tokens_per_s": bare,
               "results": [asdict(r) for r in results], "ratios": ratios}
     if args.json:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llmops.errors import LlmopsError
 
@@ -496,6 +496,7 @@ class ServeParams(_Section):
     max_connections: int = 512  # open connections at most (uvicorn limit_concurrency); beyond: 503
     header_timeout_s: float = 10.0  # a connection must send a request's headers within this (slowloris)
     keep_alive_timeout_s: float = 5.0  # an idle keep-alive connection is closed after this
+    prefill_chunk: int = Field(256, ge=0)  # prompt tokens per scheduler step (chunked prefill); 0 = whole
     auto_rank_by: str = "batch1_tokens_per_s"  # the short-benchmark figure `--engine auto` ranks built engines by
 
     @model_validator(mode="after")

@@ -88,7 +88,8 @@ class GenerationService:
                  hooks: list[RequestHook]) -> None:
         self.engine, self.model, self.params, self.metrics, self.hooks = engine, model, params, metrics, hooks
         self.scheduler = Scheduler(engine, metrics, queue_size=params.queue_size, model_label=model.label,
-                                   stall_s=max(60.0, float(params.request_timeout_s)))
+                                   stall_s=max(60.0, float(params.request_timeout_s)),
+                                   prefill_chunk=params.prefill_chunk)
         self.ready = threading.Event()
         self.warmup_error: str | None = None
         self.vocab = int(engine.tokenizer.__len__())

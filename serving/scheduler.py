@@ -4,6 +4,9 @@ One scheduler thread owns the engine (engines are blocking and not thread-safe).
 retires finished, cancelled and timed-out sequences (their slots are released at once), admits waiting
 requests into free slots (prefill + first token), then decodes every running sequence in one batched step.
 So a short request never waits for a long one, and a new one starts without the batch draining.
+Prompts are prefilled within a token budget per iteration (`prefill_chunk`, chunked prefill as in vLLM and
+llama-server): a long prompt is fed to an engine that can extend a slot in chunks, with a decode step of the
+running sequences between two chunks, so one long prompt does not stall every running stream.
 Requests come from the asyncio server through `submit`; results go back as events on an asyncio queue.
 The wait queue is bounded: `submit` raises `QueueFull` (the server's 429) instead of letting callers hang.
 
@@ -100,6 +103,7 @@ class Sequence:
     model_label: str = ""
     seq_id: int = 0
     slot: int | None = None
+    prefilled: int = 0  # prompt tokens already in the slot's cache (chunked prefill)
     sampler: Sampler | None = None
     detokenizer: Detokenizer | None = None
     generated: list[int] = field(default_factory=list)
@@ -124,8 +128,11 @@ class Sequence:
 
 class Scheduler:
     def __init__(self, engine: Engine, metrics: Metrics, *, queue_size: int, model_label: str = "",
-                 stall_s: float = 300.0) -> None:
+                 stall_s: float = 300.0, prefill_chunk: int = 0) -> None:
         self.engine = engine
+        # prompt tokens prefilled per iteration, between decode steps (0, or an engine that cannot extend a
+        # slot: every admitted prompt whole)
+        self.prefill_chunk = prefill_chunk if engine.supports_extend else 0
         self.metrics = metrics
         self.queue_size = queue_size
         self.model_label = model_label
@@ -133,7 +140,7 @@ class Scheduler:
         self.eos = engine.eos_token_ids
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._running: list[Sequence] = []
-        self._admitting: list[Sequence] = []  # popped from the queue, holding slots, not yet running
+        self._admitting: list[Sequence] = []  # holding slots, prompt not (wholly) in the cache yet
         self._free = list(range(engine.max_slots))
         self._cv = threading.Condition()
         self._stop = False
@@ -174,7 +181,8 @@ class Scheduler:
 
     def snapshot(self) -> dict[str, Any]:
         with self._cv:
-            return {"running": len(self._running), "waiting": len(self._waiting), "free_slots": len(self._free),
+            return {"running": len(self._running), "waiting": len(self._waiting),
+                    "prefilling": len(self._admitting), "free_slots": len(self._free),
                     "max_slots": self.engine.max_slots, "queue_size": self.queue_size, "steps": self.steps,
                     "leaked_slots": self.leaked_slots, "loop_faults": self.loop_faults}
 
@@ -304,12 +312,13 @@ class Scheduler:
     def _retire(self) -> None:
         """Drop cancelled and timed-out sequences (running or waiting) and free their slots."""
         now = time.perf_counter()
-        for seq in list(self._running):
+        for seq in [*self._running, *self._admitting]:
             if seq.cancelled:
                 self._finish(seq, FinishReason.CANCELLED, error="cancelled")
             elif now > seq.deadline:
                 self._finish(seq, FinishReason.TIMEOUT, error="request timed out")
         self._running = [s for s in self._running if s.finish_reason is None]
+        self._admitting = [s for s in self._admitting if s.finish_reason is None]
         with self._cv:
             kept: collections.deque[Sequence] = collections.deque()
             gone: list[tuple[Sequence, FinishReason, str]] = []
@@ -353,23 +362,64 @@ class Scheduler:
                 out.append(None)
         return out
 
+    def _chunk(self, seq: Sequence, take: int) -> np.ndarray | None:
+        """Prefill the next `take` tokens of `seq`'s prompt; its last logits once the prompt is complete."""
+        ids = seq.prompt_ids[seq.prefilled:seq.prefilled + take]
+        try:
+            run = self.engine.prefill if seq.prefilled == 0 else self.engine.extend
+            row = run(seq.slot, ids)  # type: ignore[arg-type]
+            self.fault = None
+        except Exception as exc:
+            self.fault = f"prefill: {type(exc).__name__}: {exc}"
+            self._fail(seq, "engine prefill", exc)
+            return None
+        seq.prefilled += take
+        return as_array(row) if seq.prefilled == len(seq.prompt_ids) else None
+
+    def _prefill_step(self) -> list[tuple[Sequence, np.ndarray]]:
+        """This iteration's prefill work within the token budget, in arrival order: fresh prompts that fit it
+        whole as one batch, then one chunk of the next prompt. (sequence, last logits) per completed prompt."""
+        budget = self.prefill_chunk or len(self._admitting) * self.engine.max_len
+        whole: list[Sequence] = []
+        chunk: tuple[Sequence, int] | None = None
+        for seq in self._admitting:
+            left = len(seq.prompt_ids) - seq.prefilled
+            if seq.prefilled == 0 and left <= budget:
+                whole.append(seq)
+                budget -= left
+                continue
+            if budget > 0:
+                chunk = (seq, min(left, budget))
+            break
+        done = []
+        if whole:
+            for seq, row in zip(whole, self._prefill(whole), strict=True):
+                if row is not None:
+                    seq.prefilled = len(seq.prompt_ids)
+                    done.append((seq, as_array(row)))
+        if chunk is not None and (last := self._chunk(*chunk)) is not None:
+            done.append((chunk[0], last))
+        return done
+
     def _admit(self) -> None:
-        """Move waiting requests into free slots; those admitted together are prefilled as one batch."""
+        """Move waiting requests into free slots, then prefill within the budget; a sequence whose prompt is
+        complete gets its first token and joins the running set."""
+        fresh = []
         with self._cv:
             while self._free and self._waiting:
                 seq = self._waiting.popleft()
                 seq.slot = self._free.pop()
-                self._admitting.append(seq)
+                fresh.append(seq)
             self.metrics.queue_depth.set(len(self._waiting))
-        admitted = [seq for seq in self._admitting if self._prepare(seq)]
-        if admitted:
-            rows = self._prefill(admitted)
-            now = time.perf_counter()
-            done = [(seq, as_array(row)) for seq, row in zip(admitted, rows, strict=True) if row is not None]
+        self._admitting.extend(seq for seq in fresh if self._prepare(seq))
+        if self._admitting:
+            done = self._prefill_step()
             if done:
                 self._running.extend(seq for seq, _ in done)
-                self._accept_all([seq for seq, _ in done], np.stack([row for _, row in done]), now)
-        self._admitting = []
+                self._accept_all([seq for seq, _ in done], np.stack([row for _, row in done]),
+                                 time.perf_counter())
+        self._admitting = [s for s in self._admitting
+                           if s.finish_reason is None and s.prefilled < len(s.prompt_ids)]
         self._running = [s for s in self._running if s.finish_reason is None]
         self.metrics.running.set(len(self._running))
 
@@ -405,7 +455,7 @@ class Scheduler:
     def _check_slots(self) -> None:
         """Slot accounting at an iteration's end: every slot is free or held by a running sequence."""
         with self._cv:
-            held = sum(1 for s in self._running if s.slot is not None)
+            held = sum(1 for s in [*self._running, *self._admitting] if s.slot is not None)
             self.leaked_slots = self.engine.max_slots - len(self._free) - held
 
     def _iterate(self) -> None:
@@ -444,15 +494,15 @@ class Scheduler:
         torch.set_grad_enabled(False)
         while True:
             with self._cv:
-                while not self._stop and not self._running and not self._waiting:
+                while not self._stop and not self._running and not self._waiting and not self._admitting:
                     self._cv.wait(timeout=1.0)
                     if self.fault and not self._waiting:
                         break
                 if self._stop:
                     break
-            if self.fault and not self._running and not self._waiting:
+            if self.fault and not self._running and not self._waiting and not self._admitting:
                 self._probe_engine()
             else:
                 self._iterate()
-        for seq in [*self._running, *self._waiting]:
+        for seq in [*self._running, *self._admitting, *self._waiting]:
             self._finish(seq, FinishReason.CANCELLED, error="server shutting down")

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.engines.base import check_extend
 from serving.engines.built import register_built
 from serving.engines.slots import SlotCacheEngine
 
@@ -57,6 +58,7 @@ class _View:
 class OnnxRuntimeEngine(SlotCacheEngine):
     kind = "cpu"
     runtime = RUNTIME
+    supports_extend = True
 
     def __init__(self, engine_dir: Path, model_dir: Path, *, max_slots: int = 8, max_len: int = 2048,
                  threads: int | None = None, manifest: dict[str, Any] | None = None,
@@ -146,6 +148,23 @@ class OnnxRuntimeEngine(SlotCacheEngine):
                  **dict.fromkeys(self._past, empty)}
         out = self._session.run(["logits", *self._present], feeds)
         self._keep(slot, [p[0] for p in out[1:]], n)
+        return torch.from_numpy(np.array(out[0][0], dtype=np.float32))
+
+    def extend(self, slot: int, token_ids: list[int]):
+        """A prompt's next chunk after the slot's cache (GroupQueryAttention takes several new tokens over a
+        past; the result equals one prefill of the whole prompt)."""
+        import torch
+
+        check_extend(slot, token_ids, self._len, self.max_len)
+        if self._view is not None and slot in self._view.slots:
+            self._retire_view()
+        n, m = self._len[slot], len(token_ids)
+        feeds = {"input_ids": np.asarray([token_ids], dtype=np.int64),
+                 "seqlens_k": np.asarray([n + m - 1], dtype=np.int32),
+                 "total_sequence_length": np.asarray(n + m, dtype=np.int32),
+                 **{name: rows[None] for name, rows in zip(self._past, self._rows(slot), strict=True)}}
+        out = self._session.run(["logits", *self._present], feeds)
+        self._keep(slot, [p[0] for p in out[1:]], n + m)
         return torch.from_numpy(np.array(out[0][0], dtype=np.float32))
 
     def decode(self, slots: list[int], token_ids: list[int]):
