@@ -1,10 +1,11 @@
 """CPU engine on ONNX Runtime over the GroupQueryAttention graph (`gqa_graph.py`), KV cache written in place.
 
-The running batch's caches live in one preallocated buffer per layer and kind, [B, Hkv, capacity, D],
-right-padded (row i holds slot i's tokens at 0..len-1). Each decode step binds those buffers as both
-`past_*` and `present_*` (ONNX Runtime IO binding), so the kernel appends the new token's K/V in place and
-nothing else of the cache moves. Only a change of the running set (a request joins or leaves) or a full
-buffer rebuilds the view: slots that stay are copied row by row, slots that leave keep their rows.
+The running batch's caches live in one preallocated buffer per layer and kind with a row per slot
+(`kv_rows.py`), right-padded. Each decode step binds the running set's rows as both `past_*` and `present_*`
+(ONNX Runtime IO binding), so the kernel appends the new token's K/V in place and nothing else of the cache
+moves. A request joining or leaving moves one row. The buffers are sized for max_len once: their pages are
+only mapped where tokens are written, and growing them meant copying every running cache (1.4 s at 16
+streams with ~1,000-token contexts; a step costs the same at any capacity: benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from serving.engines.base import check_extend
+from serving.engines.base import check_decode, check_extend
 from serving.engines.built import register_built
+from serving.engines.kv_rows import RowView
 from serving.engines.slots import SlotCacheEngine
 
 RUNTIME = "onnxruntime"
-CAPACITY_STEP = 128  # view capacity grows in these steps (amortises rebuilds, bounds waste)
 
 
 def runtime_version() -> str:
@@ -43,16 +44,6 @@ def session_options(threads: int | None, spinning: bool = False):
     if spinning:  # spin between a step's kernels, not after it: the server's own threads need the cores then
         so.add_session_config_entry("session.force_spinning_stop", "1")
     return so
-
-
-class _View:
-    """The running set's caches: per (layer, kind) one buffer [B, Hkv, cap, D], row i = slots[i]."""
-
-    def __init__(self, slots: tuple[int, ...], buffers: list[np.ndarray], vocab: int) -> None:
-        self.slots, self.buffers = slots, buffers
-        self.cap = buffers[0].shape[2]
-        self.binding: Any = None
-        self.logits = np.empty((len(slots), vocab), dtype=np.float32)  # bound as the output: no per-step lookup
 
 
 class OnnxRuntimeEngine(SlotCacheEngine):
@@ -97,42 +88,69 @@ class OnnxRuntimeEngine(SlotCacheEngine):
     def _rows(self, slot: int) -> list[np.ndarray]:
         """The slot's cache as per (layer, kind) [Hkv, len, D] arrays, wherever it lives now."""
         n = self._len[slot]
-        if self._view is not None and slot in self._view.slots:
-            i = self._view.slots.index(slot)
-            return [b[i, :, :n] for b in self._view.buffers]
+        if self._view is not None and slot in self._view.order:
+            row = self._view.row(slot)
+            return [b[row, :, :n] for b in self._view.buffers]
         return self._kv[slot]
 
-    def _take(self, view: _View, row: int, n: int) -> list[np.ndarray]:
-        return [b[row, :, :n].copy() for b in view.buffers]
+    def _take(self, view: RowView, row: int, n: int) -> list[np.ndarray]:
+        return view.take(row, n)
 
-    def _fits(self, view: _View, need: int) -> bool:
-        return need <= view.cap
-
-    def _next_view(self, slots: tuple[int, ...], need: int) -> _View:
-        """Copy the caches of `slots` straight into fresh buffers (capacity rounded up to CAPACITY_STEP); slots
-        leaving keep their rows."""
-        cap = max(need, min(self.max_len, -(-(need + CAPACITY_STEP // 2) // CAPACITY_STEP) * CAPACITY_STEP))
+    def _next_view(self, slots: tuple[int, ...], need: int) -> RowView:
+        """Fresh buffers (room for max_len tokens per row) holding the caches of `slots`; live slots of the old
+        view that are not in `slots` keep their tokens outside it."""
         old = self._view
-        buffers = [np.zeros((len(slots), self.kv_heads, cap, self.head_dim), dtype=np.float32)
-                   for _ in self._past]
-        for i, slot in enumerate(slots):
-            n = self._len[slot]
-            for buf, rows in zip(buffers, self._rows(slot), strict=True):
-                buf[i, :, :n] = rows
+        view = RowView(len(self._past), self.max_slots, self.kv_heads, self.max_len, self.head_dim, self.vocab)
+        for slot in slots:
+            view.put(slot, self._rows(slot), self._len[slot])
             self._kv.pop(slot, None)
         if old is not None:
-            for row, slot in enumerate(old.slots):
+            for row, slot in enumerate(old.order):
                 if slot in self._len and slot not in slots:
-                    self._kv[slot] = self._take(old, row, self._len[slot])
-        view = _View(slots, buffers, self.vocab)
+                    self._kv[slot] = old.take(row, self._len[slot])
+        return view
+
+    def _regroup(self, view: RowView, slots: list[int]) -> None:
+        """The view holds exactly `slots` afterwards: paused ones leave with their tokens, new ones join."""
+        keep = set(slots)
+        for slot in [s for s in view.order if s not in keep]:
+            row = view.row(slot)
+            self._kv[slot] = view.take(row, self._len[slot])
+            view.drop(row, self._len)
+        for slot in slots:
+            if slot not in view.order:
+                view.put(slot, self._kv.pop(slot), self._len[slot])
+
+    def _bind(self, view: RowView) -> None:
+        """Bind the occupied rows (the first B, contiguous) as the step's past/present caches and logits."""
+        b = len(view.order)
         binding = self._session.io_binding()
-        binding.bind_output("logits", "cpu", 0, np.float32, list(view.logits.shape), view.logits.ctypes.data)
-        shape = list(buffers[0].shape)
-        for past, present, buf in zip(self._past, self._present, buffers, strict=True):
+        binding.bind_output("logits", "cpu", 0, np.float32, [b, self.vocab], view.logits.ctypes.data)
+        shape = [b, self.kv_heads, view.cap, self.head_dim]
+        for past, present, buf in zip(self._past, self._present, view.buffers, strict=True):
             binding.bind_input(past, "cpu", 0, np.float32, shape, buf.ctypes.data)
             binding.bind_output(present, "cpu", 0, np.float32, shape, buf.ctypes.data)
-        view.binding = binding
+        view.binding, view.bound = binding, b
+
+    def _running(self, slots: list[int], token_ids: list[int]) -> RowView:
+        """The view of `slots` for a decode step: made once, then regrouped by rows when the running set
+        changes."""
+        check_decode(slots, token_ids, self._len, self.max_len)
+        need = max(self._len[s] for s in slots) + 1
+        view = self._view
+        if view is None or need > view.cap:
+            view = self._view = self._next_view(tuple(slots), need)
+        elif len(view.order) != len(slots) or set(view.order) != set(slots):
+            self._regroup(view, slots)
+        if view.bound != len(view.order):
+            self._bind(view)
         return view
+
+    def release(self, slot: int) -> None:
+        """Forget the slot's sequence; its row in the view goes at once (the last row moves into it)."""
+        if self._view is not None and slot in self._view.order:
+            self._view.drop(self._view.row(slot), self._len)
+        super().release(slot)
 
     # -- the Engine interface ----------------------------------------------------------------------
     def prefill(self, slot: int, token_ids: list[int]):
@@ -172,15 +190,17 @@ class OnnxRuntimeEngine(SlotCacheEngine):
         import torch
 
         view = self._running(slots, token_ids)
-        binding = view.binding
-        lens = np.asarray([self._len[s] for s in slots], dtype=np.int32)
-        need = int(lens.max()) + 1
-        binding.bind_cpu_input("input_ids", np.asarray(token_ids, dtype=np.int64)[:, None])
-        binding.bind_cpu_input("seqlens_k", lens)  # = tokens before this one = index the new K/V goes to
-        binding.bind_cpu_input("total_sequence_length", np.asarray(need, dtype=np.int32))
-        self._session.run_with_iobinding(binding)
+        rows = [view.row(s) for s in slots]  # the view's row order need not be the caller's
+        ids = np.empty((len(slots), 1), dtype=np.int64)
+        lens = np.empty(len(slots), dtype=np.int32)
+        ids[rows, 0] = token_ids
+        lens[rows] = [self._len[s] for s in slots]  # = tokens before this one = index the new K/V goes to
+        view.binding.bind_cpu_input("input_ids", ids)
+        view.binding.bind_cpu_input("seqlens_k", lens)
+        view.binding.bind_cpu_input("total_sequence_length", np.asarray(int(lens.max()) + 1, dtype=np.int32))
+        self._session.run_with_iobinding(view.binding)
         self._advance(slots)
-        return torch.from_numpy(view.logits.copy())  # the buffer is the next step's output
+        return torch.from_numpy(view.logits[rows])  # a copy in the caller's order: the buffer is reused
 
     def close(self) -> None:
         self._view = None

@@ -133,3 +133,41 @@ def test_an_engine_that_cannot_extend_gets_whole_prompts(tiny_model_dir: Path) -
     eager = EagerEngine(tiny_model_dir, max_slots=2)
     assert not eager.supports_extend
     assert Scheduler(eager, Metrics(), queue_size=2, prefill_chunk=8).prefill_chunk == 0
+
+
+def test_joining_and_leaving_move_rows_not_the_whole_view(engine, monkeypatch) -> None:
+    """Before: every change of the running set rebuilt the view, copying every running slot's cache (at 16
+    streams with long contexts, ~0.8 GB per join or leave). Now only capacity growth rebuilds it; the tokens
+    are still each slot's own (the greedy tokens it gets decoded alone)."""
+    ids = [engine.tokenizer.encode(t, add_special_tokens=False) for t in ("Say hi.", "Name a colour.", LONG)]
+
+    def alone(prompt: list[int]) -> list[int]:
+        out = [int(engine.prefill(0, prompt).argmax())]
+        while len(out) < 6:
+            out.append(int(engine.decode([0], [out[-1]])[0].argmax()))
+        engine.release(0)
+        return out
+
+    expected = [alone(p) for p in ids]  # the last one leaves a view with room for the long prompt
+    rebuilds = []
+    real = engine._next_view
+    monkeypatch.setattr(engine, "_next_view", lambda *a: rebuilds.append(a) or real(*a))
+    out = {s: [int(engine.prefill(s, ids[s]).argmax())] for s in (0, 1)}
+
+    def step(running: list[int]) -> None:
+        logits = engine.decode(running, [out[s][-1] for s in running])
+        for row, s in enumerate(running):
+            out[s].append(int(logits[row].argmax()))
+
+    step([1, 0])
+    out[2] = [int(engine.prefill(2, ids[2]).argmax())]
+    step([2, 1, 0])  # slot 2 joins
+    engine.release(1)  # slot 1 leaves early; the last row moves into its place
+    while len(out[0]) < 6:
+        step([0, 2])
+    while len(out[2]) < 6:
+        step([2])  # slot 0 paused: it leaves the view with its tokens
+    assert out[0] == expected[0] and out[1] == expected[1][:3] and out[2] == expected[2]
+    assert rebuilds == []
+    for slot in (0, 2):
+        engine.release(slot)
