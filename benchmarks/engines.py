@@ -65,9 +65,9 @@ def _op_profile(engine, new_tokens: int) -> dict[str, Any]:
     graph = engine.engine_dir / engine.manifest.get("graph_file", "decoder.onnx")
     profiled = OnnxRuntimeEngine(engine.engine_dir, engine.model_dir, manifest=engine.manifest, max_slots=1,
                                  threads=engine.threads, spinning=engine.spinning)
-    profiled._session = ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"])  # profiler on
+    profiled.session = ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"])  # profiler on
     checks.engine_greedy(profiled, [[1, *range(200, 232)]], new_tokens)
-    trace = Path(profiled._session.end_profiling())
+    trace = Path(profiled.session.end_profiling())
     events = _json.loads(trace.read_text())
     shutil.rmtree(trace.parent, ignore_errors=True)
     per_op: collections.Counter[str] = collections.Counter()

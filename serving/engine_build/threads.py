@@ -5,19 +5,19 @@ and a spinning pool help depends on the cores and on what else runs there. On th
 threads that spin while idle took the cores from every other process and made each step several times slower
 under load (benchmarks/README.md, the decode-step ladder). So the candidates (all cores, spinning or not; one
 thread) are timed interleaved on the built engine, the fastest median wins, and the choice goes into the
-manifest (`threads`), which the engine reads; `serve.threads` still overrides the thread count.
+manifest (`threads`), which the engine starts with; `serve.threads` still overrides the thread count, and
+the engine times the spinning again where it serves (serving/engines/ort_tuning.py).
 """
 
 from __future__ import annotations
 
 import os
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
-PROMPT = list(range(100, 132))  # 32 tokens: a short chat prompt's length
-STEPS = 12                      # decode steps per timing
+from serving.engines.ort_tuning import ms_per_token
+
 ROUNDS = 3                      # candidates interleaved, median per candidate
 BATCHES = (1, 8)                # the choice must serve one request and a full running set
 
@@ -29,21 +29,9 @@ def candidates(cores: int) -> list[tuple[int, bool]]:
     return [(cores, False), (cores, True), (1, False)]
 
 
-def _ms_per_token(engine, batch: int) -> float:
-    slots = list(range(batch))
-    for slot in slots:
-        engine.prefill(slot, PROMPT)
-    t0 = time.perf_counter()
-    for _ in range(STEPS):
-        engine.decode(slots, [PROMPT[-1]] * batch)
-    for slot in slots:
-        engine.release(slot)
-    return (time.perf_counter() - t0) / STEPS / batch * 1000
-
-
 def _score(engine) -> float:
     """Milliseconds per token at batch 1 plus per token at batch 8: both count the same."""
-    return sum(_ms_per_token(engine, b) for b in BATCHES)
+    return sum(ms_per_token(engine, b) for b in BATCHES)
 
 
 def measure(engine_dir: Path, model_dir: Path, manifest: dict[str, Any], cores: int | None = None
@@ -56,7 +44,7 @@ def measure(engine_dir: Path, model_dir: Path, manifest: dict[str, Any], cores: 
                                     threads=c[0], spinning=c[1]) for c in candidates(cores)}
     times: dict[tuple[int, bool], list[float]] = {c: [] for c in engines}
     for engine in engines.values():  # warm-up: first runs allocate
-        _ms_per_token(engine, 1)
+        ms_per_token(engine, 1)
     for _ in range(ROUNDS):
         for c, engine in engines.items():
             times[c].append(_score(engine))

@@ -19,6 +19,7 @@ import numpy as np
 from serving.engines.base import check_decode, check_extend
 from serving.engines.built import register_built
 from serving.engines.kv_rows import RowView
+from serving.engines.ort_tuning import session_options
 from serving.engines.slots import SlotCacheEngine
 
 RUNTIME = "onnxruntime"
@@ -28,22 +29,6 @@ def runtime_version() -> str:
     import onnxruntime
 
     return onnxruntime.__version__
-
-
-def session_options(threads: int | None, spinning: bool = False):
-    """Spinning off unless chosen: idle pool threads that spin take the cores from the server's own threads and
-    from everything else on a shared host (measured per host at build: serving/engine_build/threads.py)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or os.cpu_count() or 1
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    if spinning:  # spin between a step's kernels, not after it: the server's own threads need the cores then
-        so.add_session_config_entry("session.force_spinning_stop", "1")
-    return so
 
 
 class OnnxRuntimeEngine(SlotCacheEngine):
@@ -66,12 +51,14 @@ class OnnxRuntimeEngine(SlotCacheEngine):
         self.max_len = min(max_len, int(shapes.get("max_position_embeddings", max_len)))
         self.name = self.manifest.get("engine_name") or self.runtime
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        graph = self.engine_dir / self.manifest.get("graph_file", "decoder.onnx")
-        chosen = self.manifest.get("threads") or {}  # measured on this host when it was built (explicit wins)
+        self.graph = self.engine_dir / self.manifest.get("graph_file", "decoder.onnx")
+        chosen = self.manifest.get("threads") or {}  # timed when it was built (explicit wins)
         self.threads = threads or chosen.get("intra_op") or os.cpu_count() or 1
         self.spinning = bool(chosen.get("spinning", False)) if spinning is None else spinning
-        self._session = ort.InferenceSession(str(graph), session_options(self.threads, self.spinning),
-                                             providers=["CPUExecutionProvider"])
+        self.tuning: dict[str, Any] = {"spinning": self.spinning,
+                                       "when": "given" if spinning is not None else "engine build"}
+        self.session = ort.InferenceSession(str(self.graph), session_options(self.threads, self.spinning),
+                                            providers=["CPUExecutionProvider"])
         self._past = [f"past_{kind}.{i}" for i in range(self.layers) for kind in ("key", "value")]
         self._present = [f"present_{kind}.{i}" for i in range(self.layers) for kind in ("key", "value")]
         self._init_slots()  # a slot's own cache: per (layer, kind) [Hkv, len, D]
@@ -82,7 +69,21 @@ class OnnxRuntimeEngine(SlotCacheEngine):
                 "dtype": self.manifest.get("build_config", {}).get("dtype", "float32"),
                 "build_config_hash": self.manifest.get("build_config_hash"),
                 "cache_key": self.manifest.get("cache_key"), "engine_dir": str(self.engine_dir),
-                "threads": self.threads, "spinning": self.spinning}
+                "threads": self.threads, "spinning": self.spinning, "thread_tuning": self.tuning}
+
+    def use_session(self, session: Any, spinning: bool) -> None:
+        """Run on `session` from now on (the batch view binds to it again)."""
+        self.session, self.spinning = session, spinning
+        if self._view is not None:
+            self._view.bound = -1
+
+    def warmup(self) -> None:
+        """The first run's allocations, then (unless the spinning was given) the pool's spinning timed here."""
+        super().warmup()
+        if self.tuning["when"] != "given" and self.threads > 1:
+            from serving.engines.ort_tuning import choose_spinning
+
+            self.tuning = choose_spinning(self)
 
     # -- views (the bookkeeping is SlotCacheEngine's) ------------------------------------------------
     def _rows(self, slot: int) -> list[np.ndarray]:
@@ -124,7 +125,7 @@ class OnnxRuntimeEngine(SlotCacheEngine):
     def _bind(self, view: RowView) -> None:
         """Bind the occupied rows (the first B, contiguous) as the step's past/present caches and logits."""
         b = len(view.order)
-        binding = self._session.io_binding()
+        binding = self.session.io_binding()
         binding.bind_output("logits", "cpu", 0, np.float32, [b, self.vocab], view.logits.ctypes.data)
         shape = [b, self.kv_heads, view.cap, self.head_dim]
         for past, present, buf in zip(self._past, self._present, view.buffers, strict=True):
@@ -164,7 +165,7 @@ class OnnxRuntimeEngine(SlotCacheEngine):
                  "seqlens_k": np.asarray([n - 1], dtype=np.int32),
                  "total_sequence_length": np.asarray(n, dtype=np.int32),
                  **dict.fromkeys(self._past, empty)}
-        out = self._session.run(["logits", *self._present], feeds)
+        out = self.session.run(["logits", *self._present], feeds)
         self._keep(slot, [p[0] for p in out[1:]], n)
         return torch.from_numpy(np.array(out[0][0], dtype=np.float32))
 
@@ -181,7 +182,7 @@ class OnnxRuntimeEngine(SlotCacheEngine):
                  "seqlens_k": np.asarray([n + m - 1], dtype=np.int32),
                  "total_sequence_length": np.asarray(n + m, dtype=np.int32),
                  **{name: rows[None] for name, rows in zip(self._past, self._rows(slot), strict=True)}}
-        out = self._session.run(["logits", *self._present], feeds)
+        out = self.session.run(["logits", *self._present], feeds)
         self._keep(slot, [p[0] for p in out[1:]], n + m)
         return torch.from_numpy(np.array(out[0][0], dtype=np.float32))
 
@@ -198,7 +199,7 @@ class OnnxRuntimeEngine(SlotCacheEngine):
         view.binding.bind_cpu_input("input_ids", ids)
         view.binding.bind_cpu_input("seqlens_k", lens)
         view.binding.bind_cpu_input("total_sequence_length", np.asarray(int(lens.max()) + 1, dtype=np.int32))
-        self._session.run_with_iobinding(view.binding)
+        self.session.run_with_iobinding(view.binding)
         self._advance(slots)
         return torch.from_numpy(view.logits[rows])  # a copy in the caller's order: the buffer is reused
 
