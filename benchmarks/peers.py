@@ -96,7 +96,7 @@ def llama_server(say: Callable[[str], None] = print) -> Path:
 
 
 def gguf(model_dir: Path, outtype: str, say: Callable[[str], None] = print) -> Path:
-    """`model_dir` converted to GGUF (`q8_0` or `f16`) with llama.cpp's own converter, cached by content."""
+    """`model_dir` converted to GGUF (`q8_0`, `f16` or `f32`) with llama.cpp's own converter, cached by content."""
     from llmops.modeling.hashing import weights_digest
 
     digest = weights_digest(model_dir)[:16]

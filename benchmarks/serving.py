@@ -12,7 +12,7 @@ count for every server, whatever its `usage` says), time to first token (first c
 latency and end-to-end latency percentiles. The load generator is plain aiohttp, the same for every side, so
 no client library's overhead favours one server; it opens a connection per request (llama-server closes kept-alive
 connections the client would otherwise reuse). Precision is matched side by side: ours (auto: int8 where its
-gate passes) beside Q8_0, ours-fp32 beside F16.
+gate passes) beside Q8_0, ours-fp32 beside F32 (and F16, which reads half the bytes).
 
     python -m benchmarks.serving [--sides llama-q8,llama-f16,vllm,ours,ours-fp32] [--concurrency 1,16]
                                  [--max-tokens 64] [--model DIR|NAME@ALIAS] [--json]
@@ -85,7 +85,7 @@ def _peer_sides(model: str, port: int, names: list[str]) -> dict[str, Side]:
     from benchmarks import peers
 
     out: dict[str, Side] = {}
-    for name, outtype in (("llama-q8", "q8_0"), ("llama-f16", "f16")):
+    for name, outtype in (("llama-q8", "q8_0"), ("llama-f16", "f16"), ("llama-f32", "f32")):
         if name in names:
             server, weights = peers.llama_server(), peers.gguf(Path(model), outtype)
             out[name] = Side(name, f"llama.cpp llama-server -np 16 ({outtype.upper()} GGUF, built for this CPU)",
@@ -124,7 +124,7 @@ def _sides(model_dir: Path, names: list[str]) -> list[Side]:
         "ours-whole": Side("ours-whole", "llmops serve, every prompt prefilled whole (no chunked prefill)",
                            [*llmops, "--set", "serve.prefill_chunk=0"], model, precision="auto"),
     }
-    peer_names = {"llama-q8", "llama-f16", "vllm"}
+    peer_names = {"llama-q8", "llama-f16", "llama-f32", "vllm"}
     unknown = [n for n in names if n not in known and n not in peer_names]
     if unknown:
         raise SystemExit(f"unknown side(s) {unknown}; choose from {sorted(known) + sorted(peer_names)}")
@@ -268,7 +268,8 @@ def _run_side(side: Side, port: int, levels: list[int], per_level: dict[int, int
 
 
 # (ours, theirs) pairs whose ratios are printed: matched precision first, then the other peers.
-PAIRS = (("ours", "llama-q8"), ("ours-int8", "llama-q8"), ("ours-fp32", "llama-f16"), ("ours", "llama-f16"),
+PAIRS = (("ours", "llama-q8"), ("ours-int8", "llama-q8"), ("ours-fp32", "llama-f32"), ("ours-fp32", "llama-f16"),
+         ("ours", "llama-f16"),
          ("ours", "vllm"), ("ours-fp32", "vllm"), ("ours", "peer"), ("ours", "ours-serial"), ("ours", "peer-serial"),
          ("ours", "ours-eager"))
 
@@ -333,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="checkpoint dir or registry reference (NAME@ALIAS, NAME/VERSION: its merged weights) every "
                     "side serves (default: the pulled base model)")
     ap.add_argument("--sides", default="llama-q8,llama-f16,ours,ours-fp32", help="comma list: llama-q8, llama-f16, "
+                    "llama-f32, "
                     "vllm, peer (transformers serve), peer-serial, ours, ours-fp32, ours-int8, ours-eager, "
                     "ours-serial, ours-whole "
                     "(ours is --engine auto: the int8 engine where it is built and passed its gate)")
