@@ -496,6 +496,8 @@ class ServeParams(_Section):
     max_connections: int = 512  # open connections at most (uvicorn limit_concurrency); beyond: 503
     header_timeout_s: float = 10.0  # a connection must send a request's headers within this (slowloris)
     keep_alive_timeout_s: float = 5.0  # an idle keep-alive connection is closed after this
+    auth_failures: int = Field(20, ge=1)  # wrong API keys per client address in a burst (serving/http/throttle.py)
+    auth_window_s: float = Field(60.0, gt=0)  # ...refilled over this window; past it: 429 + Retry-After
     prefill_chunk: int = Field(256, ge=0)  # prompt tokens per scheduler step (chunked prefill); 0 = whole
     auto_rank_by: str = "batch1_tokens_per_s"  # the short-benchmark figure `--engine auto` ranks built engines by
 
@@ -522,6 +524,8 @@ class RouterParams(_Section):
     window_observations: int
     abandoned_after_s: float
     shadow_max_in_flight: int
+    auth_failures: int = Field(20, ge=1)  # wrong API keys per client address in a burst (serving/http/throttle.py)
+    auth_window_s: float = Field(60.0, gt=0)  # ...refilled over this window; past it: 429 + Retry-After
 
 
 class EquivalenceParams(_Section):

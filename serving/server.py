@@ -29,8 +29,8 @@ from llmops.params import ServeParams
 from serving.api import ApiError
 from serving.engines.base import Engine
 from serving.generation import GenerationService
-from serving.http import AUTH_HEADERS, Health, health_response, is_authorized, ready_response, request_id_from
-from serving.http.auth import UNAUTHORIZED
+from serving.http import AUTH_HEADERS, Health, health_response, ready_response, request_id_from
+from serving.http.auth import TOO_MANY, UNAUTHORIZED, KeyGuard, Verdict, peer_address
 from serving.http.errors import client_caused
 from serving.http.limits import run_server
 from serving.metrics import Metrics
@@ -50,6 +50,7 @@ class ServerState:
     def __init__(self, engine: Engine, model: ResolvedModel, params: ServeParams, api_key: str | None,
                  hooks: list[RequestHook], internal_secret: bytes | None = None) -> None:
         self.engine, self.model, self.params, self.api_key = engine, model, params, api_key
+        self.guard = KeyGuard(api_key, params.auth_failures, params.auth_window_s)
         self.internal_secret = internal_secret  # verifies the router's signed markers (serving.http.internal)
         self.metrics = Metrics()
         self.service = GenerationService(engine, model, params, self.metrics, hooks)
@@ -64,6 +65,13 @@ class ServerState:
         for check, reason in self.service.scheduler.health().items():
             health.fail(check, reason)
         return health
+
+
+def _auth_error(verdict: Verdict) -> ApiError:
+    if verdict.retry_after:
+        return ApiError(429, TOO_MANY.format(wait=verdict.retry_after), code="rate_limit_exceeded",
+                        headers={"Retry-After": str(verdict.retry_after)})
+    return ApiError(401, UNAUTHORIZED, code="invalid_api_key", headers=AUTH_HEADERS)
 
 
 def _error_response(err: ApiError) -> JSONResponse:
@@ -95,9 +103,12 @@ class _Context:
             await send(message)
 
         try:
-            if path.startswith("/v1") and not is_authorized(scope.get("headers", []), self.state.api_key):
-                err = ApiError(401, UNAUTHORIZED, code="invalid_api_key", headers=AUTH_HEADERS)
-                await _error_response(err)(scope, receive, send_with_id)
+            verdict = self.state.guard.check(scope.get("headers", []), peer_address(scope)) if path.startswith(
+                "/v1") else None
+            if verdict is not None and not verdict.ok:
+                self.state.metrics.rejected.labels(reason="auth_limited" if verdict.retry_after else
+                                                   "unauthorized").inc()
+                await _error_response(_auth_error(verdict))(scope, receive, send_with_id)
                 return
             await self.app(scope, receive, send_with_id)
         except Exception as exc:

@@ -4,7 +4,8 @@ keyboard shortcuts, filters and the count of what is waiting, over a small JSON 
 Auth is the servers' bearer key (serving/http/auth.py): scripts send `Authorization: Bearer <key>`; a browser
 signs in once with the key and then holds a session cookie + CSRF token (sessions.py). Without a configured key
 (auth off, loopback only) a browser gets a session on its first visit. Wrong keys are limited per client
-address on both paths (throttle.py: review.login_failures per review.login_window_s, then 429 + Retry-After).
+address on both paths (serving/http/throttle.py: review.login_failures per review.login_window_s, then 429 +
+Retry-After).
 On a loopback bind the Host header must name the loopback (a DNS-rebinding page cannot reach the API). Every
 decision is audited with the reviewer's name, how it was made (web) and the key identity. The page is static (no
 inline script: a strict CSP) and writes every user-supplied text with textContent, never as HTML.
@@ -23,7 +24,7 @@ from llmops.errors import LlmopsError
 from llmops.params import ReviewParams
 from monitoring.review.queue import ACTIONS, Conflict, Filters, ReviewError, ReviewQueue, UnknownItem
 from monitoring.review.sessions import COOKIE, CSRF_HEADER, Session, Sessions, csrf_ok, same_origin
-from monitoring.review.throttle import FailureLimit
+from serving.http.throttle import FailureLimit
 
 STATIC = Path(__file__).parent / "static"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -12,13 +12,16 @@ import hmac
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 from llmops.errors import LlmopsError
+from serving.http.throttle import FailureLimit
 
 KEY_ENV = "LLMOPS_API_KEY"
 KEY_FILE_ENV = "LLMOPS_API_KEY_FILE"
 AUTH_HEADERS = {"WWW-Authenticate": "Bearer"}
 UNAUTHORIZED = "missing or wrong API key: send Authorization: Bearer <key>"
+TOO_MANY = "too many wrong API keys from this address: retry after {wait} s (Retry-After)"
 
 
 def _key_from_file(key_file: Path) -> str:
@@ -93,3 +96,33 @@ def is_authorized(headers: Mapping[str, str] | Iterable[tuple[bytes, bytes]] | s
     if not key:
         return True
     return token_matches(bearer_token(_authorization(headers)), key)
+
+
+class Verdict(NamedTuple):
+    ok: bool
+    retry_after: int = 0  # > 0: refused unchecked, too many wrong keys from this address (429 + Retry-After)
+
+
+class KeyGuard:
+    """The API key with a limit on wrong keys per client address (throttle.py), for the model server and the
+    router: without it a client could try keys as fast as the server answers 401s. No key: auth off."""
+
+    def __init__(self, key: str | None, failures: int, window_s: float) -> None:
+        self.key = key
+        self.limit = FailureLimit(failures, window_s) if key else None
+
+    def check(self, headers: Mapping[str, str] | Iterable[tuple[bytes, bytes]] | str | None, address: str) -> Verdict:
+        if self.limit is None:
+            return Verdict(True)
+        if wait := self.limit.take(address):
+            return Verdict(False, wait)
+        if not is_authorized(headers, self.key):
+            return Verdict(False)
+        self.limit.give_back(address)
+        return Verdict(True)
+
+
+def peer_address(scope: Mapping) -> str:
+    """The TCP peer of an ASGI connection (X-Forwarded-For is not believed: anyone can send it)."""
+    client = scope.get("client")
+    return str(client[0]) if client else ""

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from serving.http.auth import peer_address
 from serving.http.internal import INTERNAL_HEADERS
 from serving.http.request_id import REQUEST_ID_HEADER, new_request_id, valid_request_id
 from serving.router.split import STABLE
@@ -28,6 +29,7 @@ class RequestContext:
     client_rid: bool  # the id came from the client (checked against the log), not from the router
     session: str | None
     authorization: str
+    client: str = ""  # the TCP peer's address (wrong keys are limited per address)
     t0: float = field(default_factory=time.perf_counter)
     wall0: float = field(default_factory=time.time)
     body: bytes = b""
@@ -62,7 +64,7 @@ class RequestContext:
             rid = new_request_id()
         headers[REQUEST_ID_HEADER] = rid
         return cls(scope.get("path", ""), headers, rid, client_rid, headers.get("x-llmops-session") or None,
-                   authorization)
+                   authorization, peer_address(scope))
 
     @property
     def ok(self) -> bool:

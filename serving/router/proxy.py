@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 from fastapi import FastAPI
 
-from serving.http.auth import AUTH_HEADERS, UNAUTHORIZED, is_authorized
+from serving.http.auth import AUTH_HEADERS, TOO_MANY, UNAUTHORIZED
 from serving.http.errors import client_caused
 from serving.records import RequestRecord, run_hooks
 from serving.router.context import RequestContext
@@ -63,16 +63,21 @@ class Proxy:
                 await send({"type": "http.response.body", "body": body})
 
     async def reject(self, send: Callable, ctx: RequestContext, status: int, message: str, code: str,
-                     reason: str) -> None:
+                     reason: str, extra: tuple = ()) -> None:
         self.state.metrics.rejected.labels(reason=reason).inc()
         status, payload = error(status, message, code)
-        await send_simple(send, status, payload, ctx.rid, extra=_AUTH if status == 401 else ())
+        await send_simple(send, status, payload, ctx.rid, extra=_AUTH if status == 401 else extra)
 
     async def handle(self, scope: dict, receive: Callable, send: Callable) -> None:
         state = self.state
         ctx = RequestContext.from_scope(scope)
-        if not is_authorized(ctx.authorization, state.api_key):  # before the body is read: an anonymous client
-            await self.reject(send, ctx, 401, UNAUTHORIZED, "invalid_api_key", "unauthorized")  # costs nothing
+        verdict = state.guard.check(ctx.authorization, ctx.client)  # before the body is read: an anonymous
+        if verdict.retry_after:                                       # client costs nothing
+            await self.reject(send, ctx, 429, TOO_MANY.format(wait=verdict.retry_after), "rate_limit_exceeded",
+                              "auth_limited", extra=((b"retry-after", str(verdict.retry_after).encode()),))
+            return
+        if not verdict.ok:
+            await self.reject(send, ctx, 401, UNAUTHORIZED, "invalid_api_key", "unauthorized")
             return
         if not await self.read_body(ctx, receive, send):
             return

@@ -18,6 +18,7 @@ import aiohttp
 from prometheus_client.registry import Collector
 
 from llmops.params import RouterParams
+from serving.http.auth import KeyGuard
 from serving.http.identity import key_identity
 from serving.records import RequestHook
 from serving.router.metrics import RouterMetrics, Window
@@ -81,6 +82,7 @@ class RouterState:
         self.params, self.config = params, config
         self.token, self.hooks, self.api_key = config.token, list(config.hooks), config.api_key
         self.key_id = key_identity(config.api_key)
+        self.guard = KeyGuard(config.api_key, params.auth_failures, params.auth_window_s)
         self.split = Split(canary_percent, shadow_percent, config.seed, session_key=config.internal_secret)
         self.stable = Backend(check_url(stable, "stable"))
         self.canary = Backend(check_url(canary, "canary")) if canary else None

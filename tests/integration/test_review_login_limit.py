@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from monitoring.review.sessions import COOKIE
-from monitoring.review.throttle import FailureLimit
+from serving.http.throttle import FailureLimit
 from tests.integration.test_review_browser import KEY, REPO, review_env, review_server  # noqa: F401
 
 BURST, WINDOW = 3, 20.0  # one try back every 6.7 s: slow enough that a loaded host's request times do not refill

@@ -36,12 +36,14 @@ SETS = ("serve.max_concurrent=8", "serve.queue_size=256", "serve.max_len=256", "
 MODEL = "model"
 
 
-def _router_app(stable: str, *, api_key: str | None, ilog=None):
+def _router_app(stable: str, *, api_key: str | None, ilog=None, auth_failures: int = 100_000):
+    """The router on `stable`; wrong keys are limited only where a test asks (the fuzz run sends thousands)."""
     from llmops.settings import get_settings
     from monitoring.inference_log import add_feedback_route
     from serving.router import create_router_app
 
-    app = create_router_app(get_settings().params().router, stable=stable, token=TOKEN,
+    params = get_settings().params().router.model_copy(update={"auth_failures": auth_failures})
+    app = create_router_app(params, stable=stable, token=TOKEN,
                             hooks=[ilog.hook] if ilog else [], api_key=api_key, internal_secret=b"test-secret",
                             id_exists=ilog.exists_async if ilog else None)
     if ilog is not None:
@@ -345,3 +347,17 @@ def test_a_stream_abandoned_while_its_side_is_slow_counts_against_that_side(tiny
                         break  # tokens came: leaving now is the client's own doing
             time.sleep(1.0)
             assert app.state.window.stats(0, time.time() + 1)["stable"]["errors"] == 1
+
+
+def test_wrong_keys_are_limited_per_address(stack) -> None:
+    """A router with router.auth_failures = 3: three wrong keys, then 429 + Retry-After for this address, the
+    right key included (refused unchecked), and nothing reaches the backend or the log."""
+    with _InProcessRouter(_router_app(stack.server, api_key=KEY, auth_failures=3)) as router:
+        wrong = [chat(router.url, "guess", {"Authorization": f"Bearer guess-{i}"}) for i in range(4)]
+        assert [r.status_code for r in wrong] == [401, 401, 401, 429]
+        assert wrong[-1].json()["error"]["code"] == "rate_limit_exceeded" and int(wrong[-1].headers["retry-after"])
+        refused = chat(router.url, "the right key, too soon", {**AUTH, "x-request-id": "limited-1"})
+        assert refused.status_code == 429 and stack.log.get("limited-1") is None
+        metrics = httpx.get(f"{router.url}/metrics").text
+        assert re.search(r'llmops_router_rejected_total\{reason="auth_limited"\} 2', metrics)
+    assert chat(stack.url, "the stack router counts its own wrong keys", AUTH).status_code == 200

@@ -54,3 +54,24 @@ def test_read_api_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "k").write_text("\n")
     with pytest.raises(LlmopsError, match="empty"):
         read_api_key("MY_KEY", tmp_path / "k")
+
+
+def test_wrong_keys_are_limited_per_address(server: str, tiny_model_dir: Path) -> None:
+    """Last in the module: it spends this address's tries. Before, a client could try keys as fast as the
+    server answered 401s; now serve.auth_failures (20) wrong keys in a burst, then 429 + Retry-After, and while
+    refused even the right key is not compared (no oracle)."""
+    body = {"model": tiny_model_dir.name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    statuses = []
+    for i in range(25):
+        r = httpx.post(f"{server}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer guess-{i}"},
+                       timeout=30)
+        statuses.append(r.status_code)
+        if r.status_code == 429:
+            break
+    assert statuses[-1] == 429 and set(statuses[:-1]) == {401} and len(statuses) <= 21, statuses
+    assert r.json()["error"]["code"] == "rate_limit_exceeded" and int(r.headers["retry-after"]) >= 1
+    right = httpx.post(f"{server}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                       timeout=30)
+    assert right.status_code == 429  # refused unchecked: a right guess looks like a wrong one
+    assert httpx.get(f"{server}/health", timeout=30).status_code == 200
+    assert 'llmops_rejected_total{reason="auth_limited"}' in httpx.get(f"{server}/metrics", timeout=30).text

@@ -1,12 +1,13 @@
-"""Failed key checks per client address, so the review page's key cannot be guessed at speed.
+"""Failed key checks per client address, so an API key cannot be guessed at speed (the model server, the router
+and the review page).
 
-A token bucket per address: `burst` tries (review.login_failures), refilled at burst / window (review.login_window_s)
-per second. A key check takes a token before the key is compared; a correct key gives it back, so people who sign
-in are never slowed, and a wrong one keeps it spent. With no token left the address is answered 429 with
-Retry-After and its key is not even compared: while refused, a right guess looks like a wrong one, so the API
-cannot be used as an oracle either (the bearer path shares the bucket). The address is the TCP peer's
-(X-Forwarded-For is not believed: anyone can send it). Buckets live in memory; full ones are forgotten once
-`max_clients` addresses are held, then the stalest, so many addresses cannot grow it without bound.
+A token bucket per address: `burst` tries, refilled at burst / window per second. A key check takes a token before
+the key is compared; a correct key gives it back, so clients with the key are never slowed, and a wrong one keeps
+it spent. With no token left the address is answered 429 with Retry-After and its key is not even compared: while
+refused, a right guess looks like a wrong one, so the API cannot be used as an oracle either. The address is the
+TCP peer's (X-Forwarded-For is not believed: anyone can send it); clients behind one proxy share its bucket.
+Buckets live in memory; full ones are forgotten once `max_clients` addresses are held, then the stalest, so many
+addresses cannot grow it without bound.
 """
 
 from __future__ import annotations
