@@ -104,150 +104,193 @@ def _val_line(step: int, max_steps: int, metrics: dict[str, float]) -> str:
     return f"[llmops.train] step {step}/{max_steps} " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
 
-def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
-    """Ray Train entry point (one call per worker). Rank 0 returns the history and final metrics."""
-    import ray.train
-    import torch
-    import torch.distributed as dist
-    from ray.train import Checkpoint
+class _Run:
+    """One worker's run: the model, optimizer and schedule every step shares, and the state a checkpoint keeps."""
 
-    from components.train._objective import Objective
-    from llmops import host
-    from llmops.precision import autocast, grad_scaler
-    from llmops.training import attention
-    from llmops.training import checkpoint as ck
-    from llmops.training import model as lora
-    from llmops.training.data import BlockStream
-    from llmops.training.optim import lr_factor, optimizer_step, step_seed
-    from llmops.training.storage import worker_model_dir
+    def __init__(self, config: dict[str, Any]) -> None:
+        import ray.train
+        import torch
 
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
-    device = torch.device(f"cuda:{ctx.get_local_rank()}") if config["use_gpu"] else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    tp = config["train"]
-    blocks, val_blocks, pad_id = config["blocks"], config["val_blocks"], config["pad_id"]
-    per_rank = tp["batch_size"]
-    global_batch = per_rank * world
-    if global_batch != config["global_batch"]:
-        raise RuntimeError(f"world size {world} does not give the planned global batch {config['global_batch']}")
-    max_steps = tp["max_steps"]
-    choice = choose_precision(config, device, rank, world)
-    precision = choice["precision"]
-    if rank == 0:
-        print(f"[llmops.train] precision {precision} on {device.type}: {choice['reason']}", flush=True)
+        from components.train._objective import Objective
+        from llmops.precision import grad_scaler
+        from llmops.training import attention
+        from llmops.training import model as lora
+        from llmops.training.data import BlockStream
+        from llmops.training.optim import lr_factor
+        from llmops.training.storage import worker_model_dir
 
-    model = lora.wrap(
-        # packed blocks: attention computed inside each example only (the same result as the block-diagonal mask)
-        lora.build_lora_model(worker_model_dir(config), config["lora"], tp["seed"], device,
-                                attn_implementation=attention.NAME),
-        tp["strategy"], device, world,
-    )
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tp["lr"], weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, tp["warmup_steps"], max_steps)
-    )
-    stream = BlockStream(len(blocks), tp["seed"])
-    objective = Objective.from_train(tp)
-    scaler = grad_scaler(device.type, precision, distributed=world > 1)
+        ctx = ray.train.get_context()
+        self.config, self.tp = config, config["train"]
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+        self.device = torch.device(f"cuda:{ctx.get_local_rank()}") if config["use_gpu"] else torch.device("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.blocks, self.val_blocks, self.pad_id = config["blocks"], config["val_blocks"], config["pad_id"]
+        self.per_rank = self.tp["batch_size"]
+        self.global_batch = self.per_rank * self.world
+        if self.global_batch != config["global_batch"]:
+            raise RuntimeError(f"world size {self.world} does not give the planned global batch "
+                               f"{config['global_batch']}")
+        self.max_steps = self.tp["max_steps"]
+        self.choice = choose_precision(config, self.device, self.rank, self.world)
+        self.precision = self.choice["precision"]
+        self.say(f"precision {self.precision} on {self.device.type}: {self.choice['reason']}")
+        self.model = lora.wrap(
+            # packed blocks: attention computed inside each example only (the same result as the block-diagonal mask)
+            lora.build_lora_model(worker_model_dir(config), config["lora"], self.tp["seed"], self.device,
+                                  attn_implementation=attention.NAME),
+            self.tp["strategy"], self.device, self.world,
+        )
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.tp["lr"], weight_decay=0.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, self.tp["warmup_steps"], self.max_steps))
+        self.stream = BlockStream(len(self.blocks), self.tp["seed"])
+        self.objective = Objective.from_train(self.tp)
+        self.scaler = grad_scaler(self.device.type, self.precision, distributed=self.world > 1)
+        self.state: dict[str, Any] = {"step": 0, "history": [], "tokens": 0, "train_seconds": 0.0, "resumed": 0,
+                                      "resumed_from": [], "val_before": None}
 
-    state: dict[str, Any] = {"step": 0, "history": [], "tokens": 0, "train_seconds": 0.0, "resumed": 0,
-                             "resumed_from": [], "val_before": None}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
+    def say(self, line: str) -> None:
+        if self.rank == 0:
+            print(f"[llmops.train] {line}", flush=True)
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(self.objective, self.model, self.val_blocks, self.per_rank, self.pad_id, self.device,
+                        self.precision, self.rank, self.world)
+
+    def restore(self) -> None:
+        """Resume from Ray Train's latest checkpoint, if this attempt has one."""
+        import ray.train
+
+        from llmops.training import checkpoint as ck
+        from llmops.training import model as lora
+
+        checkpoint = ray.train.get_checkpoint()
+        if not checkpoint:
+            return
         with checkpoint.as_directory() as ckpt_dir:
             model_state, optim_state, saved = ck.load_trainer_state(Path(ckpt_dir))
-        lora.load_trainable_state(model, model_state)
-        lora.load_optimizer_state(model, optimizer, optim_state)
-        scheduler.load_state_dict(saved.pop("scheduler"))
+        lora.load_trainable_state(self.model, model_state)
+        lora.load_optimizer_state(self.model, self.optimizer, optim_state)
+        self.scheduler.load_state_dict(saved.pop("scheduler"))
         if saved.get("grad_scaler"):
-            scaler.load_state_dict(saved["grad_scaler"])
-        state.update(saved)
-        state["resumed"] += 1
-        state["resumed_from"].append(state["step"])
-        if rank == 0:
-            print(f"[llmops.train] resumed from checkpoint at step {state['step']}", flush=True)
+            self.scaler.load_state_dict(saved["grad_scaler"])
+        self.state.update(saved)
+        self.state["resumed"] += 1
+        self.state["resumed_from"].append(self.state["step"])
+        self.say(f"resumed from checkpoint at step {self.state['step']}")
 
-    if state["val_before"] is None:
-        state["val_before"] = evaluate(objective, model, val_blocks, per_rank, pad_id, device, precision, rank, world)
-        if rank == 0:
-            print(_val_line(0, max_steps, state["val_before"]), flush=True)
+    def save_checkpoint(self, metrics: dict[str, Any], final: bool) -> None:
+        import ray.train
+        from ray.train import Checkpoint
 
-    def save_checkpoint(metrics: dict[str, Any], final: bool) -> None:
-        model_state = lora.trainable_state(model)  # collectives: every rank
-        optim_state = lora.optimizer_state(model, optimizer)
-        sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-        state["grad_scaler"] = scaler.state_dict()  # {} when disabled; the fp16 scale survives a restart
+        from llmops.training import checkpoint as ck
+        from llmops.training import model as lora
+
+        model_state = lora.trainable_state(self.model)  # collectives: every rank
+        optim_state = lora.optimizer_state(self.model, self.optimizer)
+        sched = {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"}
+        self.state["grad_scaler"] = self.scaler.state_dict()  # {} when disabled; the fp16 scale survives a restart
         with tempfile.TemporaryDirectory(prefix="llmops-ckpt-") as tmp:
             ckpt = None
-            if rank == 0:
+            if self.rank == 0:
                 ck.save_trainer_state(Path(tmp), model_state, optim_state,
-                                      {**state, "scheduler": {**sched, "lr_lambdas": [None]}})
-                lora.save_peft_adapter(model, model_state, Path(tmp) / ck.ADAPTER_DIR)
+                                      {**self.state, "scheduler": {**sched, "lr_lambdas": [None]}})
+                lora.save_peft_adapter(self.model, model_state, Path(tmp) / ck.ADAPTER_DIR)
                 ckpt = Checkpoint.from_directory(tmp)
-            name = f"checkpoint-{state['step']:06d}" + ("-final" if final else "")
+            name = f"checkpoint-{self.state['step']:06d}" + ("-final" if final else "")
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
 
-    model.train()
-    while state["step"] < max_steps:
-        step = state["step"]
-        _maybe_inject_fault(config, step + 1, rank, world)
-        torch.manual_seed(step_seed(tp["seed"], rank, step))
+    def step(self) -> dict[str, Any]:
+        """One optimizer step on this rank's slice of the step's global batch; the step's history row."""
+        import torch
+        import torch.distributed as dist
+
+        from llmops.precision import autocast
+        from llmops.training.optim import optimizer_step, step_seed
+
+        step, blocks = self.state["step"], self.blocks
+        _maybe_inject_fault(self.config, step + 1, self.rank, self.world)
+        torch.manual_seed(step_seed(self.tp["seed"], self.rank, step))
         start = time.perf_counter()
-        step_ids = stream.step_indices(step, global_batch)
+        step_ids = self.stream.step_indices(step, self.global_batch)
         global_tokens = sum(len(blocks[i]) for i in step_ids)
-        mine = [blocks[i] for i in step_ids[rank * per_rank : (rank + 1) * per_rank]]
-        with autocast(device.type, precision):
-            loss, stats = objective.step(model, [blocks[i] for i in step_ids], mine, pad_id, device, world)
-        lr = optimizer.param_groups[0]["lr"]
-        grad_norm = optimizer_step(loss, params, optimizer, scaler, tp["max_grad_norm"])
-        scheduler.step()
-        if world > 1:
+        mine = [blocks[i] for i in step_ids[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]]
+        with autocast(self.device.type, self.precision):
+            loss, stats = self.objective.step(self.model, [blocks[i] for i in step_ids], mine, self.pad_id,
+                                              self.device, self.world)
+        lr = self.optimizer.param_groups[0]["lr"]
+        grad_norm = optimizer_step(loss, self.params, self.optimizer, self.scaler, self.tp["max_grad_norm"])
+        self.scheduler.step()
+        if self.world > 1:
             dist.all_reduce(stats)
-        step_stats = dict(zip(objective.step_keys, stats.tolist(), strict=True))
-        train_loss = step_stats["train_loss"]
+        step_stats = dict(zip(self.objective.step_keys, stats.tolist(), strict=True))
         seconds = time.perf_counter() - start
-        state["step"] = step + 1
-        state["tokens"] += global_tokens
-        state["train_seconds"] += seconds
+        self.state["step"] = step + 1
+        self.state["tokens"] += global_tokens
+        self.state["train_seconds"] += seconds
         row = {"step": step + 1, **step_stats, "lr": lr, "grad_norm": grad_norm.item(),
                "tokens_per_s": global_tokens / seconds, "seconds": seconds, "tokens": global_tokens,
-               "epoch": stream.epoch_of(step + 1, global_batch)}
-        state["history"].append(row)
-        if rank == 0:
-            print(f"[llmops.train] step {step + 1}/{max_steps} loss {train_loss:.4f} lr {lr:.2e} "
-                  f"tok/s {row['tokens_per_s']:.0f} epoch {row['epoch']:.2f}", flush=True)
-        final = state["step"] == max_steps
-        if final or state["step"] % tp["checkpoint_every"] == 0:
-            metrics = {"step": state["step"], "train_loss": train_loss}
-            if final:
-                state["val"] = evaluate(objective, model, val_blocks, per_rank, pad_id, device, precision, rank,
-                                        world)
-                metrics.update(state["val"])
-                if rank == 0:
-                    print(_val_line(max_steps, max_steps, state["val"]), flush=True)
-            save_checkpoint(metrics, final)
+               "epoch": self.stream.epoch_of(step + 1, self.global_batch)}
+        self.state["history"].append(row)
+        self.say(f"step {step + 1}/{self.max_steps} loss {row['train_loss']:.4f} lr {lr:.2e} "
+                 f"tok/s {row['tokens_per_s']:.0f} epoch {row['epoch']:.2f}")
+        return row
 
-    peak = torch.tensor(_peak_memory(device), dtype=torch.float64, device=device)
-    if world > 1:
-        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-    if rank != 0:
-        return None
-    return {
-        "history": state["history"],
-        "val_before": state["val_before"],  # {val_loss, ...} of the objective before the first step
-        "val": state.get("val") or {},  # ... and after the last
-        "steps": state["step"],
-        "tokens": state["tokens"],
-        "train_seconds": state["train_seconds"],
-        "resumed": state["resumed"],
-        "resumed_from": state["resumed_from"],
-        "peak_rss_mb": peak[0].item(),
-        "peak_gpu_mb": peak[1].item() if device.type == "cuda" else None,
-        "world_size": world,
-        "precision": choice,
-        "host": host.describe(Path(config["host_cache_dir"]) if config.get("host_cache_dir") else None),
-    }
+    def checkpoint_if_due(self, row: dict[str, Any]) -> None:
+        """Every `checkpoint_every` steps, and after the last one with the validation metrics."""
+        final = self.state["step"] == self.max_steps
+        if not final and self.state["step"] % self.tp["checkpoint_every"]:
+            return
+        metrics = {"step": self.state["step"], "train_loss": row["train_loss"]}
+        if final:
+            self.state["val"] = self.evaluate()
+            metrics.update(self.state["val"])
+            if self.rank == 0:
+                print(_val_line(self.max_steps, self.max_steps, self.state["val"]), flush=True)
+        self.save_checkpoint(metrics, final)
+
+    def result(self) -> dict[str, Any] | None:
+        """Rank 0: the history, the validation metrics before and after, and what the run cost."""
+        import torch
+        import torch.distributed as dist
+
+        from llmops import host
+
+        peak = torch.tensor(_peak_memory(self.device), dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+        if self.rank != 0:
+            return None
+        state, cache = self.state, self.config.get("host_cache_dir")
+        return {
+            "history": state["history"],
+            "val_before": state["val_before"],  # {val_loss, ...} of the objective before the first step
+            "val": state.get("val") or {},  # ... and after the last
+            "steps": state["step"],
+            "tokens": state["tokens"],
+            "train_seconds": state["train_seconds"],
+            "resumed": state["resumed"],
+            "resumed_from": state["resumed_from"],
+            "peak_rss_mb": peak[0].item(),
+            "peak_gpu_mb": peak[1].item() if self.device.type == "cuda" else None,
+            "world_size": self.world,
+            "precision": self.choice,
+            "host": host.describe(Path(cache) if cache else None),
+        }
+
+
+def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Ray Train entry point (one call per worker). Rank 0 returns the history and final metrics."""
+    run = _Run(config)
+    run.restore()
+    if run.state["val_before"] is None:
+        run.state["val_before"] = run.evaluate()
+        if run.rank == 0:
+            print(_val_line(0, run.max_steps, run.state["val_before"]), flush=True)
+    run.model.train()
+    while run.state["step"] < run.max_steps:
+        run.checkpoint_if_due(run.step())
+    return run.result()

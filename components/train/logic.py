@@ -236,81 +236,39 @@ def train_adapter(
     the MLflow child run (the retrain's DPO stage trains as its own step); `data_sources` ({entry: md5}) names the
     datasets the splits were merged from when no sources.json lies beside them (the pipeline's artifacts)."""
     started = time.perf_counter()
-    _check_params(params)
-    from llmops.data.erasures import check_training_data
-
-    # first, before any model work: never train on a dataset version `llmops log erase` marked
-    check_training_data(settings.state_dir, settings.project_dir,
-                        {"train": Path(train_path), "validation": Path(validation_path)}, data_sources)
+    splits = {"train": Path(train_path), "validation": Path(validation_path)}
     base_model_dir, out_dir = Path(base_model_dir), Path(out_dir)
-    if not (base_model_dir / "config.json").is_file():
-        raise ModelError(f"no model checkpoint at {base_model_dir}", "run `llmops model pull` or pass the model dir")
+    lineage = _check_inputs(settings, params, splits, base_model_dir, data_sources)
     fault_step = _fault_step()
-    from llmops.lineage import data_lineage
-    from llmops.modeling.base import verify_base_model
-
-    # What this run really trains on: the base weights hashed now (and checked against the pull), the
-    # md5 of the exact split files read.
-    lineage = verify_base_model(base_model_dir)
-    from llmops.modeling.families import resolve_for_checkpoint
-
-    resolve_for_checkpoint(base_model_dir, params.lora.target_modules)  # a bad LoRA target fails here, not in Ray
 
     import torch
     from transformers import AutoTokenizer
 
     from components.train._ray import quiet_ray_env, ray_session
+    from llmops.lineage import data_lineage
     from llmops.tracking import step_run
-    from llmops.training.storage import share_base_model
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     prepare = prepare_preference_data if params.train.objective == "dpo" else prepare_data
-    data = prepare(params, tokenizer, Path(train_path), Path(validation_path))
-    lineage |= data_lineage(settings.project_dir, {"train": Path(train_path), "validation": Path(validation_path)})
+    data = prepare(params, tokenizer, splits["train"], splits["validation"])
+    lineage |= data_lineage(settings.project_dir, splits)
     quiet_ray_env()
     storage = settings.ray_storage
     run_name = f"train-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-    if settings.ray_storage_is_remote:
-        # The fault drill's once-only marker needs a filesystem the workers share: on remote storage it
-        # lives in the local state dir, which is only shared when the workers run on this machine.
-        run_dir = settings.state_dir / "ray-faults" / run_name
-    else:
-        Path(storage).mkdir(parents=True, exist_ok=True)
-        run_dir = Path(storage) / run_name
 
     with step_run(settings, parent_run_id, step) as run_id, ray_session(settings):
+        import mlflow
         import ray
+
+        from llmops.precision import probe_shape
 
         # GPU workers when this machine or the joined Ray cluster has GPUs (a KubeRay driver may have none).
         use_gpu = torch.cuda.is_available() or ray.cluster_resources().get("GPU", 0) >= 1
-        from llmops.precision import probe_shape
-
         shape = probe_shape(params.train.batch_size, params.train.seq_len, base_model_dir)
         _precheck_host(settings, params, use_gpu, shape)
-        config = {
-            "base_model_dir": str(base_model_dir),
-            # workers in other pods pull it from the shared Ray storage (llmops/training/storage.py)
-            "base_model_uri": share_base_model(storage, base_model_dir, lineage["base_model.sha256"]),
-            "base_model_digest": lineage["base_model.sha256"],
-            "lora": params.lora.model_dump(),
-            "train": params.train.model_dump(),
-            "blocks": data.blocks,
-            "val_blocks": data.val_blocks,
-            "pad_id": data.pad_id,
-            "global_batch": params.train.batch_size * params.train.num_workers,
-            "use_gpu": use_gpu,
-            "cpus_per_worker": _cpus_per_worker(params, use_gpu),
-            "run_dir": str(run_dir),
-            "fault_kill_at_step": fault_step,
-            "host_cache_dir": str(settings.state_dir),  # per-host probe/bandwidth cache (llmops.host)
-            "probe_shape": list(shape),
-        }
-        unit = "preference pairs" if params.train.objective == "dpo" else "examples"
-        print(f"[llmops.train] {params.train.objective}: {data.stats['examples']} {unit} -> {data.stats['blocks']} "
-              f"blocks of <= "
-              f"{params.train.seq_len} tokens ({data.stats['pack_fill']:.0%} full); {params.train.num_workers} "
-              f"{params.train.strategy} worker(s) x {config['cpus_per_worker']} CPU(s), "
-              f"{params.train.max_steps} steps, run {run_name}", flush=True)
+        config = _worker_config(settings, params, base_model_dir, lineage, data, use_gpu=use_gpu, shape=shape,
+                                run_dir=_run_dir(settings, run_name), fault_step=fault_step)
+        _say_plan(params, data, config, run_name)
         result = _run_trainer(params, config, run_name, storage)
         out = result.return_value
         if not out:
@@ -318,30 +276,8 @@ def train_adapter(
         _copy_adapter(result, out_dir)
         lineage |= _host_lineage(out)
         seconds = time.perf_counter() - started
-        metrics: dict[str, Any] = {
-            "objective": params.train.objective,
-            "train_loss": out["history"][-1]["train_loss"],
-            **out["val"],  # val_loss (+ for dpo: val_reward_accuracy, val_reward_margin, val_preference_accuracy)
-            **{f"{k}_before": v for k, v in out["val_before"].items()},
-            "steps": out["steps"],
-            "tokens": out["tokens"],
-            "tokens_per_s": out["tokens"] / out["train_seconds"],
-            "train_seconds": out["train_seconds"],
-            "seconds": seconds,
-            "overhead_seconds": seconds - out["train_seconds"],
-            "peak_rss_mb": out["peak_rss_mb"],
-            "resumed": out["resumed"],
-            "num_workers": out["world_size"],
-            "strategy": params.train.strategy,
-            "precision": out["precision"]["precision"],
-            "epochs": out["history"][-1]["epoch"],
-            **data.stats,
-        }
-        if out.get("peak_gpu_mb") is not None:
-            metrics["peak_gpu_mb"] = out["peak_gpu_mb"]
+        metrics = _run_metrics(params, out, data.stats, seconds)
         _log_to_mlflow(params, metrics, out["history"])
-        import mlflow
-
         mlflow.set_tags(lineage)
     print(f"[llmops.train] done: val_loss {metrics['val_loss_before']:.4f} -> {metrics['val_loss']:.4f}, "
           f"{metrics['tokens_per_s']:.0f} tok/s, {seconds:.0f} s, adapter in {out_dir}", flush=True)
@@ -353,3 +289,89 @@ def train_adapter(
         checkpoint_dir=result.checkpoint.path if result.checkpoint else None,
         lineage=lineage,
     )
+
+
+def _check_inputs(settings: Settings, params: Params, splits: dict[str, Path], base_model_dir: Path,
+                  data_sources: dict[str, str] | None) -> dict[str, str]:
+    """Everything that can fail before any model work, in the order a user fixes it; the base model's lineage."""
+    from llmops.data.erasures import check_training_data
+    from llmops.modeling.base import verify_base_model
+    from llmops.modeling.families import resolve_for_checkpoint
+
+    _check_params(params)
+    # first, before any model work: never train on a dataset version `llmops log erase` marked
+    check_training_data(settings.state_dir, settings.project_dir, splits, data_sources)
+    if not (base_model_dir / "config.json").is_file():
+        raise ModelError(f"no model checkpoint at {base_model_dir}", "run `llmops model pull` or pass the model dir")
+    # What this run really trains on: the base weights hashed now (and checked against the pull).
+    lineage = verify_base_model(base_model_dir)
+    resolve_for_checkpoint(base_model_dir, params.lora.target_modules)  # a bad LoRA target fails here, not in Ray
+    return lineage
+
+
+def _run_dir(settings: Settings, run_name: str) -> Path:
+    """Where the fault drill's once-only marker lives: a filesystem the workers share."""
+    if settings.ray_storage_is_remote:
+        # on remote storage it lives in the local state dir, shared only when the workers run on this machine
+        return settings.state_dir / "ray-faults" / run_name
+    Path(settings.ray_storage).mkdir(parents=True, exist_ok=True)
+    return Path(settings.ray_storage) / run_name
+
+
+def _worker_config(settings: Settings, params: Params, base_model_dir: Path, lineage: dict[str, str], data: Any, *,
+                   use_gpu: bool, shape: tuple[int, ...], run_dir: Path, fault_step: int | None) -> dict[str, Any]:
+    """What every Ray Train worker gets (components/train/_worker.py)."""
+    from llmops.training.storage import share_base_model
+
+    return {
+        "base_model_dir": str(base_model_dir),
+        # workers in other pods pull it from the shared Ray storage (llmops/training/storage.py)
+        "base_model_uri": share_base_model(settings.ray_storage, base_model_dir, lineage["base_model.sha256"]),
+        "base_model_digest": lineage["base_model.sha256"],
+        "lora": params.lora.model_dump(),
+        "train": params.train.model_dump(),
+        "blocks": data.blocks,
+        "val_blocks": data.val_blocks,
+        "pad_id": data.pad_id,
+        "global_batch": params.train.batch_size * params.train.num_workers,
+        "use_gpu": use_gpu,
+        "cpus_per_worker": _cpus_per_worker(params, use_gpu),
+        "run_dir": str(run_dir),
+        "fault_kill_at_step": fault_step,
+        "host_cache_dir": str(settings.state_dir),  # per-host probe/bandwidth cache (llmops.host)
+        "probe_shape": list(shape),
+    }
+
+
+def _say_plan(params: Params, data: Any, config: dict[str, Any], run_name: str) -> None:
+    unit = "preference pairs" if params.train.objective == "dpo" else "examples"
+    print(f"[llmops.train] {params.train.objective}: {data.stats['examples']} {unit} -> {data.stats['blocks']} "
+          f"blocks of <= {params.train.seq_len} tokens ({data.stats['pack_fill']:.0%} full); "
+          f"{params.train.num_workers} {params.train.strategy} worker(s) x {config['cpus_per_worker']} CPU(s), "
+          f"{params.train.max_steps} steps, run {run_name}", flush=True)
+
+
+def _run_metrics(params: Params, out: dict[str, Any], data_stats: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """The run's metrics from rank 0's result (logged to MLflow, returned to the pipeline)."""
+    metrics: dict[str, Any] = {
+        "objective": params.train.objective,
+        "train_loss": out["history"][-1]["train_loss"],
+        **out["val"],  # val_loss (+ for dpo: val_reward_accuracy, val_reward_margin, val_preference_accuracy)
+        **{f"{k}_before": v for k, v in out["val_before"].items()},
+        "steps": out["steps"],
+        "tokens": out["tokens"],
+        "tokens_per_s": out["tokens"] / out["train_seconds"],
+        "train_seconds": out["train_seconds"],
+        "seconds": seconds,
+        "overhead_seconds": seconds - out["train_seconds"],
+        "peak_rss_mb": out["peak_rss_mb"],
+        "resumed": out["resumed"],
+        "num_workers": out["world_size"],
+        "strategy": params.train.strategy,
+        "precision": out["precision"]["precision"],
+        "epochs": out["history"][-1]["epoch"],
+        **data_stats,
+    }
+    if out.get("peak_gpu_mb") is not None:
+        metrics["peak_gpu_mb"] = out["peak_gpu_mb"]
+    return metrics
