@@ -79,6 +79,7 @@ def _start_local(temp: Path, attempts: int = 2) -> None:
             if "timed out during startup" not in str(exc):
                 raise
             _stop_leftovers(temp)
+            time.sleep(2.0)  # the killed processes release their ports and sockets
             if attempt == attempts:
                 raise LlmopsError(f"the local Ray node did not start ({attempt} attempts): {exc}"
                                   f"{_raylet_log_tail(temp)}",

@@ -76,7 +76,7 @@ class _Recorder:
         return self._engine.decode(slots, ids)
 
 
-def _answers(engine, chunk: int, short_tokens: int = 24) -> tuple[list[list[int]], list[tuple]]:
+def _answers(engine, chunk: int, short_tokens: int = 64) -> tuple[list[list[int]], list[tuple]]:
     """A short request running, then the long prompt arriving: each one's greedy tokens, and the calls."""
     from serving.metrics import Metrics
     from serving.sampling import SamplingParams
