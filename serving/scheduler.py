@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from serving.engines.base import Engine
+from serving.engines.base import Engine, can_extend
 from serving.metrics import Metrics
 from serving.sampling import Sampler, SamplingParams, as_array, logsumexp
 from serving.structured import Constraint
@@ -132,7 +132,7 @@ class Scheduler:
         self.engine = engine
         # prompt tokens prefilled per iteration, between decode steps (0, or an engine that cannot extend a
         # slot: every admitted prompt whole)
-        self.prefill_chunk = prefill_chunk if engine.supports_extend else 0
+        self.prefill_chunk = prefill_chunk if can_extend(engine) else 0
         self.metrics = metrics
         self.queue_size = queue_size
         self.model_label = model_label

@@ -47,6 +47,11 @@ def check_extend(slot: int, token_ids: list[int], lengths: dict[int, int], max_l
         raise LlmopsError(f"slot {slot} would exceed max_len {max_len}", "shorten the prompt")
 
 
+def can_extend(engine: Any) -> bool:
+    """Whether `engine` takes a prompt in chunks (defines `extend`); the others get whole prompts."""
+    return callable(getattr(engine, "extend", None))
+
+
 class Engine(ABC):
     """The engine executes, the scheduler decides: one KV-cache slot per running sequence.
 
@@ -56,8 +61,9 @@ class Engine(ABC):
     - `prefill(slot, ids)` starts a fresh sequence in `slot` (any old cache there is dropped) and returns the
       logits of the last prompt position; `decode(slots, ids)` appends one token per slot and returns the
       next-token logits, row i for ``slots[i]``. ``len(prompt) + generated <= max_len`` is the scheduler's job.
-    - engines with ``supports_extend`` also take a long prompt in chunks: `prefill` the first, `extend` the
-      rest, so the scheduler can run decode steps of other sequences in between (chunked prefill).
+    - engines that define ``extend(slot, ids)`` (`can_extend`) also take a long prompt in chunks: `prefill` the
+      first, `extend` the rest (logits of the chunk's last position), so the scheduler can run decode steps of
+      other sequences in between (chunked prefill).
     - logits are fp32 CPU tensors (whatever the engine computes in), so sampling code is engine-agnostic.
     - calls come from one scheduler thread; engines need not be thread-safe.
     """
@@ -66,7 +72,6 @@ class Engine(ABC):
     max_slots: int  # sequences that can hold a KV cache at once
     max_len: int  # prompt + generated tokens per sequence
     tokenizer: Any  # a transformers tokenizer (chat template, eos)
-    supports_extend: bool = False  # `extend` appends a prompt chunk to a started slot
 
     def info(self) -> dict[str, Any]:
         """kind, runtime + version, device, dtype, build-config hash if any (shown by /v1/models, /ready, logs)."""
@@ -75,10 +80,6 @@ class Engine(ABC):
     @abstractmethod
     def prefill(self, slot: int, token_ids: list[int]) -> torch.Tensor:
         """fp32 logits [vocab] of the last prompt position; fills the slot's KV cache."""
-
-    def extend(self, slot: int, token_ids: list[int]) -> torch.Tensor:
-        """Append a prompt's next chunk to a started slot -> fp32 logits [vocab] of its last position."""
-        raise NotImplementedError(f"{self.name} cannot extend a sequence: prefill the whole prompt")
 
     def prefill_many(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
         """Start several sequences at once -> fp32 logits [len(slots), vocab]. Engines that can run the prompts

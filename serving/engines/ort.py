@@ -34,7 +34,6 @@ def runtime_version() -> str:
 class OnnxRuntimeEngine(SlotCacheEngine):
     kind = "cpu"
     runtime = RUNTIME
-    supports_extend = True
 
     def __init__(self, engine_dir: Path, model_dir: Path, *, max_slots: int = 8, max_len: int = 2048,
                  threads: int | None = None, manifest: dict[str, Any] | None = None,
@@ -111,13 +110,17 @@ class OnnxRuntimeEngine(SlotCacheEngine):
                     self._kv[slot] = old.take(row, self._len[slot])
         return view
 
+    def _leave_view(self, view: RowView, slot: int) -> None:
+        """A live slot leaves the view: its tokens go back to its own cache, the last row takes its place."""
+        row = view.row(slot)
+        self._kv[slot] = view.take(row, self._len[slot])
+        view.drop(row, self._len)
+
     def _regroup(self, view: RowView, slots: list[int]) -> None:
         """The view holds exactly `slots` afterwards: paused ones leave with their tokens, new ones join."""
         keep = set(slots)
         for slot in [s for s in view.order if s not in keep]:
-            row = view.row(slot)
-            self._kv[slot] = view.take(row, self._len[slot])
-            view.drop(row, self._len)
+            self._leave_view(view, slot)
         for slot in slots:
             if slot not in view.order:
                 view.put(slot, self._kv.pop(slot), self._len[slot])
@@ -136,11 +139,10 @@ class OnnxRuntimeEngine(SlotCacheEngine):
     def _running(self, slots: list[int], token_ids: list[int]) -> RowView:
         """The view of `slots` for a decode step: made once, then regrouped by rows when the running set
         changes."""
-        check_decode(slots, token_ids, self._len, self.max_len)
-        need = max(self._len[s] for s in slots) + 1
+        check_decode(slots, token_ids, self._len, self.max_len)  # so no row outgrows the view's max_len
         view = self._view
-        if view is None or need > view.cap:
-            view = self._view = self._next_view(tuple(slots), need)
+        if view is None:
+            view = self._view = self._next_view(tuple(slots), self.max_len)
         elif len(view.order) != len(slots) or set(view.order) != set(slots):
             self._regroup(view, slots)
         if view.bound != len(view.order):
@@ -154,37 +156,33 @@ class OnnxRuntimeEngine(SlotCacheEngine):
         super().release(slot)
 
     # -- the Engine interface ----------------------------------------------------------------------
-    def prefill(self, slot: int, token_ids: list[int]):
-        """Run the prompt (fresh cache), keep its K/V for `slot`; fp32 logits [vocab] of the last position."""
+    def _run_prompt(self, slot: int, token_ids: list[int], past: list[np.ndarray], n: int):
+        """`token_ids` after the `n` tokens of `past` (per (layer, kind) [Hkv, n, D]): the slot keeps all n + m
+        tokens' K/V; fp32 logits [vocab] of the last position."""
         import torch
 
-        self._start(slot, token_ids)
-        n = len(token_ids)
-        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
+        total = n + len(token_ids)
         feeds = {"input_ids": np.asarray([token_ids], dtype=np.int64),
-                 "seqlens_k": np.asarray([n - 1], dtype=np.int32),
-                 "total_sequence_length": np.asarray(n, dtype=np.int32),
-                 **dict.fromkeys(self._past, empty)}
+                 "seqlens_k": np.asarray([total - 1], dtype=np.int32),
+                 "total_sequence_length": np.asarray(total, dtype=np.int32),
+                 **{name: rows[None] for name, rows in zip(self._past, past, strict=True)}}
         out = self.session.run(["logits", *self._present], feeds)
-        self._keep(slot, [p[0] for p in out[1:]], n)
+        self._keep(slot, [p[0] for p in out[1:]], total)
         return torch.from_numpy(np.array(out[0][0], dtype=np.float32))
+
+    def prefill(self, slot: int, token_ids: list[int]):
+        """Run the prompt (fresh cache), keep its K/V for `slot`; fp32 logits [vocab] of the last position."""
+        self._start(slot, token_ids)
+        empty = np.zeros((self.kv_heads, 0, self.head_dim), dtype=np.float32)
+        return self._run_prompt(slot, token_ids, [empty] * len(self._past), 0)
 
     def extend(self, slot: int, token_ids: list[int]):
         """A prompt's next chunk after the slot's cache (GroupQueryAttention takes several new tokens over a
         past; the result equals one prefill of the whole prompt)."""
-        import torch
-
         check_extend(slot, token_ids, self._len, self.max_len)
-        if self._view is not None and slot in self._view.slots:
-            self._retire_view()
-        n, m = self._len[slot], len(token_ids)
-        feeds = {"input_ids": np.asarray([token_ids], dtype=np.int64),
-                 "seqlens_k": np.asarray([n + m - 1], dtype=np.int32),
-                 "total_sequence_length": np.asarray(n + m, dtype=np.int32),
-                 **{name: rows[None] for name, rows in zip(self._past, self._rows(slot), strict=True)}}
-        out = self.session.run(["logits", *self._present], feeds)
-        self._keep(slot, [p[0] for p in out[1:]], n + m)
-        return torch.from_numpy(np.array(out[0][0], dtype=np.float32))
+        if self._view is not None and slot in self._view.order:  # only this slot leaves the view
+            self._leave_view(self._view, slot)
+        return self._run_prompt(slot, token_ids, self._rows(slot), self._len[slot])
 
     def decode(self, slots: list[int], token_ids: list[int]):
         """One new token per slot, K/V appended in place; fp32 logits [len(slots), vocab]."""

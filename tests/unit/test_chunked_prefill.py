@@ -13,6 +13,7 @@ import pytest
 
 from llmops.errors import LlmopsError
 from llmops.settings import Settings
+from serving.engines.base import can_extend
 
 LONG = ("Explain, step by step and with an example for each, how Python lists, tuples, sets and dictionaries "
         "differ in mutability, ordering, hashing and typical uses, and when to pick each of them.")
@@ -30,7 +31,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
 
 def test_extend_in_chunks_equals_one_prefill(engine) -> None:
     ids = engine.tokenizer.encode(LONG, add_special_tokens=False)
-    assert engine.supports_extend and len(ids) > 30
+    assert can_extend(engine) and len(ids) > 30
     whole = engine.prefill(0, ids).numpy()
     engine.prefill(1, ids[:7])
     for start in range(7, len(ids), 10):
@@ -131,7 +132,7 @@ def test_an_engine_that_cannot_extend_gets_whole_prompts(tiny_model_dir: Path) -
     from serving.scheduler import Scheduler
 
     eager = EagerEngine(tiny_model_dir, max_slots=2)
-    assert not eager.supports_extend
+    assert not can_extend(eager)
     assert Scheduler(eager, Metrics(), queue_size=2, prefill_chunk=8).prefill_chunk == 0
 
 
