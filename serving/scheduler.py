@@ -357,10 +357,14 @@ class Scheduler:
                 out.append(self.engine.prefill(seq.slot, seq.prompt_ids))  # type: ignore[arg-type]
                 self.fault = None
             except Exception as exc:
-                self.fault = f"prefill: {type(exc).__name__}: {exc}"
-                self._fail(seq, "engine prefill", exc)
+                self._prefill_failed(seq, exc)
                 out.append(None)
         return out
+
+    def _prefill_failed(self, seq: Sequence, exc: Exception) -> None:
+        """The engine failed `seq`'s prompt: remembered as the engine's fault (/ready), the request fails alone."""
+        self.fault = f"prefill: {type(exc).__name__}: {exc}"
+        self._fail(seq, "engine prefill", exc)
 
     def _chunk(self, seq: Sequence, take: int) -> np.ndarray | None:
         """Prefill the next `take` tokens of `seq`'s prompt; its last logits once the prompt is complete."""
@@ -370,8 +374,7 @@ class Scheduler:
             row = run(seq.slot, ids)  # type: ignore[arg-type]
             self.fault = None
         except Exception as exc:
-            self.fault = f"prefill: {type(exc).__name__}: {exc}"
-            self._fail(seq, "engine prefill", exc)
+            self._prefill_failed(seq, exc)
             return None
         seq.prefilled += take
         return as_array(row) if seq.prefilled == len(seq.prompt_ids) else None

@@ -16,9 +16,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from serving.engines.ort_tuning import ms_per_token
+from serving.engines.ort_tuning import ROUNDS, ms_per_token  # ROUNDS: interleaved, median per candidate
 
-ROUNDS = 3                      # candidates interleaved, median per candidate
 BATCHES = (1, 8)                # the choice must serve one request and a full running set
 
 
