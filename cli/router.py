@@ -60,7 +60,7 @@ def router(
     if ilog:
         from monitoring.inference_log import add_feedback_route
 
-        add_feedback_route(app.app, ilog, api_key=key)
+        add_feedback_route(app.app, ilog, guard=app.state.guard)  # one wrong-key count with the proxy
     source = TOKEN_ENV if os.environ.get(TOKEN_ENV, "").strip() else str(settings.state_dir / "router/admin-token")
     info = {"url": f"http://{host}:{port}", "admin_token_source": source, "auth": key is not None,
             **app.state.snapshot()}

@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from llmops.errors import LlmopsError
 from monitoring.inference_log.log import RATINGS, InferenceLog, UnknownRequest
+from serving.http.auth import KeyGuard
 from serving.http.request_id import valid_request_id
 
 PATH = "/v1/feedback"
@@ -77,14 +78,19 @@ async def read_bounded(request: Request, limit: int = MAX_BODY) -> bytes | None:
     return b"".join(parts)
 
 
-def add_feedback_route(app: FastAPI, log: InferenceLog, *, api_key: str | None = None) -> None:
-    """Add POST /v1/feedback to `app`, recording into `log`."""
-    from serving.http.auth import AUTH_HEADERS, UNAUTHORIZED, bearer_token, is_authorized
+def add_feedback_route(app: FastAPI, log: InferenceLog, *, guard: KeyGuard | None = None) -> None:
+    """Add POST /v1/feedback to `app`, recording into `log`; `guard` checks the key (the router passes its own, so
+    wrong keys here count against the same address as on its proxied routes)."""
+    from serving.http.auth import AUTH_HEADERS, TOO_MANY, UNAUTHORIZED, bearer_token, peer_address
     from serving.http.identity import key_identity
 
     @app.post(PATH)
     async def feedback(request: Request) -> JSONResponse:
-        if not is_authorized(request.headers, api_key):
+        verdict = guard.check(request.headers, peer_address(request.scope)) if guard else None
+        if verdict is not None and verdict.retry_after:
+            return _error(429, TOO_MANY.format(wait=verdict.retry_after), None, "rate_limit_exceeded",
+                          {"Retry-After": str(verdict.retry_after)})
+        if verdict is not None and not verdict.ok:
             return _error(401, UNAUTHORIZED, None, "invalid_api_key", AUTH_HEADERS)
         raw = await read_bounded(request)
         if raw is None:

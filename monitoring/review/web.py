@@ -24,7 +24,7 @@ from llmops.errors import LlmopsError
 from llmops.params import ReviewParams
 from monitoring.review.queue import ACTIONS, Conflict, Filters, ReviewError, ReviewQueue, UnknownItem
 from monitoring.review.sessions import COOKIE, CSRF_HEADER, Session, Sessions, csrf_ok, same_origin
-from serving.http.throttle import FailureLimit
+from serving.http.auth import KeyGuard
 
 STATIC = Path(__file__).parent / "static"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -77,20 +77,12 @@ class _Auth:
         self.api_key, self.reviewer, self.session_hours = api_key, reviewer, session_hours
         self.key_id = key_identity(api_key)
         self.sessions = Sessions(session_hours * 3600)
-        self.limit = FailureLimit(review.login_failures, review.login_window_s)
+        self.guard = KeyGuard(api_key, review.login_failures, review.login_window_s)
 
     def key_ok(self, request: Request, key: str | None) -> bool | JSONResponse:
         """Whether `key` is the servers' key, counted against the caller's address (a 429 once it is spent)."""
-        from serving.http.auth import token_matches
-
-        if not self.api_key:
-            return True
-        if wait := self.limit.take(_address(request)):
-            return _too_many(wait)
-        if not token_matches(key or "", self.api_key):
-            return False
-        self.limit.give_back(_address(request))
-        return True
+        verdict = self.guard.check_token(key or "", _address(request))
+        return _too_many(verdict.retry_after) if verdict.retry_after else verdict.ok
 
     def caller(self, request: Request, *, writing: bool) -> _Caller | JSONResponse:
         """The caller, or the error response: 401 unknown, 403 a state change without token or from elsewhere."""

@@ -104,19 +104,24 @@ class Verdict(NamedTuple):
 
 
 class KeyGuard:
-    """The API key with a limit on wrong keys per client address (throttle.py), for the model server and the
-    router: without it a client could try keys as fast as the server answers 401s. No key: auth off."""
+    """The API key with a limit on wrong keys per client address (throttle.py), for the model server, the router
+    (its proxy and its feedback route share one guard) and the review page: without it a client could try keys
+    as fast as the server answers 401s. No key: auth off."""
 
     def __init__(self, key: str | None, failures: int, window_s: float) -> None:
         self.key = key
         self.limit = FailureLimit(failures, window_s) if key else None
 
     def check(self, headers: Mapping[str, str] | Iterable[tuple[bytes, bytes]] | str | None, address: str) -> Verdict:
-        if self.limit is None:
+        """A request's bearer token (headers as `is_authorized` takes them) from `address`."""
+        return self.check_token(bearer_token(_authorization(headers)), address)
+
+    def check_token(self, token: str, address: str) -> Verdict:
+        if self.limit is None or self.key is None:
             return Verdict(True)
         if wait := self.limit.take(address):
             return Verdict(False, wait)
-        if not is_authorized(headers, self.key):
+        if not token_matches(token, self.key):
             return Verdict(False)
         self.limit.give_back(address)
         return Verdict(True)

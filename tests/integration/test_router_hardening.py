@@ -47,7 +47,7 @@ def _router_app(stable: str, *, api_key: str | None, ilog=None, auth_failures: i
                             hooks=[ilog.hook] if ilog else [], api_key=api_key, internal_secret=b"test-secret",
                             id_exists=ilog.exists_async if ilog else None)
     if ilog is not None:
-        add_feedback_route(app.app, ilog, api_key=api_key)
+        add_feedback_route(app.app, ilog, guard=app.state.guard)
     return app
 
 
@@ -351,13 +351,21 @@ def test_a_stream_abandoned_while_its_side_is_slow_counts_against_that_side(tiny
 
 def test_wrong_keys_are_limited_per_address(stack) -> None:
     """A router with router.auth_failures = 3: three wrong keys, then 429 + Retry-After for this address, the
-    right key included (refused unchecked), and nothing reaches the backend or the log."""
-    with _InProcessRouter(_router_app(stack.server, api_key=KEY, auth_failures=3)) as router:
-        wrong = [chat(router.url, "guess", {"Authorization": f"Bearer guess-{i}"}) for i in range(4)]
+    right key included (refused unchecked), and nothing reaches the backend or the log. Its feedback route
+    counts against the same address: a key cannot be guessed there instead."""
+    with _InProcessRouter(_router_app(stack.server, api_key=KEY, ilog=stack.log, auth_failures=3)) as router:
+        def feedback(key: str) -> httpx.Response:
+            return httpx.post(f"{router.url}/v1/feedback", json={"request_id": "real-1", "rating": 1},
+                              headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+        wrong = [chat(router.url, "guess", {"Authorization": f"Bearer guess-{i}"}) for i in range(2)]
+        wrong += [feedback("guess-2"), chat(router.url, "guess", {"Authorization": "Bearer guess-3"})]
         assert [r.status_code for r in wrong] == [401, 401, 401, 429]
         assert wrong[-1].json()["error"]["code"] == "rate_limit_exceeded" and int(wrong[-1].headers["retry-after"])
         refused = chat(router.url, "the right key, too soon", {**AUTH, "x-request-id": "limited-1"})
         assert refused.status_code == 429 and stack.log.get("limited-1") is None
+        limited = feedback(KEY)
+        assert limited.status_code == 429 and int(limited.headers["retry-after"])
         metrics = httpx.get(f"{router.url}/metrics").text
         assert re.search(r'llmops_router_rejected_total\{reason="auth_limited"\} 2', metrics)
     assert chat(stack.url, "the stack router counts its own wrong keys", AUTH).status_code == 200
