@@ -79,12 +79,12 @@ def _start_local(temp: Path, attempts: int = 2) -> None:
             if "timed out during startup" not in str(exc):
                 raise
             _stop_leftovers(temp)
-            time.sleep(2.0)  # the killed processes release their ports and sockets
             if attempt == attempts:
                 raise LlmopsError(f"the local Ray node did not start ({attempt} attempts): {exc}"
                                   f"{_raylet_log_tail(temp)}",
                                   "the host is probably overloaded: stop other heavy processes (`uptime`, `ps`) "
                                   "and retry, or set LLMOPS_RAY_ADDRESS to train on a running cluster") from exc
+            time.sleep(2.0)  # the killed processes release their ports and sockets
 
 
 def _stop_leftovers(temp: Path) -> None:
